@@ -1,0 +1,71 @@
+"""The `archc` command line. Each command lives in archc/commands/<name>.py and registers itself on
+`app`; heavy libraries (torch, onnxruntime) are imported inside the command functions that need
+them, never at module level, so `validate`, `show`, `schema`, `diff` and `compare` start fast.
+
+Errors: a `UserError` anywhere becomes one red line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="archc",
+    help="Declarative architecture-spec compiler for decoder-only language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that register commands, in the order `archc --help` lists them.
+COMMAND_MODULES = ["spec_cmds", "hf_cmds", "onnx_cmds", "diff_cmds", "bench_cmds", "main_job"]
+
+
+def _register() -> None:
+    for mod in COMMAND_MODULES:
+        try:
+            importlib.import_module(f"archc.commands.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"archc.commands.{mod}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    from archc.errors import UserError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        raise SystemExit(_print_error(str(e), e.exit_code))
+    except typer.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        raise SystemExit(_print_error("interrupted", 130))
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            e.show()
+            raise SystemExit(2)
+        if isinstance(e, click.exceptions.Abort):
+            raise SystemExit(_print_error("aborted", 130))
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        raise
+    return 0
+
+
+def _print_error(message: str, code: int) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""User-facing errors: one line naming the file, line and field, and what would fix it.
+
+Every command catches `UserError` at the top and exits with status 2; nothing a user can get wrong
+should reach them as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input. `str(err)` is the whole message shown to the user."""
+
+    exit_code = 2
+
+
+class SpecError(UserError):
+    def __init__(self, message: str, file: str | None = None, line: int | None = None, field: str | None = None):
+        self.file, self.line, self.field, self.message = file, line, field, message
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")

@@ -1,0 +1,301 @@
+"""Reading spec files: YAML with line numbers, `extends:` chains, `--set` overrides, one-line errors.
+
+Each file is parsed into plain data plus a map from field path to (file, line), so that an error
+found by validation after merging an extends chain still points at the line that wrote the value.
+
+Merge rule: mappings merge key by key, everything else is replaced. A mapping whose `kind` differs
+from the base's `kind` replaces the base's mapping whole (switching `position.kind` from rope to
+alibi must not drag `theta` along).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from archc.errors import SpecError, UserError
+from archc.spec import Spec
+
+Path_ = tuple[str, ...]
+LineMap = dict[Path_, tuple[str, int]]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps each scalar's text for floats like 1e-5 (YAML 1.1 reads them as strings)."""
+
+
+# YAML 1.1 only reads floats with a dot and a signed exponent; published configs write 1e-5 and 1.0e-05.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        __import__("re").X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap) -> Any:
+    lines[path] = (file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _Loader(  # noqa: SLF001 - construct one scalar with the same resolver
+                ""
+            ).construct_object(key_node)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise SpecError(f"keys must be plain names, got {key_node.value!r}", file, key_node.start_mark.line + 1)
+            key = str(key)
+            if key in out:
+                raise SpecError(f"key '{key}' appears twice", file, key_node.start_mark.line + 1, ".".join(path + (key,)))
+            out[key] = _construct(value_node, file, path + (key,), lines)
+            lines[path + (key,)] = (file, key_node.start_mark.line + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, file, path + (str(i),), lines) for i, v in enumerate(node.value)]
+    return _Loader("").construct_object(node)
+
+
+def read_yaml(path: Path) -> tuple[dict, LineMap]:
+    """Parse one file into (data, line map), with every failure as a SpecError naming the file."""
+    shown = _display(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("no such file; check the path", shown) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file", shown) from None
+    except OSError as e:
+        raise SpecError(f"cannot read: {e.strerror}", shown) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", shown, line) from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError(f"YAML syntax error: {e.problem or e.context}", shown, line) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"YAML error: {e}", shown) from None
+    if node is None:
+        raise SpecError("empty file; a spec needs at least name, sizes and attention.n_heads (see `archc new`)", shown)
+    if not isinstance(node, yaml.MappingNode):
+        raise SpecError("a spec must be a mapping of fields (key: value), not a list or a scalar", shown, node.start_mark.line + 1)
+    lines: LineMap = {}
+    data = _construct(node, shown, (), lines)
+    return data, lines
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("../..") else str(path)
+    except ValueError:
+        return str(path)
+
+
+def merge(base: dict, over: dict, base_lines: LineMap, over_lines: LineMap, prefix: Path_ = ()) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        here = prefix + (key,)
+        old = out.get(key)
+        replace_whole = (
+            not isinstance(old, dict)
+            or not isinstance(value, dict)
+            or ("kind" in value and "kind" in old and value["kind"] != old["kind"])
+        )
+        if replace_whole:
+            out[key] = value
+            for p in [p for p in base_lines if p[: len(here)] == here]:
+                del base_lines[p]
+        else:
+            out[key] = merge(old, value, base_lines, over_lines, here)
+    for p, v in over_lines.items():
+        if p[: len(prefix)] == prefix:
+            base_lines[p] = v
+    return out
+
+
+def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]:
+    real = path.resolve()
+    if real in seen:
+        chain = " -> ".join(_display(p) for p in seen + (real,))
+        raise SpecError(f"extends cycle: {chain}; remove one of the extends", _display(path))
+    data, lines = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, lines
+    if not isinstance(parent, str) or not parent.strip():
+        raise SpecError("extends must be a relative path to another spec file", _display(path), lines.get(("extends",), (None, None))[1], "extends")
+    target = (path.parent / parent).resolve()
+    if not target.exists():
+        # Library specs may be named without a path ("extends: llama").
+        lib = library_spec(parent)
+        if lib is None:
+            raise SpecError(
+                f"extends target '{parent}' not found (looked for {_display(target)}); give a path relative to this file",
+                _display(path), lines[("extends",)][1], "extends",
+            )
+        target = lib
+    base, base_lines = _resolve_extends(target, seen + (real,))
+    lines.pop(("extends",), None)
+    return merge(base, data, base_lines, lines), base_lines
+
+
+# ---------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def parse_set(expr: str) -> tuple[Path_, Any]:
+    """'attention.kv_heads=8' -> (('attention', 'kv_heads'), 8), the value read as YAML."""
+    if "=" not in expr:
+        raise UserError(f"--set {expr!r}: expected FIELD=VALUE, e.g. --set attention.kv_heads=8")
+    key, _, value = expr.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {expr!r}: the field path is empty; write e.g. --set n_layers=2")
+    try:
+        parsed = yaml.load(value, Loader=_Loader) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return tuple(key.split(".")), parsed
+
+
+def apply_sets(data: dict, lines: LineMap, sets: list[str]) -> dict:
+    for expr in sets:
+        path, value = parse_set(expr)
+        over: dict = {}
+        cur = over
+        for part in path[:-1]:
+            cur[part] = {}
+            cur = cur[part]
+        cur[path[-1]] = value
+        set_lines = {path[: i + 1]: (f"--set {expr}", 0) for i in range(len(path))}
+        data = merge(data, over, lines, set_lines)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation errors -> one line
+
+
+def _line_for(loc: Path_, lines: LineMap) -> tuple[str | None, int | None]:
+    for n in range(len(loc), -1, -1):
+        hit = lines.get(loc[:n])
+        if hit:
+            return hit
+    return None, None
+
+
+def _data_path(loc: tuple, data: Any) -> Path_:
+    """Pydantic's loc includes union tags ('position', 'rope', 'theta'); keep the keys the data has."""
+    out: list[str] = []
+    cur = data
+    for part in loc:
+        part_s = str(part)
+        if isinstance(cur, dict) and part_s in cur:
+            out.append(part_s)
+            cur = cur[part_s]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            out.append(part_s)
+            cur = cur[part]
+        elif isinstance(cur, dict):
+            continue  # a union tag
+        else:
+            break
+    return tuple(out)
+
+
+def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
+    loc = _data_path(err["loc"], data)
+    ctx = err.get("ctx") or {}
+    field = ".".join(loc) or None
+    if err["type"] == "spec_conflict":
+        first = tuple(ctx["fields"].split(",")[0].split("."))
+        src, line = _line_for(first, lines)
+        return SpecError(err["msg"], src or file, line)
+    if err["type"] == "unknown_key":
+        key_path = loc + (ctx["key"],)
+        src, line = _line_for(key_path, lines)
+        return SpecError(err["msg"], src or file, line, ".".join(loc) or None)
+    src, line = _line_for(loc, lines)
+    msg = err["msg"]
+    if err["type"] == "missing":
+        msg = "required field is missing"
+        src, line = file, None
+    elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
+        msg = f"unknown kind; {msg}"
+    elif "input" in err and err["type"] not in ("missing",):
+        shown = repr(err["input"])
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        msg = f"{msg} (got {shown})"
+    return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+def validate_data(data: dict, lines: LineMap, file: str) -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping", file)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        # Report the most specific first: an unknown key or conflict explains more than 'missing'.
+        order = {"unknown_key": 0, "spec_conflict": 1}
+        errors.sort(key=lambda x: order.get(x["type"], 2))
+        first = _format_error(errors[0], data, lines, file)
+        more = len(errors) - 1
+        if more:
+            first = SpecError(first.message + f" (and {more} more problem{'s' if more > 1 else ''})", first.file, first.line, first.field)
+        raise first from None
+
+
+def load_data(path: str | os.PathLike, sets: list[str] | None = None) -> tuple[dict, LineMap]:
+    p = Path(path)
+    data, lines = _resolve_extends(p, ())
+    if sets:
+        data = apply_sets(data, lines, sets)
+    return data, lines
+
+
+def load_spec(path: str | os.PathLike, sets: list[str] | None = None) -> Spec:
+    """Load, merge extends, apply --set overrides and validate. Raises SpecError (a UserError)."""
+    data, lines = load_data(path, sets)
+    return validate_data(data, lines, _display(Path(path)))
+
+
+def spec_from_dict(data: dict, sets: list[str] | None = None, source: str = "<dict>") -> Spec:
+    lines: LineMap = {}
+    if sets:
+        data = apply_sets(dict(data), lines, sets)
+    return validate_data(data, lines, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec library
+
+
+def library_dir() -> Path:
+    """specs/ beside the package (editable installs and checkouts)."""
+    return Path(__file__).resolve().parent.parent / "specs"
+
+
+def library_spec(name: str) -> Path | None:
+    stem = name[:-5] if name.endswith(".yaml") else name
+    candidate = library_dir() / f"{stem}.yaml"
+    return candidate if candidate.exists() else None
+
+
+def library_specs() -> list[Path]:
+    return sorted(library_dir().glob("*.yaml"))

@@ -1,0 +1,556 @@
+"""The spec language: one pydantic model per section, one enum per axis.
+
+A spec is validated once; everything that can be derived from it (head_dim, kv_heads and sharing,
+rotary width, DeepNorm constants, softmax scale, embedding multiplier) is filled in by the
+validators below, so every consumer reads resolved values and no consumer re-derives them.
+
+Cross-field rules raise `SpecConflict`, which names every field involved and says what would fix
+it; the loader turns it into one line pointing at the file and line of the first field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+class SpecConflict(PydanticCustomError):
+    """A cross-field rule failed. `fields` (comma-separated dotted paths) lets the loader point at a line."""
+
+    def __new__(cls, fields: list[str], message: str):
+        return super().__new__(cls, "spec_conflict", message, {"fields": ",".join(fields)})
+
+
+# --------------------------------------------------------------------------------------------
+# Enums: one per axis.
+
+
+class NormKind(str, Enum):
+    layernorm = "layernorm"  # Ba et al. 2016
+    rmsnorm = "rmsnorm"  # Zhang & Sennrich 2019
+
+
+class NormScale(str, Enum):
+    weight = "weight"  # y = n(x) * w
+    one_plus_weight = "one_plus_weight"  # y = n(x) * (1 + w), Gemma; w is initialised to zero
+
+
+class NormPlacement(str, Enum):
+    pre = "pre"  # x + f(n(x)) (GPT-2/3, LLaMA)
+    post = "post"  # n(x + f(x)) (original Transformer, GPT-1, BERT)
+    sandwich = "sandwich"  # x + n2(f(n1(x))) (CogView, Gemma-2)
+    deepnorm = "deepnorm"  # n(alpha * x + f(x)) (DeepNet, GLM-130B)
+
+
+class Activation(str, Enum):
+    gelu = "gelu"  # exact erf GELU
+    gelu_tanh = "gelu_tanh"  # tanh approximation (GPT-2 "gelu_new", BLOOM)
+    relu = "relu"
+    silu = "silu"
+    swiglu = "swiglu"  # silu(x W) * (x V), Shazeer 2020
+    geglu = "geglu"  # gelu(x W) * (x V)
+    geglu_tanh = "geglu_tanh"  # tanh-GELU gate (Gemma)
+    reglu = "reglu"  # relu(x W) * (x V)
+
+    @property
+    def gated(self) -> bool:
+        return self in (Activation.swiglu, Activation.geglu, Activation.geglu_tanh, Activation.reglu)
+
+
+class PositionKind(str, Enum):
+    learned = "learned"  # learned absolute table (GPT-2)
+    sinusoidal = "sinusoidal"  # Vaswani et al. 2017
+    rope = "rope"  # RoFormer, Su et al. 2021
+    alibi = "alibi"  # Press et al. 2021
+    glm2d = "glm2d"  # GLM: position id + intra-span block position id, two learned tables
+    none = "none"  # NoPE
+
+
+class RopeStyle(str, Enum):
+    half = "half"  # rotate the two halves (GPT-NeoX, LLaMA in HF layout)
+    interleaved = "interleaved"  # rotate adjacent pairs (GPT-J, original RoFormer/Meta LLaMA)
+
+
+class Sharing(str, Enum):
+    mha = "mha"  # every query head has its own K/V head
+    mqa = "mqa"  # one shared K/V head (Shazeer 2019)
+    gqa = "gqa"  # groups of query heads share K/V heads (Ainslie et al. 2023)
+
+
+class MaskKind(str, Enum):
+    causal = "causal"
+    prefix = "prefix"  # bidirectional over a prefix, causal after it (GLM)
+
+
+class AttentionKernel(str, Enum):
+    default = "default"  # let the backend choose
+    memory_efficient = "memory_efficient"  # xformers-style memory-efficient attention (LLaMA)
+    flash = "flash"
+    math = "math"  # plain softmax(QK^T)V, the reference
+
+
+class ResidualLayout(str, Enum):
+    sequential = "sequential"  # x = x + attn(..); x = x + mlp(..)
+    parallel = "parallel"  # x = x + attn(n(x)) + mlp(n'(x)) (GPT-J, PaLM, GPT-NeoX, Falcon)
+
+
+class ParallelNorms(str, Enum):
+    shared = "shared"  # one norm feeds attention and MLP (GPT-J, PaLM, Falcon-7B)
+    separate = "separate"  # two norms (GPT-NeoX, Falcon-40B)
+
+
+class EmbeddingNorm(str, Enum):
+    none = "none"
+    layernorm = "layernorm"  # BLOOM: LayerNorm right after the embedding
+    rmsnorm = "rmsnorm"
+
+
+class OutputHead(str, Enum):
+    tied = "tied"  # logits = h @ E^T (GPT-2, PaLM, BLOOM)
+    untied = "untied"  # a separate linear layer (LLaMA, GLM)
+
+
+class Tokenizer(str, Enum):
+    sentencepiece_bpe = "sentencepiece_bpe"
+    sentencepiece_unigram = "sentencepiece_unigram"
+    byte_level_bpe = "byte_level_bpe"
+    wordpiece = "wordpiece"
+    unspecified = "unspecified"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self is DType.float32 else 2
+
+
+class InitScheme(str, Enum):
+    normal = "normal"  # N(0, std) everywhere
+    scaled_residual = "scaled_residual"  # residual output projections get std / sqrt(2 * n_layers) (GPT-2)
+    deepnorm = "deepnorm"  # Xavier-normal with gain beta on v, out and MLP projections (DeepNet)
+
+
+class OptimizerKind(str, Enum):
+    adamw = "adamw"
+    adam = "adam"
+    adafactor = "adafactor"
+
+
+class ScheduleKind(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+    linear = "linear"
+
+
+# --------------------------------------------------------------------------------------------
+# Base model: strict, and unknown keys come back with the nearest valid key.
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields)
+        for key in data:
+            if key in known:
+                continue
+            section = getattr(cls, "section_name", cls.__name__)
+            key_s = str(key)
+            elsewhere = _belongs_to_other_kind(cls, key_s)
+            if elsewhere:
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "'{key}' is a setting of {section} kind '{other}', not of kind '{kind}'; "
+                    "remove '{key}' or set kind: {other}",
+                    {"key": key_s, "section": section, "other": elsewhere, "kind": data.get("kind", "?")},
+                )
+            match = difflib.get_close_matches(key_s, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(known))}"
+            raise PydanticCustomError(
+                "unknown_key",
+                "unknown key '{key}' in {section}{hint}",
+                {"key": key_s, "section": section, "hint": hint},
+            )
+        return data
+
+
+def _belongs_to_other_kind(cls: type, key: str) -> str | None:
+    """For tagged sections (position, optimizer, schedule): which other kind owns `key`."""
+    family = getattr(cls, "_family", None)
+    if not family:
+        return None
+    for other in family():
+        if other is not cls and key in other.model_fields:
+            return other.model_fields["kind"].default.value
+    return None
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+UnitFloat = Annotated[float, Field(gt=0, le=1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class NormSpec(StrictModel):
+    section_name: ClassVar[str] = "norm"
+    kind: NormKind = NormKind.layernorm
+    bias: bool | None = Field(None, description="Default: true for layernorm, false for rmsnorm.")
+    eps: PositiveFloat = 1e-5
+    scale: NormScale = NormScale.weight
+    placement: NormPlacement = NormPlacement.pre
+    final: bool | None = Field(
+        None, description="Norm after the last layer. Default: present for pre and sandwich placement, absent for post."
+    )
+    deepnorm_alpha: PositiveFloat | None = Field(None, description="Residual scale; default (2N)^(1/4) (DeepNet, decoder-only).")
+    deepnorm_beta: PositiveFloat | None = Field(None, description="Init gain; default (8N)^(-1/4) (DeepNet, decoder-only).")
+
+
+class MlpSpec(StrictModel):
+    section_name: ClassVar[str] = "mlp"
+    activation: Activation = Activation.gelu
+    d_ff: PositiveInt | None = Field(None, description="Hidden width; default 4 * d_model.")
+    bias: bool = True
+
+
+class _PositionBase(StrictModel):
+    section_name: ClassVar[str] = "position"
+
+    @staticmethod
+    def _family():
+        return POSITION_KINDS
+
+
+class LearnedPosition(_PositionBase):
+    kind: Literal[PositionKind.learned] = PositionKind.learned
+    max_positions: PositiveInt | None = Field(None, description="Table rows; default max_seq_len + offset.")
+    offset: Annotated[int, Field(ge=0)] = Field(0, description="Added to every position id before the look-up (OPT: 2).")
+
+
+class SinusoidalPosition(_PositionBase):
+    kind: Literal[PositionKind.sinusoidal] = PositionKind.sinusoidal
+    base: PositiveFloat = 10000.0
+
+
+class RopePosition(_PositionBase):
+    kind: Literal[PositionKind.rope] = PositionKind.rope
+    theta: PositiveFloat = 10000.0
+    rotary_fraction: UnitFloat = Field(1.0, description="Share of head_dim that is rotated (GPT-NeoX: 0.25).")
+    style: RopeStyle = RopeStyle.half
+    rotary_dim: PositiveInt | None = Field(None, description="Derived: round(head_dim * rotary_fraction).")
+
+
+class AlibiPosition(_PositionBase):
+    kind: Literal[PositionKind.alibi] = PositionKind.alibi
+    max_bias: PositiveFloat = Field(8.0, description="Slopes are 2^(-max_bias * h / n_heads) (Press et al. 2021).")
+
+
+class Glm2dPosition(_PositionBase):
+    kind: Literal[PositionKind.glm2d] = PositionKind.glm2d
+    max_positions: PositiveInt | None = Field(None, description="Rows of each table; default max_seq_len.")
+
+
+class NoPosition(_PositionBase):
+    kind: Literal[PositionKind.none] = PositionKind.none
+
+
+POSITION_KINDS = (LearnedPosition, SinusoidalPosition, RopePosition, AlibiPosition, Glm2dPosition, NoPosition)
+PositionSpec = Annotated[
+    Union[LearnedPosition, SinusoidalPosition, RopePosition, AlibiPosition, Glm2dPosition, NoPosition],
+    Field(discriminator="kind"),
+]
+
+
+class AttentionSpec(StrictModel):
+    section_name: ClassVar[str] = "attention"
+    n_heads: PositiveInt
+    kv_heads: PositiveInt | None = Field(None, description="K/V heads; derived from sharing when omitted.")
+    sharing: Sharing | None = Field(None, description="mha | mqa | gqa; derived from kv_heads when omitted.")
+    head_dim: PositiveInt | None = Field(None, description="Derived as d_model / n_heads unless given.")
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mask: MaskKind = MaskKind.causal
+    sliding_window: PositiveInt | None = Field(None, description="Keys further back than this are masked (Mistral).")
+    softmax_scale: PositiveFloat | None = Field(None, description="Default 1 / sqrt(head_dim).")
+    kernel: AttentionKernel = AttentionKernel.default
+
+
+class ResidualSpec(StrictModel):
+    section_name: ClassVar[str] = "residual"
+    layout: ResidualLayout = ResidualLayout.sequential
+    parallel_norms: ParallelNorms | None = Field(None, description="Parallel layout only; default shared.")
+
+
+class EmbeddingSpec(StrictModel):
+    section_name: ClassVar[str] = "embedding"
+    output: OutputHead = OutputHead.untied
+    norm: EmbeddingNorm = EmbeddingNorm.none
+    multiplier: PositiveFloat | Literal["sqrt_d_model"] = Field(1.0, description="Scale on the token embedding (Gemma: sqrt_d_model).")
+    head_bias: bool = False
+    head_vocab_size: PositiveInt | None = Field(None, description="Rows of the output head; default vocab_size.")
+
+
+class InitSpec(StrictModel):
+    section_name: ClassVar[str] = "init"
+    scheme: InitScheme = InitScheme.normal
+    std: PositiveFloat = 0.02
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class _OptimizerBase(StrictModel):
+    section_name: ClassVar[str] = "optimizer"
+
+    @staticmethod
+    def _family():
+        return OPTIMIZER_KINDS
+
+
+class AdamWOptimizer(_OptimizerBase):
+    kind: Literal[OptimizerKind.adamw] = OptimizerKind.adamw
+    lr: PositiveFloat = 3e-4
+    betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+
+
+class AdamOptimizer(_OptimizerBase):
+    kind: Literal[OptimizerKind.adam] = OptimizerKind.adam
+    lr: PositiveFloat = 3e-4
+    betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+
+
+class AdafactorOptimizer(_OptimizerBase):
+    kind: Literal[OptimizerKind.adafactor] = OptimizerKind.adafactor
+    lr: PositiveFloat = 1e-2
+    beta2_decay: float = Field(-0.8, lt=0, description="Second-moment decay exponent (Shazeer & Stern 2018; PaLM).")
+    eps: tuple[PositiveFloat, PositiveFloat] = (1e-30, 1e-3)
+    clip_threshold: PositiveFloat = 1.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+OPTIMIZER_KINDS = (AdamWOptimizer, AdamOptimizer, AdafactorOptimizer)
+OptimizerSpec = Annotated[Union[AdamWOptimizer, AdamOptimizer, AdafactorOptimizer], Field(discriminator="kind")]
+
+
+class _ScheduleBase(StrictModel):
+    section_name: ClassVar[str] = "schedule"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+
+    @staticmethod
+    def _family():
+        return SCHEDULE_KINDS
+
+
+class CosineSchedule(_ScheduleBase):
+    kind: Literal[ScheduleKind.cosine] = ScheduleKind.cosine
+    total_steps: PositiveInt = 100_000
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+
+class ConstantSchedule(_ScheduleBase):
+    kind: Literal[ScheduleKind.constant] = ScheduleKind.constant
+
+
+class LinearSchedule(_ScheduleBase):
+    kind: Literal[ScheduleKind.linear] = ScheduleKind.linear
+    total_steps: PositiveInt = 100_000
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+SCHEDULE_KINDS = (CosineSchedule, ConstantSchedule, LinearSchedule)
+ScheduleSpec = Annotated[Union[CosineSchedule, ConstantSchedule, LinearSchedule], Field(discriminator="kind")]
+
+
+class TrainingSpec(StrictModel):
+    section_name: ClassVar[str] = "training"
+    optimizer: OptimizerSpec = Field(default_factory=AdamWOptimizer)
+    schedule: ScheduleSpec = Field(default_factory=CosineSchedule)
+    grad_clip: PositiveFloat | None = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# The spec
+
+
+class Spec(StrictModel):
+    """A decoder-only language model architecture."""
+
+    section_name: ClassVar[str] = "the spec"
+    name: str = Field(..., min_length=1, description="Short identifier, e.g. llama-7b.")
+    description: str = ""
+    reference: str = Field("", description="Paper or released config this spec follows.")
+
+    vocab_size: PositiveInt
+    d_model: PositiveInt
+    n_layers: PositiveInt
+    max_seq_len: PositiveInt
+    dtype: DType = DType.float32
+    tokenizer: Tokenizer = Tokenizer.unspecified
+
+    norm: NormSpec = Field(default_factory=NormSpec)
+    mlp: MlpSpec = Field(default_factory=MlpSpec)
+    position: PositionSpec = Field(default_factory=RopePosition)
+    attention: AttentionSpec
+    residual: ResidualSpec = Field(default_factory=ResidualSpec)
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    init: InitSpec = Field(default_factory=InitSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    # ---- derived values, filled in once ------------------------------------------------------
+    @model_validator(mode="after")
+    def _resolve(self) -> "Spec":
+        a, n, m, p, r, e = self.attention, self.norm, self.mlp, self.position, self.residual, self.embedding
+
+        # head_dim
+        if a.head_dim is None:
+            if self.d_model % a.n_heads:
+                raise SpecConflict(
+                    ["d_model", "attention.n_heads"],
+                    f"d_model={self.d_model} is not divisible by attention.n_heads={a.n_heads}; "
+                    f"set attention.head_dim explicitly or choose n_heads dividing d_model",
+                )
+            a.head_dim = self.d_model // a.n_heads
+
+        # kv_heads <-> sharing
+        if a.kv_heads is None:
+            if a.sharing in (None, Sharing.mha):
+                a.kv_heads = a.n_heads
+            elif a.sharing is Sharing.mqa:
+                a.kv_heads = 1
+            else:
+                raise SpecConflict(
+                    ["attention.sharing"], "attention.sharing: gqa needs attention.kv_heads (the number of K/V groups)"
+                )
+        if a.n_heads % a.kv_heads:
+            raise SpecConflict(
+                ["attention.kv_heads", "attention.n_heads"],
+                f"attention.kv_heads={a.kv_heads} does not divide attention.n_heads={a.n_heads}; "
+                f"choose kv_heads among the divisors of {a.n_heads}",
+            )
+        implied = Sharing.mha if a.kv_heads == a.n_heads else Sharing.mqa if a.kv_heads == 1 else Sharing.gqa
+        if a.sharing is None:
+            a.sharing = implied
+        elif a.sharing is not implied:
+            want = {Sharing.mha: f"kv_heads: {a.n_heads}", Sharing.mqa: "kv_heads: 1", Sharing.gqa: f"1 < kv_heads < {a.n_heads}"}
+            raise SpecConflict(
+                ["attention.sharing", "attention.kv_heads"],
+                f"attention.sharing: {a.sharing.value} disagrees with attention.kv_heads={a.kv_heads} "
+                f"(n_heads={a.n_heads}, which is {implied.value}); {a.sharing.value} needs {want[a.sharing]}, "
+                f"or drop one of the two fields",
+            )
+        if a.softmax_scale is None:
+            a.softmax_scale = 1.0 / math.sqrt(a.head_dim)
+
+        # rotary width
+        if isinstance(p, RopePosition):
+            rd = int(round(a.head_dim * p.rotary_fraction))
+            if p.rotary_dim is not None and p.rotary_dim != rd:
+                raise SpecConflict(
+                    ["position.rotary_dim", "position.rotary_fraction"],
+                    f"position.rotary_dim={p.rotary_dim} disagrees with rotary_fraction={p.rotary_fraction} "
+                    f"x head_dim={a.head_dim} = {rd}; give only one of them",
+                )
+            if rd == 0 or rd % 2:
+                raise SpecConflict(
+                    ["position.rotary_fraction", "attention.head_dim"],
+                    f"RoPE rotates pairs of dims, but rotary_fraction={p.rotary_fraction} x head_dim={a.head_dim} "
+                    f"gives {rd} rotary dims (odd or zero); choose a fraction giving an even width",
+                )
+            p.rotary_dim = rd
+        if isinstance(p, LearnedPosition) and p.max_positions is None:
+            p.max_positions = self.max_seq_len + p.offset
+        if isinstance(p, LearnedPosition) and p.max_positions < self.max_seq_len + p.offset:
+            raise SpecConflict(
+                ["position.max_positions", "max_seq_len"],
+                f"position.max_positions={p.max_positions} is smaller than max_seq_len={self.max_seq_len} "
+                f"+ offset {p.offset}; raise max_positions or lower max_seq_len",
+            )
+        if isinstance(p, Glm2dPosition) and p.max_positions is None:
+            p.max_positions = self.max_seq_len
+
+        # norm placement
+        if n.final is None:
+            n.final = n.placement in (NormPlacement.pre, NormPlacement.sandwich)
+        if n.placement is NormPlacement.deepnorm:
+            if n.deepnorm_alpha is None:
+                n.deepnorm_alpha = (2 * self.n_layers) ** 0.25
+            if n.deepnorm_beta is None:
+                n.deepnorm_beta = (8 * self.n_layers) ** -0.25
+        elif n.deepnorm_alpha is not None or n.deepnorm_beta is not None:
+            raise SpecConflict(
+                ["norm.deepnorm_alpha", "norm.placement"],
+                f"norm.deepnorm_alpha/deepnorm_beta only apply to norm.placement: deepnorm (placement is "
+                f"{n.placement.value}); remove them or set placement: deepnorm",
+            )
+        if n.bias is None:
+            n.bias = n.kind is NormKind.layernorm
+
+        # residual layout
+        if r.layout is ResidualLayout.parallel:
+            if n.placement in (NormPlacement.post, NormPlacement.deepnorm):
+                raise SpecConflict(
+                    ["residual.layout", "norm.placement"],
+                    f"residual.layout: parallel reads one normed input for attention and MLP, which needs "
+                    f"norm.placement pre or sandwich, not {n.placement.value}; use layout: sequential or placement: pre",
+                )
+            if r.parallel_norms is None:
+                r.parallel_norms = ParallelNorms.shared
+        elif r.parallel_norms is not None:
+            raise SpecConflict(
+                ["residual.parallel_norms", "residual.layout"],
+                "residual.parallel_norms only applies to residual.layout: parallel; remove it or set layout: parallel",
+            )
+
+        # MLP width
+        if m.d_ff is None:
+            m.d_ff = 4 * self.d_model
+
+        # embedding / head
+        if e.head_vocab_size is None:
+            e.head_vocab_size = self.vocab_size
+        if e.output is OutputHead.tied and e.head_vocab_size != self.vocab_size:
+            raise SpecConflict(
+                ["embedding.output", "embedding.head_vocab_size"],
+                f"a tied head reuses the embedding matrix [{self.vocab_size}, {self.d_model}], but "
+                f"embedding.head_vocab_size={e.head_vocab_size}; set output: untied or head_vocab_size: {self.vocab_size}",
+            )
+        # attention mask
+        if a.mask is MaskKind.prefix and a.sliding_window is not None:
+            raise SpecConflict(
+                ["attention.mask", "attention.sliding_window"],
+                "attention.mask: prefix (bidirectional prefix) cannot be combined with sliding_window; drop one",
+            )
+        return self
+
+    # ---- conveniences --------------------------------------------------------------------------
+    @property
+    def embedding_multiplier(self) -> float:
+        m = self.embedding.multiplier
+        return math.sqrt(self.d_model) if m == "sqrt_d_model" else float(m)
+
+    @property
+    def q_dim(self) -> int:
+        return self.attention.n_heads * self.attention.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.attention.kv_heads * self.attention.head_dim
+
+    def to_yaml_dict(self) -> dict:
+        """The resolved spec as plain data, in declaration order (enums as their values)."""
+        return self.model_dump(mode="json")
