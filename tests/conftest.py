@@ -1,0 +1,47 @@
+"""Shared test helpers: tiny variants of the library specs, made with --set overrides (never copies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archc.loader import library_specs, load_data, load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+
+def tiny_sets(path: Path, d_model: int = 64, n_heads: int = 4, layers: int = 2, vocab: int = 97) -> list[str]:
+    """--set overrides that shrink a library spec to a test size while keeping every axis."""
+    data, _ = load_data(path)
+    att = data.get("attention", {})
+    sets = [f"n_layers={layers}", f"d_model={d_model}", f"attention.n_heads={n_heads}", f"mlp.d_ff={2 * d_model + 32}",
+            f"vocab_size={vocab}", "max_seq_len=64", "dtype=float32"]
+    kv = att.get("kv_heads")
+    if kv is not None and kv not in (1,):
+        sets.append(f"attention.kv_heads={n_heads // 2 if kv != att.get('n_heads') else n_heads}")
+    if "head_dim" in att:
+        sets.append(f"attention.head_dim={d_model // n_heads}")
+    emb = data.get("embedding", {})
+    if "head_vocab_size" in emb:
+        sets.append(f"embedding.head_vocab_size={vocab}")
+    pos = data.get("position", {})
+    if "max_positions" in pos:
+        sets.append(f"position.max_positions={64 + pos.get('offset', 0)}")
+    if "rotary_dim" in pos:
+        sets.append(f"position.rotary_dim={max(2, int(round(d_model // n_heads * pos.get('rotary_fraction', 1.0))) // 2 * 2)}")
+    return sets
+
+
+def tiny_spec(name: str, extra: list[str] | None = None):
+    path = SPECS / f"{name}.yaml"
+    return load_spec(path, tiny_sets(path) + list(extra or []))
+
+
+LIBRARY = [p.stem for p in library_specs()]
+
+
+@pytest.fixture(params=LIBRARY)
+def library_name(request) -> str:
+    return request.param
