@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int):
+            return rc
     except UserError as e:
         raise SystemExit(_print_error(str(e), e.exit_code))
     except typer.Exit as e:
