@@ -29,6 +29,8 @@ def tiny_sets(path: Path, d_model: int = 64, n_heads: int = 4, layers: int = 2, 
     pos = data.get("position", {})
     if "max_positions" in pos:
         sets.append(f"position.max_positions={64 + pos.get('offset', 0)}")
+    if att.get("sliding_window"):
+        sets.append("attention.sliding_window=16")  # shorter than the tiny max_seq_len, so the window masks
     if "rotary_dim" in pos:
         sets.append(f"position.rotary_dim={max(2, int(round(d_model // n_heads * pos.get('rotary_fraction', 1.0))) // 2 * 2)}")
     return sets
