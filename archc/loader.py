@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from archc.errors import SpecError, UserError
-from archc.spec import Spec
+from archc.spec import OptimizerKind, PositionKind, ScheduleKind, Spec
 
 Path_ = tuple[str, ...]
 LineMap = dict[Path_, tuple[str, int]]
@@ -228,7 +228,19 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
     if err["type"] == "unknown_key":
         key_path = loc + (ctx["key"],)
         src, line = _line_for(key_path, lines)
+        if "hint" in ctx:  # name the section by its full path (training.optimizer, not optimizer)
+            where = ".".join(loc) or "the spec"
+            return SpecError(f"unknown key '{ctx['key']}' in {where}{ctx['hint']}", src or file, line)
         return SpecError(err["msg"], src or file, line, ".".join(loc) or None)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        section = ".".join(loc) or "the spec"
+        kinds = ", ".join(_TAGGED_KINDS.get(loc[-1] if loc else "", ()))
+        src, line = _line_for(loc + ("kind",), lines)
+        if err["type"] == "union_tag_not_found":
+            msg = f"{section} needs a kind; set kind to one of {kinds}"
+        else:
+            msg = f"unknown {section.rsplit('.', 1)[-1]} kind '{ctx.get('tag')}'; expected one of {kinds}"
+        return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line)
     src, line = _line_for(loc, lines)
     msg = err["msg"]
     if err["type"] == "missing":
@@ -242,6 +254,14 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+# Sections chosen by a `kind` tag, and the kinds each accepts (for the "unknown kind" message).
+_TAGGED_KINDS = {
+    "position": [k.value for k in PositionKind],
+    "optimizer": [k.value for k in OptimizerKind],
+    "schedule": [k.value for k in ScheduleKind],
+}
 
 
 def validate_data(data: dict, lines: LineMap, file: str) -> Spec:
