@@ -164,6 +164,8 @@ class ComponentGraph:
                 owners[full] = n
         for n, d in g.nodes(data=True):
             for local, owner in d.get("tied", {}).items():
+                if f"{n}.{local}" in owners:
+                    raise GraphError(f"{n}.{local} is both owned and tied to {owner}")
                 if owner not in owners:
                     raise GraphError(f"{n}.{local} is tied to {owner}, which no node owns")
                 oshape = g.nodes[owners[owner]]["params"][owner.split(owners[owner] + ".", 1)[1]]
