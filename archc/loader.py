@@ -82,6 +82,8 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
         raise SpecError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", shown, line) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise SpecError("YAML nested too deeply", shown) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -93,7 +95,13 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
     if not isinstance(node, yaml.MappingNode):
         raise SpecError("a spec must be a mapping of fields (key: value), not a list or a scalar", shown, node.start_mark.line + 1)
     lines: LineMap = {}
-    data = _construct(node, shown, (), lines)
+    try:
+        data = _construct(node, shown, (), lines)
+    except yaml.MarkedYAMLError as e:  # e.g. an unknown tag (!!python/object) or a bad !!int
+        mark = e.problem_mark or e.context_mark
+        raise SpecError(f"YAML error: {e.problem or e.context}", shown, mark.line + 1 if mark else None) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
+        raise SpecError(f"YAML value cannot be read: {e}", shown) from None
     return data, lines
 
 
@@ -230,7 +238,10 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
         src, line = _line_for(key_path, lines)
         if "hint" in ctx:  # name the section by its full path (training.optimizer, not optimizer)
             where = ".".join(loc) or "the spec"
-            return SpecError(f"unknown key '{ctx['key']}' in {where}{ctx['hint']}", src or file, line)
+            hint = ctx["hint"]
+            if not hint.startswith("; did you mean"):
+                hint = _hint_elsewhere(str(ctx["key"]), loc) or hint
+            return SpecError(f"unknown key '{ctx['key']}' in {where}{hint}", src or file, line)
         return SpecError(err["msg"], src or file, line, ".".join(loc) or None)
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         section = ".".join(loc) or "the spec"
@@ -254,6 +265,42 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+def _field_paths(model: type, prefix: Path_ = ()) -> list[Path_]:
+    """Every field's dotted path in the spec model (union sections contribute all their kinds' fields)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    out: list[Path_] = []
+    for name, info in model.model_fields.items():
+        out.append(prefix + (name,))
+        stack, subs = [info.annotation], []
+        while stack:  # unwrap Annotated / Union / Optional down to the models
+            tp = stack.pop()
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                subs.append(tp)
+            else:
+                stack.extend(typing.get_args(tp))
+        for sub in subs:
+            out += [p for p in _field_paths(sub, prefix + (name,)) if p not in out]
+    return out
+
+
+def _hint_elsewhere(key: str, loc: Path_) -> str | None:
+    """A key unknown in one section may be a close match for a field of another (rotary_frac in attention)."""
+    import difflib
+
+    paths = [p for p in _field_paths(Spec) if p[:-1] != loc]
+    by_leaf: dict[str, Path_] = {}
+    for p in paths:
+        by_leaf.setdefault(p[-1], p)
+    match = difflib.get_close_matches(key, sorted(by_leaf), n=1, cutoff=0.75)
+    if not match:
+        return None
+    where = "a top-level field" if len(by_leaf[match[0]]) == 1 else "it belongs to another section"
+    return f"; did you mean {'.'.join(by_leaf[match[0]])}? ({where})"
 
 
 # Sections chosen by a `kind` tag, and the kinds each accepts (for the "unknown kind" message).

@@ -150,22 +150,22 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check spec files: one line per file; exit 0 only if all are valid (2 otherwise)."""
-    from archc import compile as compile_graph
-    from archc.cost import cost
-
+    # Validation only: the graph is not built here, so a spec with absurd sizes is judged at once
+    # (`archc show` builds it and counts parameters).
     out, err = _console(), _console(stderr=True)
     bad = 0
     for arg in files:
         try:
             spec = load(arg, set_)
-            params = cost(compile_graph(spec)).params
         except UserError as e:
             bad += 1
             from rich.markup import escape
 
             err.print(f"[bold red]invalid[/] {escape(str(e))}")
             continue
-        out.print(f"[green]ok[/]      {arg}: {spec.name}, {_fmt_int(params)} parameters")
+        a = spec.attention
+        out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
+                  f"{a.n_heads} heads / {a.kv_heads} kv, {spec.position.kind.value}, {spec.norm.placement.value}-{spec.norm.kind.value})")
     if bad:
         raise typer.Exit(2)
 
