@@ -1,0 +1,159 @@
+"""`archc diff`, `archc compare`, `archc draw`: light commands (no torch, no onnxruntime)."""
+
+from __future__ import annotations
+
+import io
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from archc.cli import app
+from archc.commands.common import SetOption, load
+from archc.errors import UserError
+
+
+class ReportFormat(str, Enum):
+    terminal = "terminal"
+    markdown = "markdown"
+    json = "json"
+    html = "html"
+    csv = "csv"
+
+
+SUFFIX_FORMAT = {".md": "markdown", ".markdown": "markdown", ".json": "json", ".html": "html", ".htm": "html",
+                 ".csv": "csv", ".txt": "terminal"}
+
+SideSet = lambda flag, side: Annotated[  # noqa: E731
+    Optional[list[str]],
+    typer.Option(flag, metavar="FIELD=VALUE", help=f"Override a field of {side} only (repeatable); --set applies to both."),
+]
+FormatOpt = Annotated[Optional[ReportFormat], typer.Option("--format", "-f", help="terminal (default), markdown, json, html, csv.")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (format from its suffix unless --format).")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", min=1, help="Context length for FLOPs per token.")]
+
+
+def _source(arg: str, sets: list[str]) -> str:
+    return " ".join([arg] + [f"--set {s}" for s in sets])
+
+
+def _pick_format(fmt: Optional[ReportFormat], output: Optional[Path], allowed: tuple[str, ...]) -> str:
+    if fmt is not None:
+        name = fmt.value
+    elif output is not None:
+        name = SUFFIX_FORMAT.get(output.suffix.lower(), "terminal")
+    else:
+        name = "terminal"
+    if name not in allowed:
+        raise UserError(f"--format {name}: this command writes {', '.join(allowed)}")
+    return name
+
+
+def _emit(text_for: dict, fmt: str, output: Optional[Path]) -> None:
+    """Print to stdout, or write the file atomically. `text_for[fmt]()` makes the text."""
+    from archc.draw import write_atomic
+
+    if fmt == "terminal":
+        from rich.console import Console
+
+        if output is None:
+            text_for["terminal"](Console(highlight=False))
+            return
+        buf = io.StringIO()
+        text_for["terminal"](Console(file=buf, width=160, no_color=True, highlight=False))
+        write_atomic(output, buf.getvalue().encode())
+        return
+    text = text_for[fmt]()
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(output, text.encode())
+
+
+@app.command("diff")
+def diff_cmd(
+    a: Annotated[str, typer.Argument(help="Spec file, library name (llama) or compiled model directory.")],
+    b: Annotated[str, typer.Argument(help="The spec to compare A with; the diff says B relative to A.")],
+    sets: SetOption = None,
+    set_a: SideSet("--set-a", "A") = None,
+    set_b: SideSet("--set-b", "B") = None,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List unchanged spec axes too.")] = False,
+    seq_len: SeqLenOpt = 2048,
+    draw: Annotated[Optional[Path], typer.Option("--draw", help="Also draw both layers side by side, changes highlighted (.svg/.png/.dot/.mmd).")] = None,
+) -> None:
+    """What differs between two architectures: spec axes, component-graph structure, cost.
+
+    Exit status: 0 identical, 1 different, 2 error.
+    """
+    from archc import diff as D
+    from archc import render as R
+
+    sets_a = list(sets or []) + list(set_a or [])
+    sets_b = list(sets or []) + list(set_b or [])
+    spec_a, spec_b = load(a, sets_a), load(b, sets_b)
+    d = D.diff(spec_a, spec_b, source_a=_source(a, sets_a), source_b=_source(b, sets_b), seq_len=seq_len)
+    name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html"))
+    rep = R.diff_report(d, show_all=show_all)
+    _emit({
+        "terminal": lambda console: R.print_terminal(rep, console),
+        "markdown": lambda: R.to_markdown(rep),
+        "html": lambda: R.to_html(rep),
+        "json": lambda: json.dumps(D.to_json_data(d, include_unchanged=show_all), indent=2, ensure_ascii=False) + "\n",
+    }, name, output)
+    if draw is not None:
+        from archc import draw as W
+
+        dia = W.layers_diagram(d.a.graph, d.b.graph, D.changed_roles(d.structure), (d.a.name, d.b.name))
+        W.write_diagram(dia, draw, W.format_for(draw, None))
+    raise typer.Exit(0 if d.identical else 1)
+
+
+@app.command("compare")
+def compare_cmd(
+    specs: Annotated[list[str], typer.Argument(help="Spec files, library names or compiled model directories; one column each.")],
+    sets: SetOption = None,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+    seq_len: SeqLenOpt = 2048,
+) -> None:
+    """The architecture comparison table: one column per spec, one row per axis, plus cost rows."""
+    from archc import compare as C
+    from archc import render as R
+    from archc.graph import compile as compile_graph
+
+    loaded = [load(s, list(sets or [])) for s in specs]
+    c = C.comparison(loaded, [compile_graph(s) for s in loaded], [_source(s, list(sets or [])) for s in specs], seq_len)
+    rep = R.compare_report(c)
+    name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html", "csv"))
+    _emit({
+        "terminal": lambda console: R.print_terminal(rep, console),
+        "markdown": lambda: R.to_markdown(rep, title=False),
+        "html": lambda: R.to_html(rep),
+        "csv": lambda: R.to_csv(rep),
+        "json": lambda: json.dumps(C.to_json_data(c), indent=2, ensure_ascii=False) + "\n",
+    }, name, output)
+
+
+@app.command("draw")
+def draw_cmd(
+    spec: Annotated[str, typer.Argument(help="Spec file, library name or compiled model directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The diagram file (.svg, .png, .dot, .mmd).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="svg | png | dot | mermaid (default: from the suffix).")] = None,
+    sets: SetOption = None,
+) -> None:
+    """Block diagram of the architecture: the stack, and one layer opened up.
+
+    svg/png need Graphviz's `dot`; without it the DOT text is written to FILE.dot, the message says
+    how to install Graphviz, and the exit status is 2 (the requested file was not made).
+    """
+    from archc import draw as W
+    from archc.graph import compile as compile_graph
+
+    kind = W.format_for(output, fmt)
+    graph = compile_graph(load(spec, list(sets or [])))
+    W.write_diagram(W.model_diagram(graph), output, kind)
+    typer.echo(f"wrote {output}", err=True)
