@@ -1,0 +1,554 @@
+"""`archc bench`: generation speed of one spec on several backends, beside the card's own limits.
+
+Method (same for every backend, so the figures compare):
+- Inputs: seeded random token ids in [1, vocab) and seeded weights (never zeros), equal-length
+  prompts, greedy decoding of exactly N new tokens (no EOS stop).
+- Timing: the device is synchronised before and after each call and a host clock read
+  (onnxruntime runs on its own CUDA stream, so events on torch's stream would not see its work);
+  the hardware limits are timed with CUDA events. Warm-up calls first, then the median of repeats.
+- Prefill = time to the first token, a generate call with N=1 (prompt forward + first greedy pick).
+  Time per output token = (T(N) - T(1)) / (N - 1): set-up and prefill cancel out.
+- Limits, measured in the same process on the same card: copy bandwidth (device-to-device copy,
+  bytes read + written) and GEMM rate (8192^3 matrix product in fp16 and bf16).
+  Decode roofline: per step, bytes = weights read (every matrix, norm and bias; embedding rows
+  and position rows are negligible) + KV cache read and written for the step's context, over the
+  bandwidth (or FLOPs over the GEMM rate when larger). Prefill floor: the cost model's FLOPs for the
+  prompt (all projections, the head on every position as the exported model computes it, causal
+  attention P(P+1)/2 positions) over the GEMM rate.
+- Peak memory: torch backends, the resident model plus the allocator's peak above what was held
+  before the measured calls; onnxruntime (its own allocator), device memory in use after the runs
+  minus before the session was made (the arena does not shrink, so this is its peak).
+
+Backends: ort (archc's ONNX export, cuda target, through archc's runner), torch (archc's PyTorch
+module, eager, simple greedy loop with its KV cache), torch-compile (the same under torch.compile),
+hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench_hf) and hf-compile
+(transformers' static cache, whose generate compiles the decode step with torch.compile).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from archc.cost import cost
+from archc.errors import UserError
+from archc.graph import ComponentGraph, ComponentKind
+
+BACKENDS = ("ort", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
+ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"), "all": BACKENDS}
+DTYPES = ("fp16", "bf16", "fp32")
+DTYPE_NAME = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def parse_backends(text: str) -> list[str]:
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        names = ALIASES.get(part, (part,))
+        for n in names:
+            if n not in BACKENDS:
+                raise UserError(f"--backends: unknown backend '{part}'; choose from {', '.join(BACKENDS + tuple(ALIASES))}")
+            if n not in out:
+                out.append(n)
+    if not out:
+        raise UserError("--backends: name at least one backend")
+    return out
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def wall(fn: Callable, device) -> tuple[float, object]:
+    """Seconds that fn() takes with the device synchronised on both sides."""
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+# ------------------------------------------------------------------------------------------------
+# The card's limits
+
+
+def _event_median(fn: Callable, device, reps: int, warmup: int = 3) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if torch.device(device).type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            times.append(wall(fn, device)[0])
+    return statistics.median(times)
+
+
+def measure_limits(device="cuda", dtypes=("fp16", "bf16"), *, copy_bytes: int | None = None, gemm_n: int | None = None) -> dict:
+    """Copy bandwidth (bytes/s, read + written) and matrix-multiply rate (FLOP/s per dtype), on random data."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    copy_bytes = copy_bytes or (2 << 30 if cuda else 64 << 20)
+    gemm_n = gemm_n or (8192 if cuda else 512)
+    g = torch.Generator(device=device).manual_seed(0)
+    src = torch.rand(copy_bytes // 2, dtype=torch.float16, device=device, generator=g)
+    dst = torch.empty_like(src)
+    t = _event_median(lambda: dst.copy_(src), device, reps=20)
+    out = {"copy_bytes_per_s": 2 * src.numel() * 2 / t, "copy_buffer_bytes": src.numel() * 2, "gemm_n": gemm_n, "gemm_flops_per_s": {}}
+    del src, dst
+    for name in dtypes:
+        dt = _torch_dtype(name) if cuda or name == "fp32" else torch.float32  # CPU: fp32 only is meaningful
+        a = torch.randn(gemm_n, gemm_n, dtype=dt, device=device, generator=g)
+        b = torch.randn(gemm_n, gemm_n, dtype=dt, device=device, generator=g)
+        t = _event_median(lambda: a @ b, device, reps=10)
+        out["gemm_flops_per_s"][name] = 2 * gemm_n**3 / t
+        del a, b
+    if cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# What the hardware allows for this model
+
+
+def decode_weight_bytes(graph: ComponentGraph, itemsize: int) -> int:
+    """Bytes of weights one decode step reads: every attention, MLP, norm and head parameter (a tied
+    head reads the embedding matrix once more as the head). Embedding and position-table look-ups
+    read one row per sequence and are left out."""
+    read = (ComponentKind.attention.value, ComponentKind.mlp.value, ComponentKind.norm.value, ComponentKind.head.value)
+    n = 0
+    for name in graph.nodes():
+        d = graph.node(name)
+        if d["kind"] in read:
+            n += sum(math.prod(s) for s in d["params"].values())
+            n += sum(math.prod(s) for s in d.get("tied_shapes", {}).values())
+    return n * itemsize
+
+
+@dataclass
+class Shape:
+    batch: int
+    prompt_len: int
+    new_tokens: int
+
+
+def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
+    c = cost(graph)
+    itemsize = 4 if dtype == "fp32" else 2
+    bw, rate = limits["copy_bytes_per_s"], limits["gemm_flops_per_s"][dtype]
+    B, P, N = shape.batch, shape.prompt_len, shape.new_tokens
+    w = decode_weight_bytes(graph, itemsize)
+    kv = c.kv_bytes_per_token(DTYPE_NAME[dtype])
+    # decode step j (1..N-1) runs the token at position P+j-1 against a context of P+j tokens
+    steps = []
+    for j in range(1, max(N, 2)):
+        ctx = P + j
+        steps.append(max((w + B * kv * ctx) / bw, B * c.flops_per_token(ctx) / rate))
+    tpot = sum(steps) / len(steps)
+    prefill_flops = B * (2 * c.matmul_params * P + c.attention_flops_per_position * P * (P + 1) // 2)
+    return {
+        "weight_bytes_per_step": w,
+        "kv_bytes_per_token": kv,
+        "decode_tpot_ms": tpot * 1e3,
+        "decode_tok_s": B / tpot,
+        "prefill_flops": prefill_flops,
+        "prefill_floor_ms": max(prefill_flops / rate, w / bw) * 1e3,
+        "params": c.params,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends
+
+
+class Backend:
+    """One way of generating with the model. `generate(ids, mask, n)` returns the [B, n] new ids."""
+
+    name = ""
+    memory = "torch"  # "torch": torch allocator stats; "device": cudaMemGetInfo deltas (own allocator)
+    warmup = 1  # warm-up rounds; compiled backends need more (compile, then graph capture)
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+
+    def setup(self) -> None: ...
+
+    def generate(self, ids, mask, n: int): ...
+
+    def resident_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None: ...
+
+
+def _module_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def setup(self):
+        self.model = self.bench.archc_module()
+        self.fn = self.model
+
+    def resident_bytes(self):
+        return _module_bytes(self.model)
+
+    def generate(self, ids, mask, n):
+        import torch
+
+        with torch.inference_mode():
+            B, P = ids.shape
+            kw = {}
+            if "prefix_len" in self.bench.graph.graph_inputs():  # the prompt is the bidirectional prefix (GLM)
+                kw["prefix_len"] = torch.full((B,), P, dtype=torch.long, device=ids.device)
+            logits, past = self.fn(ids, attention_mask=mask, **kw)
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+            out = [tok]
+            ones = mask.new_ones(B, 1)
+            for _ in range(n - 1):
+                mask = torch.cat((mask, ones), 1)
+                logits, past = self.fn(tok, attention_mask=mask, past_key_values=past, **kw)
+                tok = logits[:, -1].argmax(-1, keepdim=True)
+                out.append(tok)
+            return torch.cat(out, 1)
+
+
+class TorchCompileBackend(TorchBackend):
+    name = "torch-compile"
+    warmup = 2
+
+    def setup(self):
+        import torch
+
+        super().setup()
+        self.fn = torch.compile(self.model, dynamic=True)
+
+
+class HfBackend(Backend):
+    attn = "eager"
+    static = False
+
+    def setup(self):
+        from archc.bench_hf import build_hf_model
+
+        state = self.bench.archc_module().state_dict()
+        self.model, self.eq = build_hf_model(self.bench.graph, state, dtype=self.bench.torch_dtype,
+                                             device=self.bench.device, attn_implementation=self.attn)
+
+    def resident_bytes(self):
+        return _module_bytes(self.model)
+
+    def generate(self, ids, mask, n):
+        import torch
+
+        kw = {"cache_implementation": "static"} if self.static else {}
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                      do_sample=False, num_beams=1, **kw)
+        return out[:, ids.shape[1]:]
+
+    def close(self):
+        del self.model
+
+
+class HfEagerBackend(HfBackend):
+    name, attn = "hf-eager", "eager"
+
+
+class HfSdpaBackend(HfBackend):
+    name, attn = "hf-sdpa", "sdpa"
+
+
+class HfCompileBackend(HfBackend):
+    """transformers' own fast path: static KV cache; its generate compiles the decode step
+    (torch.compile, mode reduce-overhead = CUDA graphs) when the cache is static."""
+
+    name, attn, static = "hf-compile", "sdpa", True
+    warmup = 2
+
+
+class OrtBackend(Backend):
+    """archc's ONNX export (cuda target on CUDA, portable elsewhere) through archc's runner."""
+
+    name = "ort"
+    memory = "device"
+
+    def setup(self):
+        from archc import runner
+        from exporters.onnx_export import export
+
+        b = self.bench
+        target = "cuda" if b.cuda else "portable"
+        model_dir = b.work_dir / f"{b.graph.spec.name}-{target}-{b.dtype}"
+        if not (model_dir / "model.onnx").exists():
+            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype), "cpu")
+            b.log(f"  exported {model_dir.name} in {t:.1f} s")
+        self.model_dir = model_dir
+        self.runner = runner.load(model_dir, device="cuda" if b.cuda else "cpu")
+
+    def generate(self, ids, mask, n):
+        return self.runner.generate_ids(ids, attention_mask=mask, max_new_tokens=n)
+
+    def close(self):
+        del self.runner
+
+
+BACKEND_CLASSES = {c.name: c for c in (OrtBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend, HfCompileBackend)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The harness
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    prefill_ms: float | None = None
+    decode_tpot_ms: float | None = None
+    decode_tok_s: float | None = None
+    peak_mem_gib: float | None = None
+    frac_decode_roofline: float | None = None
+    frac_prefill_floor: float | None = None
+    tokens_agree: int | None = None  # leading generated tokens equal to the reference backend's (first in the list)
+    prefill_runs_ms: list = field(default_factory=list)
+    generate_runs_ms: list = field(default_factory=list)
+    setup_s: float | None = None
+    error: str | None = None
+
+
+class Bench:
+    """One spec, one dtype, one device; backends are built once and reused across shapes."""
+
+    def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
+                 repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
+                 seed: int = 0, log: Callable[[str], None] = print):
+        import torch
+
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+        self.graph, self.dtype, self.device = graph, dtype, torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA device here; use --device cpu")
+        self.torch_dtype = _torch_dtype(dtype)
+        self.backend_names = list(backends)
+        self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
+        if work_dir is None:
+            import tempfile
+
+            work_dir = tempfile.mkdtemp(prefix="archc-bench-")
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.limits = limits
+        self._module = None
+        self._backends: dict[str, Backend] = {}
+        self._failed: dict[str, str] = {}
+
+    # -- shared pieces --------------------------------------------------------------------------
+    def archc_module(self):
+        if self._module is None:
+            from exporters.torch_module import build_module
+
+            self._module = build_module(self.graph, dtype=self.torch_dtype, device=self.device)
+        return self._module
+
+    def get_limits(self) -> dict:
+        if self.limits is None:
+            self.limits = measure_limits(self.device, dtypes=(self.dtype,))
+        return self.limits
+
+    def _backend(self, name: str) -> Backend:
+        if name in self._failed:
+            raise RuntimeError(self._failed[name])
+        if name not in self._backends:
+            be = BACKEND_CLASSES[name](self)
+            self._used_before_setup = _device_used(self.device)
+            t, _ = wall(be.setup, self.device)
+            be.setup_s = t
+            be.used_before = self._used_before_setup
+            self._backends[name] = be
+        return self._backends[name]
+
+    def inputs(self, shape: Shape):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + 7919 * shape.prompt_len + shape.batch)
+        vocab = self.graph.spec.vocab_size
+        ids = torch.randint(1, vocab, (shape.batch, shape.prompt_len), generator=g).to(self.device)
+        mask = torch.ones_like(ids)
+        return ids, mask
+
+    # -- measuring ------------------------------------------------------------------------------
+    def run(self, shape: Shape) -> dict:
+        import torch
+
+        spec = self.graph.spec
+        if shape.prompt_len + shape.new_tokens > spec.max_seq_len:
+            raise UserError(f"--prompt-len {shape.prompt_len} + --new-tokens {shape.new_tokens} exceeds the spec's "
+                            f"max_seq_len {spec.max_seq_len}; lower them or --set max_seq_len=...")
+        if shape.new_tokens < 2:
+            raise UserError("--new-tokens must be at least 2 (decode speed is measured between 1 and N tokens)")
+        roof = roofline(self.graph, self.dtype, shape, self.get_limits())
+        ids, mask = self.inputs(shape)
+        results, ref = [], None
+        for name in self.backend_names:
+            r = BackendResult(name)
+            try:
+                be = self._backend(name)
+                r.setup_s = be.setup_s
+                self._measure(be, ids, mask, shape, r)
+                toks = self._last_tokens
+                if ref is None:
+                    ref = toks
+                else:
+                    same = (toks.cpu() == ref.cpu()).all(0).tolist()
+                    r.tokens_agree = next((i for i, s in enumerate(same) if not s), len(same))
+            except UserError:
+                raise
+            except Exception as e:  # a backend that cannot run this spec is reported, not fatal
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                self._failed.setdefault(name, msg)
+                r.error = msg
+                self.log(f"  {name}: {msg}")
+            if r.decode_tpot_ms:
+                r.decode_tok_s = shape.batch / (r.decode_tpot_ms / 1e3)
+                r.frac_decode_roofline = r.decode_tok_s / roof["decode_tok_s"]
+            if r.prefill_ms:
+                r.frac_prefill_floor = roof["prefill_floor_ms"] / r.prefill_ms
+            results.append(r)
+            if self.cuda:
+                torch.cuda.empty_cache()
+        return {
+            "spec": spec.name, "dtype": self.dtype, "device": str(self.device), **asdict(shape),
+            "roofline": roof, "backends": [asdict(r) for r in results],
+        }
+
+    def _measure(self, be: Backend, ids, mask, shape: Shape, r: BackendResult) -> None:
+        import torch
+
+        N = shape.new_tokens
+        warm_n = N if be.warmup > 1 else min(N, 8)  # compiled backends: the exact shapes they will see
+        for _ in range(be.warmup):
+            be.generate(ids, mask, 1)
+            be.generate(ids, mask, warm_n)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        t1 = [wall(lambda: be.generate(ids, mask, 1), self.device)[0] for _ in range(self.prefill_repeats)]
+        tn = []
+        for _ in range(self.repeats):
+            t, out = wall(lambda: be.generate(ids, mask, N), self.device)
+            tn.append(t)
+        out = torch.as_tensor(out)
+        if tuple(out.shape) != (shape.batch, N):
+            raise RuntimeError(f"{be.name} returned {tuple(out.shape)} ids, expected {(shape.batch, N)}")
+        self._last_tokens = out
+        r.prefill_runs_ms = [x * 1e3 for x in t1]
+        r.generate_runs_ms = [x * 1e3 for x in tn]
+        r.prefill_ms = statistics.median(t1) * 1e3
+        tpot = (statistics.median(tn) - statistics.median(t1)) / (N - 1) * 1e3
+        if tpot > 0:
+            r.decode_tpot_ms = tpot
+        else:  # noise larger than the decode time (tiny models on a busy CPU)
+            r.error = f"T({N}) <= T(1): timing noise exceeds decode time; raise --repeats or --new-tokens"
+        if self.cuda:
+            if be.memory == "torch":
+                peak = be.resident_bytes() + torch.cuda.max_memory_allocated() - before
+            else:
+                peak = _device_used(self.device) - be.used_before
+            r.peak_mem_gib = peak / 2**30
+
+    def close(self) -> None:
+        for be in self._backends.values():
+            be.close()
+        self._backends.clear()
+        self._module = None
+
+
+def _device_used(device) -> int:
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return 0
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def environment() -> dict:
+    import datetime
+    import platform
+    import subprocess
+
+    import torch
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        env["card"] = torch.cuda.get_device_name()
+        p = torch.cuda.get_device_properties(0)
+        env["card_memory_gib"] = round(p.total_memory / 2**30, 1)
+    for mod in ("transformers", "onnxruntime", "onnx"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:
+            env[mod] = None
+    try:
+        env["archc_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except Exception:
+        env["archc_commit"] = None
+    return env
+
+
+def _f(x, fmt="{:.1f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def render(run: dict, limits: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if Console().is_terminal else 150)
+    roof = run["roofline"]
+    t = Table(title=f"{run['spec']}  {run['dtype']}  batch {run['batch']}  prompt {run['prompt_len']}  +{run['new_tokens']} tokens"
+                    f"  ({roof['params'] / 1e9:.2f} B params)")
+    for col in ("backend", "prefill ms", "% floor", "decode tok/s", "ms/token", "% roofline", "peak GiB", "tokens =", "note"):
+        t.add_column(col, justify="left" if col in ("backend", "note") else "right")
+    t.add_row("[dim]limit[/]", _f(roof["prefill_floor_ms"], "{:.2f}"), "100", _f(roof["decode_tok_s"]),
+              _f(roof["decode_tpot_ms"], "{:.3f}"), "100", "", "", "[dim]roofline / GEMM floor[/]")
+    for b in run["backends"]:
+        t.add_row(b["backend"], _f(b["prefill_ms"], "{:.2f}"), _f(b["frac_prefill_floor"] and 100 * b["frac_prefill_floor"], "{:.0f}"),
+                  _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
+                  _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
+                  "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
+                  (b["error"] or "")[:60])
+    console.print(t)
+    gemm = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in limits["gemm_flops_per_s"].items())
+    console.print(f"[dim]limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, GEMM {gemm}[/]")

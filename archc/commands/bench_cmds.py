@@ -1,0 +1,78 @@
+"""`archc bench`: generation speed on several backends beside the card's limits (archc/bench.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from archc.cli import app
+from archc.commands.common import SetOption, load
+from archc.errors import UserError
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or any(x <= 0 for x in out):
+        raise UserError(f"{option}: expected positive integers separated by commas, got '{text}'")
+    return out
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command()
+def bench(
+    spec: Annotated[str, typer.Argument(help="Spec file, library name or compiled model directory.")],
+    set_: SetOption = None,
+    device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    batch: Annotated[str, typer.Option(help="Batch size(s), comma-separated.")] = "1",
+    prompt_len: Annotated[str, typer.Option(help="Prompt length(s), comma-separated.")] = "512",
+    new_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
+    backends: Annotated[str, typer.Option(help="ort, torch, torch-compile, hf-eager, hf-sdpa, hf-compile; 'hf' = the three hf ones, 'all'.")] = "ort,torch,hf",
+    repeats: Annotated[int, typer.Option(help="Timed generate runs (median).")] = 3,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where the ONNX export goes (default: a temp dir).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+) -> None:
+    """Measure prefill latency, decode tokens/s and peak memory per backend, beside the measured
+    copy bandwidth and GEMM rate of the same card (decode roofline, prefill floor)."""
+    import archc
+    from archc.bench import Bench, Shape, environment, parse_backends, render
+
+    if device not in ("cuda", "cpu"):
+        raise UserError(f"--device: '{device}' is not cuda or cpu")
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    names = parse_backends(backends)
+    shapes = [Shape(b, p, new_tokens) for b in _ints(batch, "--batch") for p in _ints(prompt_len, "--prompt-len")]
+    graph = archc.compile(load(spec, set_))
+    b = Bench(graph, dtype=dtype, device=device, backends=names, repeats=repeats, work_dir=work_dir,
+              log=lambda m: typer.echo(m, err=True))
+    report = {"environment": environment(), "limits": None, "runs": []}
+    try:
+        for shape in shapes:
+            run = b.run(shape)
+            report["limits"] = b.limits
+            report["runs"].append(run)
+            render(run, b.limits)
+            if json_out:
+                write_json_atomic(json_out, report)
+    finally:
+        b.close()
