@@ -255,7 +255,8 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
     src, line = _line_for(loc, lines)
     msg = err["msg"]
     if err["type"] == "missing":
-        msg = "required field is missing"
+        field = ".".join(str(x) for x in err["loc"])  # the missing key is not in the data, so loc has it
+        msg = "required field is missing; add it, or extends: a spec that has it"
         src, line = file, None
     elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
         msg = f"unknown kind; {msg}"
@@ -311,9 +312,34 @@ _TAGGED_KINDS = {
 }
 
 
+def _default_kinds(data: dict) -> dict:
+    """A tagged section written without `kind` gets the kind its field defaults to (position: rope,
+    optimizer: adamw, schedule: cosine), as if the section were absent and then partly overridden."""
+    def fill(section: Any, model: type, field: str) -> Any:
+        if isinstance(section, dict) and "kind" not in section:
+            default = model.model_fields[field].get_default(call_default_factory=True)
+            return {"kind": default.kind.value, **section}
+        return section
+
+    from archc.spec import TrainingSpec
+
+    out = dict(data)
+    if "position" in out:
+        out["position"] = fill(out["position"], Spec, "position")
+    training = out.get("training")
+    if isinstance(training, dict):
+        training = dict(training)
+        for field in ("optimizer", "schedule"):
+            if field in training:
+                training[field] = fill(training[field], TrainingSpec, field)
+        out["training"] = training
+    return out
+
+
 def validate_data(data: dict, lines: LineMap, file: str) -> Spec:
     if not isinstance(data, dict):
         raise SpecError("a spec must be a mapping", file)
+    data = _default_kinds(data)
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
