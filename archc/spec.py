@@ -526,14 +526,14 @@ class Spec(StrictModel):
         if e.output is OutputHead.tied and e.head_vocab_size != self.vocab_size:
             raise SpecConflict(
                 ["embedding.output", "embedding.head_vocab_size"],
-                f"a tied head reuses the embedding matrix [{self.vocab_size}, {self.d_model}], but "
+                f"embedding.output: tied reuses the embedding matrix [{self.vocab_size}, {self.d_model}], but "
                 f"embedding.head_vocab_size={e.head_vocab_size}; set output: untied or head_vocab_size: {self.vocab_size}",
             )
         # attention mask
         if a.mask is MaskKind.prefix and a.sliding_window is not None:
             raise SpecConflict(
                 ["attention.mask", "attention.sliding_window"],
-                "attention.mask: prefix (bidirectional prefix) cannot be combined with sliding_window; drop one",
+                "attention.mask: prefix (bidirectional prefix) cannot be combined with attention.sliding_window; drop one",
             )
         return self
 
