@@ -1,0 +1,70 @@
+"""`archc import-hf DIR -o spec.yaml`: a Hugging Face model directory's config.json as an archc spec.
+
+The spec is written through a temporary file in the output folder, validated by the ordinary spec
+loader, and only then moved into place; any error leaves no file. When the directory also holds a
+checkpoint, its tensor names and shapes are checked against the spec first (headers only, no
+weights are read), so a checkpoint that does not match its config is reported at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from archc.cli import app
+from archc.errors import UserError
+
+
+def spec_yaml(data: dict, source: str) -> str:
+    import yaml
+
+    header = (f"# Imported by `archc import-hf` from {source}.\n"
+              "# Edit freely; weights load by name with archc.hf.load_weights(graph, model_dir).\n")
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+
+
+def _write_validated(path: Path, text: str) -> None:
+    from archc.loader import load_spec
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"-o {path}: folder {folder} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        load_spec(tmp)  # the written file must load as the spec it describes
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@app.command("import-hf")
+def import_hf_cmd(
+    model_dir: Annotated[str, typer.Argument(help="Hugging Face model directory (config.json, optional weights).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Spec file to write.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Spec name; default: the directory's name.")] = None,
+    check_weights: Annotated[bool, typer.Option(help="Check the checkpoint's names and shapes when one is present.")] = True,
+) -> None:
+    """Write the archc spec equivalent to a Hugging Face config.json (llama, mistral, qwen2, gemma, gpt2,
+    gpt_bigcode, gpt_neox, gptj, falcon, bloom, mpt, opt, phi, stablelm)."""
+    from archc.hf import config_to_spec, read_config
+    from archc.hf.checkpoint import has_checkpoint
+
+    source = str(Path(model_dir) / "config.json")
+    data = config_to_spec(read_config(model_dir), name=name or Path(model_dir).resolve().name, source=source)
+    checked = ""
+    if check_weights and has_checkpoint(model_dir):
+        import archc
+        from archc.hf import load_weights
+        from archc.loader import spec_from_dict
+
+        state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
+        checked = f"; checkpoint matches ({len(state)} graph tensors)"
+    _write_validated(output, spec_yaml(data, source))
+    typer.echo(f"wrote {output} ({data['name']}, model_type {read_config(model_dir)['model_type']}){checked}")
