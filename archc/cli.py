@@ -49,17 +49,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         raise SystemExit(_print_error("interrupted", 130))
     except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
+        families = _click_exception_modules()
+        if isinstance(e, tuple(m.UsageError for m in families)):
             e.show()
             raise SystemExit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, tuple(m.Abort for m in families)):
             raise SystemExit(_print_error("aborted", 130))
-        if isinstance(e, click.exceptions.Exit):
+        if isinstance(e, tuple(m.Exit for m in families)):
             return e.exit_code
         raise
     return 0
+
+
+def _click_exception_modules() -> list:
+    """typer >= 0.26 vendors click as typer._click, whose exceptions are not click's; catch both."""
+    import click
+
+    mods = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    return mods
 
 
 def _print_error(message: str, code: int) -> int:
@@ -71,4 +84,7 @@ def _print_error(message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m archc.cli`: commands register on archc.cli.app, not on this __main__ copy.
+    from archc.cli import main as _main
+
+    sys.exit(_main())
