@@ -126,13 +126,14 @@ def compare_report(c: Comparison) -> Report:
 
 def to_markdown(rep: Report, *, title: bool = True) -> str:
     out: list[str] = []
+    # Bold lines rather than headings, so that the output can sit inside any document's section.
     if title:
-        out += [f"## {rep.title}", ""]
+        out += [f"**{rep.title}**", ""]
     if rep.lines:
         out += [f"- {line}" for line in rep.lines] + [""]
     for t in rep.tables:
         if t.title:
-            out += [f"### {t.title}", ""]
+            out += [f"**{t.title}**", ""]
         if t.rows:
             out.append("| " + " | ".join(_md(c) for c in t.columns) + " |")
             out.append("|" + "---|" * len(t.columns))

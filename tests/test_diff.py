@@ -241,7 +241,7 @@ def test_set_applies_to_both_sides_and_model_directory(capsys, tmp_path):
     assert rc == 0
     rc, data = diff_json(capsys, "llama", "llama", "--set", "n_layers=2", "--set-a", "n_layers=3")
     assert rc == 1 and [r["axis"] for r in data["spec"]["changed"]] == ["n_layers"]
-    assert data["a"]["source"] == "llama --set n_layers=2 --set n_layers=3"
+    assert data["a"]["source"] == "llama --set n_layers=2 --set-a n_layers=3"
     assert any(c["text"] == "stack: 2 layers instead of 3 layers" for c in data["structure"])
     # a compiled model directory is read through its spec.yaml
     model = tmp_path / "model"

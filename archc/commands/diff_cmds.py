@@ -35,8 +35,9 @@ OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", min=1, help="Context length for FLOPs per token.")]
 
 
-def _source(arg: str, sets: list[str]) -> str:
-    return " ".join([arg] + [f"--set {s}" for s in sets])
+def _source(arg: str, sets: list[str], flag: str = "--set", own: list[str] | None = None) -> str:
+    """The argument as given, with its overrides: 'glm --set-b norm.placement=post'."""
+    return " ".join([arg] + [f"--set {s}" for s in sets] + [f"{flag} {s}" for s in own or []])
 
 
 def _pick_format(fmt: Optional[ReportFormat], output: Optional[Path], allowed: tuple[str, ...]) -> str:
@@ -95,7 +96,8 @@ def diff_cmd(
     sets_a = list(sets or []) + list(set_a or [])
     sets_b = list(sets or []) + list(set_b or [])
     spec_a, spec_b = load(a, sets_a), load(b, sets_b)
-    d = D.diff(spec_a, spec_b, source_a=_source(a, sets_a), source_b=_source(b, sets_b), seq_len=seq_len)
+    d = D.diff(spec_a, spec_b, source_a=_source(a, list(sets or []), "--set-a", set_a),
+               source_b=_source(b, list(sets or []), "--set-b", set_b), seq_len=seq_len)
     name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html"))
     rep = R.diff_report(d, show_all=show_all)
     _emit({
