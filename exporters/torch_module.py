@@ -172,7 +172,9 @@ class Mask(nn.Module):
 
 class Alibi(nn.Module):
     """Press et al. 2021: bias slope_h * pos(j) on every score; equal to -slope_h * (i - j) up to a
-    per-row constant, which softmax ignores. Shape [B, H, 1, T]."""
+    per-row constant, which softmax ignores. Shape [B, H, 1, T]. We also subtract the row's last
+    position (another per-row constant) so the bias is <= 0 and near 0 for recent keys: added to
+    fp16/bf16 scores, a bias of slope * 4000 would swamp them."""
 
     def __init__(self, node: dict):
         super().__init__()
@@ -180,7 +182,8 @@ class Alibi(nn.Module):
 
     def forward(self, attention_mask):
         slopes = torch.tensor(self.slopes, dtype=torch.float32, device=attention_mask.device)
-        return slopes[None, :, None, None] * _positions(attention_mask).float()[:, None, None, :]
+        pos = _positions(attention_mask).float()
+        return slopes[None, :, None, None] * (pos - pos[:, -1:])[:, None, None, :]
 
 
 class Rotary(nn.Module):
@@ -371,6 +374,8 @@ class GraphModel(nn.Module):
         past_len = next((kv[0].shape[2] for kv in past_key_values or [] if kv is not None), 0)
         if attention_mask is None:
             attention_mask = torch.ones(B, past_len + S, dtype=torch.long, device=input_ids.device)
+        if attention_mask.shape != (B, past_len + S):
+            raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}; it must cover past + new tokens: ({B}, {past_len + S})")
         if position_ids is None and "position_ids" in self.input_names:
             glm2d = self.graph.node("position_ids")["settings"]["shape"][1] == 2
             position_ids = self.default_positions(attention_mask, S, glm2d)

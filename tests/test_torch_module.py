@@ -231,3 +231,11 @@ def test_given_weights_are_loaded_and_checked():
         build_module(graph, weights={k: v for k, v in weights.items() if k != "final_norm.weight"})
     with pytest.raises(ValueError, match="unexpected.*layers.9"):
         build_module(graph, weights=dict(weights, **{"layers.9.attn.q.weight": torch.zeros(1)}))
+
+
+def test_mask_that_does_not_cover_the_cache_is_rejected():
+    graph = archc.compile(tiny_spec("llama"))
+    model = build_module(graph)
+    _, past = model(torch.randint(0, 97, (1, 4)))
+    with pytest.raises(ValueError, match=r"past \+ new tokens: \(1, 5\)"):
+        model(torch.randint(0, 97, (1, 1)), torch.ones(1, 1, dtype=torch.long), past_key_values=past)
