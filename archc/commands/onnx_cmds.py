@@ -1,0 +1,119 @@
+"""`archc compile` (spec -> ONNX model directory) and `archc run` (generate with onnxruntime).
+
+Heavy imports (onnx, onnxruntime, torch) happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from archc.cli import app
+from archc.commands.common import SetOption, load
+from archc.errors import UserError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _is_hf_dir(arg: str) -> bool:
+    p = Path(arg)
+    return p.is_dir() and (p / "config.json").exists() and not (p / "spec.yaml").exists()
+
+
+def lowering_summary(lowering: dict[str, str]) -> list[str]:
+    """One line per distinct lowering: 'cuda:GroupQueryAttention  x2  layers.0.attn, layers.1.attn'."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for node, how in lowering.items():
+        groups.setdefault(re.sub(r" \(fused into [^)]*\)", " (residual add, fused)", how), []).append(node)
+    lines = []
+    for how, nodes in sorted(groups.items(), key=lambda kv: (kv[0] == "portable", kv[0])):
+        shown = ", ".join(nodes[:4]) + (f", ... ({len(nodes) - 4} more)" if len(nodes) > 4 else "")
+        lines.append(f"  {how:<60} x{len(nodes):<3} {shown}")
+    return lines
+
+
+@app.command("compile")
+def compile_cmd(
+    spec: Annotated[str, typer.Argument(help="Spec file, library name (llama), or a Hugging Face model directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (model.onnx, model.onnx.data, spec.yaml, genai_config.json).")],
+    sets: SetOption = None,
+    target: Annotated[str, typer.Option(help="portable (standard ONNX ops) | cuda (onnxruntime com.microsoft fused ops).")] = "portable",
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (logits are float32 always).")] = "fp32",
+    weights: Annotated[Optional[str], typer.Option(help="Hugging Face model directory, or a safetensors file of archc parameter names. Default: the spec's seeded init.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Init seed (overrides init.seed).")] = None,
+) -> None:
+    """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
+    import archc
+    from exporters.onnx_export import ExportDType, Target, export
+
+    if target not in {t.value for t in Target}:
+        raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
+    if dtype not in {d.value for d in ExportDType}:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
+    sets = list(sets or [])
+    if seed is not None:
+        sets.append(f"init.seed={seed}")
+    if _is_hf_dir(spec):
+        from archc.hf import config_to_spec, read_config
+        from archc.loader import spec_from_dict
+
+        source = str(Path(spec) / "config.json")
+        data = config_to_spec(read_config(spec), name=Path(spec).resolve().name, source=source)
+        if sets:
+            raise UserError("--set/--seed do not apply to a Hugging Face directory (its config.json decides the spec)")
+        s = spec_from_dict(data, source=source)
+        weights = weights or spec
+    else:
+        s = load(spec, sets)
+    graph = archc.compile(s)
+    result = export(graph, out, target=target, dtype=dtype, weights=weights)
+    con = _console()
+    mb = result.data_bytes / 2**20
+    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, {result.n_weights} weight tensors, {mb:.1f} MiB)")
+    con.print("lowering:")
+    for line in lowering_summary(result.lowering):
+        con.print(line)
+
+
+def _parse_ids(values: list[str]) -> list[list[int]]:
+    prompts = []
+    for v in values:
+        try:
+            prompts.append([int(t) for t in v.replace(" ", "").split(",") if t != ""])
+        except ValueError:
+            raise UserError(f"--prompt-ids {v!r}: give comma-separated integer token ids, e.g. 1,2,3") from None
+    return prompts
+
+
+@app.command("run")
+def run_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Directory made by `archc compile`.")],
+    prompt_ids: Annotated[list[str], typer.Option("--prompt-ids", help="Comma-separated token ids; repeat for a batch.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 16,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (sampling).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+) -> None:
+    """Generate tokens with onnxruntime (greedy unless --top-k/--top-p/--temperature ask for sampling)."""
+    from archc.runner import Session
+
+    prompts = _parse_ids(prompt_ids)
+    sess = Session(model_dir, device=device)
+    con, err = _console(), _console(stderr=True)
+    if sess.note:
+        err.print(sess.note)
+    res = sess.generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    for ids in res.ids:
+        con.print(",".join(map(str, ids)))
+    err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "
+              f"(batch {len(prompts)}, {max_new_tokens} new tokens)")

@@ -1,0 +1,359 @@
+"""Run a compiled model directory in onnxruntime: provider choice, prefill + cached decode, sampling.
+
+    from archc.runner import Session
+    s = Session("out/llama", device="auto")            # 'auto' | 'cuda' | 'cpu'
+    r = s.generate([[1, 2, 3], [4, 5]], max_new_tokens=16, top_k=50, top_p=0.9, temperature=0.8, seed=0)
+    r.ids, r.prefill_ms, r.decode_tokens_per_s
+    logits, present = s.forward(input_ids, attention_mask, past=None)   # one step, numpy in and out
+
+Batches of prompts of different lengths are left-padded; attention_mask marks real tokens and
+position_ids = cumsum(mask) - 1 (clamped at 0). prefix-mask specs (GLM) get prefix_len = the
+prompt's length: the prompt is the bidirectional prefix, generated tokens are causal. glm2d
+position ids follow GLM (Du et al. 2022): prompt tokens get row 0 = their position and row 1 = 0;
+the k-th generated token keeps row 0 at the last prompt position and gets block position row 1 = k.
+
+CPU: numpy feeds; the cache grows by concatenation inside the model (present = past + new).
+CUDA: IO binding. Models whose attention is all GroupQueryAttention (cuda target, fp16/bf16) get one
+max-length cache per layer on the device, bound as both past and present (the op writes the new
+tokens in place); other models keep their present OrtValues on the device and bind them as the
+next step's past. Per token, only the attention mask / ids / positions go up (a few bytes per row)
+and the last position's logits come down for sampling.
+CUDA graphs: not captured. The contract's attention_mask is [batch, past + seq], so an input's shape
+changes every step, and onnxruntime's CUDA-graph replay needs every bound shape fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from archc.errors import UserError
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class GenerationResult:
+    ids: list[list[int]]  # generated tokens only, one list per prompt
+    prefill_ms: float
+    decode_tokens_per_s: float
+    decode_ms: float = 0.0
+    device: str = "cpu"
+    sequences: list[list[int]] = field(default_factory=list)  # prompt + generated
+
+
+def _ort():
+    import onnxruntime as ort
+
+    return ort
+
+
+def choose_providers(device: str) -> tuple[list, str | None]:
+    """(providers, note): CUDA only when asked for or when 'auto' and the CUDA EP is compiled in."""
+    ort = _ort()
+    if device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--device {device}: choose auto, cuda or cpu")
+    if device == "cpu":
+        return ["CPUExecutionProvider"], None
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        reason = "this onnxruntime build has no CUDAExecutionProvider"
+        if device == "cuda":
+            raise UserError(f"--device cuda: {reason}; install onnxruntime-gpu or use --device cpu")
+        return ["CPUExecutionProvider"], f"cuda unavailable ({reason}); running on CPU"
+    reason = cuda_library_problem()
+    if reason:
+        if device == "cuda":
+            raise UserError(f"--device cuda: the CUDA execution provider cannot load ({reason}); use --device cpu")
+        return ["CPUExecutionProvider"], f"cuda unavailable ({reason}); running on CPU"
+    return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], None
+
+
+def cuda_library_problem() -> str | None:
+    """Why onnxruntime's CUDA provider library would fail to load (None: it loads). Loading it with
+    ctypes first gives the reason in one line instead of onnxruntime's logged error pages."""
+    import ctypes
+    import os
+
+    capi = Path(_ort().__file__).parent / "capi"
+    lib = capi / "libonnxruntime_providers_cuda.so"
+    if os.name != "posix" or not lib.exists():
+        return None  # let onnxruntime decide (Windows DLLs, unusual layouts)
+    try:
+        shared = capi / "libonnxruntime_providers_shared.so"
+        if shared.exists():
+            ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        return str(e).strip()[:200]
+    return None
+
+
+def _session(path: Path, providers: list, quiet: bool = True):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3 if quiet else 2
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    ort.set_default_logger_severity(4 if quiet else 2)  # provider-load failures log at error level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ort.InferenceSession(str(path), so, providers=providers)
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def open_session(model_dir: str | Path, device: str = "auto"):
+    """(InferenceSession, device actually used, note or None). Bad model files -> UserError."""
+    d = Path(model_dir)
+    path = d / MODEL_FILE if d.is_dir() else d
+    if not path.exists():
+        raise UserError(f"{model_dir}: no {MODEL_FILE} here; make one with `archc compile SPEC -o {model_dir}`")
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
+        raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-run `archc compile`") from None
+    providers, note = choose_providers(device)
+    try:
+        sess = _session(path, providers)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0][:200]
+        if providers[0] != "CPUExecutionProvider" and device == "auto":
+            note = f"cuda unavailable ({msg}); running on CPU"
+            try:
+                sess = _session(path, ["CPUExecutionProvider"])
+            except Exception as e2:  # noqa: BLE001
+                raise UserError(f"{path}: onnxruntime cannot load the model ({str(e2).splitlines()[0][:200]})") from None
+        elif "CUDA" in msg and device == "cuda":
+            raise UserError(f"--device cuda: {msg}") from None
+        else:
+            raise UserError(f"{path}: onnxruntime cannot load the model ({msg}); the file may be truncated, re-run `archc compile`") from None
+    used = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    if providers[0] != "CPUExecutionProvider" and used == "cpu":
+        if device == "cuda":
+            raise UserError("--device cuda: onnxruntime could not start the CUDA execution provider "
+                            "(CUDA/cuDNN libraries missing?); use --device cpu")
+        note = note or "cuda unavailable (the CUDA execution provider failed to start); running on CPU"
+    return sess, used, note
+
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class Session:
+    """A compiled model directory loaded in onnxruntime."""
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", *, io_binding: bool | None = None):
+        """io_binding: default on for CUDA; True on the CPU runs the device path with host buffers (tests)."""
+        self.model_dir = Path(model_dir)
+        self.io_binding = io_binding
+        self.sess, self.device, self.note = open_session(model_dir, device)
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        self.lowering = json.loads(meta.get("archc.lowering", "{}"))
+        self.kv_cache = meta.get("archc.kv_cache", "concat")
+        ins = {i.name: i for i in self.sess.get_inputs()}
+        self.input_names = list(ins)
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+        self.n_layers = sum(1 for n in ins if n.startswith("past_key_values.") and n.endswith(".key"))
+        k0 = ins["past_key_values.0.key"]
+        self.kv_heads, self.head_dim = int(k0.shape[1]), int(k0.shape[3])
+        self.cache_type = k0.type
+        self.vocab = int(self.sess.get_outputs()[0].shape[2])
+        self.glm2d = "position_ids" in ins and len(ins["position_ids"].shape) == 3
+        self.has_positions = "position_ids" in ins
+        self.has_prefix = "prefix_len" in ins
+        self.max_seq_len = self._context_length()
+
+    def _context_length(self) -> int:
+        cfg = self.model_dir / "genai_config.json"
+        if cfg.exists():
+            return int(json.loads(cfg.read_text())["model"]["context_length"])
+        return 1 << 30
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _empty_past(self, batch: int) -> dict:
+        if self.cache_type == "tensor(bfloat16)":
+            raise UserError("bf16 models run on CUDA only (onnxruntime's CPU kernels have no bfloat16); use --device cuda")
+        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), _NP[self.cache_type])
+        return {f"past_key_values.{i}.{kv}": z for i in range(self.n_layers) for kv in ("key", "value")}
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
+        """One call on numpy arrays. Returns (logits [B,S,V] float32, present {name: array})."""
+        input_ids = np.asarray(input_ids, np.int64)
+        B, S = input_ids.shape
+        past = past if past is not None else self._empty_past(B)
+        P = next(iter(past.values())).shape[2]
+        if attention_mask is None:
+            attention_mask = np.ones((B, P + S), np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, np.int64)}
+        if self.has_positions:
+            feeds["position_ids"] = position_ids if position_ids is not None else self.default_positions(feeds["attention_mask"], S)
+        if self.has_prefix:
+            feeds["prefix_len"] = np.asarray(prefix_len if prefix_len is not None else np.zeros(B), np.int64)
+        for name, v in past.items():
+            feeds[name.replace("present.", "past_key_values.")] = v
+        outs = self.sess.run(None, feeds)
+        present = {n.replace("present.", "past_key_values."): v for n, v in zip(self.output_names[1:], outs[1:])}
+        return outs[0], present
+
+    def default_positions(self, attention_mask: np.ndarray, seq: int) -> np.ndarray:
+        pos = np.clip(np.cumsum(attention_mask, 1) - 1, 0, None)[:, -seq:]
+        return np.stack([pos, np.zeros_like(pos)], 1) if self.glm2d else pos
+
+    # ---- generation ----------------------------------------------------------------------------
+    def check_prompts(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("--prompt-ids: every prompt needs at least one token id")
+        for p in prompts:
+            bad = [t for t in p if not 0 <= int(t) < self.vocab]
+            if bad:
+                raise UserError(f"--prompt-ids: id {bad[0]} is outside the vocabulary [0, {self.vocab}); use ids below {self.vocab}")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_seq_len:
+            raise UserError(f"--prompt-ids: prompt of {longest} tokens + --max-new-tokens {max_new_tokens} exceeds the "
+                            f"spec's max_seq_len {self.max_seq_len}; shorten the prompt or generate fewer tokens")
+        if max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int = 16, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, greedy: bool | None = None, seed: int = 0) -> GenerationResult:
+        """Greedy unless top_k / top_p / temperature != 1 ask for sampling (or greedy=True forces it)."""
+        self.check_prompts(prompts, max_new_tokens)
+        sample = not greedy and (top_k is not None or top_p is not None or temperature != 1.0)
+        if greedy is False:
+            sample = True
+        sampler = Sampler(temperature, top_k, top_p, seed) if sample else None
+        B, L = len(prompts), max(len(p) for p in prompts)
+        ids = np.zeros((B, L), np.int64)
+        mask = np.zeros((B, L), np.int64)
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p):] = p
+            mask[b, L - len(p):] = 1
+        lens = np.array([len(p) for p in prompts], np.int64)
+        if self.device == "cuda" or self.io_binding:
+            stepper = _BoundSteps(self, B, L + max_new_tokens, self.device)
+        else:
+            stepper = _CpuSteps(self, B)
+        out = np.zeros((B, max_new_tokens), np.int64)
+        t0 = time.perf_counter()
+        logits = stepper.step(ids, mask, self._positions(mask, L, lens, 0), lens)
+        tok = self._pick(logits, sampler)
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+        out[:, 0] = tok
+        t1 = time.perf_counter()
+        for k in range(1, max_new_tokens):
+            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
+            logits = stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens)
+            tok = self._pick(logits, sampler)
+            out[:, k] = tok
+        decode_s = time.perf_counter() - t1
+        n_decode = B * (max_new_tokens - 1)
+        gen = out.tolist()
+        return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
+                                self.device, [list(map(int, p)) + g for p, g in zip(prompts, gen)])
+
+    def _positions(self, mask: np.ndarray, seq: int, lens: np.ndarray, k: int) -> np.ndarray | None:
+        if not self.has_positions:
+            return None
+        pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
+        if not self.glm2d:
+            return pos
+        if k == 0:  # prompt: row 0 = position, row 1 = 0
+            return np.stack([pos, np.zeros_like(pos)], 1)
+        # k-th generated token: row 0 stays at the last prompt position, block position row 1 = k
+        return np.stack([(lens - 1)[:, None], np.full((len(lens), 1), k, np.int64)], 1)
+
+    @staticmethod
+    def _pick(logits: np.ndarray, sampler) -> np.ndarray:
+        last = logits[:, -1, :]
+        return last.argmax(-1).astype(np.int64) if sampler is None else sampler(last)
+
+
+class Sampler:
+    """Temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020), from a seeded numpy Generator."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0):
+        if temperature <= 0:
+            raise UserError("--temperature must be > 0 (omit the sampling options for greedy decoding)")
+        if top_k is not None and top_k < 1:
+            raise UserError("--top-k must be >= 1")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise UserError("--top-p must be in (0, 1]")
+        self.t, self.k, self.p = temperature, top_k, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        out = np.empty(len(logits), np.int64)
+        for b, row in enumerate(logits.astype(np.float64) / self.t):
+            order = np.argsort(-row, kind="stable")
+            z = row[order]
+            if self.k is not None:
+                z = z[: self.k]
+            prob = np.exp(z - z.max())
+            prob /= prob.sum()
+            if self.p is not None:
+                keep = np.searchsorted(np.cumsum(prob), self.p) + 1  # smallest prefix with mass >= p
+                prob = prob[:keep] / prob[:keep].sum()
+            out[b] = order[self.rng.choice(len(prob), p=prob)]
+        return out
+
+
+class _CpuSteps:
+    """Host numpy feeds; present becomes the next past."""
+
+    def __init__(self, s: Session, batch: int):
+        self.s, self.past = s, s._empty_past(batch)
+
+    def step(self, ids, mask, positions, lens):
+        logits, self.past = self.s.forward(ids, mask, positions, lens if self.s.has_prefix else None, self.past)
+        return logits
+
+
+class _BoundSteps:
+    """IO binding on `device` ('cuda'; 'cpu' in tests). Shared cache (GroupQueryAttention models): past
+    and present are one preallocated [B, kv_heads, max_len, head_dim] buffer per layer and tensor,
+    which the op updates in place. Otherwise the present OrtValues stay where they were made and are
+    bound as the next step's past."""
+
+    ELEM = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(bfloat16)": 16}  # onnx.TensorProto
+
+    def __init__(self, s: Session, batch: int, max_len: int, device: str):
+        ort = _ort()
+        self.s, self.ort, self.dev = s, ort, device
+        self.shared = s.kv_cache == "shared"
+        length = max_len if self.shared else 0
+        shape = [batch, s.kv_heads, length, s.head_dim]
+        self.cache = {f"past_key_values.{i}.{kv}": ort.OrtValue.ortvalue_from_shape_and_type(shape, self.ELEM[s.cache_type], device, 0)
+                      for i in range(s.n_layers) for kv in ("key", "value")}
+
+    def step(self, ids, mask, positions, lens):
+        s, ort = self.s, self.ort
+        io = s.sess.io_binding()
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if s.has_positions:
+            feeds["position_ids"] = positions
+        if s.has_prefix:
+            feeds["prefix_len"] = lens
+        for n, v in feeds.items():
+            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
+        for n, v in self.cache.items():
+            io.bind_ortvalue_input(n, v)
+        io.bind_output("logits", "cpu")  # only the logits come back to the host
+        for n, v in self.cache.items():
+            out = n.replace("past_key_values.", "present.")
+            if self.shared:
+                io.bind_ortvalue_output(out, v)  # same buffer as the past: written in place
+            else:
+                io.bind_output(out, self.dev, 0)
+        s.sess.run_with_iobinding(io)
+        outs = io.get_outputs()
+        if not self.shared:
+            for n, v in zip(list(self.cache), outs[1:]):
+                self.cache[n] = v
+        return outs[0].numpy()

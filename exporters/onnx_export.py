@@ -1,0 +1,440 @@
+"""ONNX emitter: the component graph lowered node by node into one ONNX model (no tracing).
+
+`export(graph, out_dir, target=..., dtype=...)` walks `graph.nodes()` in order; each node's kind
+has a lowering (exporters/onnx_lowering_portable.py) that reads the node's settings, params and
+in-edges (by port) and emits ONNX nodes with onnx.helper. The `cuda` target
+(exporters/onnx_lowering_cuda.py) overrides some kinds with onnxruntime's com.microsoft fused
+operators and falls back to the portable lowering, per node, where an operator's limits exclude
+the node; which lowering each node got is written to the model's metadata (`archc.lowering`).
+
+One model serves prefill and decode: the past length is a dynamic dimension (0 at prefill).
+I/O contract (notes/contract.md): inputs input_ids, attention_mask, [position_ids], [prefix_len],
+past_key_values.{i}.key/.value [B, kv_heads, past, head_dim]; outputs logits (float32) and
+present.{i}.key/.value.
+
+Weights are streamed one tensor at a time into `model.onnx.data` (always external, one layout for
+every size, so a >2 GB model needs nothing special), at 64-byte aligned offsets in graph order;
+the graph proto holds only small constants. Same graph, weights and options -> identical bytes.
+The output directory is built in a temp dir beside the target and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from archc.errors import UserError
+from archc.graph import ComponentGraph, ComponentKind
+
+OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
+MS_OPSET = 1
+IR_VERSION = 11  # opset 23 needs IR 11; onnxruntime 1.2x/1.3x reads up to IR 13
+DATA_FILE = "model.onnx.data"
+MODEL_FILE = "model.onnx"
+ALIGN = 64
+
+
+class Target(str, Enum):
+    portable = "portable"  # standard ONNX operators only, any execution provider
+    cuda = "cuda"  # com.microsoft fused operators where they fit (onnxruntime CUDA EP)
+
+
+class ExportDType(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+ELEM = {ExportDType.fp32: TensorProto.FLOAT, ExportDType.fp16: TensorProto.FLOAT16, ExportDType.bf16: TensorProto.BFLOAT16}
+NP_FLOAT = {ExportDType.fp32: np.float32, ExportDType.fp16: np.float16}  # bf16 goes through torch
+
+# Symbolic dimension names (also read by the runner).
+BATCH, SEQ, TOTAL, PAST = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
+
+
+class LoweringError(UserError):
+    """The target cannot express a node (exit 2 with the node and the reason)."""
+
+
+@dataclass
+class WeightRef:
+    """An initializer whose values are streamed later: archc parameter `source`, maybe transposed."""
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    transpose: bool
+
+
+@dataclass
+class Ctx:
+    """The ONNX graph under construction plus per-export memo (values shared across nodes)."""
+
+    graph: ComponentGraph
+    target: Target
+    dtype: ExportDType
+    fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
+    nodes: list = field(default_factory=list)
+    consts: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    env: dict = field(default_factory=dict)  # graph node -> ONNX value (or a lowering-specific object)
+    memo: dict = field(default_factory=dict)
+    lowering: dict = field(default_factory=dict)  # graph node -> which lowering it got
+    _counter: dict = field(default_factory=dict)
+    _weight_names: set = field(default_factory=set)
+    scope: str = ""
+
+    @property
+    def elem(self) -> int:
+        return ELEM[self.dtype]
+
+    def fresh(self, hint: str) -> str:
+        base = f"{self.scope}/{hint}" if self.scope else hint
+        n = self._counter.get(base, 0)
+        self._counter[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def op(self, op_type: str, inputs: list, n_out: int = 1, *, domain: str = "", out: list | None = None, **attrs) -> Any:
+        """Emit one node; returns its output name (or list of names when n_out > 1)."""
+        outs = out or [self.fresh(f"{op_type}{'' if i == 0 else i}") for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, [i or "" for i in inputs], outs, name=self.fresh(f"n_{op_type}"),
+                                           domain=domain or None, **attrs))
+        return outs[0] if n_out == 1 and out is None else outs
+
+    def const(self, value, hint: str = "c", elem: int | None = None) -> str:
+        """A small constant stored inside model.onnx (ints, scalars, tables made from settings)."""
+        arr = np.asarray(value)
+        name = self.fresh(hint)
+        if elem == TensorProto.BFLOAT16:
+            t = helper.make_tensor(name, TensorProto.BFLOAT16, arr.shape, arr.astype(np.float32).flatten().tolist())
+        else:
+            if elem is not None:
+                arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+            t = onnx.numpy_helper.from_array(arr, name)
+        self.consts.append(t)
+        return name
+
+    def fconst(self, value, hint: str = "c") -> str:
+        """A constant in the model's float dtype."""
+        return self.const(np.asarray(value, dtype=np.float32), hint, elem=self.elem)
+
+    def weight(self, full: str, transpose: bool = False) -> str:
+        """The initializer of archc parameter `full` (a tied name resolves to its owner)."""
+        full = self.graph.tied().get(full, full)
+        name = f"{full}.T" if transpose else full
+        if name not in self._weight_names:
+            node, local = _owner(self.graph, full)
+            shape = tuple(self.graph.node(node)["params"][local])
+            if transpose:
+                shape = shape[::-1]
+            self.weights.append(WeightRef(name, full, shape, transpose))
+            self._weight_names.add(name)
+        return name
+
+    def graph_input(self, name: str, elem: int, dims: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    def graph_output(self, name: str, value: str, elem: int, dims: list) -> str:
+        self.op("Identity", [value], out=[name])
+        self.outputs.append(helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    # ---- shape helpers shared by lowerings -------------------------------------------------------
+    def dim(self, value: str, axis: int) -> str:
+        """1-D int64 [size of `value` along `axis`], memoised."""
+        key = ("dim", value, axis)
+        if key not in self.memo:
+            self.memo[key] = self.op("Shape", [value], start=axis, end=axis + 1)
+        return self.memo[key]
+
+
+def _owner(graph: ComponentGraph, full: str) -> tuple[str, str]:
+    for name in graph.nodes():
+        if full.startswith(name + "."):
+            local = full[len(name) + 1 :]
+            if local in graph.node(name)["params"]:
+                return name, local
+    raise KeyError(full)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the graph
+
+
+Lowering = Callable[[Ctx, str, dict], Any]
+
+
+def lowerings(target: Target) -> dict[str, Lowering]:
+    from exporters import onnx_lowering_portable as portable
+
+    table = dict(portable.LOWERINGS)
+    if target is Target.cuda:
+        from exporters import onnx_lowering_cuda as cuda
+
+        table.update(cuda.LOWERINGS)
+    return table
+
+
+def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: ExportDType | str = ExportDType.fp32,
+                *, fused_fp32: bool = False) -> Ctx:
+    """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
+    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32)
+    table = lowerings(ctx.target)
+    if ctx.target is Target.cuda:
+        from exporters import onnx_lowering_cuda as cuda
+
+        cuda.plan(ctx)
+    for name in graph.nodes():
+        node = graph.node(name)
+        ctx.scope = name
+        result = table[node["kind"]](ctx, name, node)
+        if result is not None:
+            ctx.env[name] = result
+        ctx.lowering.setdefault(name, "portable")
+    ctx.scope = ""
+    return ctx
+
+
+def inputs_of(ctx: Ctx, name: str, port: str) -> list:
+    return [ctx.env[src] for src in ctx.graph.inputs_at(name, port)]
+
+
+def input_of(ctx: Ctx, name: str, port: str):
+    src = ctx.graph.input_of(name, port)
+    return None if src is None else ctx.env[src]
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _tensor_bytes(t, dtype: ExportDType, transpose: bool) -> bytes:
+    import torch
+
+    t = t.detach().to("cpu")
+    if transpose:
+        t = t.t()
+    t = t.contiguous()
+    if dtype is ExportDType.bf16:
+        return t.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+    return t.to(torch.float32).numpy().astype(NP_FLOAT[dtype], copy=False).tobytes()
+
+
+def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> Callable[[str], Any]:
+    """A getter name -> float tensor, reading one tensor at a time.
+
+    None: the seeded init (archc.weights, identical numbers to the PyTorch emitter). A safetensors
+    file of archc's own names, or a Hugging Face directory (archc.hf)."""
+    if weights is None:
+        from archc.weights import init_tensor
+
+        def seeded(full: str):
+            node, local = _owner(graph, full)
+            return init_tensor(graph, node, local)
+
+        return seeded
+    path = Path(weights)
+    if not path.exists():
+        raise UserError(f"--weights {path}: no such file or directory")
+    if path.is_file():
+        return _safetensors_source(graph, path)
+    try:
+        from archc import hf  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"--weights {path}: reading a Hugging Face directory needs archc.hf ({e})") from None
+    return _hf_source(graph, path)
+
+
+def _safetensors_source(graph: ComponentGraph, path: Path):
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt")
+        keys = set(f.keys())
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise UserError(f"--weights {path}: not a readable safetensors file ({e})") from None
+    expected = {full for full, _, _ in graph.params()}
+    missing = sorted(expected - keys)
+    if missing:
+        raise UserError(f"--weights {path}: missing {len(missing)} parameter(s), e.g. {missing[0]}; "
+                        f"the file must use archc's parameter names (see `archc show`)")
+
+    def get(full: str):
+        t = f.get_tensor(full)
+        node, local = _owner(graph, full)
+        want = tuple(graph.node(node)["params"][local])
+        if tuple(t.shape) != want:
+            raise UserError(f"--weights {path}: {full} has shape {tuple(t.shape)}, the spec needs {want}")
+        return t.float()
+
+    return get
+
+
+def _hf_source(graph: ComponentGraph, path: Path):
+    from archc import hf
+
+    if not (path / "config.json").exists():
+        raise UserError(f"--weights {path}: a directory must be a Hugging Face model (config.json + safetensors/bin files)")
+    state = hf.load_weights(graph, path)  # {archc name: float32 tensor}, checked against the graph
+
+    def get(full: str):
+        if full not in state:
+            raise UserError(f"--weights {path}: the checkpoint gives no {full}")
+        return state.pop(full).float()  # drop each tensor once written: memory stays near one copy
+
+    return get
+
+
+def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
+    """Stream every initializer into data_path; returns TensorProtos pointing into it."""
+    protos = []
+    offset = 0
+    with open(data_path, "wb") as fh:
+        for ref in ctx.weights:
+            raw = _tensor_bytes(get(ref.source), ctx.dtype, ref.transpose)
+            pad = (-offset) % ALIGN
+            fh.write(b"\0" * pad)
+            offset += pad
+            fh.write(raw)
+            t = TensorProto(name=ref.name, data_type=ctx.elem, dims=list(ref.shape))
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            protos.append(t)
+            offset += len(raw)
+    return protos
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    lowering: dict[str, str]
+    n_weights: int
+    data_bytes: int
+
+
+def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
+    outputs = sorted(ctx.outputs, key=lambda o: o.name != "logits")  # logits first, then present.* in layer order
+    g = helper.make_graph(ctx.nodes, ctx.graph.spec.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
+    opsets = [helper.make_operatorsetid("", OPSET)]
+    if any(n.domain == "com.microsoft" for n in ctx.nodes):
+        opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
+    m = helper.make_model(g, opset_imports=opsets, ir_version=IR_VERSION, producer_name="archc", producer_version=_version())
+    meta = {
+        "archc.lowering": json.dumps(ctx.lowering, sort_keys=True),
+        "archc.target": ctx.target.value,
+        "archc.dtype": ctx.dtype.value,
+        "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
+    }
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    return m
+
+
+def _version() -> str:
+    from archc import __version__
+
+    return __version__
+
+
+def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
+           dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
+           spec_yaml: str | None = None, fused_fp32: bool = False, _fail_after: int | None = None) -> ExportResult:
+    """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
+
+    `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
+    out = Path(out_dir)
+    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32)
+    get = weight_source(graph, weights)
+    if _fail_after is not None:
+        inner, seen = get, [0]
+
+        def get(full):  # noqa: F811 - test hook wraps the source
+            seen[0] += 1
+            if seen[0] > _fail_after:
+                raise RuntimeError("simulated interruption")
+            return inner(full)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        inits = _write_weights(ctx, tmp / DATA_FILE, get)
+        model = make_model(ctx, inits)
+        (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
+        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
+        data_bytes = (tmp / DATA_FILE).stat().st_size
+        if out.exists():
+            if not (out / MODEL_FILE).exists() and any(out.iterdir()):
+                raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes)
+
+
+def _spec_yaml(graph: ComponentGraph) -> str:
+    import yaml
+
+    return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
+
+
+def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
+    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names)."""
+    spec = graph.spec
+    attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
+    names = {n.name for n in ctx.inputs}
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
+              "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    if "position_ids" in names:
+        inputs["position_ids"] = "position_ids"
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": [{"cuda": {}}] if ctx.target is Target.cuda else []},
+        "filename": MODEL_FILE,
+        "head_size": attn["head_dim"],
+        "hidden_size": spec.d_model,
+        "inputs": inputs,
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+        "num_attention_heads": attn["n_heads"],
+        "num_hidden_layers": len(graph.nodes(ComponentKind.attention)),
+        "num_key_value_heads": attn["kv_heads"],
+    }
+    return {
+        "model": {
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+            "context_length": spec.max_seq_len,
+            "decoder": decoder,
+            "type": "decoder",
+            "vocab_size": graph.node("head")["settings"]["vocab_size"],
+        },
+        "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": ctx.memo.get("kv_cache") == "shared",
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
+
+

@@ -1,0 +1,146 @@
+"""CUDA lowering: onnxruntime's com.microsoft fused operators where they fit, else the portable lowering.
+
+Overrides (each node falls back to exporters/onnx_lowering_portable.py on its own, with the reason
+recorded in the model's `archc.lowering` metadata):
+- attention -> com.microsoft RotaryEmbedding (cos/sin caches + position_ids, any rotary width) and
+  GroupQueryAttention (past and present may share one max-length buffer). Its kernels take fp16/bf16 only on CUDA, so fp32 falls back; so do ALiBi
+  (not an input of the op's fast path) and prefix masks (the op is always causal). Left padding,
+  sliding windows and every other mask detail ride in `attention_bias` (the mask node's additive
+  [B,1,S,T] mask); seqlens_k = total - 1 for every row, so all rows share one cache layout.
+- residual + following norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization: the
+  residual sum comes out of the fused op (output 3) and feeds the rest of the stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from exporters import onnx_lowering_portable as portable
+from exporters.onnx_export import ExportDType, Ctx, input_of, inputs_of
+
+MS = "com.microsoft"
+I32 = TensorProto.INT32
+
+
+# ------------------------------------------------------------------------------------------------
+# Planning: which residual/norm pairs fuse
+
+
+def plan(ctx: Ctx) -> None:
+    g = ctx.graph
+    order = {n: i for i, n in enumerate(g.nodes())}
+    fuse: dict[str, str] = {}
+    for n in g.nodes():
+        d = g.node(n)
+        if d["kind"] != "norm":
+            continue
+        r = g.input_of(n, "x")
+        if r is None or g.node(r)["kind"] != "residual" or g.node(r)["settings"]["alpha"] != 1.0:
+            continue
+        s = d["settings"]
+        if s["norm"] == "rmsnorm" and s["bias"]:
+            continue  # SkipSimplifiedLayerNormalization has no beta
+        consumers = sorted(g.g.successors(r), key=order.__getitem__)
+        if consumers[0] != n:
+            continue
+        fuse[r] = n
+    ctx.memo["skip_fuse"] = fuse
+    attn = g.nodes(__import__("archc.graph", fromlist=["ComponentKind"]).ComponentKind.attention)
+    reasons = {a: gqa_unfit(ctx, a) for a in attn}
+    ctx.memo["gqa_reason"] = reasons
+    if attn and all(r is None for r in reasons.values()):
+        ctx.memo["kv_cache"] = "shared"  # past and present may be one max-length buffer (GQA)
+
+
+def _skip_op(node: dict) -> str:
+    return "SkipLayerNormalization" if node["settings"]["norm"] == "layernorm" else "SkipSimplifiedLayerNormalization"
+
+
+def lower_residual(ctx: Ctx, name: str, node: dict):
+    fused_into = ctx.memo["skip_fuse"].get(name)
+    if fused_into is None:
+        return portable.lower_residual(ctx, name, node)
+    ctx.lowering[name] = f"cuda:{_skip_op(ctx.graph.node(fused_into))} (fused into {fused_into})"
+    return None  # the norm node emits the sum
+
+
+def lower_norm(ctx: Ctx, name: str, node: dict):
+    r = ctx.graph.input_of(name, "x")
+    if ctx.memo["skip_fuse"].get(r) != name:
+        return portable.lower_norm(ctx, name, node)
+    skip, branches = input_of(ctx, r, "skip"), inputs_of(ctx, r, "branch")
+    x = branches[0] if len(branches) == 1 else ctx.op("Sum", branches)
+    s = node["settings"]
+    ins = [x, skip, portable.norm_scale(ctx, name, node)]
+    if s["norm"] == "layernorm" and s["bias"]:
+        ins.append(ctx.weight(f"{name}.bias"))
+    op = _skip_op(node)
+    y, _, _, total = ctx.op(op, ins, 4, domain=MS, epsilon=float(s["eps"]))
+    ctx.env[r] = total
+    ctx.lowering[name] = f"cuda:{op}"
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention
+
+
+def gqa_unfit(ctx: Ctx, name: str) -> str | None:
+    """Why GroupQueryAttention cannot take this attention node (None: it can)."""
+    g = ctx.graph
+    if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
+        return "GroupQueryAttention's CUDA kernels take fp16/bf16 only"
+    if g.input_of(name, "bias") is not None:
+        return "ALiBi bias"
+    mask = g.input_of(name, "mask")
+    if g.node(mask)["settings"]["mask"] == "prefix":
+        return "prefix mask (the op is always causal)"
+    return None
+
+
+def lower_attention(ctx: Ctx, name: str, node: dict):
+    reason = ctx.memo["gqa_reason"][name]
+    if reason is not None:
+        ctx.lowering[name] = f"portable ({reason})"
+        return portable.lower_attention(ctx, name, node)
+    s, p = node["settings"], node["params"]
+    q, k, v = portable.qkv(ctx, name, node)
+    am = ctx.env["attention_mask"]
+    rot = input_of(ctx, name, "rotary")
+    how = "GroupQueryAttention"
+    if rot is not None:
+        # RoPE in front of the op (com.microsoft RotaryEmbedding reads position_ids): GQA's own
+        # do_rotary ignores position_ids on left-padded rows (measured on the CPU kernel, ORT 1.31),
+        # which would rotate padded prompts at the wrong positions.
+        cos, sin = rot.cache(ctx)
+        kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
+        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
+        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
+        how = "RotaryEmbedding + GroupQueryAttention"
+    seqlens, total = _gqa_lengths(ctx, am)
+    past_k, past_v = portable.cache_io(ctx, node)
+    y, pk, pv = ctx.op(
+        "GroupQueryAttention",
+        [q, k, v, past_k, past_v, seqlens, total, None, None, None, portable.attention_bias(ctx, name)], 3, domain=MS,
+        num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]))
+    portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
+    ctx.lowering[name] = f"cuda:{how}"
+    return portable.linear(ctx, y, f"{name}.o", p)
+
+
+def _gqa_lengths(ctx: Ctx, am: str) -> tuple[str, str]:
+    """seqlens_k int32 [B] = total - 1 for every row (padding is in attention_bias), total int32 scalar."""
+    if "gqa_lengths" not in ctx.memo:
+        scope, ctx.scope = ctx.scope, "gqa_lengths"
+        T = ctx.dim(am, 1)
+        B = ctx.dim(am, 0)
+        last = ctx.op("Cast", [ctx.op("Sub", [T, ctx.const(np.array([1], np.int64), "one")])], to=I32)
+        seqlens = ctx.op("Expand", [last, B])
+        total = ctx.op("Cast", [ctx.op("Squeeze", [T, ctx.const(np.array([0], np.int64), "axes")])], to=I32)
+        ctx.memo["gqa_lengths"] = (seqlens, total)
+        ctx.scope = scope
+    return ctx.memo["gqa_lengths"]
+
+
+LOWERINGS = {"attention": lower_attention, "residual": lower_residual, "norm": lower_norm}

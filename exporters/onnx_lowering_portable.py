@@ -1,0 +1,321 @@
+"""Portable lowering: every component kind in standard ONNX operators (opset 23), any execution provider.
+
+One function per ComponentKind: `lower_<kind>(ctx, name, node) -> value`. A value is an ONNX tensor
+name, except for the rotary node (a `RotaryTables` that makes per-token cos/sin on demand, and cos/sin
+caches for fused attention). Inputs arrive by port (exporters.onnx_export.input_of / inputs_of).
+
+Numerics follow the PyTorch emitter: the mask is 0 / finfo(dtype).min, built from
+pos = cumsum(attention_mask) - 1; RoPE and sinusoidal tables are computed in float32; norms run
+with float32 statistics (stash_type=1); the logits are cast to float32 at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, input_of, inputs_of
+
+F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+DIMS = {"batch": BATCH, "seq": SEQ, "total": TOTAL}
+
+
+def _dims(shape: list) -> list:
+    return [DIMS.get(d, d) for d in shape]
+
+
+def neg_large(ctx: Ctx) -> float:
+    """finfo(dtype).min of the model dtype: large, finite (padded query rows stay finite)."""
+    return {"fp32": float(np.finfo(np.float32).min), "fp16": float(np.finfo(np.float16).min),
+            "bf16": -3.3895313892515355e38}[ctx.dtype.value]
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs and outputs
+
+
+def lower_input(ctx: Ctx, name: str, node: dict) -> str:
+    return ctx.graph_input(name, I64, _dims(node["settings"]["shape"]))
+
+
+def lower_output(ctx: Ctx, name: str, node: dict) -> str:
+    x = input_of(ctx, name, "x")
+    y = ctx.op("Cast", [x], to=F32)
+    return ctx.graph_output(name, y, F32, _dims(node["settings"]["shape"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def lower_token_embedding(ctx: Ctx, name: str, node: dict) -> str:
+    return ctx.op("Gather", [ctx.weight(f"{name}.weight"), input_of(ctx, name, "ids")], axis=0)
+
+
+def lower_scale(ctx: Ctx, name: str, node: dict) -> str:
+    return ctx.op("Mul", [input_of(ctx, name, "x"), ctx.fconst(node["settings"]["factor"], "factor")])
+
+
+def lower_learned_position(ctx: Ctx, name: str, node: dict) -> str:
+    pos = input_of(ctx, name, "positions")
+    if node["settings"]["offset"]:
+        pos = ctx.op("Add", [pos, ctx.const(np.int64(node["settings"]["offset"]), "offset")])
+    return ctx.op("Gather", [ctx.weight(f"{name}.weight"), pos], axis=0)
+
+
+def lower_sinusoidal_position(ctx: Ctx, name: str, node: dict) -> str:
+    """Vaswani et al. 2017: PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(...), interleaved."""
+    d = ctx.graph.spec.d_model
+    i = np.arange(0, d, 2, dtype=np.float32)
+    denom = np.power(np.float32(node["settings"]["base"]), i / np.float32(d)).astype(np.float32)
+    pos = ctx.op("Cast", [input_of(ctx, name, "positions")], to=F32)
+    angle = ctx.op("Div", [ctx.op("Unsqueeze", [pos, ctx.const(np.array([-1], np.int64), "axes")]), ctx.const(denom, "denom")])
+    axes = ctx.const(np.array([-1], np.int64), "axes")
+    pair = ctx.op("Concat", [ctx.op("Unsqueeze", [ctx.op("Sin", [angle]), axes]),
+                             ctx.op("Unsqueeze", [ctx.op("Cos", [angle]), axes])], axis=-1)  # [B,S,d/2,2]
+    flat = ctx.op("Reshape", [pair, ctx.const(np.array([0, 0, -1], np.int64), "shape")])
+    if d % 2:
+        flat = ctx.op("Slice", [flat, ctx.const(np.array([0], np.int64)), ctx.const(np.array([d], np.int64)),
+                                ctx.const(np.array([-1], np.int64))])
+    return ctx.op("Cast", [flat], to=ctx.elem)
+
+
+def lower_glm2d_position(ctx: Ctx, name: str, node: dict) -> str:
+    """GLM (Du et al. 2022): position table at row 0 of position_ids plus block table at row 1."""
+    pos = input_of(ctx, name, "positions")  # [B,2,S]
+    rows = ctx.op("Split", [pos, ctx.const(np.array([1, 1], np.int64), "split")], 2, axis=1)
+    sq = ctx.const(np.array([1], np.int64), "axes")
+    p0, p1 = (ctx.op("Squeeze", [r, sq]) for r in rows)
+    a = ctx.op("Gather", [ctx.weight(f"{name}.position.weight"), p0], axis=0)
+    b = ctx.op("Gather", [ctx.weight(f"{name}.block.weight"), p1], axis=0)
+    return ctx.op("Add", [a, b])
+
+
+def lower_add(ctx: Ctx, name: str, node: dict) -> str:
+    xs = inputs_of(ctx, name, "x")
+    return xs[0] if len(xs) == 1 else ctx.op("Sum", xs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Norm, MLP, residual, head
+
+
+def norm_scale(ctx: Ctx, name: str, node: dict) -> str:
+    w = ctx.weight(f"{name}.weight")
+    if node["settings"]["scale"] == "one_plus_weight":  # Gemma: y = n(x) (1 + w); folded by onnxruntime
+        w = ctx.op("Add", [w, ctx.fconst(1.0, "one")])
+    return w
+
+
+def lower_norm(ctx: Ctx, name: str, node: dict) -> str:
+    s = node["settings"]
+    x, w = input_of(ctx, name, "x"), norm_scale(ctx, name, node)
+    if s["norm"] == "layernorm":
+        ins = [x, w] + ([ctx.weight(f"{name}.bias")] if s["bias"] else [])
+        return ctx.op("LayerNormalization", ins, axis=-1, epsilon=float(s["eps"]), stash_type=1)
+    y = ctx.op("RMSNormalization", [x, w], axis=-1, epsilon=float(s["eps"]), stash_type=1)
+    if s["bias"]:
+        y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
+    return y
+
+
+def linear(ctx: Ctx, x: str, prefix: str, params: dict) -> str:
+    """x @ W^T (+ b); W is stored transposed ([in, out], initializer `<name>.weight.T`)."""
+    y = ctx.op("MatMul", [x, ctx.weight(f"{prefix}.weight", transpose=True)])
+    if f"{prefix.rsplit('.', 1)[-1]}.bias" in params:
+        y = ctx.op("Add", [y, ctx.weight(f"{prefix}.bias")])
+    return y
+
+
+def activation(ctx: Ctx, kind: str, x: str) -> str:
+    base = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}.get(kind, kind)
+    if base == "gelu":
+        return ctx.op("Gelu", [x], approximate="none")
+    if base == "gelu_tanh":
+        return ctx.op("Gelu", [x], approximate="tanh")
+    if base == "relu":
+        return ctx.op("Relu", [x])
+    if base == "silu":
+        return ctx.op("Mul", [x, ctx.op("Sigmoid", [x])])
+    raise ValueError(f"unknown activation {kind}")
+
+
+def lower_mlp(ctx: Ctx, name: str, node: dict) -> str:
+    """down(act(up(x))), or gated (Shazeer 2020): down(act(gate(x)) * up(x))."""
+    x, p = input_of(ctx, name, "x"), node["params"]
+    up = linear(ctx, x, f"{name}.up", p)
+    act = node["settings"]["activation"]
+    h = ctx.op("Mul", [activation(ctx, act, linear(ctx, x, f"{name}.gate", p)), up]) if "gate.weight" in p else activation(ctx, act, up)
+    return linear(ctx, h, f"{name}.down", p)
+
+
+def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
+    skip, branches = input_of(ctx, name, "skip"), inputs_of(ctx, name, "branch")
+    alpha = node["settings"]["alpha"]
+    if alpha != 1.0:  # DeepNorm (Wang et al. 2022)
+        skip = ctx.op("Mul", [skip, ctx.fconst(alpha, "alpha")])
+    out = skip
+    for b in branches:
+        out = ctx.op("Add", [out, b])
+    return out
+
+
+def lower_head(ctx: Ctx, name: str, node: dict) -> str:
+    x = input_of(ctx, name, "x")
+    tied = node.get("tied", {}).get("weight")
+    if tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start
+        y = ctx.op("MatMul", [x, ctx.op("Transpose", [ctx.weight(tied)], perm=[1, 0])])
+    else:
+        y = ctx.op("MatMul", [x, ctx.weight(f"{name}.weight", transpose=True)])
+    if "bias" in node["params"]:
+        y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# Attention side inputs
+
+
+def key_positions(ctx: Ctx, mask: str) -> str:
+    """pos(j) = cumsum(attention_mask) - 1 over past + current, int64 [B,T]; memoised."""
+    key = ("pos", mask)
+    if key not in ctx.memo:
+        cs = ctx.op("CumSum", [mask, ctx.const(np.int64(1), "axis")])
+        ctx.memo[key] = ctx.op("Sub", [cs, ctx.const(np.int64(1), "one")])
+    return ctx.memo[key]
+
+
+def lower_mask(ctx: Ctx, name: str, node: dict) -> str:
+    """Additive mask [B,1,S,T] in the model dtype: 0 where visible, finfo.min elsewhere (contract)."""
+    s = node["settings"]
+    am = input_of(ctx, name, "attention_mask")
+    pos = key_positions(ctx, am)
+    T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
+    qpos = ctx.op("Slice", [pos, ctx.op("Sub", [T, S]), T, ctx.const(np.array([1], np.int64), "axes")])
+    qi = ctx.op("Unsqueeze", [qpos, ctx.const(np.array([1, 3], np.int64), "axes")])  # [B,1,S,1]
+    kj = ctx.op("Unsqueeze", [pos, ctx.const(np.array([1, 2], np.int64), "axes")])  # [B,1,1,T]
+    visible = ctx.op("LessOrEqual", [kj, qi])
+    if s["mask"] == "prefix":
+        plen = ctx.op("Unsqueeze", [input_of(ctx, name, "prefix_len"), ctx.const(np.array([1, 2, 3], np.int64), "axes")])
+        visible = ctx.op("Or", [visible, ctx.op("Less", [kj, plen])])
+    if s["sliding_window"] is not None:
+        near = ctx.op("Less", [ctx.op("Sub", [qi, kj]), ctx.const(np.int64(s["sliding_window"]), "window")])
+        visible = ctx.op("And", [visible, near])
+    real = ctx.op("Cast", [ctx.op("Unsqueeze", [am, ctx.const(np.array([1, 2], np.int64), "axes")])], to=BOOL)
+    visible = ctx.op("And", [visible, real])
+    return ctx.op("Where", [visible, ctx.fconst(0.0, "zero"), ctx.fconst(neg_large(ctx), "neg")])
+
+
+def lower_alibi(ctx: Ctx, name: str, node: dict) -> str:
+    """Press et al. 2021: slope_h * pos(j), [B,H,1,T] (a row-constant shift of -slope (i - j))."""
+    pos = ctx.op("Cast", [key_positions(ctx, input_of(ctx, name, "attention_mask"))], to=F32)
+    pos = ctx.op("Unsqueeze", [pos, ctx.const(np.array([1, 2], np.int64), "axes")])  # [B,1,1,T]
+    slopes = ctx.const(np.asarray(node["settings"]["slopes"], np.float32).reshape(1, -1, 1, 1), "slopes")
+    return ctx.op("Cast", [ctx.op("Mul", [slopes, pos])], to=ctx.elem)
+
+
+class RotaryTables:
+    """RoPE (Su et al. 2021) tables, made on demand: per-token cos/sin [B,S,d/2] from position_ids,
+    or cos/sin caches [max_seq_len, d/2] for fused attention (position ids go in separately)."""
+
+    def __init__(self, ctx: Ctx, name: str, node: dict):
+        s = node["settings"]
+        self.name, self.dim, self.style, self.head_dim = name, s["rotary_dim"], s["style"], s["head_dim"]
+        self.positions = input_of(ctx, name, "positions")
+        i = np.arange(0, self.dim, 2, dtype=np.float32)
+        self.inv_freq = (1.0 / np.power(np.float32(s["theta"]), i / np.float32(self.dim))).astype(np.float32)
+        self._per_token = self._cache = None
+
+    @property
+    def interleaved(self) -> int:
+        return int(self.style == "interleaved")
+
+    def per_token(self, ctx: Ctx) -> tuple[str, str]:
+        if self._per_token is None:
+            scope, ctx.scope = ctx.scope, self.name
+            pos = ctx.op("Unsqueeze", [ctx.op("Cast", [self.positions], to=F32), ctx.const(np.array([-1], np.int64), "axes")])
+            angle = ctx.op("Mul", [pos, ctx.const(self.inv_freq, "inv_freq")])
+            self._per_token = (ctx.op("Cast", [ctx.op("Cos", [angle])], to=ctx.elem), ctx.op("Cast", [ctx.op("Sin", [angle])], to=ctx.elem))
+            ctx.scope = scope
+        return self._per_token
+
+    def cache(self, ctx: Ctx) -> tuple[str, str]:
+        if self._cache is None:
+            n = ctx.graph.spec.max_seq_len
+            angle = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
+            self._cache = (ctx.const(np.cos(angle), f"{self.name}/cos_cache", elem=ctx.elem),
+                           ctx.const(np.sin(angle), f"{self.name}/sin_cache", elem=ctx.elem))
+        return self._cache
+
+
+def lower_rotary(ctx: Ctx, name: str, node: dict) -> RotaryTables:
+    return RotaryTables(ctx, name, node)
+
+
+def attention_bias(ctx: Ctx, name: str) -> str:
+    """mask (+ ALiBi), shared by every layer."""
+    mask, bias = input_of(ctx, name, "mask"), input_of(ctx, name, "bias")
+    if bias is None:
+        return mask
+    key = ("bias", mask, bias)
+    if key not in ctx.memo:
+        ctx.memo[key] = ctx.op("Add", [mask, bias])
+    return ctx.memo[key]
+
+
+def cache_io(ctx: Ctx, node: dict, past_dim: str = PAST) -> tuple[str, str]:
+    s, i = node["settings"], node["cache"]
+    dims = [BATCH, s["kv_heads"], past_dim, s["head_dim"]]
+    return (ctx.graph_input(f"past_key_values.{i}.key", ctx.elem, dims),
+            ctx.graph_input(f"past_key_values.{i}.value", ctx.elem, dims))
+
+
+def cache_out(ctx: Ctx, node: dict, k: str, v: str, dim: str = TOTAL) -> None:
+    s, i = node["settings"], node["cache"]
+    dims = [BATCH, s["kv_heads"], dim, s["head_dim"]]
+    ctx.graph_output(f"present.{i}.key", k, ctx.elem, dims)
+    ctx.graph_output(f"present.{i}.value", v, ctx.elem, dims)
+
+
+def qkv(ctx: Ctx, name: str, node: dict) -> tuple[str, str, str]:
+    x, p = input_of(ctx, name, "x"), node["params"]
+    return tuple(linear(ctx, x, f"{name}.{w}", p) for w in ("q", "k", "v"))
+
+
+def lower_attention(ctx: Ctx, name: str, node: dict) -> str:
+    """ONNX Attention (opset 23) on [B,S,H*hd] inputs with the past cache, GQA via kv_num_heads;
+    RoPE through RotaryEmbedding (opset 23) before it, so cached keys are post-rotary (contract)."""
+    s, p = node["settings"], node["params"]
+    q, k, v = qkv(ctx, name, node)
+    rot = input_of(ctx, name, "rotary")
+    if rot is not None:
+        cos, sin = rot.per_token(ctx)
+        kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim)
+        q = ctx.op("RotaryEmbedding", [q, cos, sin], num_heads=s["n_heads"], **kw)
+        k = ctx.op("RotaryEmbedding", [k, cos, sin], num_heads=s["kv_heads"], **kw)
+    past_k, past_v = cache_io(ctx, node)
+    y, pk, pv = ctx.op("Attention", [q, k, v, attention_bias(ctx, name), past_k, past_v], 3,
+                       q_num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]))
+    cache_out(ctx, node, pk, pv)
+    return linear(ctx, y, f"{name}.o", p)
+
+
+LOWERINGS = {
+    "input": lower_input,
+    "output": lower_output,
+    "token_embedding": lower_token_embedding,
+    "learned_position": lower_learned_position,
+    "sinusoidal_position": lower_sinusoidal_position,
+    "glm2d_position": lower_glm2d_position,
+    "rotary": lower_rotary,
+    "alibi": lower_alibi,
+    "mask": lower_mask,
+    "add": lower_add,
+    "scale": lower_scale,
+    "norm": lower_norm,
+    "attention": lower_attention,
+    "mlp": lower_mlp,
+    "residual": lower_residual,
+    "head": lower_head,
+}
+
