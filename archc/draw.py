@@ -140,8 +140,8 @@ def model_diagram(cg: ComponentGraph, *, highlight: set[str] | None = None) -> D
     seen = set()
     for u, v, data in sorted(cg.g.edges(data=True), key=lambda e: e[2]["seq"]):
         du, dv = cg.node(u), cg.node(v)
-        if du["layer"] is not None and dv["layer"] is not None and du["layer"] != dv["layer"]:
-            continue  # between layers: said by "× N"
+        if dv["layer"] not in (None, 0):
+            continue  # into the layers not drawn (and between layers): said by "× N"
         su, sv = shown(u), shown(v)
         if su is None or sv is None:
             continue
