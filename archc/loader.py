@@ -113,9 +113,25 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+# Pairs of fields that state one fact twice (kv_heads and sharing; rotary_dim and rotary_fraction).
+# An override of one drops the other inherited from the base, so `--set attention.kv_heads=8` works
+# on a spec that wrote `sharing: mha`; written together at the same level, both stay and must agree.
+_COUPLED = {
+    ("attention", "kv_heads"): "sharing",
+    ("attention", "sharing"): "kv_heads",
+    ("position", "rotary_dim"): "rotary_fraction",
+    ("position", "rotary_fraction"): "rotary_dim",
+}
+
+
 def merge(base: dict, over: dict, base_lines: LineMap, over_lines: LineMap, prefix: Path_ = ()) -> dict:
     out = dict(base)
     for key, value in over.items():
+        other = _COUPLED.get((prefix[-1] if prefix else "", key))
+        if other and other not in over and other in out:
+            del out[other]
+            for p in [p for p in base_lines if p[: len(prefix) + 1] == prefix + (other,)]:
+                del base_lines[p]
         here = prefix + (key,)
         old = out.get(key)
         replace_whole = (
@@ -181,17 +197,22 @@ def parse_set(expr: str) -> tuple[Path_, Any]:
 
 
 def apply_sets(data: dict, lines: LineMap, sets: list[str]) -> dict:
+    """Apply all --set overrides as one override layer (a later --set of the same field wins), so
+    that `--set attention.kv_heads=8 --set attention.sharing=mqa` is checked as written together."""
+    over: dict = {}
+    set_lines: LineMap = {}
     for expr in sets:
         path, value = parse_set(expr)
-        over: dict = {}
         cur = over
         for part in path[:-1]:
-            cur[part] = {}
+            if not isinstance(cur.get(part), dict):
+                cur[part] = {}
             cur = cur[part]
         cur[path[-1]] = value
-        set_lines = {path[: i + 1]: (f"--set {expr}", 0) for i in range(len(path))}
-        data = merge(data, over, lines, set_lines)
-    return data
+        for p in [p for p in set_lines if p[: len(path)] == path]:
+            del set_lines[p]  # a value replaced by this --set no longer comes from the earlier one
+        set_lines.update({path[: i + 1]: (f"--set {expr}", 0) for i in range(len(path))})
+    return merge(data, over, lines, set_lines) if sets else data
 
 
 # ---------------------------------------------------------------------------------------------

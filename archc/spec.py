@@ -458,6 +458,15 @@ class Spec(StrictModel):
 
         # rotary width
         if isinstance(p, RopePosition):
+            if p.rotary_dim is not None and "rotary_fraction" not in p.model_fields_set:
+                # rotary_dim given alone: the fraction follows from it (GPT-J writes rotary_dim: 64)
+                if p.rotary_dim > a.head_dim:
+                    raise SpecConflict(
+                        ["position.rotary_dim", "attention.head_dim"],
+                        f"position.rotary_dim={p.rotary_dim} exceeds attention.head_dim={a.head_dim}; "
+                        f"rotate at most head_dim dims",
+                    )
+                p.rotary_fraction = p.rotary_dim / a.head_dim
             rd = int(round(a.head_dim * p.rotary_fraction))
             if p.rotary_dim is not None and p.rotary_dim != rd:
                 raise SpecConflict(
@@ -469,7 +478,7 @@ class Spec(StrictModel):
                 raise SpecConflict(
                     ["position.rotary_fraction", "attention.head_dim"],
                     f"RoPE rotates pairs of dims, but rotary_fraction={p.rotary_fraction} x head_dim={a.head_dim} "
-                    f"gives {rd} rotary dims (odd or zero); choose a fraction giving an even width",
+                    f"gives {rd} rotary dims (odd or zero); choose rotary_fraction or rotary_dim giving an even width",
                 )
             p.rotary_dim = rd
         if isinstance(p, LearnedPosition) and p.max_positions is None:

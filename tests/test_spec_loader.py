@@ -346,3 +346,35 @@ def test_section_without_kind_takes_the_default_kind(tmp_path):
     spec = load_spec(p)
     assert isinstance(spec.position, RopePosition) and spec.position.theta == 500000
     assert spec.training.optimizer.kind.value == "adamw" and spec.training.schedule.kind.value == "cosine"
+
+
+# ---- fields that state one fact twice --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama", "palm", "gemma"])
+def test_set_kv_heads_on_a_spec_that_wrote_sharing(name):
+    """The issue's example `--set attention.kv_heads=8 --set n_layers=2`: an override of kv_heads
+    replaces the inherited `sharing:` (and vice versa); the new sharing is derived."""
+    spec = load_spec(SPECS / f"{name}.yaml", ["attention.kv_heads=2", "n_layers=2"])
+    assert (spec.attention.kv_heads, spec.attention.sharing.value, spec.n_layers) == (2, "gqa", 2)
+
+
+def test_set_sharing_replaces_inherited_kv_heads():
+    spec = load_spec(SPECS / "llama2-70b.yaml", ["attention.sharing=mqa"])
+    assert spec.attention.kv_heads == 1
+
+
+def test_coupled_fields_set_together_must_agree():
+    msg = error(SPECS / "llama.yaml", ["attention.kv_heads=8", "attention.sharing=mqa"])
+    assert "attention.sharing" in msg and "attention.kv_heads=8" in msg
+
+
+def test_coupled_override_in_extending_file(tmp_path):
+    write(tmp_path, "a.yaml", BASE.replace("  n_heads: 4\n", "  n_heads: 4\n  sharing: mha\n") + "position: {kind: rope, rotary_fraction: 0.5}\n")
+    b = write(tmp_path, "b.yaml", "extends: a.yaml\nattention: {kv_heads: 1}\nposition: {rotary_dim: 4}\n")
+    spec = load_spec(b)
+    assert (spec.attention.sharing.value, spec.position.rotary_dim, spec.position.rotary_fraction) == ("mqa", 4, 0.25)
+
+
+def test_later_set_of_the_same_field_wins():
+    assert load_spec(SPECS / "gpt2.yaml", ["n_layers=3", "n_layers=1"]).n_layers == 1

@@ -45,7 +45,9 @@ RULES = [
      ["rotary_fraction", "head_dim"], "even width"),
     ({"attention": {"head_dim": 2}, "position": {"kind": "rope", "rotary_fraction": 0.2}},
      ["rotary_fraction", "head_dim"], "odd or zero"),
-    ({"position": {"kind": "rope", "rotary_dim": 8}}, ["position.rotary_dim", "rotary_fraction"], "only one"),
+    ({"position": {"kind": "rope", "rotary_dim": 8, "rotary_fraction": 1.0}}, ["position.rotary_dim", "rotary_fraction"], "only one"),
+    ({"position": {"kind": "rope", "rotary_dim": 32}}, ["position.rotary_dim", "attention.head_dim"], "at most head_dim"),
+    ({"position": {"kind": "rope", "rotary_dim": 7}}, ["rotary_fraction", "head_dim"], "even width"),
     ({"position": {"kind": "learned", "max_positions": 16}}, ["position.max_positions", "max_seq_len"], "raise max_positions"),
     ({"position": {"kind": "learned", "max_positions": 32, "offset": 2}}, ["position.max_positions", "max_seq_len"], "offset 2"),
     ({"norm": {"deepnorm_alpha": 2.0}}, ["norm.deepnorm_alpha", "norm.placement"], "placement: deepnorm"),
@@ -72,13 +74,13 @@ def test_rule_rejects_and_names_fields(over, fields, fix):
 
 
 def test_every_conflict_rule_is_covered():
-    """Guard: Spec._resolve has 12 cross-field rules, and RULES covers each (rows 0-18). A new rule
+    """Guard: Spec._resolve has 13 cross-field rules, and RULES covers each (rows 0-20). A new rule
     changes the count here; add a RULES row for it and update the number."""
     import inspect
 
     import archc.spec as spec_mod
 
-    assert inspect.getsource(spec_mod.Spec._resolve).count("raise SpecConflict(") == 12
+    assert inspect.getsource(spec_mod.Spec._resolve).count("raise SpecConflict(") == 13
 
 
 # ---- negative controls: the boundary cases that must be accepted ----------------------------------
@@ -127,6 +129,8 @@ def test_head_dim_and_kv_derivation():
 
 def test_rotary_dim_derivation():
     assert make().position.rotary_dim == 16
+    s = make(position={"kind": "rope", "rotary_dim": 4})  # rotary_dim alone sets the fraction (GPT-J style)
+    assert (s.position.rotary_dim, s.position.rotary_fraction) == (4, 0.25)
     assert make(position={"kind": "rope", "rotary_fraction": 0.25}).position.rotary_dim == 4
     # Pythia-1.4B: head_dim 128, rotary_pct 0.25 -> 32 rotary dims (GPT-NeoX rotary_ndims)
     s = spec_from_dict({"name": "p", "vocab_size": 10, "d_model": 2048, "n_layers": 1, "max_seq_len": 8,

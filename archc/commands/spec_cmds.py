@@ -390,7 +390,11 @@ def _flow(value) -> str:
         return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_flow(v) for v in value) + "]"
-    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) and value.lower() not in (
-        "true", "false", "yes", "no", "on", "off", "null", "none", "y", "n"):
-        return value
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*", value):
+        import yaml
+
+        from archc.loader import _Loader
+
+        if yaml.load(value, Loader=_Loader) == value:  # reads back as this same string: no quotes needed
+            return value
     return json.dumps(value)
