@@ -289,7 +289,7 @@ def _init_words(rules: dict) -> str:
 
 
 def _mask_words(mask: dict) -> str:
-    words = "prefix: bidirectional over the prefix, causal after it" if mask["mask"] == "prefix" else "causal"
+    words = "prefix mask (bidirectional over the prefix, causal after it)" if mask["mask"] == "prefix" else "causal mask"
     if mask.get("sliding_window"):
         words += f", sliding window {mask['sliding_window']}"
     return words
@@ -377,7 +377,17 @@ def _change_text(fa: Fact, fb: Fact, b_facts: dict[str, Fact]) -> str:
         return f"residual layout {fb.phrase}, instead of {fa.phrase}"
     if k == "components":
         return ""  # said per component by _presence_changes
-    return f"{fa.component}: {fb.phrase} instead of {fa.phrase}"
+    return f"{fa.component}: {_instead(fb.phrase, fa.phrase)}"
+
+
+def _instead(b: str, a: str) -> str:
+    """'head size 64', 'head size 128' -> 'head size 64 instead of 128' (one differing word is said once)."""
+    wb, wa = b.split(" "), a.split(" ")
+    if len(wb) == len(wa) > 1:
+        diff = [i for i, (x, y) in enumerate(zip(wb, wa)) if x != y]
+        if len(diff) == 1:
+            return f"{b} instead of {wa[diff[0]]}"
+    return f"{b} instead of {a}"
 
 
 def _presence_changes(ca: ComponentGraph, cb: ComponentGraph, la: int, lb: int, fa: dict, fb: dict) -> list[tuple[str, str, str, str, list[str]]]:
@@ -407,6 +417,8 @@ def _compare_facts(fa: dict[str, Fact], fb: dict[str, Fact]) -> list[tuple[str, 
     for k in both:
         if k == "components" or k.endswith(".flow") or fa[k].value == fb[k].value:
             continue
+        if k == "attn.kv_heads" and all(f["attn.kv_heads"].value == f["attn.n_heads"].value for f in (fa, fb)):
+            continue  # multi-head on both sides: the query-head line says it
         rows.append((k, fa[k].component, fa[k].phrase, fb[k].phrase, _change_text(fa[k], fb[k], fb),
                      sorted(set(fa[k].roles) | set(fb[k].roles))))
     if rows or fa["components"].value != fb["components"].value:

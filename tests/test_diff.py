@@ -171,7 +171,7 @@ def test_pairs_name_the_component_changes(capsys, a, b):
     # GLM's 2D positions and prefix mask
     assert ("2D position tables (position + block) added to the embedding" in text) == differs("glm2d")
     assert ("learned absolute position table added to the embedding" in text) == differs("learned")
-    assert ("prefix: bidirectional over the prefix" in text) == differs("prefix")
+    assert ("prefix mask (bidirectional over the prefix, causal after it)" in text) == differs("prefix")
     # RMSNorm vs LayerNorm
     assert ("RMSNorm" in text) == differs("rms")
     # no node ids in the words
@@ -223,7 +223,7 @@ def test_repeated_layers_said_once_and_a_differing_layer_is_named():
     gc = copy.deepcopy(ga)
     gc.g.nodes["layers.2.mlp"]["settings"] = dict(gc.g.nodes["layers.2.mlp"]["settings"], d_ff=999)
     changes = structure_diff(ga, gc)
-    assert [(c.where, c.text) for c in changes] == [("in layer 2", "MLP: 999 hidden units instead of 160 hidden units")]
+    assert [(c.where, c.text) for c in changes] == [("in layer 2", "MLP: 999 hidden units instead of 160")]
     assert structure_diff(ga, copy.deepcopy(ga)) == []
 
 
@@ -242,7 +242,7 @@ def test_set_applies_to_both_sides_and_model_directory(capsys, tmp_path):
     rc, data = diff_json(capsys, "llama", "llama", "--set", "n_layers=2", "--set-a", "n_layers=3")
     assert rc == 1 and [r["axis"] for r in data["spec"]["changed"]] == ["n_layers"]
     assert data["a"]["source"] == "llama --set n_layers=2 --set-a n_layers=3"
-    assert any(c["text"] == "stack: 2 layers instead of 3 layers" for c in data["structure"])
+    assert any(c["text"] == "stack: 2 layers instead of 3" for c in data["structure"])
     # a compiled model directory is read through its spec.yaml
     model = tmp_path / "model"
     model.mkdir()
