@@ -109,7 +109,7 @@ def pair(request, tmp_path_factory):
 
 
 def rel_err(a, b) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+    return float((a - b).abs().max() / b.abs().max())  # both come from no_grad runs
 
 
 def _hf_logits(hf, ids, mask=None, pos=None, cache=None):
@@ -120,7 +120,7 @@ def _hf_logits(hf, ids, mask=None, pos=None, cache=None):
         kw["cache"] = cache
     with torch.no_grad():
         out = hf(ids, **kw)
-    return out.logits.float(), out.past_key_values if hasattr(out, "past_key_values") else out.cache
+    return out.logits.float(), out.cache
 
 
 def _left_padded(batch: int, seq: int, pads: list[int], seed: int):
@@ -131,6 +131,11 @@ def _left_padded(batch: int, seq: int, pads: list[int], seed: int):
         mask[b, :n] = 0
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # what HF generate passes
     return ids, mask, pos
+
+
+def test_parameter_count(pair):
+    case, hf, ours = pair
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters()), case
 
 
 def test_prompt_without_padding(pair):
