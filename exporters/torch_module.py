@@ -412,23 +412,27 @@ def build_module(graph: ComponentGraph, *, weights: dict[str, torch.Tensor] | No
     """The graph as an nn.Module, loaded with `weights` (default: archc.weights.init_state, the seeded
     init) and cast to `dtype` (default float32, the precision the init is drawn in)."""
     with torch.device("meta"):
-        model = GraphModel(graph)
-    model.to_empty(device=device or "cpu")
-    model.to(dtype or torch.float32)
-    if weights is None:
-        from archc.weights import init_state
-
-        weights = init_state(graph)
-    weights = dict(weights)
-    for tied, owner in graph.tied().items():
-        if tied in weights:
-            given = weights.pop(tied)
-            if owner in weights and not torch.equal(given.to(weights[owner].dtype), weights[owner]):
-                raise ValueError(f"{tied} is tied to {owner} but the weights give it different values")
+        model = GraphModel(graph).to(dtype or torch.float32)
+    model.to_empty(device=device or "cpu")  # one uninitialised copy, filled below
     expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-    if missing or unexpected:
-        raise ValueError(f"weights do not match the graph: missing {missing[:5]}, unexpected {unexpected[:5]}")
     with torch.no_grad():
+        if weights is None:  # drawn one parameter at a time, so memory stays near one copy of the model
+            from archc.weights import iter_init
+
+            filled = set()
+            for name, value in iter_init(graph):
+                model.get_parameter(name).copy_(value)
+                filled.add(name)
+            assert filled == expected, f"init left {sorted(expected - filled)[:5]} unfilled"
+            return model.eval()
+        weights = dict(weights)
+        for tied, owner in graph.tied().items():
+            if tied in weights:
+                given = weights.pop(tied)
+                if owner in weights and not torch.equal(given.to(weights[owner].dtype), weights[owner]):
+                    raise ValueError(f"{tied} is tied to {owner} but the weights give it different values")
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise ValueError(f"weights do not match the graph: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.load_state_dict(weights, strict=True)
     return model.eval()
