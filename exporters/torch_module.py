@@ -335,9 +335,10 @@ class GraphModel(nn.Module):
         layer_ids = [graph.node(n)["layer"] for n in graph.nodes() if graph.node(n)["layer"] is not None]
         n_layers = max(layer_ids, default=-1) + 1
         self.n_cache = len(graph.nodes(K.attention))
-        self._steps = []  # (name, kind, [(port, source)])
+        self._steps = []  # (name, kind, [(source, port)], module or None), in graph order
         for name in graph.nodes():
             node, kind = graph.node(name), K(graph.node(name)["kind"])
+            module = None
             if kind not in (K.input, K.output):
                 module = self._make(name, kind, node, graph)
                 parts = name.split(".")
@@ -347,7 +348,7 @@ class GraphModel(nn.Module):
                     setattr(self.layers[int(parts[1])], ".".join(parts[2:]), module)
                 else:
                     setattr(self, name, module)
-            self._steps.append((name, kind, graph.inputs(name)))
+            self._steps.append((name, kind, graph.inputs(name), module))
         self.input_names = graph.graph_inputs()
 
     @staticmethod
@@ -385,7 +386,7 @@ class GraphModel(nn.Module):
         ctx = _Context(seq=S, past=past_key_values, present=[None] * self.n_cache)
         dtype = self.get_submodule("embed").weight.dtype
         values: dict = {}
-        for name, kind, ins in self._steps:
+        for name, kind, ins, module in self._steps:
             if kind is K.input:
                 values[name] = feeds[name]
                 continue
@@ -398,7 +399,6 @@ class GraphModel(nn.Module):
                     kw.setdefault(port, []).append(values[src])
                 else:
                     kw[port] = values[src]
-            module = self.get_submodule(name)
             if kind is K.mask:
                 kw["dtype"] = dtype
             if kind is K.head and module.tied_to:
