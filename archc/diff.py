@@ -16,6 +16,7 @@ Direction: everything describes B relative to A ("B-value instead of A-value").
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -261,7 +262,9 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("attn.softmax_scale", "attention", None if default else s["softmax_scale"],
                 "softmax scale 1/√head_dim" if default else f"softmax scale {s['softmax_scale']:.6g}", (role,))
         if d["kind"] in (ComponentKind.attention.value, ComponentKind.mlp.value):
-            put(f"{role}.init", role_name(role), d.get("init", {}), "init " + _init_words(d.get("init", {})), (role,))
+            # Only the drawn weights: bias and norm rules (zeros/ones) follow from the bias facts.
+            drawn = {k: v for k, v in d.get("init", {}).items() if v["dist"] not in ("zeros", "ones")}
+            put(f"{role}.init", role_name(role), drawn, "init " + _init_words(drawn), (role,))
         if d["kind"] == ComponentKind.attention.value:
             pass
         elif d["kind"] == ComponentKind.mlp.value:
@@ -322,8 +325,12 @@ def model_facts(cg: ComponentGraph) -> dict[str, Fact]:
     pos = [n for n in g.nodes() if g.node(n)["kind"] in POSITION_TABLE_WORDS]
     if pos:
         d = g.node(pos[0])
+        rows = d["settings"].get("max_positions")
+        extra = [f"{rows} rows" + (" each" if d["kind"] == ComponentKind.glm2d_position.value else "")] if rows else []
+        if d["settings"].get("offset"):
+            extra.append(f"offset {d['settings']['offset']}")
         put("embed.position", "embedding", [d["kind"], d["settings"]], POSITION_TABLE_WORDS[d["kind"]]
-            + (f" (offset {d['settings']['offset']})" if d["settings"].get("offset") else ""), (d["role"],))
+            + (f" ({', '.join(extra)})" if extra else ""), (d["role"],))
     else:
         put("embed.position", "embedding", None, "nothing added to the embedding", ())
     enorm = [n for n in g.nodes(ComponentKind.norm) if g.node(n)["layer"] is None and g.node(n)["role"] == "embedding_norm"]
@@ -354,6 +361,8 @@ def model_facts(cg: ComponentGraph) -> dict[str, Fact]:
 
 def _change_text(fa: Fact, fb: Fact, b_facts: dict[str, Fact]) -> str:
     k = fa.key
+    if fa.phrase == fb.phrase:  # the words do not show the difference: say the values
+        return f"{fa.component}: {fb.phrase}: {json.dumps(fb.value, sort_keys=True)} instead of {json.dumps(fa.value, sort_keys=True)}"
     if k == "head.tied":
         return "head tied to the token embedding instead of its own weight matrix" if fb.value else \
             "head has its own weight matrix instead of being tied to the token embedding"

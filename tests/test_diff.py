@@ -169,8 +169,8 @@ def test_pairs_name_the_component_changes(capsys, a, b):
     # embedding norm (BLOOM)
     assert ("embedding LayerNorm after the token embedding" in text) == differs("emb_norm")
     # GLM's 2D positions and prefix mask
-    assert ("2D position tables (position + block) added to the embedding" in text) == differs("glm2d")
-    assert ("learned absolute position table added to the embedding" in text) == differs("learned")
+    assert ("2D position tables (position + block) added to the embedding (1025 rows each)" in text) == differs("glm2d")
+    assert ("learned absolute position table added to the embedding (1024 rows)" in text) == differs("learned")
     assert ("prefix mask (bidirectional over the prefix, causal after it)" in text) == differs("prefix")
     # RMSNorm vs LayerNorm
     assert ("RMSNorm" in text) == differs("rms")
@@ -380,3 +380,19 @@ def test_diff_and_compare_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted(SPECS.glob("*.yaml"))])
+def test_every_library_spec_diffs_in_words(capsys, name):
+    """Every spec in specs/ against LLaMA and PaLM: each structural line says two different things."""
+    rc, _ = diff_json(capsys, name, name)
+    assert rc == 0
+    for other in ("llama", "palm"):
+        rc, data = diff_json(capsys, other, name)
+        assert rc == (0 if name == other else 1)
+        assert {r["axis"] for r in data["spec"]["changed"]} == expected_axes(other, name)
+        for c in data["structure"]:
+            assert c["a"] != c["b"], c
+            assert any(w in c["text"] for w in (" instead of ", "only in", "; no ")), c
+            head, _, tail = c["text"].partition(" instead of ")
+            assert not tail or not head.endswith(tail), c  # never "X instead of X"
