@@ -239,3 +239,52 @@ def test_mask_that_does_not_cover_the_cache_is_rejected():
     _, past = model(torch.randint(0, 97, (1, 4)))
     with pytest.raises(ValueError, match=r"past \+ new tokens: \(1, 5\)"):
         model(torch.randint(0, 97, (1, 1)), torch.ones(1, 1, dtype=torch.long), past_key_values=past)
+
+
+# ---- components against their formulas ---------------------------------------------------------
+
+
+def test_sinusoidal_positions_follow_vaswani():
+    import math
+
+    graph = archc.compile(tiny_spec("llama", ["position={kind: sinusoidal, base: 10000.0}"]))
+    table = build_module(graph).pos_embed(torch.tensor([[0, 1, 7, 40]]))[0]
+    D = graph.spec.d_model
+    for row, p in enumerate((0, 1, 7, 40)):
+        for i in (0, 3, D // 2 - 1):
+            angle = p / 10000 ** (2 * i / D)
+            assert float(table[row, 2 * i]) == pytest.approx(math.sin(angle), abs=1e-5)
+            assert float(table[row, 2 * i + 1]) == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_learned_offset_and_glm2d_lookups():
+    graph = archc.compile(tiny_spec("llama", ["position={kind: learned, offset: 2}"]))
+    model = build_module(graph)
+    pos = torch.tensor([[0, 3, 5]])
+    torch.testing.assert_close(model.pos_embed(pos)[0], model.pos_embed.weight[[2, 5, 7]])
+    graph = archc.compile(tiny_spec("glm"))
+    model = build_module(graph)
+    pos = torch.tensor([[[0, 1, 2, 2], [0, 0, 1, 2]]])
+    expected = model.pos_embed.position.weight[[0, 1, 2, 2]] + model.pos_embed.block.weight[[0, 0, 1, 2]]
+    torch.testing.assert_close(model.pos_embed(pos)[0], expected)
+
+
+def test_alibi_bias_is_minus_slope_times_distance_up_to_a_row_constant():
+    graph = archc.compile(tiny_spec("bloom"))
+    model = build_module(graph)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    bias = model.alibi(mask)[0, :, 0]  # [H, T]
+    slopes = torch.tensor(graph.node("alibi")["settings"]["slopes"])
+    assert slopes.tolist() == pytest.approx([2 ** (-8 * (h + 1) / 4) for h in range(4)])
+    i = 5  # the last query; real keys j = 2..5 have distances 3, 2, 1, 0
+    rel = bias[:, 2:] - bias[:, i : i + 1]
+    torch.testing.assert_close(rel, -slopes[:, None] * torch.tensor([3.0, 2.0, 1.0, 0.0]))
+
+
+def test_mask_values():
+    graph = archc.compile(tiny_spec("llama", ["attention.sliding_window=2"]))
+    m = build_module(graph).mask(torch.tensor([[0, 1, 1, 1, 1]]), ctx=type("C", (), {"seq": 3})())[0, 0]
+    visible = (m == 0).int().tolist()
+    # queries are the last 3 columns (positions 1, 2, 3); key 0 is padding; window 2
+    assert visible == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
+    assert torch.isfinite(m).all() and float(m.min()) == torch.finfo(torch.float32).min
