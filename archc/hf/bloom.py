@@ -4,9 +4,9 @@ BLOOM: LayerNorm right after the embedding, pre-norm blocks, ALiBi with slopes 2
 non-power-of-two rule of Press et al.: the closest power's slopes, then every other slope of the next
 power; archc.graph.alibi_slopes computes the same list), fused query_key_value per-head interleaved
 [head][q|k|v][head_dim], tanh-GELU, biases everywhere, 4x MLP, tied head.
-MPT: pre-norm LayerNorm without biases, no linear biases, exact GELU, ALiBi with
-alibi_bias_max; Wqkv rows are q | k | v. transformers' MPT always uses ALiBi, multi-head attention
-and a 4x MLP whatever the config says, so configs asking for anything else are refused rather than
+MPT: pre-norm LayerNorm without biases, no linear biases, exact GELU, ALiBi; Wqkv rows are
+q | k | v. transformers' MPT always uses ALiBi with alibi_bias_max 8, multi-head attention and a
+4x MLP whatever the config says, so configs asking for anything else are refused rather than
 imported as a model transformers (and archc) would compute differently from the original.
 """
 
@@ -88,7 +88,11 @@ def mpt_spec(cfg: Cfg) -> dict:
     attn.require("qk_ln", (False, None), "(LayerNorm on queries and keys) is not expressible")
     attn.require("clip_qkv", (None, 0), "(clamping q, k, v) is not expressible")
     attn.require("prefix_lm", (False, None), "is not implemented by transformers' MPT")
+    attn.require("alibi_bias_max", (8, 8.0), "differs from 8, which transformers' MPT always uses (it ignores the "
+                                             "field), so the original MPT and transformers disagree")
     cfg.require("no_bias", (True,), "must be true: transformers' MPT builds no biases (no_bias false is not implemented)")
+    cfg.require("norm_type", ("low_precision_layernorm", "layernorm"), "is not implemented by transformers' MPT (it "
+                "always builds LayerNorm), so the original MPT and transformers disagree")
     cfg.require("expansion_ratio", (4,), "must be 4: transformers' MPT hard-codes a 4x MLP")
     cfg.require("logit_scale", (None,), "(a scale on the logits) is not expressible and transformers' MPT ignores it")
     d, nh = cfg.integer("d_model"), cfg.integer("n_heads")
@@ -100,9 +104,9 @@ def mpt_spec(cfg: Cfg) -> dict:
         "max_seq_len": cfg.integer("max_seq_len"), "dtype": dtype(cfg),
         "norm": {"kind": "layernorm", "eps": float(cfg["layer_norm_epsilon"]), "placement": "pre", "bias": False},
         "mlp": {"activation": "gelu", "d_ff": 4 * d, "bias": False},  # nn.GELU(approximate="none")
-        # build_mpt_alibi_tensor: for power-of-two heads 2^(-alibi_bias_max * h / n); for other counts the odd
-        # then even slopes of the next power, which is the same list as BLOOM's rule
-        "position": {"kind": "alibi", "max_bias": float(attn["alibi_bias_max"])},
+        # build_mpt_alibi_tensor: for power-of-two heads 2^(-8 h / n); for other counts the odd then even
+        # slopes of the next power, which is the same list as BLOOM's rule
+        "position": {"kind": "alibi", "max_bias": 8.0},
         "attention": attention,
         "embedding": {"output": "tied" if cfg["tie_word_embeddings"] else "untied"},
         "init": {"std": float(cfg.get("initializer_range", 0.02))},
@@ -127,4 +131,4 @@ def mpt_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 BLOOM = Family("bloom", BLOOM_DEFAULTS, bloom_spec, bloom_tensors, aliases=(("", "transformer."),),
                notes="embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head")
 MPT = Family("mpt", MPT_DEFAULTS, mpt_spec, mpt_tensors,
-             notes="bias-free LayerNorm and linears, ALiBi (alibi_bias_max), Wqkv q | k | v, exact GELU, tied head")
+             notes="bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head")
