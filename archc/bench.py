@@ -257,6 +257,9 @@ class HfBackend(Backend):
         state = self.bench.archc_module().state_dict()
         self.model, self.eq = build_hf_model(self.bench.graph, state, dtype=self.bench.torch_dtype,
                                              device=self.bench.device, attn_implementation=self.attn)
+        del state
+        if not any(n.startswith("torch") for n in self.bench.backend_names):
+            self.bench._module = None  # only the source of the weights: free its copy before measuring
 
     def resident_bytes(self):
         return _module_bytes(self.model)
@@ -291,13 +294,14 @@ class HfCompileBackend(HfBackend):
 
 
 class OrtBackend(Backend):
-    """archc's ONNX export (cuda target on CUDA, portable elsewhere) through archc's runner."""
+    """archc's ONNX export (cuda target on CUDA, portable elsewhere) through archc's runner
+    (archc.runner.Session: IO binding, device-resident cache, greedy pick of the last logits)."""
 
     name = "ort"
     memory = "device"
 
     def setup(self):
-        from archc import runner
+        from archc.runner import Session
         from exporters.onnx_export import export
 
         b = self.bench
@@ -307,13 +311,20 @@ class OrtBackend(Backend):
             t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype), "cpu")
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
         self.model_dir = model_dir
-        self.runner = runner.load(model_dir, device="cuda" if b.cuda else "cpu")
+        self.session = Session(model_dir, device="cuda" if b.cuda else "cpu")
+        if b.cuda and self.session.device != "cuda":
+            raise RuntimeError(f"onnxruntime did not start on CUDA ({self.session.note})")
+        self._ids = self._prompts = None
 
     def generate(self, ids, mask, n):
-        return self.runner.generate_ids(ids, attention_mask=mask, max_new_tokens=n)
+        import torch
+
+        if ids is not self._ids:  # the runner takes host lists; convert once per input, not per call
+            self._ids, self._prompts = ids, ids.tolist()
+        return torch.tensor(self.session.generate(self._prompts, max_new_tokens=n, greedy=True).ids)
 
     def close(self):
-        del self.runner
+        self.session = None
 
 
 BACKEND_CLASSES = {c.name: c for c in (OrtBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend, HfCompileBackend)}
@@ -336,6 +347,7 @@ class BackendResult:
     prefill_runs_ms: list = field(default_factory=list)
     generate_runs_ms: list = field(default_factory=list)
     setup_s: float | None = None
+    wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
     error: str | None = None
 
 
@@ -416,6 +428,7 @@ class Bench:
         results, ref = [], None
         for name in self.backend_names:
             r = BackendResult(name)
+            t_start = time.perf_counter()
             try:
                 be = self._backend(name)
                 r.setup_s = be.setup_s
@@ -433,6 +446,8 @@ class Bench:
                 self._failed.setdefault(name, msg)
                 r.error = msg
                 self.log(f"  {name}: {msg}")
+            r.wall_s = time.perf_counter() - t_start
+            self.log(f"  {name}: {r.wall_s:.1f} s")
             if r.decode_tpot_ms:
                 r.decode_tok_s = shape.batch / (r.decode_tpot_ms / 1e3)
                 r.frac_decode_roofline = r.decode_tok_s / roof["decode_tok_s"]

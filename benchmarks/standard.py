@@ -1,0 +1,39 @@
+"""The standard set of issue 6: five families at about 1.1 B parameters (d_model 2048, 16-22 layers),
+made from the library specs with --set overrides (no copies of the spec files).
+
+LLaMA follows TinyLlama-1.1B (22 layers, 32 query / 4 KV heads, d_ff 5632). The others keep their
+family's axes and take d_model 2048; layer counts and widths are chosen to land near 1.1 B (the
+256k/250k vocabularies of PaLM and BLOOM put half a billion parameters in the tied embedding alone).
+max_seq_len 4096 everywhere so that prompt 2048 + 128 new tokens fits.
+"""
+
+from __future__ import annotations
+
+COMMON = ["d_model=2048", "max_seq_len=4096"]
+
+FAMILIES: dict[str, tuple[str, list[str]]] = {
+    "llama": ("specs/llama.yaml", COMMON + ["name=llama-1.1b", "n_layers=22", "attention.n_heads=32", "attention.kv_heads=4",
+                                            "attention.sharing=gqa", "mlp.d_ff=5632"]),
+    "palm": ("specs/palm.yaml", COMMON + ["name=palm-1.2b", "n_layers=16", "attention.n_heads=16", "attention.head_dim=128", "mlp.d_ff=5632"]),
+    "bloom": ("specs/bloom.yaml", COMMON + ["name=bloom-1.3b", "n_layers=16", "attention.n_heads=16", "mlp.d_ff=8192"]),
+    "gpt2": ("specs/gpt2.yaml", COMMON + ["name=gpt2-1.1b", "n_layers=20", "attention.n_heads=16", "mlp.d_ff=8192",
+                                          "position.max_positions=4096"]),
+    "glm": ("specs/glm.yaml", COMMON + ["name=glm-1.1b", "n_layers=20", "attention.n_heads=16", "mlp.d_ff=8192",
+                                        "position.max_positions=4096"]),
+}
+
+
+def load_family(name: str, root=None):
+    from pathlib import Path
+
+    from archc.loader import load_spec
+
+    path, sets = FAMILIES[name]
+    root = Path(root) if root else Path(__file__).resolve().parent.parent
+    return load_spec(root / path, sets)
+
+
+def set_args(name: str) -> list[str]:
+    """The family as `archc` command-line arguments."""
+    path, sets = FAMILIES[name]
+    return [path] + [a for s in sets for a in ("--set", s)]
