@@ -116,10 +116,15 @@ def open_session(model_dir: str | Path, device: str = "auto"):
     try:
         import onnx
 
-        onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure means a damaged file
         raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-run `archc compile`") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    del proto
     providers, note = choose_providers(device)
+    if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
+        raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
+                        + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
     try:
         sess = _session(path, providers)
     except Exception as e:  # noqa: BLE001
@@ -132,6 +137,8 @@ def open_session(model_dir: str | Path, device: str = "auto"):
                 raise UserError(f"{path}: onnxruntime cannot load the model ({str(e2).splitlines()[0][:200]})") from None
         elif "CUDA" in msg and device == "cuda":
             raise UserError(f"--device cuda: {msg}") from None
+        elif "NOT_IMPLEMENTED" in msg:
+            raise UserError(f"{path}: onnxruntime on {used_name(providers)} has no kernel for a node ({msg})") from None
         else:
             raise UserError(f"{path}: onnxruntime cannot load the model ({msg}); the file may be truncated, re-run `archc compile`") from None
     used = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
@@ -141,6 +148,11 @@ def open_session(model_dir: str | Path, device: str = "auto"):
                             "(CUDA/cuDNN libraries missing?); use --device cpu")
         note = note or "cuda unavailable (the CUDA execution provider failed to start); running on CPU"
     return sess, used, note
+
+
+def used_name(providers: list) -> str:
+    first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    return "CUDA" if first.startswith("CUDA") else "CPU"
 
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

@@ -207,8 +207,12 @@ def lower_mask(ctx: Ctx, name: str, node: dict) -> str:
 
 
 def lower_alibi(ctx: Ctx, name: str, node: dict) -> str:
-    """Press et al. 2021: slope_h * pos(j), [B,H,1,T] (a row-constant shift of -slope (i - j))."""
+    """Press et al. 2021: slope_h * (pos(j) - pos(last)), [B,H,1,T]: a row-constant shift of
+    -slope (i - j), kept <= 0 so fp16/bf16 scores are not swamped (as the PyTorch emitter)."""
     pos = ctx.op("Cast", [key_positions(ctx, input_of(ctx, name, "attention_mask"))], to=F32)
+    last = ctx.op("Slice", [pos, ctx.const(np.array([-1], np.int64)), ctx.const(np.array([np.iinfo(np.int64).max], np.int64)),
+                            ctx.const(np.array([1], np.int64), "axes")])
+    pos = ctx.op("Sub", [pos, last])
     pos = ctx.op("Unsqueeze", [pos, ctx.const(np.array([1, 2], np.int64), "axes")])  # [B,1,1,T]
     slopes = ctx.const(np.asarray(node["settings"]["slopes"], np.float32).reshape(1, -1, 1, 1), "slopes")
     return ctx.op("Cast", [ctx.op("Mul", [slopes, pos])], to=ctx.elem)

@@ -1,0 +1,233 @@
+"""ONNX exporter: onnxruntime (CPU) logits against the PyTorch emitter for every library spec at a tiny
+size, both targets, prefill with left padding and cached decode steps; checker with full shape
+inference; byte-identical re-export; weights from a safetensors file; atomic output.
+
+The `cuda` target runs here with fused_fp32=True: GroupQueryAttention and the Skip*Normalization ops
+have fp32 CPU kernels, so the fused lowering is checked for numbers on the CPU (on CUDA those ops
+take fp16/bf16, and an fp32 export falls back to the portable attention).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+import archc  # noqa: E402
+from conftest import LIBRARY, tiny_spec  # noqa: E402
+from exporters.onnx_export import export  # noqa: E402
+from exporters.torch_module import build_module  # noqa: E402
+
+TOL = 1e-4
+
+
+def session(d):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+
+def rel_err(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def positions(mask: np.ndarray, seq: int, glm2d: bool) -> np.ndarray:
+    p = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
+    return np.stack([p, np.zeros_like(p)], 1) if glm2d else p
+
+
+def compare_steps(sess, module, spec, steps: int = 3, batch_pads=(0, 2), prompt: int = 5, seed: int = 0) -> float:
+    """Prefill (left-padded batch) + `steps` cached single-token steps; max rel error over real positions."""
+    names = {i.name: i for i in sess.get_inputs()}
+    glm2d = "position_ids" in names and len(names["position_ids"].shape) == 3
+    rng = np.random.default_rng(seed)
+    B = len(batch_pads)
+    ids = rng.integers(0, spec.vocab_size, (B, prompt))
+    mask = np.ones((B, prompt), np.int64)
+    for b, n in enumerate(batch_pads):
+        mask[b, :n] = 0
+    L, kv, hd = spec.n_layers, spec.attention.kv_heads, spec.attention.head_dim
+    dt = np.float16 if names["past_key_values.0.key"].type == "tensor(float16)" else np.float32
+    past = {f"past_key_values.{i}.{t}": np.zeros((B, kv, 0, hd), dt) for i in range(L) for t in ("key", "value")}
+    tpast, worst = None, 0.0
+    prefix = np.array([prompt - n for n in batch_pads], np.int64)
+    for _ in range(steps + 1):
+        feeds = {"input_ids": ids, "attention_mask": mask, **past}
+        if "position_ids" in names:
+            feeds["position_ids"] = positions(mask, ids.shape[1], glm2d)
+        if "prefix_len" in names:
+            feeds["prefix_len"] = prefix
+        outs = sess.run(None, feeds)
+        out_names = [o.name for o in sess.get_outputs()]
+        past = {n.replace("present.", "past_key_values."): v for n, v in zip(out_names[1:], outs[1:])}
+        with torch.no_grad():
+            t = lambda k: torch.tensor(feeds[k]) if k in feeds else None  # noqa: E731
+            logits, tpast = module(t("input_ids"), t("attention_mask"), t("position_ids"), t("prefix_len"), tpast)
+        real = mask[:, -ids.shape[1]:].astype(bool)
+        worst = max(worst, rel_err(outs[0][real], logits.numpy()[real]))
+        ids = rng.integers(0, spec.vocab_size, (B, 1))
+        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
+    return worst
+
+
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+@pytest.mark.parametrize("name", LIBRARY)
+def test_logits_match_pytorch_emitter(name, target, tmp_path):
+    spec = tiny_spec(name)
+    graph = archc.compile(spec)
+    res = export(graph, tmp_path / "m", target=target, fused_fp32=True)
+    if target == "cuda":
+        lowered = set(res.lowering.values())
+        assert any(v.startswith("cuda:") for v in lowered), res.lowering
+    err = compare_steps(session(tmp_path / "m"), build_module(graph), spec)
+    assert err <= TOL, f"{name}/{target}: rel err {err:.2e}"
+
+
+def test_negative_control_other_seed_fails_the_comparison(tmp_path):
+    """The comparison can fail: the same spec exported with another init seed."""
+    spec = tiny_spec("llama")
+    export(archc.compile(tiny_spec("llama", ["init.seed=1"])), tmp_path / "m")
+    assert compare_steps(session(tmp_path / "m"), build_module(archc.compile(spec)), spec, steps=0) > 1e-2
+
+
+def test_negative_control_padding_matters(tmp_path):
+    """Left padding reaches the mask: feeding the torch module an all-ones mask must disagree."""
+    spec = tiny_spec("llama")
+    graph = archc.compile(spec)
+    export(graph, tmp_path / "m")
+    sess, module = session(tmp_path / "m"), build_module(graph)
+    ids = np.arange(10).reshape(2, 5) % spec.vocab_size
+    mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask, 5, False)}
+    feeds.update({f"past_key_values.{i}.{t}": np.zeros((2, spec.attention.kv_heads, 0, spec.attention.head_dim), np.float32)
+                  for i in range(spec.n_layers) for t in ("key", "value")})
+    onnx_logits = sess.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        wrong, _ = module(torch.tensor(ids), torch.ones(2, 5, dtype=torch.long), torch.tensor(feeds["position_ids"]))
+    assert rel_err(onnx_logits[1, 2:], wrong.numpy()[1, 2:]) > 1e-3
+
+
+VARIANTS = {  # axis values no library spec uses: (base spec, --set overrides)
+    "sinusoidal": ("bloom", ["position.kind=sinusoidal"]),
+    "nope": ("bloom", ["position.kind=none"]),
+    "rope_interleaved_prefix": ("llama", ["position.style=interleaved", "attention.mask=prefix"]),
+    "sandwich_geglu_mqa": ("palm", ["norm.placement=sandwich", "mlp.activation=geglu"]),
+    "deepnorm_reglu_head_bias": ("gpt1", ["norm.placement=deepnorm", "mlp.activation=reglu", "embedding.head_bias=true",
+                                          "embedding.output=untied", "embedding.multiplier=2.0"]),
+}
+
+
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_axis_values_outside_the_library(variant, target, tmp_path):
+    base, extra = VARIANTS[variant]
+    spec = tiny_spec(base, extra)
+    graph = archc.compile(spec)
+    export(graph, tmp_path / "m", target=target, fused_fp32=True)
+    assert compare_steps(session(tmp_path / "m"), build_module(graph), spec, steps=2) <= TOL
+
+
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+@pytest.mark.parametrize("dtype", ["fp16"])
+def test_half_precision_on_cpu(target, dtype, tmp_path):
+    """fp16 export vs the fp32 PyTorch module (2e-2), where onnxruntime's CPU kernels take fp16."""
+    spec = tiny_spec("llama")
+    graph = archc.compile(spec)
+    export(graph, tmp_path / "m", target=target, dtype=dtype)
+    try:
+        sess = session(tmp_path / "m")
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"onnxruntime's CPU EP has no {dtype} kernel for an op here: {str(e).splitlines()[0][:120]}")
+    assert compare_steps(sess, build_module(graph), spec, steps=2) <= 2e-2
+
+
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+@pytest.mark.parametrize("name", LIBRARY)
+def test_checker_with_full_shape_inference(name, target, tmp_path):
+    export(archc.compile(tiny_spec(name)), tmp_path / "m", target=target, dtype="fp16" if target == "cuda" else "fp32")
+    onnx.checker.check_model(str(tmp_path / "m" / "model.onnx"), full_check=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_dtypes_io_and_metadata(dtype, tmp_path):
+    elem = {"fp32": 1, "fp16": 10, "bf16": 16}[dtype]
+    res = export(archc.compile(tiny_spec("llama")), tmp_path / "m", target="cuda", dtype=dtype)
+    m = onnx.load(str(tmp_path / "m" / "model.onnx"), load_external_data=False)
+    onnx.checker.check_model(str(tmp_path / "m" / "model.onnx"), full_check=True)
+    outs = {o.name: o.type.tensor_type.elem_type for o in m.graph.output}
+    ins = [i.name for i in m.graph.input]
+    assert list(outs)[0] == "logits" and outs["logits"] == 1  # float32 whatever the dtype
+    assert outs["present.1.value"] == elem
+    assert ins[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.key" in ins
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["archc.lowering"]) == res.lowering
+    want = "portable (GroupQueryAttention's CUDA kernels take fp16/bf16 only)" if dtype == "fp32" else "cuda:RotaryEmbedding + GroupQueryAttention"
+    assert res.lowering["layers.0.attn"] == want
+    assert meta["archc.kv_cache"] == ("concat" if dtype == "fp32" else "shared")
+    params = {full for full, _, _ in archc.compile(tiny_spec("llama")).params()}
+    stored = {t.name.removesuffix(".T"): t.data_location for t in m.graph.initializer if t.name.removesuffix(".T") in params}
+    assert set(stored) == params and set(stored.values()) == {onnx.TensorProto.EXTERNAL}
+
+
+def test_genai_config(tmp_path):
+    spec = tiny_spec("llama2-70b" if "llama2-70b" in LIBRARY else "llama")
+    export(archc.compile(spec), tmp_path / "m", target="cuda", dtype="fp16")
+    cfg = json.loads((tmp_path / "m" / "genai_config.json").read_text())
+    dec = cfg["model"]["decoder"]
+    assert dec["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert dec["outputs"]["present_value_names"] == "present.%d.value"
+    assert (dec["head_size"], dec["num_attention_heads"], dec["num_key_value_heads"], dec["num_hidden_layers"], dec["hidden_size"]) == (
+        spec.attention.head_dim, spec.attention.n_heads, spec.attention.kv_heads, spec.n_layers, spec.d_model)
+    assert cfg["model"]["context_length"] == spec.max_seq_len and cfg["model"]["vocab_size"] == spec.vocab_size
+    assert cfg["search"]["past_present_share_buffer"] is True
+    assert (tmp_path / "m" / "spec.yaml").exists()
+
+
+def test_byte_identical_reexport_and_seed_changes_bytes(tmp_path):
+    graph = archc.compile(tiny_spec("palm"))
+    for d in ("a", "b"):
+        export(graph, tmp_path / d, target="cuda", dtype="fp16")
+    for f in ("model.onnx", "model.onnx.data", "spec.yaml", "genai_config.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    export(archc.compile(tiny_spec("palm", ["init.seed=7"])), tmp_path / "c", target="cuda", dtype="fp16")
+    assert (tmp_path / "a" / "model.onnx.data").read_bytes() != (tmp_path / "c" / "model.onnx.data").read_bytes()
+
+
+def test_weights_from_a_safetensors_file_of_archc_names(tmp_path):
+    from safetensors.torch import save_file
+
+    from archc.weights import init_state
+
+    other = archc.compile(tiny_spec("gpt2", ["init.seed=3"]))
+    save_file(init_state(other), str(tmp_path / "w.safetensors"))
+    export(archc.compile(tiny_spec("gpt2")), tmp_path / "from_file", weights=tmp_path / "w.safetensors")
+    export(other, tmp_path / "seeded")
+    assert (tmp_path / "from_file" / "model.onnx.data").read_bytes() == (tmp_path / "seeded" / "model.onnx.data").read_bytes()
+
+
+def test_interrupted_export_leaves_nothing(tmp_path):
+    graph = archc.compile(tiny_spec("llama"))
+    with pytest.raises(RuntimeError, match="simulated"):
+        export(graph, tmp_path / "m", _fail_after=3)
+    assert list(tmp_path.iterdir()) == []
+    # over an existing model: the old one stays whole
+    export(graph, tmp_path / "m")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()}
+    with pytest.raises(RuntimeError, match="simulated"):
+        export(archc.compile(tiny_spec("llama", ["init.seed=5"])), tmp_path / "m", _fail_after=3)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_model_directory_loads_back_as_its_spec(name, tmp_path):
+    from archc.commands.common import load
+
+    spec = tiny_spec(name)
+    export(archc.compile(spec), tmp_path / "m")
+    assert load(str(tmp_path / "m")) == spec
