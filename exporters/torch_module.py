@@ -18,7 +18,6 @@ A tied head owns no parameter: it reads `embed.weight` at call time, so `state_d
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 
 import torch
