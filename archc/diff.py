@@ -147,7 +147,7 @@ class Fact:
 @dataclass
 class Change:
     where: str  # "in all 32 layers", "in layer 3", "outside the layers"
-    layers: list[int] | None  # layer indices of B the change holds in; None outside the stack
+    layers: list[int] | None  # indices of the compared layers (layer i of A with layer i of B); None outside the stack
     component: str
     aspect: str
     a: str
@@ -261,12 +261,6 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             default = abs(s["softmax_scale"] * s["head_dim"] ** 0.5 - 1) < 1e-9
             put("attn.softmax_scale", "attention", None if default else s["softmax_scale"],
                 "softmax scale 1/√head_dim" if default else f"softmax scale {s['softmax_scale']:.6g}", (role,))
-        if d["kind"] in (ComponentKind.attention.value, ComponentKind.mlp.value):
-            # Only the drawn weights: bias and norm rules (zeros/ones) follow from the bias facts.
-            drawn = {k: v for k, v in d.get("init", {}).items() if v["dist"] not in ("zeros", "ones")}
-            put(f"{role}.init", role_name(role), drawn, "init " + _init_words(drawn), (role,))
-        if d["kind"] == ComponentKind.attention.value:
-            pass
         elif d["kind"] == ComponentKind.mlp.value:
             x = cg.input_of(n, "x")
             put("mlp.reads", "MLP", _src_words(cg, layer, x), _src_words(cg, layer, x), (role,))
@@ -276,6 +270,10 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("mlp.d_ff", "MLP", s["d_ff"], f"{s['d_ff']} hidden units", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("mlp.bias", "MLP", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
+        if d["kind"] in (ComponentKind.attention.value, ComponentKind.mlp.value):
+            # Only the drawn weights: bias and norm rules (zeros/ones) follow from the bias facts.
+            drawn = {k: v for k, v in d.get("init", {}).items() if v["dist"] not in ("zeros", "ones")}
+            put(f"{role}.init", role_name(role), drawn, "init " + _init_words(drawn), (role,))
     return facts
 
 
