@@ -288,3 +288,21 @@ def test_mask_values():
     # queries are the last 3 columns (positions 1, 2, 3); key 0 is padding; window 2
     assert visible == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
     assert torch.isfinite(m).all() and float(m.min()) == torch.finfo(torch.float32).min
+
+
+def test_init_follows_the_spec_init_section():
+    import math
+
+    sd = build_module(archc.compile(tiny_spec("gpt2", ["init.std=0.05"]))).state_dict()
+    L = 2
+    assert torch.equal(sd["layers.0.attn_norm.weight"], torch.ones(64)) and torch.equal(sd["layers.0.attn.q.bias"], torch.zeros(64))
+    assert float(sd["layers.0.attn.q.weight"].std()) == pytest.approx(0.05, rel=0.1)
+    assert float(sd["layers.0.attn.o.weight"].std()) == pytest.approx(0.05 / math.sqrt(2 * L), rel=0.1)  # scaled_residual
+    assert float(sd["layers.1.mlp.down.weight"].std()) == pytest.approx(0.05 / math.sqrt(2 * L), rel=0.1)
+    sd = build_module(archc.compile(tiny_spec("gemma"))).state_dict()
+    assert torch.equal(sd["final_norm.weight"], torch.zeros(64))  # (1 + w) norms start at w = 0
+    graph = archc.compile(tiny_spec("llama", ["norm.placement=deepnorm", "init.scheme=deepnorm"]))
+    sd, beta = build_module(graph).state_dict(), graph.spec.norm.deepnorm_beta
+    xavier = math.sqrt(2.0 / (64 + 64))
+    assert float(sd["layers.0.attn.q.weight"].std()) == pytest.approx(xavier, rel=0.1)
+    assert float(sd["layers.0.attn.v.weight"].std()) == pytest.approx(beta * xavier, rel=0.1)
