@@ -23,6 +23,13 @@ class ReportFormat(str, Enum):
     csv = "csv"
 
 
+class DiffFormat(str, Enum):
+    terminal = "terminal"
+    markdown = "markdown"
+    json = "json"
+    html = "html"
+
+
 SUFFIX_FORMAT = {".md": "markdown", ".markdown": "markdown", ".json": "json", ".html": "html", ".htm": "html",
                  ".csv": "csv", ".txt": "terminal"}
 
@@ -40,7 +47,7 @@ def _source(arg: str, sets: list[str], flag: str = "--set", own: list[str] | Non
     return " ".join([arg] + [f"--set {s}" for s in sets] + [f"{flag} {s}" for s in own or []])
 
 
-def _pick_format(fmt: Optional[ReportFormat], output: Optional[Path], allowed: tuple[str, ...]) -> str:
+def _pick_format(fmt: Optional[Enum], output: Optional[Path], allowed: tuple[str, ...]) -> str:
     if fmt is not None:
         name = fmt.value
     elif output is not None:
@@ -80,7 +87,7 @@ def diff_cmd(
     sets: SetOption = None,
     set_a: SideSet("--set-a", "A") = None,
     set_b: SideSet("--set-b", "B") = None,
-    fmt: FormatOpt = None,
+    fmt: Annotated[Optional[DiffFormat], typer.Option("--format", "-f", help="terminal (default), markdown, json, html.")] = None,
     output: OutputOpt = None,
     show_all: Annotated[bool, typer.Option("--all", help="List unchanged spec axes too.")] = False,
     seq_len: SeqLenOpt = 2048,
@@ -149,8 +156,7 @@ def draw_cmd(
 ) -> None:
     """Block diagram of the architecture: the stack, and one layer opened up.
 
-    svg/png need Graphviz's `dot`; without it the DOT text is written to FILE.dot, the message says
-    how to install Graphviz, and the exit status is 2 (the requested file was not made).
+    svg/png need Graphviz's `dot`; without it the DOT text is written to FILE.dot, the message says how to install Graphviz, and the exit status is 2 (the requested file was not made).
     """
     from archc import draw as W
     from archc.graph import compile as compile_graph
