@@ -20,4 +20,10 @@ class SpecError(UserError):
         if file:
             where = f"{file}:{line}: " if line else f"{file}: "
         what = f"{field}: " if field else ""
-        super().__init__(f"{where}{what}{message}")
+        super().__init__(one_line(f"{where}{what}{message}"))
+
+
+def one_line(text: str) -> str:
+    """Escape what would break a one-line message: newlines, other line separators (str.splitlines
+    also splits on \x1c-\x1e, \x85, \u2028) and control characters quoted from user input."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
