@@ -135,6 +135,12 @@ def test_unsupported_model_type_lists_the_supported_ones():
         config_to_spec({"hidden_size": 8})
 
 
+def test_readme_lists_every_supported_type():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("<!-- BEGIN hf -->"):readme.index("<!-- END hf -->")]
+    assert [t for t in SUPPORTED_TYPES if f"| `{t}` |" not in section] == []
+
+
 def test_alibi_slopes_match_bloom_and_mpt():
     """archc.graph.alibi_slopes against transformers' BLOOM and MPT slopes, powers of two and not."""
     from transformers.models.bloom.modeling_bloom import _get_alibi_slopes

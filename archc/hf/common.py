@@ -9,7 +9,7 @@ parameter names plus the re-layout that gets there). Nothing dispatches on model
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from archc.errors import UserError
@@ -26,7 +26,7 @@ class Cfg:
 
     def __getitem__(self, key: str) -> Any:
         value = self.data.get(key, _MISSING)
-        if value is _MISSING or (value is None and self.defaults.get(key) is not None and key in _NULL_MEANS_DEFAULT):
+        if value is _MISSING or (value is None and key in _NULL_MEANS_DEFAULT):
             value = self.defaults.get(key)
         return value
 
@@ -143,8 +143,7 @@ class Family:
     aliases: tuple[tuple[str, str], ...] = ()  # (legacy prefix, current prefix) of older checkpoints
     ignore: tuple[str, ...] = ()  # regexes of non-parameter buffers older checkpoints carry
     tied_head: str = "lm_head.weight"  # dropped when the head is tied (transformers re-ties it on load)
-    notes: str = ""  # one line for the README table
-    extra: dict = field(default_factory=dict)
+    notes: str = ""  # what the family maps to, in one line
 
 
 def layers(n: int, prefix: str, table: dict[str, Rule | str]) -> dict[str, Rule]:
