@@ -31,6 +31,13 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.3g} {unit}".strip()
 
 
+def sci(x: float) -> str:
+    """3e-4 rather than 0.0003: learning rates as papers write them."""
+    mantissa, exponent = f"{x:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def human_bytes(n: int) -> str:
     for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if abs(n) >= div:
@@ -137,7 +144,7 @@ def biases(s: Spec) -> str:
 
 def training_recipe(s: Spec) -> str:
     o, sch = s.training.optimizer, s.training.schedule
-    words = f"{OPTIMIZER[o.kind.value]} (lr {o.lr:g}), {sch.kind.value}"
+    words = f"{OPTIMIZER[o.kind.value]} (lr {sci(o.lr)}), {sch.kind.value}"
     if sch.warmup_steps:
         words += f" with {sch.warmup_steps} warm-up steps"
     return words
