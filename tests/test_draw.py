@@ -182,3 +182,18 @@ def test_mermaid_marks_changes():
     d = diff(load_spec(ROOT / "specs" / "gpt2.yaml"), load_spec(ROOT / "specs" / "bloom.yaml"))
     text = to_mermaid(layers_diagram(d.a.graph, d.b.graph, changed_roles(d.structure)))
     assert "class " in text and "B_alibi" in text and "A_layers_0_attn" in text
+
+
+@needs_dot
+def test_committed_diff_image_is_current():
+    from archc.diff import changed_roles, diff
+    from archc.draw import layers_diagram
+
+    d = diff(load_spec(ROOT / "specs" / "llama.yaml"), load_spec(ROOT / "specs" / "palm.yaml"))
+    dia = layers_diagram(d.a.graph, d.b.graph, changed_roles(d.structure), (d.a.name, d.b.name))
+    nodes = svg_nodes(ROOT / "docs" / "img" / "llama-vs-palm.svg")
+    assert set(nodes) == {n.id for n in dia.nodes}
+    for n in dia.nodes:
+        assert nodes[n.id]["text"] == n.label.split("\n")
+        assert (HIGHLIGHT in nodes[n.id]["fill"]) == n.highlight, n.id
+    assert not nodes["A_mask"]["fill"] & {HIGHLIGHT}
