@@ -165,6 +165,13 @@ def test_without_dot_the_dot_text_is_written_and_exit_is_2(tmp_path):
     assert not out.exists()
     dot_text = (tmp_path / "x.dot").read_text()
     assert dot_text == to_dot(model_diagram(compile(load_spec(ROOT / "specs" / "llama.yaml"))))
+    # diff --draw: the diff is printed, the DOT text written, and the missing picture makes it exit 2
+    pic = tmp_path / "d.png"
+    code = f"import sys; from archc.cli import main; sys.exit(main(['diff', 'llama', 'palm', '--draw', {str(pic)!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "apt-get install graphviz" in proc.stderr
+    assert "K/V projections" in proc.stdout and (tmp_path / "d.dot").read_text().startswith("digraph")
+    assert not pic.exists()
 
 
 def test_bad_arguments(capsys, tmp_path):
