@@ -217,6 +217,22 @@ def test_legacy_prefixes_bin_files_and_buffers_load_the_same(gpt2_dir, tmp_path)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
+@pytest.mark.parametrize("cls_name,kw,prefix", [
+    ("GemmaConfig", dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8), "model."),
+    ("BloomConfig", dict(vocab_size=96, hidden_size=32, n_layer=1, n_head=4), "transformer."),
+    ("GPTNeoXConfig", dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                           tie_word_embeddings=True), "gpt_neox."),
+])
+def test_base_model_checkpoints_without_prefix(tmp_path, cls_name, kw, prefix):
+    """A tied model saved from its base class (GemmaModel, BloomModel, ...) has no prefix and no head."""
+    _tiny(cls_name, **kw).save_pretrained(tmp_path / "full")
+    base = _resave(tmp_path / "full", tmp_path / "base", rename=lambda k: k.removeprefix(prefix), drop=("lm_head.weight",))
+    graph = _spec_graph(tmp_path / "full")
+    want, got = load_weights(graph, tmp_path / "full"), load_weights(graph, base)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
 def test_sharded_safetensors(tmp_path):
     model = _tiny("LlamaConfig", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)

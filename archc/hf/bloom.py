@@ -130,5 +130,5 @@ def mpt_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 
 BLOOM = Family("bloom", BLOOM_DEFAULTS, bloom_spec, bloom_tensors, aliases=(("", "transformer."),),
                notes="embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head")
-MPT = Family("mpt", MPT_DEFAULTS, mpt_spec, mpt_tensors,
+MPT = Family("mpt", MPT_DEFAULTS, mpt_spec, mpt_tensors, aliases=(("", "transformer."),),
              notes="bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head")

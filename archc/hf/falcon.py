@@ -113,6 +113,6 @@ def falcon_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
-FALCON = Family("falcon", FALCON_DEFAULTS, falcon_spec, falcon_tensors, ignore=(r"\.rotary_emb\.inv_freq$",),
+FALCON = Family("falcon", FALCON_DEFAULTS, falcon_spec, falcon_tensors, aliases=(("", "transformer."),), ignore=(r"\.rotary_emb\.inv_freq$",),
                 notes="MQA + shared-norm parallel (7B), GQA + two-norm parallel (new_decoder_architecture), "
                       "or sequential (parallel_attn false); fused qkv in each layout; ALiBi refused")

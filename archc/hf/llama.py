@@ -118,11 +118,12 @@ def llama_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 
 
 _IGNORE = (r"\.rotary_emb\.inv_freq$",)
-LLAMA = Family("llama", LLAMA_DEFAULTS, llama_spec, llama_tensors, ignore=_IGNORE,
+_BASE = (("", "model."),)  # checkpoints saved from the base model (LlamaModel, ...) have no "model." prefix
+LLAMA = Family("llama", LLAMA_DEFAULTS, llama_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
                notes="RMSNorm pre-norm, SwiGLU, RoPE (half), GQA; attention_bias -> q/k/v/o biases, mlp_bias")
-MISTRAL = Family("mistral", MISTRAL_DEFAULTS, mistral_spec, llama_tensors, ignore=_IGNORE,
+MISTRAL = Family("mistral", MISTRAL_DEFAULTS, mistral_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
                  notes="LLaMA layout + sliding_window on every layer")
-QWEN2 = Family("qwen2", QWEN2_DEFAULTS, qwen2_spec, llama_tensors, ignore=_IGNORE,
+QWEN2 = Family("qwen2", QWEN2_DEFAULTS, qwen2_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
                notes="LLaMA layout + q/k/v biases; sliding window only when it covers all layers")
-GEMMA = Family("gemma", GEMMA_DEFAULTS, gemma_spec, llama_tensors, ignore=_IGNORE,
+GEMMA = Family("gemma", GEMMA_DEFAULTS, gemma_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
                notes="(1 + w) RMSNorm, GeGLU (tanh), embeddings x sqrt(d_model), explicit head_dim, tied head")

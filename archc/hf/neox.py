@@ -208,13 +208,15 @@ def stablelm_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
 GPT_NEOX = Family("gpt_neox", NEOX_DEFAULTS, neox_spec, neox_tensors,
-                  aliases=(("embed_out.", "lm_head."),),  # checkpoints before transformers 5 named the head embed_out
+                  # checkpoints before transformers 5 named the head embed_out; base-model checkpoints lack "gpt_neox."
+                  aliases=(("embed_out.", "lm_head."), ("", "gpt_neox.")),
                   ignore=_ROTARY_BUFFERS + (r"\.attention\.bias$", r"\.attention\.masked_bias$"),
                   notes="parallel residual, two norms (or sequential); fused per-head qkv; partial half RoPE")
-GPTJ = Family("gptj", GPTJ_DEFAULTS, gptj_spec, gptj_tensors,
+GPTJ = Family("gptj", GPTJ_DEFAULTS, gptj_spec, gptj_tensors, aliases=(("", "transformer."),),
               ignore=(r"\.attn\.bias$", r"\.attn\.masked_bias$", r"\.embed_positions$"),
               notes="parallel residual, shared norm; interleaved partial RoPE (rotary_dim); biased head")
-PHI = Family("phi", PHI_DEFAULTS, phi_spec, phi_tensors, ignore=_ROTARY_BUFFERS,
+PHI = Family("phi", PHI_DEFAULTS, phi_spec, phi_tensors, aliases=(("", "model."),), ignore=_ROTARY_BUFFERS,
              notes="parallel residual, shared norm; partial half RoPE; biases everywhere incl. the head")
-STABLELM = Family("stablelm", STABLELM_DEFAULTS, stablelm_spec, stablelm_tensors, ignore=_ROTARY_BUFFERS,
+STABLELM = Family("stablelm", STABLELM_DEFAULTS, stablelm_spec, stablelm_tensors, aliases=(("", "model."),),
+                  ignore=_ROTARY_BUFFERS,
                   notes="LayerNorm + SwiGLU; partial half RoPE; use_parallel_residual -> shared-norm parallel block")
