@@ -67,7 +67,9 @@ def diff_report(d: Diff, *, show_all: bool = False) -> Report:
     rep.lines.append(f"B: {d.b.name} ({d.b.source})")
     n_axes = len(d.spec.changed) + len(d.spec.unchanged)
     if d.identical:
-        rep.lines.append(f"identical: the same architecture ({n_axes} axes compared, component graphs equal)")
+        labels = "; only the labels (name, description, reference) differ" if \
+            [d.a.spec.name, d.a.spec.description, d.a.spec.reference] != [d.b.spec.name, d.b.spec.description, d.b.spec.reference] else ""
+        rep.lines.append(f"identical: the same architecture ({n_axes} axes compared, component graphs equal{labels})")
         if not show_all:
             return rep
     else:
