@@ -127,3 +127,31 @@ def test_output_file(capsys, tmp_path):
     out = tmp_path / "t.csv"
     rc, stdout, _ = run(capsys, "compare", "llama", "palm", "-o", str(out))
     assert rc == 0 and stdout == "" and out.read_text().startswith("axis,llama-7b,palm-8b\n")
+
+
+@pytest.mark.parametrize("path", library_specs(), ids=lambda p: p.stem)
+def test_table_agrees_with_the_compiled_graph(path):
+    """The table reads spec axes; the graph must show the same thing (a cross-check of both)."""
+    from archc.compare import comparison
+    from archc.diff import layer_facts, model_facts
+    from archc.graph import compile
+    from archc.loader import load_spec
+
+    spec = load_spec(path)
+    graph = compile(spec)
+    cells = dict((axis, values[0]) for axis, values in comparison([spec], [graph], [path.stem]).rows)
+    layer, model = layer_facts(graph, 0), model_facts(graph)
+    assert cells["residual layout"].startswith(layer["layout"].value)
+    positions = {f.value for k, f in layer.items() if k.endswith("_norm.position")}
+    placement = cells["norm placement"]
+    assert positions == {"pre"} if placement.startswith("pre") else \
+        positions == {"post"} if placement.startswith(("post", "DeepNorm")) else positions == {"pre", "sandwich"}
+    assert (model["final_norm"].value is not None) == (placement.startswith(("pre", "sandwich")) != ("final norm" in placement))
+    pos = layer["attn.position"].value
+    assert pos == {"RoPE": "rotary", "ALiBi": "alibi"}.get(cells["position scheme"].split(" ")[0], "none")
+    assert (model["embed.position"].value is not None) == cells["position scheme"].startswith(("learned", "2D", "sinusoidal"))
+    kv = layer["attn.kv_heads"].value
+    assert cells["attention sharing"].startswith("multi-query") == (kv == 1)
+    assert cells["embeddings"].startswith("tied") == model["head.tied"].value
+    assert ("after the embedding" in cells["embeddings"]) == (model["embed.norm"].value is not None)
+    assert (cells["biases"] == "none") == (not any(name.endswith(".bias") for name, _, _ in graph.params()))
