@@ -52,7 +52,9 @@ def config_to_spec(config: dict, name: str | None = None, source: str = "config.
     arch = config.get("architectures") or []
     data = {"name": name, "description": f"imported from a Hugging Face {family.model_type} config",
             "reference": f"transformers model_type {family.model_type}" + (f", {arch[0]}" if arch else "")}
-    data.update(body)
+    from archc.spec import Spec
+
+    data.update(sorted(body.items(), key=lambda kv: list(Spec.model_fields).index(kv[0])))  # the spec's field order
     try:
         spec_from_dict(data, source=source)
     except SpecError as e:
