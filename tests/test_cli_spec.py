@@ -250,3 +250,23 @@ def test_help_lists_spec_commands(capsys):
     rc, out, _ = run(["--help"], capsys)
     for cmd in ("validate", "show", "schema", "new"):
         assert cmd in out
+
+
+def test_schema_output_errors(tmp_path, capsys):
+    rc, _, err = run(["schema", "-o", str(tmp_path)], capsys)
+    assert rc == 2 and "is a directory" in err
+    rc, _, err = run(["schema", "-o", str(tmp_path / "no" / "s.json")], capsys)
+    assert rc == 2 and "does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_have_ordinary_permissions(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        rc, _, _ = run(["new", "p", "--from", "gpt2", "-o", str(tmp_path / "p.yaml")], capsys)
+        rc2, _, _ = run(["schema", "-o", str(tmp_path / "s.json")], capsys)
+    finally:
+        os.umask(old)
+    assert rc == rc2 == 0
+    assert (tmp_path / "p.yaml").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644

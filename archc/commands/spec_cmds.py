@@ -1,7 +1,8 @@
 """Spec commands: `validate`, `show`, `schema`, `new`.
 
-All four are light: they read YAML, validate with pydantic, compile the component graph and read
-costs off it (archc.cost). Nothing here imports torch or onnxruntime (tests/test_cli_spec.py checks).
+All four are light: they read YAML and validate with pydantic; `show` also compiles the component
+graph and reads costs off it (archc.cost). Nothing here imports torch or onnxruntime
+(tests/test_cli_spec.py checks).
 """
 
 from __future__ import annotations
@@ -41,10 +42,18 @@ def write_atomic(path: Path, text: str, *, overwrite: bool = True) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"{path}: folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write in {folder}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -56,6 +65,8 @@ def write_atomic(path: Path, text: str, *, overwrite: bool = True) -> None:
                 if path.exists():
                     raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
                 os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -354,7 +365,10 @@ def new(
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"{out}: folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=folder)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write in {folder}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
