@@ -327,6 +327,19 @@ def test_import_hf_errors_exit_2_with_one_line_and_no_file(tmp_path, capsys):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["t5"]
 
 
+def test_import_hf_of_a_bare_config_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "num_hidden_layers": 2}))
+    code = ("import sys; from archc.cli import main\n"
+            f"rc = main(['import-hf', {str(tmp_path)!r}, '-o', {str(tmp_path / 'm.yaml')!r}])\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert load_spec(tmp_path / "m.yaml").attention.sliding_window == 4096
+
+
 def test_import_hf_refuses_a_checkpoint_that_does_not_match(gpt2_dir, tmp_path, capsys):
     d, _ = gpt2_dir
     broken = _resave(d, tmp_path / "broken", drop=("transformer.ln_f.weight",))
