@@ -57,7 +57,8 @@ def import_hf_cmd(
     from archc.hf.checkpoint import has_checkpoint
 
     source = str(Path(model_dir) / "config.json")
-    data = config_to_spec(read_config(model_dir), name=name or Path(model_dir).resolve().name, source=source)
+    config = read_config(model_dir)
+    data = config_to_spec(config, name=name or Path(model_dir).resolve().name, source=source)
     checked = ""
     if check_weights and has_checkpoint(model_dir):
         import archc
@@ -67,4 +68,4 @@ def import_hf_cmd(
         state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
         checked = f"; checkpoint matches ({len(state)} graph tensors)"
     _write_validated(output, spec_yaml(data, source))
-    typer.echo(f"wrote {output} ({data['name']}, model_type {read_config(model_dir)['model_type']}){checked}")
+    typer.echo(f"wrote {output} ({data['name']}, model_type {config['model_type']}){checked}")
