@@ -1,0 +1,91 @@
+"""Render the JSON of benchmarks/run_standard.py as the Markdown tables of RESULTS.md.
+
+    python benchmarks/render_results.py results.json [--into benchmarks/RESULTS.md]
+
+With --into, the tables replace what stands between the markers
+`<!-- BEGIN generated -->` and `<!-- END generated -->` in that file (the prose around them stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- BEGIN generated -->", "<!-- END generated -->"
+
+
+def _f(x, fmt="{:.1f}"):
+    return "–" if x is None else fmt.format(x)
+
+
+def render(report: dict) -> str:
+    env, lim = report["environment"], report["limits"]
+    out = [f"Card: **{env.get('card')}** ({env.get('card_memory_gib')} GiB). Date: {env.get('date')}. "
+           f"torch {env.get('torch')} (CUDA {env.get('cuda')}), transformers {env.get('transformers')}, "
+           f"onnxruntime {env.get('onnxruntime')}, onnx {env.get('onnx')}, Python {env.get('python')}.", ""]
+    gemm = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in lim["gemm_flops_per_s"].items())
+    out += [f"Measured limits (same run): copy bandwidth **{lim['copy_bytes_per_s'] / 1e12:.2f} TB/s** "
+            f"(device-to-device copy of {lim['copy_buffer_bytes'] / 2**30:.0f} GiB, read + write), "
+            f"GEMM {lim['gemm_n']}³ {gemm}.", ""]
+    out += ["| model | dtype | batch | prompt | backend | decode tok/s | ms/token | % roofline | prefill ms | % GEMM floor | peak GiB | tokens = ref | note |",
+            "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for run in report["runs"]:
+        roof = run["roofline"]
+        head = f"| {run['spec']} ({roof['params'] / 1e9:.2f} B) | {run['dtype']} | {run['batch']} | {run['prompt_len']} |"
+        out.append(f"{head} *limit* | {roof['decode_tok_s']:.0f} | {roof['decode_tpot_ms']:.3f} | 100 | {roof['prefill_floor_ms']:.2f} | 100 | | | roofline / floor |")
+        for b in run["backends"]:
+            ref = "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}")
+            out.append(f"{head} {b['backend']} | {_f(b['decode_tok_s'])} | {_f(b['decode_tpot_ms'], '{:.3f}')} | "
+                       f"{_f(b['frac_decode_roofline'] and 100 * b['frac_decode_roofline'], '{:.0f}')} | {_f(b['prefill_ms'], '{:.2f}')} | "
+                       f"{_f(b['frac_prefill_floor'] and 100 * b['frac_prefill_floor'], '{:.0f}')} | {_f(b['peak_mem_gib'], '{:.2f}')} | "
+                       f"{ref} | {(b['error'] or '').replace('|', '/')[:90]} |")
+    if report.get("skipped"):
+        out += ["", "Not run (time budget): " + "; ".join(f"{c['family']} {c['dtype']} b{c['batch']} p{c['prompt']}" for c in report["skipped"])]
+    out += ["", *targets(report)]
+    return "\n".join(out)
+
+
+def targets(report: dict) -> list[str]:
+    """The issue's targets, read off the runs."""
+    lines = ["**Targets** (from the runs above):", ""]
+    for run in report["runs"]:
+        if run["batch"] != 1 or run["dtype"] != "fp16":
+            continue
+        by = {b["backend"]: b for b in run["backends"] if not b["error"]}
+        ort = by.get("ort")
+        if not ort or ort["decode_tok_s"] is None:
+            continue
+        parts = [f"ORT decode {100 * ort['frac_decode_roofline']:.0f}% of roofline"]
+        if "hf-eager" in by and by["hf-eager"]["decode_tok_s"]:
+            parts.append(f"{ort['decode_tok_s'] / by['hf-eager']['decode_tok_s']:.2f}x HF eager")
+        if "hf-compile" in by and by["hf-compile"]["decode_tok_s"]:
+            parts.append(f"{ort['decode_tok_s'] / by['hf-compile']['decode_tok_s']:.2f}x HF static cache + torch.compile")
+        if run["prompt_len"] == 2048 and ort["frac_prefill_floor"]:
+            parts.append(f"prefill {100 * ort['frac_prefill_floor']:.0f}% of the GEMM rate")
+        lines.append(f"- {run['spec']} prompt {run['prompt_len']}: " + ", ".join(parts))
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("json", type=Path)
+    ap.add_argument("--into", type=Path)
+    args = ap.parse_args()
+    text = render(json.loads(args.json.read_text()))
+    if not args.into:
+        print(text)
+        return 0
+    doc = args.into.read_text()
+    if BEGIN not in doc or END not in doc:
+        print(f"{args.into}: no {BEGIN} ... {END} markers", file=sys.stderr)
+        return 2
+    pre, rest = doc.split(BEGIN, 1)
+    _, post = rest.split(END, 1)
+    args.into.write_text(f"{pre}{BEGIN}\n{text}\n{END}{post}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
