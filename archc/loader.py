@@ -252,7 +252,28 @@ def _data_path(loc: tuple, data: Any) -> Path_:
     return tuple(out)
 
 
-def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
+def _missing_tail(loc: tuple, data: Any) -> tuple[Path_, list]:
+    """Split pydantic's loc of a missing value into the path the data has and the missing rest
+    (union tags such as 'adamw' in ('training', 'optimizer', 'adamw', 'betas', 1) are dropped)."""
+    have: list[str] = []
+    cur, i = data, 0
+    while i < len(loc):
+        part = loc[i]
+        if isinstance(cur, dict) and str(part) in cur:
+            have.append(str(part))
+            cur = cur[str(part)]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            have.append(str(part))
+            cur = cur[part]
+        elif isinstance(cur, dict) and cur.get("kind") == part:
+            pass  # a union tag
+        else:
+            break
+        i += 1
+    return tuple(have), list(loc[i:])
+
+
+def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives: list[str] | None = None) -> SpecError:
     loc = _data_path(err["loc"], data)
     ctx = err.get("ctx") or {}
     field = ".".join(loc) or None
@@ -282,12 +303,19 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str) -> SpecError:
     src, line = _line_for(loc, lines)
     msg = err["msg"]
     if err["type"] == "missing":
-        field = ".".join(str(x) for x in err["loc"])  # the missing key is not in the data, so loc has it
-        msg = "required field is missing; add it, or extends: a spec that has it"
-        src, line = file, None
+        have, tail = _missing_tail(err["loc"], data)
+        src, line = _line_for(have, lines) if have else (file, None)
+        if tail and isinstance(tail[0], int):  # a tuple with too few items (betas: [0.9])
+            field = ".".join(have)
+            msg = f"too few values (item {tail[0]} is missing)"
+        else:
+            field = ".".join(have + tuple(str(x) for x in tail))
+            msg = "required field is missing; add it, or extends: a spec that has it"
     elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
         msg = f"unknown kind; {msg}"
     elif "input" in err and err["type"] not in ("missing",):
+        if alternatives and len(alternatives) > 1:  # a union field: say every accepted form
+            msg = "; or ".join(alternatives)
         shown = repr(err["input"])
         if len(shown) > 60:
             shown = shown[:57] + "..."
@@ -374,8 +402,11 @@ def validate_data(data: dict, lines: LineMap, file: str) -> Spec:
         # Report the most specific first: an unknown key or conflict explains more than 'missing'.
         order = {"unknown_key": 0, "spec_conflict": 1}
         errors.sort(key=lambda x: order.get(x["type"], 2))
-        first = _format_error(errors[0], data, lines, file)
-        more = len(errors) - 1
+        here = _data_path(errors[0]["loc"], data)
+        same = [x for x in errors if _data_path(x["loc"], data) == here and x["type"] not in order and x["type"] != "missing"]
+        alternatives = list(dict.fromkeys(x["msg"] for x in same))
+        first = _format_error(errors[0], data, lines, file, alternatives)
+        more = len(errors) - max(1, len(same))
         if more:
             first = SpecError(first.message + f" (and {more} more problem{'s' if more > 1 else ''})", first.file, first.line, first.field)
         raise first from None

@@ -378,3 +378,16 @@ def test_coupled_override_in_extending_file(tmp_path):
 
 def test_later_set_of_the_same_field_wins():
     assert load_spec(SPECS / "gpt2.yaml", ["n_layers=3", "n_layers=1"]).n_layers == 1
+
+
+def test_too_few_tuple_values_and_union_alternatives():
+    msg = error(SPECS / "llama.yaml", ["training.optimizer.betas=[0.9]"])
+    assert msg.startswith("--set training.optimizer.betas=[0.9]: training.optimizer.betas: too few values")
+    msg = error(SPECS / "gemma.yaml", ["embedding.multiplier=sqrt"])
+    assert "valid number" in msg and "'sqrt_d_model'" in msg and "(got 'sqrt')" in msg
+
+
+def test_several_missing_fields_counted(tmp_path):
+    p = write(tmp_path, "s.yaml", "name: x\nvocab_size: 3\n")
+    msg = error(p)
+    assert "d_model: required field is missing" in msg and "(and 3 more problems)" in msg
