@@ -90,6 +90,10 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
         node = yaml.compose(text, Loader=_Loader)
     except RecursionError:
         raise SpecError("YAML nested too deeply", shown) from None
+    except yaml.reader.ReaderError as e:  # a control character (NUL, ...) that YAML does not allow
+        line = text[: e.position].count("\n") + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise SpecError(f"character U+{code:04X} is not allowed in YAML; remove it", shown, line) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None

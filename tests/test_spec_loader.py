@@ -391,3 +391,14 @@ def test_several_missing_fields_counted(tmp_path):
     p = write(tmp_path, "s.yaml", "name: x\nvocab_size: 3\n")
     msg = error(p)
     assert "d_model: required field is missing" in msg and "(and 3 more problems)" in msg
+
+
+@pytest.mark.parametrize("content,line", [(b"name: t\nd_model: \x00\n", 2), (b"\x07name: t\n", 1)])
+def test_control_character(tmp_path, content, line):
+    p = write(tmp_path, "s.yaml", content)
+    assert error(p).startswith(f"{_shown(p)}:{line}: character U+00")
+
+
+def test_bom_and_crlf_accepted(tmp_path):
+    p = write(tmp_path, "s.yaml", b"\xef\xbb\xbf" + BASE.replace("\n", "\r\n").encode())
+    assert load_spec(p).d_model == 64
