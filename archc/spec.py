@@ -110,8 +110,8 @@ class EmbeddingNorm(str, Enum):
 
 
 class OutputHead(str, Enum):
-    tied = "tied"  # logits = h @ E^T (GPT-2, PaLM, BLOOM)
-    untied = "untied"  # a separate linear layer (LLaMA, GLM)
+    tied = "tied"  # logits = h @ E^T (GPT-2, PaLM, BLOOM; GLM-10B, whose "single linear output layer" reuses E)
+    untied = "untied"  # a separate linear layer (LLaMA, GPT-NeoX)
 
 
 class Tokenizer(str, Enum):
