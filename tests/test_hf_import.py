@@ -5,6 +5,7 @@ ALiBi slopes against BLOOM's and MPT's, and the `archc import-hf` command."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -311,6 +312,9 @@ def test_import_hf_writes_a_valid_spec(gpt2_dir, tmp_path, capsys):
     spec = load_spec(out)
     assert spec.name == "tiny-gpt2" and spec.d_model == 32 and spec.embedding.output.value == "tied"
     assert "checkpoint matches" in stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     run(["import-hf", str(d), "-o", str(tmp_path / "again.yaml"), "--name", "tiny-gpt2"], capsys)
     assert (tmp_path / "again.yaml").read_bytes() == out.read_bytes()  # deterministic
 
