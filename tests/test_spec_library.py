@@ -134,3 +134,15 @@ def test_the_five_base_rows():
     assert bloom.position.kind.value == "alibi" and bloom.embedding.norm.value == "layernorm"
     assert gpt2.position.kind.value == "learned" and gpt2.embedding.output.value == "tied"
     assert gpt2.init.scheme.value == "scaled_residual"
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_resolved_spec_round_trips_through_yaml(tmp_path, name):
+    """A compiled model folder stores the resolved spec (derived values written out); it must load
+    back to the same spec, so derived fields never disagree with the fields they come from."""
+    import yaml
+
+    spec = load_spec(SPECS / f"{name}.yaml")
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
+    assert load_spec(p) == spec
