@@ -317,6 +317,8 @@ def test_import_hf_writes_a_valid_spec(gpt2_dir, tmp_path, capsys):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     run(["import-hf", str(d), "-o", str(tmp_path / "again.yaml"), "--name", "tiny-gpt2"], capsys)
     assert (tmp_path / "again.yaml").read_bytes() == out.read_bytes()  # deterministic
+    rc, _, err = run(["import-hf", str(d), "-o", str(tmp_path)], capsys)  # a directory, not a file
+    assert rc == 2 and "is a directory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_import_hf_errors_exit_2_with_one_line_and_no_file(tmp_path, capsys):

@@ -33,7 +33,12 @@ def _write_validated(path: Path, text: str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"-o {path}: folder {folder} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=folder)
+    if path.is_dir():
+        raise UserError(f"-o {path}: is a directory; give a file name such as {path / 'spec.yaml'}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=folder)
+    except OSError as e:
+        raise UserError(f"-o {path}: cannot write in {folder}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -42,6 +47,8 @@ def _write_validated(path: Path, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"-o {path}: cannot write: {e.strerror}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
