@@ -129,6 +129,13 @@ def test_inexpressible_config_is_a_user_error_naming_the_field(config, field):
     assert config["model_type"] in msg and field in msg and "\n" not in msg
 
 
+def test_malformed_values_are_user_errors():
+    for bad in ({"model_type": "llama", "rms_norm_eps": "small"}, {"model_type": "llama", "hidden_size": "big"},
+                {"model_type": "mpt", "attn_config": [1]}, {"model_type": "gpt_neox", "rope_parameters": 3}):
+        with pytest.raises(UserError, match=bad["model_type"]):
+            config_to_spec(bad)
+
+
 def test_unsupported_model_type_lists_the_supported_ones():
     with pytest.raises(UserError, match="model_type 't5' is not supported.*llama.*stablelm"):
         config_to_spec({"model_type": "t5"})

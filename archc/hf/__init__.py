@@ -46,7 +46,10 @@ def config_to_spec(config: dict, name: str | None = None, source: str = "config.
     from archc.loader import spec_from_dict
 
     family = family_of(config, source)
-    body = family.to_spec(Cfg(config, family.defaults, source))
+    try:
+        body = family.to_spec(Cfg(config, family.defaults, source))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a field of the wrong type, e.g. "eps": "small"
+        raise UserError(f"{source}: model_type {family.model_type}: malformed field value ({type(e).__name__}: {e})") from None
     if not name:
         name = Path(str(config.get("_name_or_path") or "")).name or f"{family.model_type}-import"
     arch = config.get("architectures") or []

@@ -24,6 +24,8 @@ def read_config(model_dir: str | Path) -> dict:
         raise UserError(f"{path}: no such file; a Hugging Face model directory has a config.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
