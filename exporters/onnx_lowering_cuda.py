@@ -3,10 +3,10 @@
 Overrides (each node falls back to exporters/onnx_lowering_portable.py on its own, with the reason
 recorded in the model's `archc.lowering` metadata):
 - attention -> com.microsoft RotaryEmbedding (cos/sin caches + position_ids, any rotary width) and
-  GroupQueryAttention (past and present may share one max-length buffer). Its kernels take fp16/bf16 only on CUDA, so fp32 falls back; so do ALiBi
-  (not an input of the op's fast path) and prefix masks (the op is always causal). Left padding,
-  sliding windows and every other mask detail ride in `attention_bias` (the mask node's additive
-  [B,1,S,T] mask); seqlens_k = total - 1 for every row, so all rows share one cache layout.
+  GroupQueryAttention in its own packed layout (see _packed_layout): causal and sliding-window
+  masking inside the fused kernels, no bias tensor, past and present may share one max-length
+  buffer. Its CUDA kernels take fp16/bf16 only, so fp32 falls back; so do ALiBi (an additive bias
+  would force the op's slow unfused path) and prefix masks (the op is always causal).
 - residual + following norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization: the
   residual sum comes out of the fused op (output 3) and feeds the rest of the stream.
 """
@@ -118,29 +118,48 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
         q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
         k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
         how = "RotaryEmbedding + GroupQueryAttention"
-    seqlens, total = _gqa_lengths(ctx, am)
+    window = ctx.graph.node(ctx.graph.input_of(name, "mask"))["settings"]["sliding_window"]
+    lay = _packed_layout(ctx, am)
+    q, k, v = (ctx.op("GatherND", [t, lay["to_packed"]], batch_dims=1) for t in (q, k, v))
     past_k, past_v = portable.cache_io(ctx, node)
     y, pk, pv = ctx.op(
-        "GroupQueryAttention",
-        [q, k, v, past_k, past_v, seqlens, total, None, None, None, portable.attention_bias(ctx, name)], 3, domain=MS,
-        num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]))
+        "GroupQueryAttention", [q, k, v, past_k, past_v, lay["seqlens_k"], lay["total"]], 3, domain=MS,
+        num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]),
+        local_window_size=window if window else -1)
+    y = ctx.op("GatherND", [y, lay["from_packed"]], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"
     return portable.linear(ctx, y, f"{name}.o", p)
 
 
-def _gqa_lengths(ctx: Ctx, am: str) -> tuple[str, str]:
-    """seqlens_k int32 [B] = total - 1 for every row (padding is in attention_bias), total int32 scalar."""
-    if "gqa_lengths" not in ctx.memo:
-        scope, ctx.scope = ctx.scope, "gqa_lengths"
-        T = ctx.dim(am, 1)
-        B = ctx.dim(am, 0)
-        last = ctx.op("Cast", [ctx.op("Sub", [T, ctx.const(np.array([1], np.int64), "one")])], to=I32)
-        seqlens = ctx.op("Expand", [last, B])
-        total = ctx.op("Cast", [ctx.op("Squeeze", [T, ctx.const(np.array([0], np.int64), "axes")])], to=I32)
-        ctx.memo["gqa_lengths"] = (seqlens, total)
-        ctx.scope = scope
-    return ctx.memo["gqa_lengths"]
+def _packed_layout(ctx: Ctx, am: str) -> dict:
+    """GroupQueryAttention's own layout: row b's real tokens first, its length in seqlens_k[b] + 1
+    (causal and sliding-window masking then run inside the fused kernels, no bias tensor).
+    The contract's left-padded new tokens are rotated left by the row's padding before the op and
+    back after it (GatherND over [B,S,1] indices; the identity for a decode step).
+    seqlens_k = sum(attention_mask) - 1 (int32 [B]); total_sequence_length = attention_mask width."""
+    if "gqa_layout" in ctx.memo:
+        return ctx.memo["gqa_layout"]
+    scope, ctx.scope = ctx.scope, "gqa_layout"
+    one = ctx.const(np.array([1], np.int64), "one")
+    T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
+    new = ctx.op("Slice", [am, ctx.op("Sub", [T, S]), T, one])  # mask of the new tokens [B,S]
+    pad = ctx.op("Sub", [S, ctx.op("ReduceSum", [new, one], keepdims=1)])  # [B,1]
+    i = ctx.op("Unsqueeze", [ctx.op("Range", [ctx.const(np.int64(0), "zero"), ctx.op("Squeeze", [S]), ctx.const(np.int64(1), "step")]),
+                             ctx.const(np.array([0], np.int64), "axes")])  # [1,S]
+    last = ctx.const(np.array([-1], np.int64), "axes")
+    to_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [i, pad]), S]), last])
+    from_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [ctx.op("Sub", [i, pad]), S]), S]), last])
+    seqlens = ctx.op("Cast", [ctx.op("Sub", [ctx.op("ReduceSum", [am, one], keepdims=0), ctx.const(np.int64(1), "one")])], to=I32)
+    total = ctx.op("Cast", [ctx.op("Squeeze", [T])], to=I32)
+    ctx.scope = scope
+    ctx.memo["gqa_layout"] = {"to_packed": to_packed, "from_packed": from_packed, "seqlens_k": seqlens, "total": total}
+    return ctx.memo["gqa_layout"]
 
 
-LOWERINGS = {"attention": lower_attention, "residual": lower_residual, "norm": lower_norm}
+def lower_mask(ctx: Ctx, name: str, node: dict):
+    """Emitted only if a portable attention reads it (GroupQueryAttention masks inside the op)."""
+    return portable.Deferred(portable.lower_mask, name, node)
+
+
+LOWERINGS = {"attention": lower_attention, "residual": lower_residual, "norm": lower_norm, "mask": lower_mask}

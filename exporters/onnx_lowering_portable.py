@@ -206,6 +206,20 @@ def lower_mask(ctx: Ctx, name: str, node: dict) -> str:
     return ctx.op("Where", [visible, ctx.fconst(0.0, "zero"), ctx.fconst(neg_large(ctx), "neg")])
 
 
+class Deferred:
+    """A node's value emitted on first use (a target whose fused ops do not read it emits nothing)."""
+
+    def __init__(self, lower, name: str, node: dict):
+        self.lower, self.name, self.node, self.value = lower, name, node, None
+
+    def get(self, ctx: Ctx) -> str:
+        if self.value is None:
+            scope, ctx.scope = ctx.scope, self.name
+            self.value = self.lower(ctx, self.name, self.node)
+            ctx.scope = scope
+        return self.value
+
+
 def lower_alibi(ctx: Ctx, name: str, node: dict) -> str:
     """Press et al. 2021: slope_h * (pos(j) - pos(last)), [B,H,1,T]: a row-constant shift of
     -slope (i - j), kept <= 0 so fp16/bf16 scores are not swamped (as the PyTorch emitter)."""
@@ -259,6 +273,8 @@ def lower_rotary(ctx: Ctx, name: str, node: dict) -> RotaryTables:
 def attention_bias(ctx: Ctx, name: str) -> str:
     """mask (+ ALiBi), shared by every layer."""
     mask, bias = input_of(ctx, name, "mask"), input_of(ctx, name, "bias")
+    if isinstance(mask, Deferred):
+        mask = mask.get(ctx)
     if bias is None:
         return mask
     key = ("bias", mask, bias)

@@ -88,6 +88,18 @@ def test_logits_match_pytorch_emitter(name, target, tmp_path):
     assert err <= TOL, f"{name}/{target}: rel err {err:.2e}"
 
 
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+def test_decode_past_the_sliding_window(target, tmp_path):
+    """Mistral's window (16 at the tiny size) is crossed: 5 prompt tokens + 14 decode steps."""
+    if "mistral" not in LIBRARY:
+        pytest.skip("no mistral spec in specs/")
+    spec = tiny_spec("mistral")
+    assert spec.attention.sliding_window < 19
+    graph = archc.compile(spec)
+    export(graph, tmp_path / "m", target=target, fused_fp32=True)
+    assert compare_steps(session(tmp_path / "m"), build_module(graph), spec, steps=14) <= TOL
+
+
 def test_negative_control_other_seed_fails_the_comparison(tmp_path):
     """The comparison can fail: the same spec exported with another init seed."""
     spec = tiny_spec("llama")
