@@ -223,6 +223,8 @@ def test_legacy_prefixes_bin_files_and_buffers_load_the_same(gpt2_dir, tmp_path)
                      extra={"h.0.attn.bias": torch.ones(1, 1, 32, 32), "h.0.attn.masked_bias": torch.tensor(-1e4)})
     got = load_weights(graph, legacy)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    shapes = load_weights(graph, legacy, meta=True)  # what import-hf checks: names and shapes, no data
+    assert {k: v.shape for k, v in shapes.items()} == {k: v.shape for k, v in want.items()}
 
 
 @pytest.mark.parametrize("cls_name,kw,prefix", [

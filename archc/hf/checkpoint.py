@@ -103,7 +103,12 @@ def read_tensors(model_dir: str | Path, meta: bool = False) -> dict:
                 raise UserError(f"{f}: cannot read safetensors file: {e}") from None
         else:
             try:
-                part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=meta)
+                try:
+                    part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=meta)
+                except RuntimeError:
+                    if not meta:
+                        raise
+                    part = torch.load(str(f), map_location="cpu", weights_only=True)  # pre-zip format: no mmap
             except Exception as e:  # pickle errors come in many types
                 raise UserError(f"{f}: cannot read PyTorch checkpoint: {e}") from None
             if not isinstance(part, dict) or not all(isinstance(t, torch.Tensor) for t in part.values()):
