@@ -50,12 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(_print_error("interrupted", 130))
     except Exception as e:  # click's usage errors
         families = _click_exception_modules()
-        if isinstance(e, tuple(m.UsageError for m in families)):
+
+        def caught(name: str) -> tuple:
+            return tuple(getattr(m, name) for m in families if hasattr(m, name))
+
+        if isinstance(e, caught("UsageError")):
             e.show()
             raise SystemExit(2)
-        if isinstance(e, tuple(m.Abort for m in families)):
+        if isinstance(e, caught("Abort")):
             raise SystemExit(_print_error("aborted", 130))
-        if isinstance(e, tuple(m.Exit for m in families)):
+        if isinstance(e, caught("Exit")):
             return e.exit_code
         raise
     return 0

@@ -16,8 +16,9 @@ from archc.spec import Spec
 NORM = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
 ACT = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "relu": "ReLU", "silu": "SiLU", "swiglu": "SwiGLU",
        "geglu": "GeGLU", "geglu_tanh": "GeGLU (tanh)", "reglu": "ReGLU"}
-TOKENIZER = {"sentencepiece_bpe": "SentencePiece BPE", "sentencepiece_unigram": "SentencePiece unigram",
-             "byte_level_bpe": "byte-level BPE", "wordpiece": "WordPiece", "unspecified": ""}
+TOKENIZER = {"sentencepiece": "SentencePiece", "sentencepiece_bpe": "SentencePiece BPE", "sentencepiece_unigram": "SentencePiece unigram",
+             "byte_level_bpe": "byte-level BPE", "wordpiece": "WordPiece", "bpe": "BPE",
+             "unspecified": ""}
 OPTIMIZER = {"adamw": "AdamW", "adam": "Adam", "adafactor": "Adafactor"}
 KERNEL = {"default": "default", "memory_efficient": "memory-efficient", "flash": "flash", "math": "math (reference)"}
 

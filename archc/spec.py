@@ -115,10 +115,12 @@ class OutputHead(str, Enum):
 
 
 class Tokenizer(str, Enum):
+    sentencepiece = "sentencepiece"  # SentencePiece, piece algorithm not published (PaLM)
     sentencepiece_bpe = "sentencepiece_bpe"
     sentencepiece_unigram = "sentencepiece_unigram"
     byte_level_bpe = "byte_level_bpe"
     wordpiece = "wordpiece"
+    bpe = "bpe"  # character-level BPE (Sennrich et al. 2016; GPT-1)
     unspecified = "unspecified"
 
 

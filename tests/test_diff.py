@@ -212,7 +212,7 @@ def test_repeated_layers_said_once_and_a_differing_layer_is_named():
 
     from archc.diff import structure_diff
     from archc.graph import compile
-    from tests.conftest import tiny_spec
+    from conftest import tiny_spec
 
     ga = compile(tiny_spec("llama", ["n_layers=4"]))
     gb = compile(tiny_spec("llama", ["n_layers=4", "mlp.activation=gelu"]))

@@ -13,7 +13,7 @@ from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind as K, GraphError
 from archc.loader import library_specs, load_spec
 from exporters.torch_module import build_module
-from tests.conftest import LIBRARY, SPECS, tiny_spec
+from conftest import LIBRARY, SPECS, tiny_spec
 
 
 def _full(name: str) -> ComponentGraph:

@@ -14,7 +14,7 @@ import torch
 
 import archc
 from exporters.torch_module import build_module
-from tests.conftest import tiny_spec
+from conftest import tiny_spec
 
 TOL = 1e-4  # relative: max |ours - reference| / max |reference|
 
