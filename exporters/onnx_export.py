@@ -68,10 +68,11 @@ class LoweringError(UserError):
 
 @dataclass
 class WeightRef:
-    """An initializer whose values are streamed later: archc parameter `source`, maybe transposed."""
+    """An initializer whose values are streamed later: archc parameter `source` (or several,
+    concatenated along dim 0, e.g. q/k/v into one projection), maybe transposed."""
 
     name: str
-    source: str
+    source: str | tuple[str, ...]
     shape: tuple[int, ...]
     transpose: bool
 
@@ -140,6 +141,18 @@ class Ctx:
             if transpose:
                 shape = shape[::-1]
             self.weights.append(WeightRef(name, full, shape, transpose))
+            self._weight_names.add(name)
+        return name
+
+    def weight_concat(self, fulls: list[str], name: str, transpose: bool = False) -> str:
+        """One initializer holding parameters `fulls` stacked along dim 0 (then maybe transposed)."""
+        if name not in self._weight_names:
+            shapes = []
+            for full in fulls:
+                node, local = _owner(self.graph, full)
+                shapes.append(tuple(self.graph.node(node)["params"][local]))
+            shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+            self.weights.append(WeightRef(name, tuple(fulls), shape[::-1] if transpose else shape, transpose))
             self._weight_names.add(name)
         return name
 
@@ -304,7 +317,13 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
     offset = 0
     with open(data_path, "wb") as fh:
         for ref in ctx.weights:
-            raw = _tensor_bytes(get(ref.source), ctx.dtype, ref.transpose)
+            if isinstance(ref.source, tuple):
+                import torch
+
+                t = torch.cat([get(src) for src in ref.source], 0)
+            else:
+                t = get(ref.source)
+            raw = _tensor_bytes(t, ctx.dtype, ref.transpose)
             pad = (-offset) % ALIGN
             fh.write(b"\0" * pad)
             offset += pad

@@ -2,11 +2,12 @@
 
 Overrides (each node falls back to exporters/onnx_lowering_portable.py on its own, with the reason
 recorded in the model's `archc.lowering` metadata):
-- attention -> com.microsoft RotaryEmbedding (cos/sin caches + position_ids, any rotary width) and
-  GroupQueryAttention in its own packed layout (see _packed_layout): causal and sliding-window
-  masking inside the fused kernels, no bias tensor, past and present may share one max-length
-  buffer. Its CUDA kernels take fp16/bf16 only, so fp32 falls back; so do ALiBi (an additive bias
-  would force the op's slow unfused path) and prefix masks (the op is always causal).
+- attention -> GroupQueryAttention in its own packed layout (see _packed_layout): one q|k|v GEMM fed
+  as the packed query, RoPE inside the op (cos/sin caches + position_ids gathered into the layout;
+  a partial rotary width gets a com.microsoft RotaryEmbedding in front instead), causal and
+  sliding-window masking inside the fused kernels (no bias tensor), past and present may share one
+  max-length buffer. Its CUDA kernels take fp16/bf16 only, so fp32 falls back; so do ALiBi (an
+  additive bias would force the op's slow unfused path) and prefix masks (the op is always causal).
 - residual + following norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization: the
   residual sum comes out of the fused op (output 3) and feeds the rest of the stream.
 """
@@ -105,31 +106,51 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
         ctx.lowering[name] = f"portable ({reason})"
         return portable.lower_attention(ctx, name, node)
     s, p = node["settings"], node["params"]
-    q, k, v = portable.qkv(ctx, name, node)
     am = ctx.env["attention_mask"]
     rot = input_of(ctx, name, "rotary")
-    how = "GroupQueryAttention"
-    if rot is not None:
-        # RoPE in front of the op (com.microsoft RotaryEmbedding reads position_ids): GQA's own
-        # do_rotary ignores position_ids on left-padded rows (measured on the CPU kernel, ORT 1.31),
-        # which would rotate padded prompts at the wrong positions.
+    window = ctx.graph.node(ctx.graph.input_of(name, "mask"))["settings"]["sliding_window"]
+    lay = _packed_layout(ctx, am)
+    past_k, past_v = portable.cache_io(ctx, node)
+    attrs = dict(domain=MS, num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]),
+                 local_window_size=window if window else -1)
+    if rot is None or (rot.dim == s["head_dim"] and s["head_dim"] % 16 == 0):  # the op's rotary needs head_size % 16 == 0
+        # one q|k|v projection, packed into the op's query input; RoPE inside the op, at the
+        # packed layout's positions, which are cumsum(mask) - 1 (see _packed_layout)
+        qkv = _qkv_packed(ctx, name, node)
+        qkv = ctx.op("GatherND", [qkv, lay["to_packed"]], batch_dims=1)
+        ins = [qkv, "", "", past_k, past_v, lay["seqlens_k"], lay["total"]]
+        if rot is not None:
+            cos, sin = rot.cache(ctx)
+            pos = ctx.op("GatherND", [rot.positions, lay["to_packed"]], batch_dims=1)
+            ins += [cos, sin, pos]
+            attrs.update(do_rotary=1, rotary_interleaved=rot.interleaved)
+            how = "GroupQueryAttention (packed qkv, rotary inside)"
+        else:
+            how = "GroupQueryAttention (packed qkv)"
+        y, pk, pv = ctx.op("GroupQueryAttention", ins, 3, **attrs)
+    else:  # partial rotary width (or a head size the op's rotary rejects): RotaryEmbedding in front
+        q, k, v = portable.qkv(ctx, name, node)
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
         q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
         k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
+        q, k, v = (ctx.op("GatherND", [t, lay["to_packed"]], batch_dims=1) for t in (q, k, v))
+        y, pk, pv = ctx.op("GroupQueryAttention", [q, k, v, past_k, past_v, lay["seqlens_k"], lay["total"]], 3, **attrs)
         how = "RotaryEmbedding + GroupQueryAttention"
-    window = ctx.graph.node(ctx.graph.input_of(name, "mask"))["settings"]["sliding_window"]
-    lay = _packed_layout(ctx, am)
-    q, k, v = (ctx.op("GatherND", [t, lay["to_packed"]], batch_dims=1) for t in (q, k, v))
-    past_k, past_v = portable.cache_io(ctx, node)
-    y, pk, pv = ctx.op(
-        "GroupQueryAttention", [q, k, v, past_k, past_v, lay["seqlens_k"], lay["total"]], 3, domain=MS,
-        num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]),
-        local_window_size=window if window else -1)
     y = ctx.op("GatherND", [y, lay["from_packed"]], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"
     return portable.linear(ctx, y, f"{name}.o", p)
+
+
+def _qkv_packed(ctx: Ctx, name: str, node: dict) -> str:
+    """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv]): one GEMM, [B, S, (H + 2 KV) * hd]."""
+    x, p = input_of(ctx, name, "x"), node["params"]
+    w = ctx.weight_concat([f"{name}.{t}.weight" for t in "qkv"], f"{name}.qkv.weight.T", transpose=True)
+    y = ctx.op("MatMul", [x, w])
+    if "q.bias" in p:
+        y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.{t}.bias" for t in "qkv"], f"{name}.qkv.bias")])
+    return y
 
 
 def _packed_layout(ctx: Ctx, am: str) -> dict:

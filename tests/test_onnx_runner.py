@@ -125,7 +125,7 @@ def test_compile_and_run_commands(tmp_path, capsys, models):
     sets = [a for s in tiny_sets(SPECS / "llama.yaml") for a in ("--set", s)]
     code, out, err = run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "m"), "--target", "cuda", "--dtype", "fp16"], capsys)
     assert code == 0, err
-    assert "cuda:RotaryEmbedding + GroupQueryAttention" in out and "SkipSimplifiedLayerNormalization" in out
+    assert "cuda:GroupQueryAttention (packed qkv, rotary inside)" in out and "SkipSimplifiedLayerNormalization" in out
     graph, _ = models("llama")
     code, out, err = run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "p")], capsys)
     assert code == 0, err
