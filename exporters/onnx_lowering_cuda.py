@@ -92,6 +92,8 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     g = ctx.graph
     if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
         return "GroupQueryAttention's CUDA kernels take fp16/bf16 only"
+    if g.node(name)["settings"]["head_dim"] % 16:
+        return "GroupQueryAttention needs head_size % 16 == 0"
     if g.input_of(name, "bias") is not None:
         return "ALiBi bias"
     mask = g.input_of(name, "mask")
@@ -113,7 +115,7 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
     past_k, past_v = portable.cache_io(ctx, node)
     attrs = dict(domain=MS, num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]),
                  local_window_size=window if window else -1)
-    if rot is None or (rot.dim == s["head_dim"] and s["head_dim"] % 16 == 0):  # the op's rotary needs head_size % 16 == 0
+    if rot is None or rot.dim == s["head_dim"]:
         # one q|k|v projection, packed into the op's query input; RoPE inside the op, at the
         # packed layout's positions, which are cumsum(mask) - 1 (see _packed_layout)
         qkv = _qkv_packed(ctx, name, node)
@@ -128,7 +130,7 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
         else:
             how = "GroupQueryAttention (packed qkv)"
         y, pk, pv = ctx.op("GroupQueryAttention", ins, 3, **attrs)
-    else:  # partial rotary width (or a head size the op's rotary rejects): RotaryEmbedding in front
+    else:  # partial rotary width: com.microsoft RotaryEmbedding in front of the op
         q, k, v = portable.qkv(ctx, name, node)
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
