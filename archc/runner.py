@@ -93,10 +93,13 @@ def cuda_library_problem() -> str | None:
     return None
 
 
-def _session(path: Path, providers: list, quiet: bool = True):
+def _session(path: Path, providers: list, quiet: bool = True, profile_prefix: str | None = None):
     ort = _ort()
     so = ort.SessionOptions()
     so.log_severity_level = 3 if quiet else 2
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     ort.set_default_logger_severity(4 if quiet else 2)  # provider-load failures log at error level
     try:
@@ -105,6 +108,27 @@ def _session(path: Path, providers: list, quiet: bool = True):
             return ort.InferenceSession(str(path), so, providers=providers)
     finally:
         ort.set_default_logger_severity(3)
+
+
+def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tuple[str, str]]:
+    """{ONNX node name: (op type, execution provider that ran it)} for one small prefill + decode step, read from
+    onnxruntime's profile (the nodes after graph optimisation: fused nodes under their new names)."""
+    import tempfile
+
+    s = Session(model_dir, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        providers = [p for p in s.sess.get_providers()]
+        path = Path(model_dir) / MODEL_FILE if Path(model_dir).is_dir() else Path(model_dir)
+        s.sess = _session(path, providers, profile_prefix=str(Path(tmp) / "archc"))
+        s.generate([[0, 1, 2]], 2)
+        prof = s.sess.end_profiling()
+        events = json.loads(Path(prof).read_text())
+    out: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and "provider" in e.get("args", {}):
+            name = e["name"].removesuffix("_kernel_time").removesuffix("_fence_before").removesuffix("_fence_after")
+            out[name] = (e["args"].get("op_name", "?"), e["args"]["provider"])
+    return out
 
 
 def open_session(model_dir: str | Path, device: str = "auto"):

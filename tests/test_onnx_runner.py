@@ -191,3 +191,13 @@ def test_device_auto_says_one_line_without_provider_pages(models):
         assert len(lines) == 2 and "device cpu" in lines[1], proc.stderr
     else:
         assert len(lines) == 1 and "device" in lines[0], proc.stderr
+
+
+def test_node_placement_reads_the_profile(models):
+    from archc.runner import node_placement
+
+    _, d = models("llama", "cuda")
+    placed = node_placement(d, device="cpu")
+    ops = {op for op, _ in placed.values()}
+    assert "GroupQueryAttention" in ops and "SkipSimplifiedLayerNormalization" in ops
+    assert {prov for _, prov in placed.values()} == {"CPUExecutionProvider"}
