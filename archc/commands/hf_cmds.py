@@ -8,15 +8,13 @@ weights are read), so a checkpoint that does not match its config is reported at
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from archc.atomic import write_text_atomic
 from archc.cli import app
-from archc.errors import UserError
 
 
 def spec_yaml(data: dict, source: str) -> str:
@@ -25,33 +23,6 @@ def spec_yaml(data: dict, source: str) -> str:
     header = (f"# Imported by `archc import-hf` from {source}.\n"
               "# Edit freely; weights load by name with archc.hf.load_weights(graph, model_dir).\n")
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
-
-
-def _write_validated(path: Path, text: str) -> None:
-    from archc.loader import load_spec
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"-o {path}: folder {folder} does not exist; create it first")
-    if path.is_dir():
-        raise UserError(f"-o {path}: is a directory; give a file name such as {path / 'spec.yaml'}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".yaml", dir=folder)
-    except OSError as e:
-        raise UserError(f"-o {path}: cannot write in {folder}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        load_spec(tmp)  # the written file must load as the spec it describes
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"-o {path}: cannot write: {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @app.command("import-hf")
@@ -77,5 +48,8 @@ def import_hf_cmd(
 
         state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
         checked = f"; checkpoint matches ({len(state)} graph tensors)"
-    _write_validated(output, spec_yaml(data, source))
+    from archc.loader import load_spec
+
+    # the written file must load as the spec it describes
+    write_text_atomic(output, spec_yaml(data, source), check=load_spec, label=f"-o {output}")
     typer.echo(f"wrote {output} ({data['name']}, model_type {config['model_type']}){checked}")

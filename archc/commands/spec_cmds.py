@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from archc.atomic import write_text_atomic
 from archc.cli import app
 from archc.commands.common import SetOption, load, resolve_spec_path
 from archc.errors import UserError
-from archc.loader import library_dir, library_spec, library_specs
+from archc.loader import library_dir, library_spec, library_specs, load_spec
 
 SCHEMA_FILE = "archc-spec.schema.json"
 
@@ -33,43 +33,6 @@ def _console(stderr: bool = False):
 
     # soft_wrap: a message stays one line however narrow the terminal (scripts grep these lines).
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def write_atomic(path: Path, text: str, *, overwrite: bool = True) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, so an interrupted write
-    leaves either the old file or the new one, never half of one. With overwrite=False an existing
-    file is never replaced (os.link fails if the name is taken, even when it appears meanwhile)."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{path}: folder {folder} does not exist; create it first")
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; give a file name")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write in {folder}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
-                os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write: {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def spec_json_schema() -> dict:
@@ -311,7 +274,7 @@ def schema(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_atomic(output, text)
+        write_text_atomic(output, text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,25 +324,9 @@ def new(
         f"# mlp: {{activation: {base.mlp.activation.value}, d_ff: {base.mlp.d_ff}}}",
     ]
     text = "\n".join(lines) + "\n"
-    # Validate before writing: load the text from a temporary file beside the destination.
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"{out}: folder {folder} does not exist; create it first")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=folder)
-    except OSError as e:
-        raise UserError(f"{out}: cannot write in {folder}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        from archc.loader import load_spec
-
-        load_spec(tmp)
-    except UserError as e:
-        raise UserError(str(e).replace(os.path.relpath(tmp), str(out)).replace(tmp, str(out))) from None
-    finally:
-        os.unlink(tmp)
-    write_atomic(out, text, overwrite=False)
+    # Validated as written: loaded from the temporary file beside the destination (so a relative
+    # extends resolves as it will), then linked into place without replacing a file that appeared.
+    write_text_atomic(out, text, overwrite=False, check=load_spec)
     _console().print(f"wrote {out} (extends {extends})")
 
 
