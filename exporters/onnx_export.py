@@ -234,16 +234,20 @@ def input_of(ctx: Ctx, name: str, port: str):
 # Weights
 
 
-def _tensor_bytes(t, dtype: ExportDType, transpose: bool) -> bytes:
+def _tensor_bytes(t, dtype: ExportDType, transpose: bool) -> memoryview:
+    """The tensor's bytes in the export dtype. The cast runs first, in torch (vectorised, multi-threaded,
+    round-to-nearest-even like numpy's astype), so the transpose copies half the bytes; the result is
+    a view of the tensor's own buffer (no tobytes copy)."""
     import torch
 
     t = t.detach().to("cpu")
+    t = t.to({ExportDType.fp32: torch.float32, ExportDType.fp16: torch.float16, ExportDType.bf16: torch.bfloat16}[dtype])
     if transpose:
         t = t.t()
     t = t.contiguous()
     if dtype is ExportDType.bf16:
-        return t.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-    return t.to(torch.float32).numpy().astype(NP_FLOAT[dtype], copy=False).tobytes()
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")
 
 
 def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> Callable[[str], Any]:
@@ -312,29 +316,43 @@ def _hf_source(graph: ComponentGraph, path: Path):
 
 
 def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
-    """Stream every initializer into data_path; returns TensorProtos pointing into it."""
+    """Stream every initializer into data_path; returns TensorProtos pointing into it.
+
+    The next tensor is drawn (seeded init or read) on a worker thread while the current one is cast
+    and written: torch releases the GIL, so drawing overlaps writing. At most two source tensors are
+    alive at a time, so memory stays near one copy of the weights; each tensor's values depend only
+    on its own name, so the file is the same byte for byte."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(ref):
+        if isinstance(ref.source, tuple):
+            import torch
+
+            return torch.cat([get(src) for src in ref.source], 0)
+        return get(ref.source)
+
     protos = []
     offset = 0
-    with open(data_path, "wb") as fh:
-        for ref in ctx.weights:
-            if isinstance(ref.source, tuple):
-                import torch
-
-                t = torch.cat([get(src) for src in ref.source], 0)
-            else:
-                t = get(ref.source)
+    refs = list(ctx.weights)
+    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(fetch, refs[0]) if refs else None
+        for i, ref in enumerate(refs):
+            t = nxt.result()
+            nxt = pool.submit(fetch, refs[i + 1]) if i + 1 < len(refs) else None
             raw = _tensor_bytes(t, ctx.dtype, ref.transpose)
+            del t
             pad = (-offset) % ALIGN
             fh.write(b"\0" * pad)
             offset += pad
             fh.write(raw)
-            t = TensorProto(name=ref.name, data_type=ctx.elem, dims=list(ref.shape))
-            t.data_location = TensorProto.EXTERNAL
+            proto = TensorProto(name=ref.name, data_type=ctx.elem, dims=list(ref.shape))
+            proto.data_location = TensorProto.EXTERNAL
             for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
-                e = t.external_data.add()
+                e = proto.external_data.add()
                 e.key, e.value = k, v
-            protos.append(t)
+            protos.append(proto)
             offset += len(raw)
+            del raw
     return protos
 
 
@@ -424,7 +442,8 @@ def _spec_yaml(graph: ComponentGraph) -> str:
 
 
 def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
-    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names)."""
+    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names). Token ids for
+    bos/eos/pad are placeholders (a spec has no tokenizer); set them for a real vocabulary."""
     spec = graph.spec
     attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
     names = {n.name for n in ctx.inputs}
@@ -448,7 +467,9 @@ def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
             "context_length": spec.max_seq_len,
             "decoder": decoder,
-            "type": "decoder",
+            # genai picks its model class by type; every plain decoder-only type shares one
+            # implementation driven by the I/O names above, so archc models declare "llama"
+            "type": "llama",
             "vocab_size": graph.node("head")["settings"]["vocab_size"],
         },
         "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
