@@ -9,13 +9,12 @@ names. Labels are read off node kind, settings and edges only, never off the spe
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archc.atomic import write_atomic
 from archc.diff import ACTIVATION_NAME, norm_position, norm_words, role_name, sharing_words
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind
@@ -291,22 +290,6 @@ def format_for(path: Path, explicit: str | None) -> str:
     return by_ext[ext]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class GraphvizMissing(UserError):
     """`dot` is not on PATH; the DOT text was written next to the requested file."""
 
@@ -314,20 +297,20 @@ class GraphvizMissing(UserError):
 def write_diagram(dia: Diagram, path: Path, fmt: str) -> Path:
     """Write `dia` as `fmt` to `path` atomically. Without Graphviz, svg/png write PATH.dot and raise GraphvizMissing."""
     if fmt == "dot":
-        write_atomic(path, to_dot(dia).encode())
+        write_atomic(path, to_dot(dia).encode(), make_folder=True)
         return path
     if fmt == "mermaid":
-        write_atomic(path, to_mermaid(dia).encode())
+        write_atomic(path, to_mermaid(dia).encode(), make_folder=True)
         return path
     dot = shutil.which("dot")
     text = to_dot(dia)
     if dot is None:
         fallback = path.with_suffix(".dot")
-        write_atomic(fallback, text.encode())
+        write_atomic(fallback, text.encode(), make_folder=True)
         raise GraphvizMissing(f"{INSTALL_HINT}. Wrote the DOT text to {fallback}; render it later with "
                               f"`dot -T{fmt} {fallback} -o {path}`")
     proc = subprocess.run([dot, f"-T{fmt}"], input=text.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise UserError(f"dot failed on the diagram for {path}: {proc.stderr.decode(errors='replace').strip()[:300]}")
-    write_atomic(path, proc.stdout)
+    write_atomic(path, proc.stdout, make_folder=True)
     return path

@@ -61,7 +61,7 @@ def _pick_format(fmt: Optional[Enum], output: Optional[Path], allowed: tuple[str
 
 def _emit(text_for: dict, fmt: str, output: Optional[Path]) -> None:
     """Print to stdout, or write the file atomically. `text_for[fmt]()` makes the text."""
-    from archc.draw import write_atomic
+    from archc.atomic import write_atomic
 
     if fmt == "terminal":
         from rich.console import Console
@@ -71,13 +71,13 @@ def _emit(text_for: dict, fmt: str, output: Optional[Path]) -> None:
             return
         buf = io.StringIO()
         text_for["terminal"](Console(file=buf, width=160, no_color=True, highlight=False))
-        write_atomic(output, buf.getvalue().encode())
+        write_atomic(output, buf.getvalue().encode(), make_folder=True)
         return
     text = text_for[fmt]()
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_atomic(output, text.encode())
+        write_atomic(output, text.encode(), make_folder=True)
 
 
 @app.command("diff")
