@@ -19,7 +19,7 @@ from archc.atomic import write_text_atomic
 from archc.cli import app
 from archc.commands.common import SetOption, load, resolve_spec_path
 from archc.errors import UserError
-from archc.loader import library_dir, library_spec, library_specs, load_spec
+from archc.loader import apply_sets, library_dir, library_spec, library_specs, load_spec
 
 SCHEMA_FILE = "archc-spec.schema.json"
 
@@ -316,7 +316,10 @@ def new(
         "# Inspect with `archc show " + out.name + "`, check with `archc validate " + out.name + "`.",
     ]
     fields: dict = {"extends": extends, "name": name, "description": ""}
-    lines += [f"{k}: {_flow(v)}" for k, v in _merge_sets(fields, set_ or []).items()]
+    # --set FIELD=VALUE becomes a field of the new file. The loader's apply_sets builds the same nested
+    # mapping; its merge rules (twin fields, kind switch) have nothing to act on among these three flat
+    # fields, and apply when the written file is loaded over its base.
+    lines += [f"{k}: {_flow(v)}" for k, v in apply_sets(fields, {}, set_ or []).items()]
     lines += [
         "# Examples of overrides:",
         f"# n_layers: {base.n_layers}",
@@ -328,21 +331,6 @@ def new(
     # extends resolves as it will), then linked into place without replacing a file that appeared.
     write_text_atomic(out, text, overwrite=False, check=load_spec)
     _console().print(f"wrote {out} (extends {extends})")
-
-
-def _merge_sets(data: dict, sets: list[str]) -> dict:
-    """Apply --set overrides to plain data: ['attention.kv_heads=8'] -> data['attention']['kv_heads'] = 8."""
-    from archc.loader import parse_set
-
-    for expr in sets:
-        path, value = parse_set(expr)
-        cur = data
-        for part in path[:-1]:
-            if not isinstance(cur.get(part), dict):
-                cur[part] = {}
-            cur = cur[part]
-        cur[path[-1]] = value
-    return data
 
 
 def _flow(value) -> str:
