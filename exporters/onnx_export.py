@@ -62,10 +62,6 @@ NP_FLOAT = {ExportDType.fp32: np.float32, ExportDType.fp16: np.float16}  # bf16 
 BATCH, SEQ, TOTAL, PAST = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
 
 
-class LoweringError(UserError):
-    """The target cannot express a node (exit 2 with the node and the reason)."""
-
-
 @dataclass
 class WeightRef:
     """An initializer whose values are streamed later: archc parameter `source` (or several,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from archc.graph import ComponentKind
 from exporters import onnx_lowering_portable as portable
 from exporters.onnx_export import ExportDType, Ctx, input_of, inputs_of
 
@@ -47,7 +48,7 @@ def plan(ctx: Ctx) -> None:
             continue
         fuse[r] = n
     ctx.memo["skip_fuse"] = fuse
-    attn = g.nodes(__import__("archc.graph", fromlist=["ComponentKind"]).ComponentKind.attention)
+    attn = g.nodes(ComponentKind.attention)
     reasons = {a: gqa_unfit(ctx, a) for a in attn}
     ctx.memo["gqa_reason"] = reasons
     if attn and all(r is None for r in reasons.values()):
@@ -77,7 +78,8 @@ def lower_norm(ctx: Ctx, name: str, node: dict):
     if s["norm"] == "layernorm" and s["bias"]:
         ins.append(ctx.weight(f"{name}.bias"))
     op = _skip_op(node)
-    y, _, _, total = ctx.op(op, ins, 4, domain=MS, epsilon=float(s["eps"]))
+    y, total = ctx.fresh(f"{op}"), ctx.fresh("input_skip_bias_sum")
+    ctx.op(op, ins, domain=MS, out=[y, "", "", total], epsilon=float(s["eps"]))  # mean, inv_std_var unused
     ctx.env[r] = total
     ctx.lowering[name] = f"cuda:{op}"
     return y
