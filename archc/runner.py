@@ -40,8 +40,8 @@ MODEL_FILE = "model.onnx"
 @dataclass
 class GenerationResult:
     ids: list[list[int]]  # generated tokens only, one list per prompt
-    prefill_ms: float
-    decode_tokens_per_s: float
+    prefill_ms: float  # the prompt step and picking the first new token (wall clock)
+    decode_tokens_per_s: float  # new tokens after the first, summed over the batch, per second of decode
     decode_ms: float = 0.0
     device: str = "cpu"
     sequences: list[list[int]] = field(default_factory=list)  # prompt + generated
@@ -261,9 +261,8 @@ class Session:
                  top_k: int | None = None, top_p: float | None = None, greedy: bool | None = None, seed: int = 0) -> GenerationResult:
         """Greedy unless top_k / top_p / temperature != 1 ask for sampling (or greedy=True forces it)."""
         self.check_prompts(prompts, max_new_tokens)
-        sample = not greedy and (top_k is not None or top_p is not None or temperature != 1.0)
-        if greedy is False:
-            sample = True
+        asked = top_k is not None or top_p is not None or temperature != 1.0
+        sample = (not greedy) and (asked or greedy is False)
         sampler = Sampler(temperature, top_k, top_p, seed) if sample else None
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = np.zeros((B, L), np.int64)
