@@ -44,6 +44,18 @@ def tiny_spec(name: str, extra: list[str] | None = None):
 LIBRARY = [p.stem for p in library_specs()]
 
 
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`archc ARGV` in-process: (exit status, stdout, stderr). A UserError ends in SystemExit(2)."""
+    from archc.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc or 0, out, err
+
+
 @pytest.fixture(params=LIBRARY)
 def library_name(request) -> str:
     return request.param

@@ -10,17 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from archc.cli import main
 from conftest import LIBRARY, ROOT, SPECS
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc or 0, out, err
+from conftest import run_cli as run
 
 
 def lines(text: str) -> list[str]:

@@ -15,20 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from archc.cli import main
 from archc.loader import library_specs
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ARGS = [f"specs/{n}.yaml" for n in ("llama", "palm", "glm", "bloom", "gpt2")]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_cli(args, capsys)
 
 
 def readme_block(marker: str) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archc.cli import main
 from archc.loader import load_spec
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -41,12 +41,7 @@ FEATURES = {
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(args))
-    except SystemExit as e:  # UserError -> exit 2
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_cli(args, capsys)
 
 
 def diff_json(capsys, *args: str) -> tuple[int, dict]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from archc.cli import main
 from archc.draw import HIGHLIGHT, dot_id, model_diagram, to_dot, to_mermaid
 from archc.graph import compile
 from archc.loader import library_specs, load_spec
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -28,12 +28,7 @@ LIBRARY = [p.stem for p in library_specs()]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_cli(args, capsys)
 
 
 def svg_nodes(path: Path) -> dict[str, dict]:

@@ -14,10 +14,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import archc  # noqa: E402
-from archc.cli import main  # noqa: E402
 from archc.errors import UserError  # noqa: E402
 from archc.hf import SUPPORTED_TYPES, config_to_spec, import_hf, load_weights  # noqa: E402
 from archc.loader import load_spec, spec_from_dict  # noqa: E402
+from conftest import run_cli as run  # noqa: E402
 
 
 def _arch(data: dict) -> dict:
@@ -300,15 +300,6 @@ def test_checkpoint_of_another_size_is_refused(gpt2_dir, tmp_path):
 
 
 # ---- archc import-hf --------------------------------------------------------------------------------
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc or 0, out, err
 
 
 def test_import_hf_writes_a_valid_spec(gpt2_dir, tmp_path, capsys):

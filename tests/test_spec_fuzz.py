@@ -15,10 +15,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archc.cli import main
 from archc.errors import UserError
 from archc.loader import load_spec
-from conftest import LIBRARY, SPECS
+from conftest import LIBRARY, SPECS, run_cli
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TEXTS = [(SPECS / f"{n}.yaml").read_text() for n in LIBRARY]
@@ -54,11 +53,7 @@ def check_load(path, sets=None) -> None:
 
 def check_cli(path, capsys, sets=()) -> None:
     argv = ["validate", str(path)] + [a for s in sets for a in ("--set", s)]
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
+    rc, out, err = run_cli(argv, capsys)
     assert rc in (0, 2, None), (rc, err)
     text = (out + err).strip()
     assert "Traceback" not in text
