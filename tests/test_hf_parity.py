@@ -190,12 +190,6 @@ def test_cached_decode(pair):
 # Negative controls: the comparison has teeth
 
 
-def _saved(case: str, tmp_path):
-    hf = _build_hf(case)
-    hf.save_pretrained(tmp_path, safe_serialization=True)
-    return hf
-
-
 def _error_with(hf, graph, state) -> float:
     ids = torch.randint(0, V, (1, 11), generator=torch.Generator().manual_seed(1))
     ref, _ = _hf_logits(hf, ids)
@@ -204,23 +198,28 @@ def _error_with(hf, graph, state) -> float:
     return rel_err(got, ref)
 
 
+def _imported(case: str, tmp_path):
+    """(hf model, spec data, graph, weights) for `case`, saved and imported correctly; checked to match
+    first, so that a control's miss comes from the one mistake it makes."""
+    hf = _build_hf(case)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    data = config_to_spec(hf.config.to_dict())
+    graph = archc.compile(spec_from_dict(data))
+    state = load_weights(graph, tmp_path)
+    assert _error_with(hf, graph, state) <= TOL
+    return hf, data, graph, state
+
+
 def test_negative_control_wrong_rope_style(tmp_path):
     """GPT-NeoX rotates halves; compiled with interleaved RoPE, the same weights must miss by far."""
-    hf = _saved("gpt_neox", tmp_path)
-    data = config_to_spec(hf.config.to_dict())
-    right = archc.compile(spec_from_dict(data))
-    state = load_weights(right, tmp_path)
-    assert _error_with(hf, right, state) <= TOL
+    hf, data, _, state = _imported("gpt_neox", tmp_path)
     data["position"]["style"] = "interleaved"
     assert _error_with(hf, archc.compile(spec_from_dict(data)), state) > 1e-2
 
 
 def test_negative_control_untransposed_conv1d(tmp_path):
     """GPT-2's Conv1D weights are [in, out]; loading MLP weights without the transpose must miss by far."""
-    hf = _saved("gpt2", tmp_path)
-    graph = archc.compile(spec_from_dict(config_to_spec(hf.config.to_dict())))
-    state = load_weights(graph, tmp_path)
-    assert _error_with(hf, graph, state) <= TOL
+    hf, _, graph, state = _imported("gpt2", tmp_path)
     wrong = dict(state)
     for i in range(L):  # square c_proj [D, D]: the only Conv1D whose untransposed shape still fits
         wrong[f"layers.{i}.attn.o.weight"] = state[f"layers.{i}.attn.o.weight"].t().contiguous()
@@ -229,10 +228,7 @@ def test_negative_control_untransposed_conv1d(tmp_path):
 
 def test_negative_control_fused_qkv_layout(tmp_path):
     """BLOOM's query_key_value is per-head interleaved; reading it as q | k | v blocks must miss by far."""
-    hf = _saved("bloom", tmp_path)
-    graph = archc.compile(spec_from_dict(config_to_spec(hf.config.to_dict())))
-    state = load_weights(graph, tmp_path)
-    assert _error_with(hf, graph, state) <= TOL
+    hf, _, graph, state = _imported("bloom", tmp_path)
     wrong = dict(state)
     sd = hf.state_dict()
     for i in range(L):
