@@ -45,15 +45,24 @@ def _frame(cfg: Cfg, d: int, n_layers: int, max_seq: int, eps: float) -> dict:
     }
 
 
-def neox_spec(cfg: Cfg) -> dict:
+def _half_rope_frame(cfg: Cfg, **rope_keys) -> tuple[dict, int, dict]:
+    """(frame, n_heads, position) of the configs that GPT-NeoX, Phi and StableLM share: sizes named
+    hidden_size / num_attention_heads / num_hidden_layers, and half-style RoPE on the first
+    int(head_dim * fraction) dims. The position section is returned for the caller to place, so the
+    written spec keeps its field order (mlp, position, attention)."""
     d, nh = cfg.integer("hidden_size"), cfg.integer("num_attention_heads")
-    hd = d // nh
-    theta, fraction = rope(cfg, theta_key="rotary_emb_base", fraction_key="rotary_pct", default_fraction=0.25)
+    theta, fraction = rope(cfg, **rope_keys)
     spec = _frame(cfg, d, cfg.integer("num_hidden_layers"), cfg.integer("max_position_embeddings"), cfg["layer_norm_eps"])
+    position = {"kind": "rope", "theta": theta, "style": "half", "rotary_fraction": rotary_fraction(cfg, d // nh, fraction)}
+    return spec, nh, position
+
+
+def neox_spec(cfg: Cfg) -> dict:
+    spec, nh, position = _half_rope_frame(cfg, theta_key="rotary_emb_base", fraction_key="rotary_pct", default_fraction=0.25)
     bias = bool(cfg["attention_bias"])
     spec["mlp"] = {"activation": activation(cfg, "hidden_act", gated=False), "d_ff": cfg.integer("intermediate_size"),
                    "bias": True}
-    spec["position"] = {"kind": "rope", "theta": theta, "style": "half", "rotary_fraction": rotary_fraction(cfg, hd, fraction)}
+    spec["position"] = position
     spec["attention"] = {"n_heads": nh, "qkv_bias": bias, "out_bias": bias}
     if cfg["use_parallel_residual"]:
         spec["residual"] = {"layout": "parallel", "parallel_norms": "separate"}
@@ -86,13 +95,10 @@ def _qk_layernorm(cfg: Cfg) -> None:
 
 def phi_spec(cfg: Cfg) -> dict:
     _qk_layernorm(cfg)
-    d, nh = cfg.integer("hidden_size"), cfg.integer("num_attention_heads")
-    hd = d // nh
-    theta, fraction = rope(cfg, default_fraction=0.5)
-    spec = _frame(cfg, d, cfg.integer("num_hidden_layers"), cfg.integer("max_position_embeddings"), cfg["layer_norm_eps"])
+    spec, nh, position = _half_rope_frame(cfg, default_fraction=0.5)
     spec["mlp"] = {"activation": activation(cfg, "hidden_act", gated=False), "d_ff": cfg.integer("intermediate_size"),
                    "bias": True}
-    spec["position"] = {"kind": "rope", "theta": theta, "style": "half", "rotary_fraction": rotary_fraction(cfg, hd, fraction)}
+    spec["position"] = position
     spec["attention"] = {"n_heads": nh, "kv_heads": cfg.get("num_key_value_heads") or nh, "qkv_bias": True, "out_bias": True}
     spec["residual"] = {"layout": "parallel", "parallel_norms": "shared"}
     spec["embedding"]["head_bias"] = True  # PhiForCausalLM.lm_head has a bias
@@ -101,13 +107,10 @@ def phi_spec(cfg: Cfg) -> dict:
 
 def stablelm_spec(cfg: Cfg) -> dict:
     _qk_layernorm(cfg)
-    d, nh = cfg.integer("hidden_size"), cfg.integer("num_attention_heads")
-    hd = d // nh
-    theta, fraction = rope(cfg, default_fraction=0.25)
-    spec = _frame(cfg, d, cfg.integer("num_hidden_layers"), cfg.integer("max_position_embeddings"), cfg["layer_norm_eps"])
+    spec, nh, position = _half_rope_frame(cfg, default_fraction=0.25)
     spec["mlp"] = {"activation": activation(cfg, "hidden_act", gated=True), "d_ff": cfg.integer("intermediate_size"),
                    "bias": False}
-    spec["position"] = {"kind": "rope", "theta": theta, "style": "half", "rotary_fraction": rotary_fraction(cfg, hd, fraction)}
+    spec["position"] = position
     spec["attention"] = {"n_heads": nh, "kv_heads": cfg.get("num_key_value_heads") or nh,
                          "qkv_bias": bool(cfg["use_qkv_bias"]), "out_bias": False}
     if cfg["use_parallel_residual"]:
