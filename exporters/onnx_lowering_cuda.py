@@ -7,7 +7,9 @@ recorded in the model's `archc.lowering` metadata):
   a partial rotary width gets a com.microsoft RotaryEmbedding in front instead), causal and
   sliding-window masking inside the fused kernels (no bias tensor), past and present may share one
   max-length buffer. Its CUDA kernels take fp16/bf16 only, so fp32 falls back; so do ALiBi (an
-  additive bias would force the op's slow unfused path) and prefix masks (the op is always causal).
+  additive bias would force the op's slow unfused path), prefix masks (the op is always causal) and
+  head sizes not a multiple of 16. The fallback is MultiHeadAttention (fp32/fp16, the mask as
+  attention_bias) when kv_heads == n_heads, else the portable Attention.
 - residual + following norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization: the
   residual sum comes out of the fused op (output 3) and feeds the rest of the stream.
 """
@@ -93,9 +95,9 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     """Why GroupQueryAttention cannot take this attention node (None: it can)."""
     g = ctx.graph
     if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
-        return "GroupQueryAttention's CUDA kernels take fp16/bf16 only"
+        return "fp32 (its CUDA kernels take fp16/bf16)"
     if g.node(name)["settings"]["head_dim"] % 16:
-        return "GroupQueryAttention needs head_size % 16 == 0"
+        return "head_size % 16 != 0"
     if g.input_of(name, "bias") is not None:
         return "ALiBi bias"
     mask = g.input_of(name, "mask")
@@ -107,7 +109,9 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
 def lower_attention(ctx: Ctx, name: str, node: dict):
     reason = ctx.memo["gqa_reason"][name]
     if reason is not None:
-        ctx.lowering[name] = f"portable ({reason})"
+        if node["settings"]["kv_heads"] == node["settings"]["n_heads"]:
+            return _multi_head_attention(ctx, name, node, reason)
+        ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: kv_heads < n_heads)"
         return portable.lower_attention(ctx, name, node)
     s, p = node["settings"], node["params"]
     am = ctx.env["attention_mask"]
@@ -144,6 +148,26 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
     y = ctx.op("GatherND", [y, lay["from_packed"]], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"
+    return portable.linear(ctx, y, f"{name}.o", p)
+
+
+def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
+    """com.microsoft MultiHeadAttention (fp32/fp16, CUDA kernels with an additive bias) for MHA nodes
+    GroupQueryAttention cannot take: the mask node's [B,1,S,T] mask (+ ALiBi [B,H,1,T]) as
+    attention_bias, past/present concatenated by the op; RoPE in front (com.microsoft RotaryEmbedding)."""
+    s, p = node["settings"], node["params"]
+    q, k, v = portable.qkv(ctx, name, node)
+    rot = input_of(ctx, name, "rotary")
+    if rot is not None:
+        cos, sin = rot.cache(ctx)
+        kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
+        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
+        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
+    past_k, past_v = portable.cache_io(ctx, node)
+    y, pk, pv = ctx.op("MultiHeadAttention", [q, k, v, "", "", portable.attention_bias(ctx, name), past_k, past_v], 3,
+                       domain=MS, num_heads=s["n_heads"], scale=float(s["softmax_scale"]))
+    portable.cache_out(ctx, node, pk, pv)
+    ctx.lowering[name] = f"cuda:MultiHeadAttention (not GroupQueryAttention: {why})"
     return portable.linear(ctx, y, f"{name}.o", p)
 
 

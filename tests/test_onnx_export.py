@@ -100,6 +100,17 @@ def test_decode_past_the_sliding_window(target, tmp_path):
     assert compare_steps(session(tmp_path / "m"), build_module(graph), spec, steps=14) <= TOL
 
 
+@pytest.mark.parametrize("name", ["llama", "palm", "gemma"])
+def test_cuda_target_fp32_fallbacks(name, tmp_path):
+    """fp32 on the cuda target: MultiHeadAttention for MHA specs, the portable Attention for MQA/GQA."""
+    spec = tiny_spec(name)
+    graph = archc.compile(spec)
+    res = export(graph, tmp_path / "m", target="cuda")
+    mha = spec.attention.kv_heads == spec.attention.n_heads
+    assert res.lowering["layers.0.attn"].startswith("cuda:MultiHeadAttention" if mha else "portable (")
+    assert compare_steps(session(tmp_path / "m"), build_module(graph), spec, steps=2) <= TOL
+
+
 def test_negative_control_other_seed_fails_the_comparison(tmp_path):
     """The comparison can fail: the same spec exported with another init seed."""
     spec = tiny_spec("llama")
@@ -145,10 +156,11 @@ def test_axis_values_outside_the_library(variant, target, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["portable", "cuda"])
-@pytest.mark.parametrize("dtype", ["fp16"])
-def test_half_precision_on_cpu(target, dtype, tmp_path):
+@pytest.mark.parametrize("name", ["llama", "bloom"])
+def test_half_precision_on_cpu(name, target, tmp_path):
     """fp16 export vs the fp32 PyTorch module (2e-2), where onnxruntime's CPU kernels take fp16."""
-    spec = tiny_spec("llama")
+    dtype = "fp16"
+    spec = tiny_spec(name)
     graph = archc.compile(spec)
     export(graph, tmp_path / "m", target=target, dtype=dtype)
     try:
@@ -178,7 +190,8 @@ def test_dtypes_io_and_metadata(dtype, tmp_path):
     assert ins[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.key" in ins
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["archc.lowering"]) == res.lowering
-    want = "portable (GroupQueryAttention's CUDA kernels take fp16/bf16 only)" if dtype == "fp32" else "cuda:GroupQueryAttention (packed qkv, rotary inside)"
+    want = ("cuda:MultiHeadAttention (not GroupQueryAttention: fp32 (its CUDA kernels take fp16/bf16))" if dtype == "fp32"
+            else "cuda:GroupQueryAttention (packed qkv, rotary inside)")
     assert res.lowering["layers.0.attn"] == want
     assert meta["archc.kv_cache"] == ("concat" if dtype == "fp32" else "shared")
     # every parameter lives in model.onnx.data, once (q/k/v may be stacked into one initializer)
