@@ -138,7 +138,9 @@ def test_negative_control_padding_matters(tmp_path):
 VARIANTS = {  # axis values no library spec uses: (base spec, --set overrides)
     "sinusoidal": ("bloom", ["position.kind=sinusoidal"]),
     "nope": ("bloom", ["position.kind=none"]),
+    "rope_interleaved": ("llama", ["position.style=interleaved"]),
     "rope_interleaved_prefix": ("llama", ["position.style=interleaved", "attention.mask=prefix"]),
+    "rope_partial_interleaved_gqa": ("gpt-neox", ["position.style=interleaved", "attention.kv_heads=2"]),
     "sandwich_geglu_mqa": ("palm", ["norm.placement=sandwich", "mlp.activation=geglu"]),
     "deepnorm_reglu_head_bias": ("gpt1", ["norm.placement=deepnorm", "mlp.activation=reglu", "embedding.head_bias=true",
                                           "embedding.output=untied", "embedding.multiplier=2.0"]),
