@@ -396,6 +396,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
+        raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32)
     get = weight_source(graph, weights)
     if _fail_after is not None:
@@ -416,9 +418,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
-        if out.exists():
-            if not (out / MODEL_FILE).exists() and any(out.iterdir()):
-                raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
+        if out.exists():  # replace the old model directory: swap in the new one, then delete the old
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "x")
             os.replace(tmp, out)

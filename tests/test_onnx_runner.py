@@ -171,6 +171,14 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, models):
     assert not (tmp_path / "x").exists()
     _one_line_error(*run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "x"), "--weights", str(tmp_path / "nope")], capsys), "--weights")
     assert not (tmp_path / "x").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    _one_line_error(*run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "x"), "--weights", str(tmp_path / "junk.safetensors")], capsys),
+                    "safetensors")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    _one_line_error(*run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "mine")], capsys), "not an archc model directory")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
     code, _, err = run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "bf"), "--dtype", "bf16"], capsys)
     assert code == 0, err
     _one_line_error(*run(tmp_path / "bf", "--prompt-ids", "1,2"), "bf16")
