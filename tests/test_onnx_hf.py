@@ -94,16 +94,13 @@ def test_negative_control_wrong_checkpoint(tmp_path):
 
 def test_compile_command_takes_a_hugging_face_directory(tmp_path, capsys):
     """`archc compile HF_DIR -o OUT`: spec from config.json, weights from the checkpoint."""
-    from archc.cli import main
+    from conftest import run_cli
 
     hf = _build_hf("gpt2")
     d = tmp_path / "hf"
     hf.save_pretrained(d, safe_serialization=True)
     graph = archc.compile(spec_from_dict(config_to_spec(read_config(d), name="hf")))
     export(graph, tmp_path / "direct", weights=d)
-    try:
-        code = main(["compile", str(d), "-o", str(tmp_path / "cli")])
-    except SystemExit as e:
-        code = e.code
-    assert not code, capsys.readouterr().err
+    code, _, err = run_cli(["compile", str(d), "-o", str(tmp_path / "cli")], capsys)
+    assert code == 0, err
     assert (tmp_path / "cli" / "model.onnx.data").read_bytes() == (tmp_path / "direct" / "model.onnx.data").read_bytes()

@@ -17,9 +17,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import archc  # noqa: E402
-from archc.cli import main  # noqa: E402
 from archc.runner import Sampler, Session  # noqa: E402
-from conftest import LIBRARY, tiny_sets, tiny_spec, SPECS  # noqa: E402
+from conftest import LIBRARY, SPECS, run_cli, tiny_sets, tiny_spec  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
 from exporters.torch_module import build_module  # noqa: E402
 
@@ -110,15 +109,6 @@ def test_sampler_keeps_the_nucleus():
     draws = {int(Sampler(top_p=0.75, seed=i)(logits)[0]) for i in range(200)}
     assert draws == {0, 1}  # 0.5 + 0.3 >= 0.75; tokens 2 and 3 never drawn
     assert {int(Sampler(top_k=3, seed=i)(logits)[0]) for i in range(300)} == {0, 1, 2}
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    cap = capsys.readouterr()
-    return code or 0, cap.out, cap.err
 
 
 def test_compile_and_run_commands(tmp_path, capsys, models):
