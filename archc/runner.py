@@ -18,8 +18,15 @@ max-length cache per layer on the device, bound as both past and present (the op
 tokens in place); other models keep their present OrtValues on the device and bind them as the
 next step's past. Per token, only the attention mask / ids / positions go up (a few bytes per row)
 and the last position's logits come down for sampling.
-CUDA graphs: not captured. The contract's attention_mask is [batch, past + seq], so an input's shape
-changes every step, and onnxruntime's CUDA-graph replay needs every bound shape fixed.
+CUDA graphs (shared-cache models on CUDA): the session is made with the CUDA provider's
+enable_cuda_graph, and each decode step runs on fixed device buffers bound once per (batch, max_len):
+ids, positions, and an attention_mask of the full max_len width whose columns past the current
+length are 0. For these models that is the same computation (GroupQueryAttention reads each row's
+length from sum(mask) - 1; total_sequence_length = the mask width = the buffer length), and every
+bound shape stays fixed, so onnxruntime captures the step once (gpu_graph_id per shape) and replays
+it. Prefill and every other run pass gpu_graph_id = -1 (no capture). On CUDA the prefill's logits
+stay on the device and only the last position comes to the host (a one-node Slice session), so a
+long prompt does not copy [batch, seq, vocab] float32 over PCIe.
 """
 
 from __future__ import annotations
@@ -131,8 +138,11 @@ def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tup
     return out
 
 
-def open_session(model_dir: str | Path, device: str = "auto"):
-    """(InferenceSession, device actually used, note or None). Bad model files -> UserError."""
+def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool = True):
+    """(InferenceSession, device actually used, note or None). Bad model files -> UserError.
+    cuda_graph: for shared-cache (all-GroupQueryAttention) models on CUDA, make the session with the
+    provider's enable_cuda_graph (decode steps are captured and replayed); if onnxruntime refuses it,
+    the session is made without."""
     d = Path(model_dir)
     path = d / MODEL_FILE if d.is_dir() else d
     if not path.exists():
@@ -149,8 +159,14 @@ def open_session(model_dir: str | Path, device: str = "auto"):
     if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
         raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
                         + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
+    sess = None
+    if cuda_graph and meta.get("archc.kv_cache") == "shared" and providers[0] != "CPUExecutionProvider":
+        try:
+            sess = _session(path, [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})] + providers[1:])
+        except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
+            sess = None
     try:
-        sess = _session(path, providers)
+        sess = sess or _session(path, providers)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0][:200]
         if providers[0] != "CPUExecutionProvider" and device == "auto":
@@ -190,6 +206,15 @@ class Session:
         self.model_dir = Path(model_dir)
         self.io_binding = io_binding
         self.sess, self.device, self.note = open_session(model_dir, device)
+        cuda_opts = self.sess.get_provider_options().get("CUDAExecutionProvider", {})
+        self.cuda_graph = self.device == "cuda" and cuda_opts.get("enable_cuda_graph") == "1"
+        self.run_options = None  # every run that is not a captured decode step
+        if self.cuda_graph:
+            self.run_options = _ort().RunOptions()
+            self.run_options.add_run_config_entry("gpu_graph_id", "-1")
+        self._steppers: dict = {}  # (batch, max_len) -> fixed-buffer stepper (graph mode), most recent last
+        self._graph_ids = 0
+        self._slicer = None
         meta = self.sess.get_modelmeta().custom_metadata_map
         self.lowering = json.loads(meta.get("archc.lowering", "{}"))
         self.kv_cache = meta.get("archc.kv_cache", "concat")
@@ -234,7 +259,7 @@ class Session:
             feeds["prefix_len"] = np.asarray(prefix_len if prefix_len is not None else np.zeros(B), np.int64)
         for name, v in past.items():
             feeds[name.replace("present.", "past_key_values.")] = v
-        outs = self.sess.run(None, feeds)
+        outs = self.sess.run(None, feeds, self.run_options)
         present = {n.replace("present.", "past_key_values."): v for n, v in zip(self.output_names[1:], outs[1:])}
         return outs[0], present
 
@@ -271,7 +296,9 @@ class Session:
             ids[b, L - len(p):] = p
             mask[b, L - len(p):] = 1
         lens = np.array([len(p) for p in prompts], np.int64)
-        if self.device == "cuda" or self.io_binding:
+        if self.cuda_graph or self.io_binding == "static":
+            stepper = self._static_stepper(B, L + max_new_tokens)
+        elif self.device == "cuda" or self.io_binding:
             stepper = _BoundSteps(self, B, L + max_new_tokens, self.device)
         else:
             stepper = _CpuSteps(self, B)
@@ -292,6 +319,41 @@ class Session:
         gen = out.tolist()
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
                                 self.device, [list(map(int, p)) + g for p, g in zip(prompts, gen)])
+
+    def _static_stepper(self, batch: int, max_len: int) -> "_BoundSteps":
+        """The fixed-buffer stepper of this shape, kept across generate calls: a captured graph replays
+        into the buffers it was captured with. At most four shapes are kept (their graphs released)."""
+        key = (batch, max_len)
+        st = self._steppers.pop(key, None)
+        if st is None:
+            self._graph_ids += 1
+            st = _BoundSteps(self, batch, max_len, self.device, graph_id=self._graph_ids)
+            while len(self._steppers) >= 4:
+                old = self._steppers.pop(next(iter(self._steppers)))
+                if self.cuda_graph:
+                    self.sess.release_captured_graph(old.graph_id)
+        self._steppers[key] = st
+        return st
+
+    def last_position(self, logits) -> np.ndarray:
+        """logits[:, -1:, :] of a device OrtValue, sliced on the device: only [B, 1, V] crosses to the host."""
+        ort = _ort()
+        if self._slicer is None:
+            from onnx import TensorProto, helper
+
+            c = lambda n, v: helper.make_tensor(n, TensorProto.INT64, [1], [v])  # noqa: E731
+            graph = helper.make_graph(
+                [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])], "last_position",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", "v"])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, "v"])],
+                [c("starts", -1), c("ends", 1 << 62), c("axes", 1)])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+            self._slicer = ort.InferenceSession(model.SerializeToString(), providers=list(dict.fromkeys(self.sess.get_providers()[:1] + ["CPUExecutionProvider"])))
+        io = self._slicer.io_binding()
+        io.bind_ortvalue_input("x", logits)
+        io.bind_output("y", "cpu")
+        self._slicer.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
 
     def _positions(self, mask: np.ndarray, seq: int, lens: np.ndarray, k: int) -> np.ndarray | None:
         if not self.has_positions:
@@ -354,20 +416,32 @@ class _BoundSteps:
     """IO binding on `device` ('cuda'; 'cpu' in tests). Shared cache (GroupQueryAttention models): past
     and present are one preallocated [B, kv_heads, max_len, head_dim] buffer per layer and tensor,
     which the op updates in place. Otherwise the present OrtValues stay where they were made and are
-    bound as the next step's past."""
+    bound as the next step's past.
+
+    With graph_id (shared cache only: Session.cuda_graph, or io_binding="static" to run the same path
+    without capture in tests), decode steps run on fixed buffers bound once: ids, positions, prefix_len
+    and a max_len-wide attention_mask (0 past the current length) are updated in place, logits land in
+    a fixed [B, 1, V] buffer, and the run carries gpu_graph_id = graph_id, so onnxruntime captures the
+    step once and replays it. Prefill runs with gpu_graph_id = -1."""
 
     ELEM = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(bfloat16)": 16}  # onnx.TensorProto
+    INT64, FLOAT = 7, 1
 
-    def __init__(self, s: Session, batch: int, max_len: int, device: str):
+    def __init__(self, s: Session, batch: int, max_len: int, device: str, graph_id: int | None = None):
         ort = _ort()
         self.s, self.ort, self.dev = s, ort, device
         self.shared = s.kv_cache == "shared"
+        self.batch, self.max_len = batch, max_len
+        self.graph_id = graph_id if self.shared else None
         length = max_len if self.shared else 0
         shape = [batch, s.kv_heads, length, s.head_dim]
         self.cache = {f"past_key_values.{i}.{kv}": ort.OrtValue.ortvalue_from_shape_and_type(shape, self.ELEM[s.cache_type], device, 0)
                       for i in range(s.n_layers) for kv in ("key", "value")}
+        self.fixed = None  # decode buffers + binding, made at the first decode step
 
     def step(self, ids, mask, positions, lens):
+        if self.graph_id is not None and ids.shape[1] == 1:
+            return self._fixed_step(ids, mask, positions, lens)
         s, ort = self.s, self.ort
         io = s.sess.io_binding()
         feeds = {"input_ids": ids, "attention_mask": mask}
@@ -379,16 +453,48 @@ class _BoundSteps:
             io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
         for n, v in self.cache.items():
             io.bind_ortvalue_input(n, v)
-        io.bind_output("logits", "cpu")  # only the logits come back to the host
+        on_device = self.dev == "cuda" and ids.shape[1] > 1  # prefill: slice the last position on the device
+        io.bind_output("logits", self.dev if on_device else "cpu", 0)
         for n, v in self.cache.items():
             out = n.replace("past_key_values.", "present.")
             if self.shared:
                 io.bind_ortvalue_output(out, v)  # same buffer as the past: written in place
             else:
                 io.bind_output(out, self.dev, 0)
-        s.sess.run_with_iobinding(io)
+        s.sess.run_with_iobinding(io, s.run_options)
         outs = io.get_outputs()
         if not self.shared:
             for n, v in zip(list(self.cache), outs[1:]):
                 self.cache[n] = v
-        return outs[0].numpy()
+        return s.last_position(outs[0]) if on_device else outs[0].numpy()
+
+    def _fixed_step(self, ids, mask, positions, lens):
+        s, ort = self.s, self.ort
+        B, T = mask.shape
+        full = np.zeros((B, self.max_len), np.int64)
+        full[:, :T] = mask
+        feeds = {"input_ids": np.ascontiguousarray(ids, np.int64), "attention_mask": full}
+        if s.has_positions:
+            feeds["position_ids"] = np.ascontiguousarray(positions, np.int64)
+        if s.has_prefix:
+            feeds["prefix_len"] = np.ascontiguousarray(lens, np.int64)
+        if self.fixed is None:
+            bufs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(v.shape), self.INT64, self.dev, 0) for n, v in feeds.items()}
+            logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], self.FLOAT, self.dev, 0)
+            io = s.sess.io_binding()
+            for n, v in bufs.items():
+                io.bind_ortvalue_input(n, v)
+            for n, v in self.cache.items():
+                io.bind_ortvalue_input(n, v)
+                io.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
+            io.bind_ortvalue_output("logits", logits)
+            opts = ort.RunOptions()
+            opts.add_run_config_entry("gpu_graph_id", str(self.graph_id))
+            self.fixed = (bufs, logits, io, opts if s.cuda_graph else s.run_options)
+        bufs, logits, io, opts = self.fixed
+        for n, v in feeds.items():
+            bufs[n].update_inplace(v)
+        s.sess.run_with_iobinding(io, opts)
+        return logits.numpy()
+
+
