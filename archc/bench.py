@@ -38,8 +38,8 @@ from archc.cost import cost
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind
 
-BACKENDS = ("ort", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
-ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"), "all": BACKENDS}
+BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
+ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"), "all": tuple(b for b in BACKENDS if b != "ort-nograph")}
 DTYPES = ("fp16", "bf16", "fp32")
 DTYPE_NAME = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -299,6 +299,7 @@ class OrtBackend(Backend):
 
     name = "ort"
     memory = "device"
+    cuda_graph = True
 
     def setup(self):
         from archc.runner import Session
@@ -311,7 +312,7 @@ class OrtBackend(Backend):
             t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype), "cpu")
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
         self.model_dir = model_dir
-        self.session = Session(model_dir, device="cuda" if b.cuda else "cpu")
+        self.session = Session(model_dir, device="cuda" if b.cuda else "cpu", cuda_graph=self.cuda_graph)
         if b.cuda and self.session.device != "cuda":
             raise RuntimeError(f"onnxruntime did not start on CUDA ({self.session.note})")
         self._ids = self._prompts = None
@@ -327,7 +328,13 @@ class OrtBackend(Backend):
         self.session = None
 
 
-BACKEND_CLASSES = {c.name: c for c in (OrtBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend, HfCompileBackend)}
+class OrtNoGraphBackend(OrtBackend):
+    """The same without CUDA-graph capture of the decode step (to measure what the graphs give)."""
+
+    name, cuda_graph = "ort-nograph", False
+
+
+BACKEND_CLASSES = {c.name: c for c in (OrtBackend, OrtNoGraphBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend, HfCompileBackend)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -201,11 +201,12 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class Session:
     """A compiled model directory loaded in onnxruntime."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", *, io_binding: bool | None = None):
+    def __init__(self, model_dir: str | Path, device: str = "auto", *, io_binding: bool | str | None = None,
+                 cuda_graph: bool = True):
         """io_binding: default on for CUDA; True on the CPU runs the device path with host buffers (tests)."""
         self.model_dir = Path(model_dir)
         self.io_binding = io_binding
-        self.sess, self.device, self.note = open_session(model_dir, device)
+        self.sess, self.device, self.note = open_session(model_dir, device, cuda_graph=cuda_graph)
         cuda_opts = self.sess.get_provider_options().get("CUDAExecutionProvider", {})
         self.cuda_graph = self.device == "cuda" and cuda_opts.get("enable_cuda_graph") == "1"
         self.run_options = None  # every run that is not a captured decode step

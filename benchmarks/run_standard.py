@@ -3,9 +3,10 @@
     PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out results.json [--tier 1,2,3,4] [--budget-s 540]
 
 Tiers (what the issue's targets need first):
-  1  LLaMA-1.1B, batch 1, prompts 512 and 2048, fp16, every backend
-  2  every family, batch 1, prompt 512 and 2048, fp16: ort + the HF backends where a transformers
-     class computes the family (else archc's torch module as the alternative)
+  1  LLaMA-1.1B, batch 1, prompts 512 and 2048, fp16, every backend (and ort without CUDA graphs)
+  2  every family, batch 1, prompt 512 and 2048, fp16: ort + HF eager and sdpa where a transformers
+     class computes the family (else archc's torch module as the alternative); torch.compile
+     configurations only in tier 1 (each costs a compile of a minute or more)
   3  every family, batch 16, prompt 512 and 2048, fp16, ort + hf-sdpa / torch
   4  every family, batch 1, prompt 512, bf16, ort + hf-sdpa / torch
 The limits (copy bandwidth, GEMM rate) are measured once, at the start, in the same process.
@@ -38,14 +39,14 @@ def cases(tiers: list[int]) -> list[dict]:
     if 1 in tiers:
         for p in (512, 2048):
             out.append(dict(tier=1, family="llama", dtype="fp16", batch=1, prompt=p,
-                            backends=["ort", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]))
+                            backends=["ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]))
     fams = list(standard.FAMILIES)
     if 2 in tiers:
         for p in (512, 2048):
             for f in fams:
                 if f == "llama":
                     continue
-                be = ["ort", "hf-eager", "hf-sdpa", "hf-compile"] if f in HF_FAMILIES else ["ort", "torch"]
+                be = ["ort", "hf-eager", "hf-sdpa"] if f in HF_FAMILIES else ["ort", "torch"]
                 out.append(dict(tier=2, family=f, dtype="fp16", batch=1, prompt=p, backends=be))
     if 3 in tiers:
         for p in (512, 2048):
