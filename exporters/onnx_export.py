@@ -409,8 +409,14 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
                 raise RuntimeError("simulated interruption")
             return inner(full)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"-o {out}: cannot create the output directory: {e.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
     try:
         inits = _write_weights(ctx, tmp / DATA_FILE, get)
         model = make_model(ctx, inits)
