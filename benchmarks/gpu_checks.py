@@ -71,8 +71,10 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
         so.profile_file_prefix = str(log_path.parent / f"ort_profile_{model_dir.name}")
         so.log_severity_level = 0
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(optimized)  # after placement: shows any Memcpy nodes onnxruntime inserted
         return ort.InferenceSession(str(path), so, providers=providers)
 
+    optimized = log_path.parent / f".optimized_{model_dir.name}.onnx"
     verbose = log_path.parent / f".verbose_{model_dir.name}.log"
     ort.set_default_logger_severity(0)
     restore = _fd_capture(verbose)
@@ -96,6 +98,14 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
         a = e.get("args", {})
         if e.get("cat") == "Node" and "provider" in a and e["name"].endswith("_kernel_time"):
             nodes[e["name"][: -len("_kernel_time")]] = (a["op_name"], a["provider"])
+    import onnx
+
+    opt = onnx.load(str(optimized), load_external_data=False)
+    memcpy = [f"{n.name} ({n.op_type})" for n in opt.graph.node if n.op_type.startswith("Memcpy")]
+    optimized.unlink()
+    for extra in log_path.parent.glob(f".optimized_{model_dir.name}.onnx*"):
+        extra.unlink()
+    graph_session = runner.Session(model_dir, device=device)  # the runner's own session: did CUDA graphs engage?
     lines = verbose.read_text(errors="replace").splitlines()
     verbose.unlink()
     keep, on = [], False
@@ -117,7 +127,7 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
         f.write(f"\n== {model_dir.name}: onnxruntime verbose placement log\n" + "\n".join(keep[:60]) + "\n")
     return {"providers": s.sess.get_providers(), "nodes_by_provider": by_provider, "cpu_compute_nodes": cpu_compute, "cpu_other_nodes": cpu_other,
             "all_compute_on_cuda": not cpu_compute, "verbose_placement": keep[:30], "lowering": s.lowering,
-            "kv_cache": s.kv_cache}
+            "kv_cache": s.kv_cache, "memcpy_nodes": memcpy, "runner_cuda_graph": graph_session.cuda_graph}
 
 
 def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> dict:
@@ -248,7 +258,7 @@ def main() -> int:
             cpu = {k: v for k, v in pl["nodes_by_provider"].items() if k != "CUDAExecutionProvider"}
             print(f"{fam:6s} providers={pl['providers'][0]} cuda_nodes={cuda_n} other={cpu} compute_on_cpu={pl['cpu_compute_nodes']} "
                   f"rel_err prefill={er['prefill']:.2e} decode_max={max(er['decode']):.2e} pass={er['pass']} "
-                  f"run_rc={r['archc_run']['rc']}")
+                  f"run_rc={r['archc_run']['rc']} memcpy={pl['memcpy_nodes']} cuda_graph={pl['runner_cuda_graph']}")
             print(f"       archc run: {r['archc_run']['stdout'][-300:]!r}  torch fp32 greedy: {r['archc_run']['torch_fp32_greedy']}")
         (args.out / "gpu_checks.json").write_text(json.dumps(report, indent=1))
     return 0

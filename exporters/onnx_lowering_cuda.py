@@ -193,12 +193,16 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
     one = ctx.const(np.array([1], np.int64), "one")
     T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
     new = ctx.op("Slice", [am, ctx.op("Sub", [T, S]), T, one])  # mask of the new tokens [B,S]
-    pad = ctx.op("Sub", [S, ctx.op("ReduceSum", [new, one], keepdims=1)])  # [B,1]
+    # S again, but as a device tensor [B,1] computed from `new`: the shape value S lives on the host,
+    # and feeding it to device arithmetic makes onnxruntime insert a MemcpyFromHost, which rules out
+    # CUDA-graph capture of the decode step (shape-only host nodes are allowed, copies are not).
+    s_dev = ctx.op("ReduceSum", [ctx.op("Add", [ctx.op("Mul", [new, ctx.const(np.int64(0), "zero")]), one]), one], keepdims=1)
+    pad = ctx.op("Sub", [s_dev, ctx.op("ReduceSum", [new, one], keepdims=1)])  # [B,1]
     i = ctx.op("Unsqueeze", [ctx.op("Range", [ctx.const(np.int64(0), "zero"), ctx.op("Squeeze", [S]), ctx.const(np.int64(1), "step")]),
                              ctx.const(np.array([0], np.int64), "axes")])  # [1,S]
     last = ctx.const(np.array([-1], np.int64), "axes")
-    to_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [i, pad]), S]), last])
-    from_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [ctx.op("Sub", [i, pad]), S]), S]), last])
+    to_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [i, pad]), s_dev]), last])
+    from_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [ctx.op("Sub", [i, pad]), s_dev]), s_dev]), last])
     seqlens = ctx.op("Cast", [ctx.op("Sub", [ctx.op("ReduceSum", [am, one], keepdims=0), ctx.const(np.int64(1), "one")])], to=I32)
     total = ctx.op("Cast", [ctx.op("Squeeze", [T])], to=I32)
     ctx.scope = scope
