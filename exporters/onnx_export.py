@@ -314,10 +314,11 @@ def _hf_source(graph: ComponentGraph, path: Path):
 def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
     """Stream every initializer into data_path; returns TensorProtos pointing into it.
 
-    The next tensor is drawn (seeded init or read) on a worker thread while the current one is cast
-    and written: torch releases the GIL, so drawing overlaps writing. At most two source tensors are
-    alive at a time, so memory stays near one copy of the weights; each tensor's values depend only
-    on its own name, so the file is the same byte for byte."""
+    The next two tensors are drawn (seeded init or read) on worker threads while the current one is
+    cast and written: torch releases the GIL, so drawing overlaps writing and each other. At most three
+    source tensors are alive at a time, so memory stays near one copy of the weights; each tensor's
+    values depend only on its own name, and they are written in order, so the file is the same byte
+    for byte."""
     from concurrent.futures import ThreadPoolExecutor
 
     def fetch(ref):
@@ -330,11 +331,13 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
     protos = []
     offset = 0
     refs = list(ctx.weights)
-    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(fetch, refs[0]) if refs else None
+    ahead = 2  # tensors drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
+    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending = [pool.submit(fetch, r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
-            t = nxt.result()
-            nxt = pool.submit(fetch, refs[i + 1]) if i + 1 < len(refs) else None
+            t = pending.pop(0).result()
+            if i + ahead < len(refs):
+                pending.append(pool.submit(fetch, refs[i + ahead]))
             raw = _tensor_bytes(t, ctx.dtype, ref.transpose)
             del t
             pad = (-offset) % ALIGN
