@@ -20,15 +20,29 @@ def _f(x, fmt="{:.1f}"):
     return "–" if x is None else fmt.format(x)
 
 
+def merge(reports: list[dict]) -> dict:
+    """Several invocations of run_standard on the same machine: runs concatenated, each keeping its limits."""
+    out = {"environment": reports[0]["environment"], "limits": reports[0]["limits"], "runs": [], "skipped": [], "parts": []}
+    for r in reports:
+        out["parts"].append({"date": r["environment"]["date"], "limits": r["limits"], "n_runs": len(r["runs"])})
+        for run in r["runs"]:
+            out["runs"].append(dict(run, limits=r["limits"]))
+        out["skipped"] += r.get("skipped", [])
+    return out
+
+
 def render(report: dict) -> str:
     env, lim = report["environment"], report["limits"]
     out = [f"Card: **{env.get('card')}** ({env.get('card_memory_gib')} GiB). Date: {env.get('date')}. "
            f"torch {env.get('torch')} (CUDA {env.get('cuda')}), transformers {env.get('transformers')}, "
            f"onnxruntime {env.get('onnxruntime')}, onnx {env.get('onnx')}, Python {env.get('python')}.", ""]
-    gemm = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in lim["gemm_flops_per_s"].items())
-    out += [f"Measured limits (same run): copy bandwidth **{lim['copy_bytes_per_s'] / 1e12:.2f} TB/s** "
-            f"(device-to-device copy of {lim['copy_buffer_bytes'] / 2**30:.0f} GiB, read + write), "
-            f"GEMM {lim['gemm_n']}³ {gemm}.", ""]
+    for part in report.get("parts") or [{"date": env.get("date"), "limits": lim, "n_runs": len(report["runs"])}]:
+        pl = part["limits"]
+        g = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in pl["gemm_flops_per_s"].items())
+        out.append(f"- Invocation started {part['date']} ({part['n_runs']} cases). Limits measured at its start, on the same card: "
+                   f"copy bandwidth **{pl['copy_bytes_per_s'] / 1e12:.2f} TB/s** (device-to-device copy of "
+                   f"{pl['copy_buffer_bytes'] / 2**30:.0f} GiB, read + write), GEMM {pl['gemm_n']}³ {g}.")
+    out.append("")
     out += ["| model | dtype | batch | prompt | backend | decode tok/s | ms/token | % roofline | prefill ms | % GEMM floor | peak GiB | tokens = ref | note |",
             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for run in report["runs"]:
@@ -70,10 +84,10 @@ def targets(report: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("json", type=Path)
+    ap.add_argument("json", type=Path, nargs="+", help="one or more run_standard JSON files (same machine session)")
     ap.add_argument("--into", type=Path)
     args = ap.parse_args()
-    text = render(json.loads(args.json.read_text()))
+    text = render(merge([json.loads(p.read_text()) for p in args.json]))
     if not args.into:
         print(text)
         return 0
