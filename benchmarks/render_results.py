@@ -28,6 +28,8 @@ def merge(reports: list[dict]) -> dict:
         for run in r["runs"]:
             out["runs"].append(dict(run, limits=r["limits"]))
         out["skipped"] += r.get("skipped", [])
+    done = {(x.get("family"), x["dtype"], x["batch"], x["prompt_len"]) for x in out["runs"]}
+    out["skipped"] = [c for c in out["skipped"] if (c["family"], c["dtype"], c["batch"], c["prompt"]) not in done]
     return out
 
 
@@ -39,7 +41,7 @@ def render(report: dict) -> str:
     for part in report.get("parts") or [{"date": env.get("date"), "limits": lim, "n_runs": len(report["runs"])}]:
         pl = part["limits"]
         g = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in pl["gemm_flops_per_s"].items())
-        out.append(f"- Invocation started {part['date']} ({part['n_runs']} cases). Limits measured at its start, on the same card: "
+        out.append(f"- Invocation started {part['date']} ({part['n_runs']} cases). Limits measured at its start, in the same process: "
                    f"copy bandwidth **{pl['copy_bytes_per_s'] / 1e12:.2f} TB/s** (device-to-device copy of "
                    f"{pl['copy_buffer_bytes'] / 2**30:.0f} GiB, read + write), GEMM {pl['gemm_n']}³ {g}.")
     out.append("")
