@@ -155,3 +155,15 @@ def test_hf_bridge_refuses_what_no_hf_class_computes(family):
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))
     why = hf_equivalent(graph)
     assert isinstance(why, str) and all(name in why for name in MAPPERS)
+
+
+def test_ort_backend_plumbing_on_cpu(tmp_path):
+    """The ort backend exports (portable target on the CPU) into --work-dir and generates through
+    archc's runner: fp32, the same greedy tokens as archc's PyTorch module."""
+    spec = archc.loader.load_spec(SPECS / "llama.yaml", TINY)
+    b = Bench(archc.compile(spec), dtype="fp32", device="cpu", backends=["torch", "ort"], repeats=1, prefill_repeats=1,
+              work_dir=tmp_path, limits={"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}})
+    run = b.run(Shape(2, 9, 4))
+    by = {r["backend"]: r for r in run["backends"]}
+    assert by["ort"]["prefill_ms"] > 0 and by["ort"]["tokens_agree"] == 4
+    assert (tmp_path / f"{spec.name}-portable-fp32" / "model.onnx").exists()
