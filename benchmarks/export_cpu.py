@@ -7,7 +7,8 @@ the weights in that dtype.
 The two exports are not the same work: archc writes one model that serves prefill and cached
 decode (past_key_values inputs, present outputs) straight from the component graph; the dynamo
 export here traces the module's prefill call (input_ids, attention_mask -> logits, present), the
-simplest graph it can be asked for, so the comparison is, if anything, generous to dynamo.
+simplest graph it can be asked for, so the comparison is, if anything, generous to dynamo. The dynamo
+call keeps torch's defaults (optimize=True, the onnxscript optimizer); ARCHC_DYNAMO_OPTIMIZE=0 skips it.
 
     python benchmarks/export_cpu.py [--family llama] [--set n_layers=4 ...] [--json out.json]
 """
@@ -59,7 +60,7 @@ def child(which: str, family: str, extra: list[str], out_dir: Path) -> dict:
         torch.onnx.export(model, (ids, mask), str(out_dir / "dynamo.onnx"), dynamo=True, external_data=True,
                           input_names=["input_ids", "attention_mask"],
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                          optimize=False, verify=False)
+                          optimize=os.environ.get("ARCHC_DYNAMO_OPTIMIZE", "1") == "1")  # torch's default: optimize=True
         files = [p for p in out_dir.iterdir() if p.name.startswith("dynamo")]
     wall = time.perf_counter() - t0
     return {"which": which, "wall_s": wall, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
