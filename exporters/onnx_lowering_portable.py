@@ -160,9 +160,8 @@ def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
     return out
 
 
-def lower_head(ctx: Ctx, name: str, node: dict, x: str | None = None) -> str:
-    """logits = x W^T (+ b); `x` overrides the node's input (the cuda target rotates it first)."""
-    x = input_of(ctx, name, "x") if x is None else x
+def lower_head(ctx: Ctx, name: str, node: dict) -> str:
+    x = input_of(ctx, name, "x")
     tied = node.get("tied", {}).get("weight")
     if tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start
         y = ctx.op("MatMul", [x, ctx.op("Transpose", [ctx.weight(tied)], perm=[1, 0])])
