@@ -10,7 +10,9 @@ the node; which lowering each node got is written to the model's metadata (`arch
 One model serves prefill and decode: the past length is a dynamic dimension (0 at prefill).
 I/O contract (notes/contract.md): inputs input_ids, attention_mask, [position_ids], [prefix_len],
 past_key_values.{i}.key/.value [B, kv_heads, past, head_dim]; outputs logits (float32) and
-present.{i}.key/.value.
+present.{i}.key/.value. `logits=Logits.last` (an export option, default `all` = the contract) makes
+the head read only the last position: logits [B, 1, vocab] in prefill and decode (recorded in the
+metadata as `archc.logits`).
 
 Weights are streamed one tensor at a time into `model.onnx.data` (always external, one layout for
 every size, so a >2 GB model needs nothing special), at 64-byte aligned offsets in graph order;
@@ -49,6 +51,14 @@ class Target(str, Enum):
     cuda = "cuda"  # com.microsoft fused operators where they fit (onnxruntime CUDA EP)
 
 
+class Logits(str, Enum):
+    """Which positions the head computes logits for."""
+
+    all = "all"  # [batch, seq, vocab]: the fixed I/O contract
+    last = "last"  # [batch, 1, vocab]: the last column only (left padding: every row's last real token);
+    # what generation reads, and the only choice where batch * seq * vocab passes 32-bit indexing
+
+
 class ExportDType(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -81,6 +91,7 @@ class Ctx:
     target: Target
     dtype: ExportDType
     fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
+    logits: Logits = Logits.all
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -198,9 +209,9 @@ def lowerings(target: Target) -> dict[str, Lowering]:
 
 
 def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: ExportDType | str = ExportDType.fp32,
-                *, fused_fp32: bool = False) -> Ctx:
+                *, fused_fp32: bool = False, logits: Logits | str = Logits.all) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32)
+    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32, logits=Logits(logits))
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -365,6 +376,7 @@ class ExportResult:
     lowering: dict[str, str]
     n_weights: int
     data_bytes: int
+    logits: Logits = Logits.all
 
 
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
@@ -379,6 +391,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         "archc.target": ctx.target.value,
         "archc.dtype": ctx.dtype.value,
         "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
+        "archc.logits": ctx.logits.value,
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -394,14 +407,16 @@ def _version() -> str:
 
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
            dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
-           spec_yaml: str | None = None, fused_fp32: bool = False, _fail_after: int | None = None) -> ExportResult:
+           spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
+           _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
+    `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
     if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
         raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
-    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32)
+    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits)
     get = weight_source(graph, weights)
     if _fail_after is not None:
         inner, seen = get, [0]
@@ -437,7 +452,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes)
+    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits)
 
 
 def _spec_yaml(graph: ComponentGraph) -> str:

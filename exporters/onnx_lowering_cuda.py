@@ -145,6 +145,8 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
         q, k, v = (ctx.op("GatherND", [t, lay["to_packed"]], batch_dims=1) for t in (q, k, v))
         y, pk, pv = ctx.op("GroupQueryAttention", [q, k, v, past_k, past_v, lay["seqlens_k"], lay["total"]], 3, **attrs)
         how = "RotaryEmbedding + GroupQueryAttention"
+    # back to the contract's order: downstream ops, the head's --logits last Slice of column -1
+    # included, rely on it (in the packed layout row b's last real token sits at sum(mask_b) - 1)
     y = ctx.op("GatherND", [y, lay["from_packed"]], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"

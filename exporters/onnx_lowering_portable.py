@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, input_of, inputs_of
+from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, input_of, inputs_of
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 DIMS = {"batch": BATCH, "seq": SEQ, "total": TOTAL}
@@ -41,7 +41,10 @@ def lower_input(ctx: Ctx, name: str, node: dict) -> str:
 def lower_output(ctx: Ctx, name: str, node: dict) -> str:
     x = input_of(ctx, name, "x")
     y = ctx.op("Cast", [x], to=F32)
-    return ctx.graph_output(name, y, F32, _dims(node["settings"]["shape"]))
+    shape = _dims(node["settings"]["shape"])
+    if ctx.logits is Logits.last and ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == "head":
+        shape[1] = 1  # the head computed the last position only (lower_head)
+    return ctx.graph_output(name, y, F32, shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,8 +163,20 @@ def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
     return out
 
 
-def lower_head(ctx: Ctx, name: str, node: dict) -> str:
-    x = input_of(ctx, name, "x")
+def last_position(ctx: Ctx, x: str) -> str:
+    """x[:, -1:, :]. Left padding puts every row's last real token in the last column; the stream is
+    in the contract's token order here (the cuda target rotates GroupQueryAttention's packed layout,
+    real tokens first, back before anything downstream reads the stream), so one Slice serves all rows."""
+    return ctx.op("Slice", [x, ctx.const(np.array([-1], np.int64), "last"), ctx.const(np.array([np.iinfo(np.int64).max], np.int64), "end"),
+                            ctx.const(np.array([1], np.int64), "axes")])
+
+
+def lower_head(ctx: Ctx, name: str, node: dict, x: str | None = None) -> str:
+    """logits = h W^T (+ b). `x`: the head's input if a target transformed it (default: its in-edge).
+    With --logits last the MatMul runs on the last position only (Hugging Face's logits_to_keep=1)."""
+    x = x or input_of(ctx, name, "x")
+    if ctx.logits is Logits.last:
+        x = last_position(ctx, x)
     tied = node.get("tied", {}).get("weight")
     if tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start
         y = ctx.op("MatMul", [x, ctx.op("Transpose", [ctx.weight(tied)], perm=[1, 0])])

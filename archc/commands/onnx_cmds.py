@@ -49,13 +49,19 @@ def compile_cmd(
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16 (logits are float32 always).")] = "fp32",
     weights: Annotated[Optional[str], typer.Option(help="Hugging Face model directory, or a safetensors file of archc parameter names. Default: the spec's seeded init.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Init seed (overrides init.seed).")] = None,
+    logits: Annotated[str, typer.Option(help="all (logits [batch, seq, vocab], the I/O contract) | last ([batch, 1, vocab]: "
+                                             "the head runs on the last position only, for generation).")] = "all",
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
+    from rich.markup import escape
+
     import archc
-    from exporters.onnx_export import ExportDType, Target, export
+    from exporters.onnx_export import ExportDType, Logits, Target, export
 
     if target not in {t.value for t in Target}:
         raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
+    if logits not in {v.value for v in Logits}:
+        raise UserError(f"--logits {logits}: choose one of {', '.join(v.value for v in Logits)}")
     if dtype not in {d.value for d in ExportDType}:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
     sets = list(sets or [])
@@ -74,10 +80,12 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
-    result = export(graph, out, target=target, dtype=dtype, weights=weights)
+    result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits)
     con = _console()
     mb = result.data_bytes / 2**20
-    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, {result.n_weights} weight tensors, {mb:.1f} MiB)")
+    shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
+    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {escape(shape)}, "
+              f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)
