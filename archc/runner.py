@@ -27,6 +27,11 @@ bound shape stays fixed, so onnxruntime captures the step once (gpu_graph_id per
 it. Prefill and every other run pass gpu_graph_id = -1 (no capture). On CUDA the prefill's logits
 stay on the device and only the last position comes to the host (a one-node Slice session), so a
 long prompt does not copy [batch, seq, vocab] float32 over PCIe.
+Logits: a model compiled with `--logits last` (metadata archc.logits) gives [batch, 1, vocab] in every
+step, which is all generation reads. A model with the contract's full logits refuses (UserError) a
+prefill whose logits reach FULL_LOGITS_LIMIT elements instead of running it: onnxruntime's CUDA
+kernels index such a tensor with 32 bits and fault (an illegal memory access on an H200 at
+[16, 2048, 256000], benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 from archc.errors import UserError
 
 MODEL_FILE = "model.onnx"
+FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
 
 
 @dataclass
@@ -219,6 +225,7 @@ class Session:
         meta = self.sess.get_modelmeta().custom_metadata_map
         self.lowering = json.loads(meta.get("archc.lowering", "{}"))
         self.kv_cache = meta.get("archc.kv_cache", "concat")
+        self.logits = meta.get("archc.logits", "all")  # "last": logits [B, 1, V] (models before the option: all)
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = list(ins)
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -246,9 +253,11 @@ class Session:
         return {f"past_key_values.{i}.{kv}": z for i in range(self.n_layers) for kv in ("key", "value")}
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
-        """One call on numpy arrays. Returns (logits [B,S,V] float32, present {name: array})."""
+        """One call on numpy arrays. Returns (logits float32 as the model gives them: [B,S,V], or [B,1,V]
+        for a model compiled with --logits last; present {name: array})."""
         input_ids = np.asarray(input_ids, np.int64)
         B, S = input_ids.shape
+        self.check_logits_size(B, S)
         past = past if past is not None else self._empty_past(B)
         P = next(iter(past.values())).shape[2]
         if attention_mask is None:
@@ -267,6 +276,14 @@ class Session:
     def default_positions(self, attention_mask: np.ndarray, seq: int) -> np.ndarray:
         pos = np.clip(np.cumsum(attention_mask, 1) - 1, 0, None)[:, -seq:]
         return np.stack([pos, np.zeros_like(pos)], 1) if self.glm2d else pos
+
+    def check_logits_size(self, batch: int, seq: int) -> None:
+        """Refuse a step whose full [batch, seq, vocab] logits reach FULL_LOGITS_LIMIT elements."""
+        n = batch * seq * self.vocab
+        if self.logits == "all" and n >= FULL_LOGITS_LIMIT:
+            raise UserError(f"{self.model_dir}: logits [batch {batch}, seq {seq}, vocab {self.vocab}] = {n:,} float32 elements "
+                            f"({n * 4 / 2**30:.1f} GiB) reach {FULL_LOGITS_LIMIT:,}, past onnxruntime's 32-bit "
+                            f"indexing; recompile with `archc compile ... --logits last`, or use a smaller batch or prompt")
 
     # ---- generation ----------------------------------------------------------------------------
     def check_prompts(self, prompts: list[list[int]], max_new_tokens: int) -> None:
@@ -291,6 +308,7 @@ class Session:
         sample = (not greedy) and (asked or greedy is False)
         sampler = Sampler(temperature, top_k, top_p, seed) if sample else None
         B, L = len(prompts), max(len(p) for p in prompts)
+        self.check_logits_size(B, L)
         ids = np.zeros((B, L), np.int64)
         mask = np.zeros((B, L), np.int64)
         for b, p in enumerate(prompts):
@@ -454,7 +472,8 @@ class _BoundSteps:
             io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
         for n, v in self.cache.items():
             io.bind_ortvalue_input(n, v)
-        on_device = self.dev == "cuda" and ids.shape[1] > 1  # prefill: slice the last position on the device
+        # prefill: slice the last position on the device (a --logits last model gives only that one)
+        on_device = self.dev == "cuda" and ids.shape[1] > 1 and s.logits == "all"
         io.bind_output("logits", self.dev if on_device else "cpu", 0)
         for n, v in self.cache.items():
             out = n.replace("past_key_values.", "present.")
