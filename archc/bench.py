@@ -14,7 +14,13 @@ Method (same for every backend, so the figures compare):
   and position rows are negligible) + KV cache read and written for the step's context, over the
   bandwidth (or FLOPs over the GEMM rate when larger). Prefill floor: the cost model's FLOPs for the
   prompt (all projections, the head on every position as the exported model computes it, causal
-  attention P(P+1)/2 positions) over the GEMM rate.
+  attention P(P+1)/2 positions) over the GEMM rate; for a shape whose ort export gets
+  `--logits last` (below), the head on the last position only.
+- Logits of the ort export: the contract's full [batch, prompt, vocab] (`all`, as the recorded figures
+  in benchmarks/RESULTS.md), except where batch * prompt * vocab reaches the runner's
+  FULL_LOGITS_LIMIT (2**31, past onnxruntime's 32-bit indexing: the PaLM 256k-vocabulary shape at
+  batch 16, prompt 2048 faulted on CUDA); those shapes export with `--logits last` (the head on the
+  last position only). Which one ran is in the table's note and the JSON (`logits`).
 - Peak memory: torch backends, the resident model plus the allocator's peak above what was held
   before the measured calls; onnxruntime (its own allocator), device memory in use after the runs
   minus before the session was made (the arena does not shrink, so this is its peak).
@@ -153,6 +159,15 @@ class Shape:
     new_tokens: int
 
 
+def logits_for(graph: ComponentGraph, shape: Shape) -> str:
+    """The ort backend's `--logits` for this shape: `all` (comparable with the recorded figures) unless
+    the prefill's [batch, prompt, vocab] logits reach the runner's limit, where only `last` runs."""
+    from archc.runner import FULL_LOGITS_LIMIT
+
+    vocab = graph.node("head")["settings"]["vocab_size"]
+    return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"
+
+
 def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
     c = cost(graph)
     itemsize = 4 if dtype == "fp32" else 2
@@ -167,6 +182,10 @@ def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> d
         steps.append(max((w + B * kv * ctx) / bw, B * c.flops_per_token(ctx) / rate))
     tpot = sum(steps) / len(steps)
     prefill_flops = B * (2 * c.matmul_params * P + c.attention_flops_per_position * P * (P + 1) // 2)
+    head_positions = "all"
+    if logits_for(graph, shape) == "last":  # the head runs on one position per row
+        head_positions = "last"
+        prefill_flops -= B * 2 * graph.spec.d_model * graph.node("head")["settings"]["vocab_size"] * (P - 1)
     return {
         "weight_bytes_per_step": w,
         "kv_bytes_per_token": kv,
@@ -174,6 +193,7 @@ def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> d
         "decode_tok_s": B / tpot,
         "prefill_flops": prefill_flops,
         "prefill_floor_ms": max(prefill_flops / rate, w / bw) * 1e3,
+        "prefill_head_positions": head_positions,
         "params": c.params,
     }
 
@@ -193,6 +213,10 @@ class Backend:
         self.bench = bench
 
     def setup(self) -> None: ...
+
+    def fits(self, shape: Shape) -> bool:
+        """Whether the backend as set up can run this shape (else it is closed and set up again)."""
+        return True
 
     def generate(self, ids, mask, n: int): ...
 
@@ -307,15 +331,19 @@ class OrtBackend(Backend):
 
         b = self.bench
         target = "cuda" if b.cuda else "portable"
-        model_dir = b.work_dir / f"{b.graph.spec.name}-{target}-{b.dtype}"
+        self.logits = logits_for(b.graph, b.shape)
+        model_dir = b.work_dir / (f"{b.graph.spec.name}-{target}-{b.dtype}" + ("-logits-last" if self.logits == "last" else ""))
         if not (model_dir / "model.onnx").exists():
-            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype), "cpu")
+            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits), "cpu")
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
         self.model_dir = model_dir
         self.session = Session(model_dir, device="cuda" if b.cuda else "cpu", cuda_graph=self.cuda_graph)
         if b.cuda and self.session.device != "cuda":
             raise RuntimeError(f"onnxruntime did not start on CUDA ({self.session.note})")
         self._ids = self._prompts = None
+
+    def fits(self, shape: Shape) -> bool:
+        return logits_for(self.bench.graph, shape) == self.logits
 
     def generate(self, ids, mask, n):
         import torch
@@ -355,6 +383,7 @@ class BackendResult:
     generate_runs_ms: list = field(default_factory=list)
     setup_s: float | None = None
     wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
+    logits: str | None = None  # ort backends: the export's --logits (all | last), see logits_for
     error: str | None = None
 
 
@@ -383,6 +412,7 @@ class Bench:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self._module = None
+        self.shape: Shape | None = None  # the shape being measured (backends set up for it read it)
         self._backends: dict[str, Backend] = {}
         self._failed: dict[str, str] = {}
 
@@ -402,6 +432,8 @@ class Bench:
     def _backend(self, name: str) -> Backend:
         if name in self._failed:
             raise RuntimeError(self._failed[name])
+        if name in self._backends and not self._backends[name].fits(self.shape):
+            self._backends.pop(name).close()  # set up again below, for this shape (memory measured afresh)
         if name not in self._backends:
             be = BACKEND_CLASSES[name](self)
             self._used_before_setup = _device_used(self.device)
@@ -432,6 +464,7 @@ class Bench:
             raise UserError("--new-tokens must be at least 2 (decode speed is measured between 1 and N tokens)")
         roof = roofline(self.graph, self.dtype, shape, self.get_limits())
         ids, mask = self.inputs(shape)
+        self.shape = shape
         results, ref = [], None
         for name in self.backend_names:
             r = BackendResult(name)
@@ -439,6 +472,7 @@ class Bench:
             try:
                 be = self._backend(name)
                 r.setup_s = be.setup_s
+                r.logits = getattr(be, "logits", None)
                 self._measure(be, ids, mask, shape, r)
                 toks = self._last_tokens
                 if ref is None:
@@ -564,13 +598,14 @@ def render(run: dict, limits: dict, console=None) -> None:
     for col in ("backend", "prefill ms", "% floor", "decode tok/s", "ms/token", "% roofline", "peak GiB", "tokens =", "note"):
         t.add_column(col, justify="left" if col in ("backend", "note") else "right")
     t.add_row("[dim]limit[/]", _f(roof["prefill_floor_ms"], "{:.2f}"), "100", _f(roof["decode_tok_s"]),
-              _f(roof["decode_tpot_ms"], "{:.3f}"), "100", "", "", "[dim]roofline / GEMM floor[/]")
+              _f(roof["decode_tpot_ms"], "{:.3f}"), "100", "", "",
+              "[dim]roofline / GEMM floor" + (" (head: last position)" if roof.get("prefill_head_positions") == "last" else "") + "[/]")
     for b in run["backends"]:
         t.add_row(b["backend"], _f(b["prefill_ms"], "{:.2f}"), _f(b["frac_prefill_floor"] and 100 * b["frac_prefill_floor"], "{:.0f}"),
                   _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
                   _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
                   "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
-                  (b["error"] or "")[:60])
+                  (b["error"] or (f"logits {b['logits']}" if b.get("logits") else ""))[:60])
     console.print(t)
     gemm = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in limits["gemm_flops_per_s"].items())
     console.print(f"[dim]limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, GEMM {gemm}[/]")
