@@ -30,7 +30,7 @@ long prompt does not copy [batch, seq, vocab] float32 over PCIe.
 Logits: a model compiled with `--logits last` (metadata archc.logits) gives [batch, 1, vocab] in every
 step, which is all generation reads. A model with the contract's full logits refuses (UserError) a
 prefill whose logits reach FULL_LOGITS_LIMIT elements instead of running it: onnxruntime's CUDA
-kernels index such a tensor with 32 bits and fault (an illegal memory access on an H200 at
+kernels index such a tensor with 32-bit offsets (the likely cause of an illegal memory access on an H200 at
 [16, 2048, 256000], benchmarks/RESULTS.md).
 """
 
