@@ -22,57 +22,16 @@ import archc  # noqa: E402
 from conftest import LIBRARY, tiny_spec  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
 from exporters.torch_module import build_module  # noqa: E402
+from ort_steps import positions, real_positions, rel_err, run_ort, run_torch, session  # noqa: E402
 
 TOL = 1e-4
 
 
-def session(d):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def positions(mask: np.ndarray, seq: int, glm2d: bool) -> np.ndarray:
-    p = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
-    return np.stack([p, np.zeros_like(p)], 1) if glm2d else p
-
-
 def compare_steps(sess, module, spec, steps: int = 3, batch_pads=(0, 2), prompt: int = 5, seed: int = 0) -> float:
     """Prefill (left-padded batch) + `steps` cached single-token steps; max rel error over real positions."""
-    names = {i.name: i for i in sess.get_inputs()}
-    glm2d = "position_ids" in names and len(names["position_ids"].shape) == 3
-    rng = np.random.default_rng(seed)
-    B = len(batch_pads)
-    ids = rng.integers(0, spec.vocab_size, (B, prompt))
-    mask = np.ones((B, prompt), np.int64)
-    for b, n in enumerate(batch_pads):
-        mask[b, :n] = 0
-    L, kv, hd = spec.n_layers, spec.attention.kv_heads, spec.attention.head_dim
-    dt = np.float16 if names["past_key_values.0.key"].type == "tensor(float16)" else np.float32
-    past = {f"past_key_values.{i}.{t}": np.zeros((B, kv, 0, hd), dt) for i in range(L) for t in ("key", "value")}
-    tpast, worst = None, 0.0
-    prefix = np.array([prompt - n for n in batch_pads], np.int64)
-    for _ in range(steps + 1):
-        feeds = {"input_ids": ids, "attention_mask": mask, **past}
-        if "position_ids" in names:
-            feeds["position_ids"] = positions(mask, ids.shape[1], glm2d)
-        if "prefix_len" in names:
-            feeds["prefix_len"] = prefix
-        outs = sess.run(None, feeds)
-        out_names = [o.name for o in sess.get_outputs()]
-        past = {n.replace("present.", "past_key_values."): v for n, v in zip(out_names[1:], outs[1:])}
-        with torch.no_grad():
-            t = lambda k: torch.tensor(feeds[k]) if k in feeds else None  # noqa: E731
-            logits, tpast = module(t("input_ids"), t("attention_mask"), t("position_ids"), t("prefix_len"), tpast)
-        real = mask[:, -ids.shape[1]:].astype(bool)
-        worst = max(worst, rel_err(outs[0][real], logits.numpy()[real]))
-        ids = rng.integers(0, spec.vocab_size, (B, 1))
-        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
-    return worst
+    kw = dict(steps=steps, pads=batch_pads, prompt=prompt, seed=seed)
+    ours, ref = run_ort(sess, spec, **kw), run_torch(module, archc.compile(spec), **kw)
+    return max(rel_err(o[real_positions(f)], r[real_positions(f)]) for (f, o), (_, r) in zip(ours, ref))
 
 
 @pytest.mark.parametrize("target", ["portable", "cuda"])

@@ -26,78 +26,26 @@ from archc.runner import Session  # noqa: E402
 from conftest import SPECS, run_cli, tiny_sets, tiny_spec  # noqa: E402
 from exporters import onnx_lowering_portable as portable  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
+from ort_steps import rel_err, run_ort, run_torch, session  # noqa: E402
 
 NAMES = ["llama", "bloom", "glm", "palm"]
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11]]
 TOL = 1e-5  # the same computation on one position: only GEMM blocking may differ
 
 
-def session(d):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 def step_logits(sess, spec, steps: int = 2, pads=(0, 2), prompt: int = 5, seed: int = 0) -> list:
     """Logits of a left-padded prefill and `steps` cached decode steps (fixed random ids)."""
-    names = {i.name: i for i in sess.get_inputs()}
-    glm2d = "position_ids" in names and len(names["position_ids"].shape) == 3
-    rng = np.random.default_rng(seed)
-    B = len(pads)
-    ids = rng.integers(0, spec.vocab_size, (B, prompt))
-    mask = np.ones((B, prompt), np.int64)
-    for b, n in enumerate(pads):
-        mask[b, :n] = 0
-    kv, hd = spec.attention.kv_heads, spec.attention.head_dim
-    past = {f"past_key_values.{i}.{t}": np.zeros((B, kv, 0, hd), np.float32) for i in range(spec.n_layers) for t in ("key", "value")}
-    out = []
-    for _ in range(steps + 1):
-        feeds = {"input_ids": ids, "attention_mask": mask, **past}
-        if "position_ids" in names:
-            p = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -ids.shape[1]:]
-            feeds["position_ids"] = np.stack([p, np.zeros_like(p)], 1) if glm2d else p
-        if "prefix_len" in names:
-            feeds["prefix_len"] = np.array([prompt - n for n in pads], np.int64)
-        res = sess.run(None, feeds)
-        out.append(res[0])
-        past = {o.name.replace("present.", "past_key_values."): v for o, v in zip(sess.get_outputs()[1:], res[1:])}
-        ids = rng.integers(0, spec.vocab_size, (B, 1))
-        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
-    return out
+    return [logits for _, logits in run_ort(sess, spec, steps=steps, pads=pads, prompt=prompt, seed=seed)]
 
 
 def torch_last(spec, steps: int = 2, pads=(0, 2), prompt: int = 5, seed: int = 0) -> list:
     """The PyTorch emitter's last-position logits for the same feeds as step_logits (an independent
     oracle, so a mistake shared by both exports cannot pass)."""
-    import torch
-
     from exporters.torch_module import build_module
 
     graph = archc.compile(spec)
-    module, names = build_module(graph), graph.graph_inputs()
-    glm2d = "position_ids" in names and graph.node("position_ids")["settings"]["shape"][1] == 2
-    rng = np.random.default_rng(seed)
-    B = len(pads)
-    ids = rng.integers(0, spec.vocab_size, (B, prompt))
-    mask = np.ones((B, prompt), np.int64)
-    for b, n in enumerate(pads):
-        mask[b, :n] = 0
-    out, past = [], None
-    for _ in range(steps + 1):
-        p = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -ids.shape[1]:]
-        p = np.stack([p, np.zeros_like(p)], 1) if glm2d else p
-        t = torch.tensor
-        with torch.no_grad():
-            logits, past = module(t(ids), t(mask), t(p) if "position_ids" in names else None,
-                                  t([prompt - n for n in pads]) if "prefix_len" in names else None, past)
-        out.append(logits[:, -1].numpy())
-        ids = rng.integers(0, spec.vocab_size, (B, 1))
-        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
-    return out
+    out = run_torch(build_module(graph), graph, steps=steps, pads=pads, prompt=prompt, seed=seed)
+    return [logits[:, -1] for _, logits in out]
 
 
 @pytest.fixture(scope="module")
