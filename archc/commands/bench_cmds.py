@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,15 +24,10 @@ def _ints(text: str, option: str) -> list[int]:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The report as JSON, written atomically (archc.atomic): a stopped run keeps the last whole file."""
+    from archc.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1), make_folder=True)
 
 
 @app.command()
