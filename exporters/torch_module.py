@@ -435,3 +435,33 @@ def build_module(graph: ComponentGraph, *, weights: dict[str, torch.Tensor] | No
             raise ValueError(f"weights do not match the graph: missing {missing[:5]}, unexpected {unexpected[:5]}")
         model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list[int]], n_new: int) -> list[list[int]]:
+    """Greedy decoding with the module's KV cache, fed as archc's runner feeds onnxruntime: prompts
+    left-padded into one batch, positions cumsum(mask) - 1; a prefix-mask model's prompt is its
+    bidirectional prefix; GLM 2D positions: prompt tokens (position, 0), the k-th generated token
+    (last prompt position, k). Returns the generated ids, one list per prompt."""
+    names = graph.graph_inputs()
+    glm2d = "position_ids" in names and graph.node("position_ids")["settings"]["shape"][1] == 2
+    B, L = len(prompts), max(map(len, prompts))
+    ids = torch.zeros(B, L, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(p)
+        mask[b, L - len(p):] = 1
+    lens = torch.tensor([len(p) for p in prompts])
+    out, past, cur = [], None, ids
+    for k in range(n_new):
+        pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
+        if glm2d:
+            pos = torch.stack((pos, torch.zeros_like(pos)), 1) if k == 0 else torch.stack(
+                ((lens - 1)[:, None], torch.full((B, 1), k)), 1)
+        with torch.no_grad():
+            logits, past = model(cur, mask, pos if "position_ids" in names else None,
+                                 lens if "prefix_len" in names else None, past)
+        tok = logits[:, -1].argmax(-1)
+        out.append(tok)
+        cur = tok[:, None]
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
+    return torch.stack(out, 1).tolist()

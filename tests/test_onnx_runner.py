@@ -13,14 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 import archc  # noqa: E402
 from archc.runner import Sampler, Session  # noqa: E402
 from conftest import LIBRARY, SPECS, run_cli, tiny_sets, tiny_spec  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
-from exporters.torch_module import build_module  # noqa: E402
+from exporters.torch_module import build_module, greedy_generate  # noqa: E402
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11]]
 NEW = 5
@@ -28,30 +27,7 @@ NEW = 5
 
 def torch_greedy(graph, prompts, n_new):
     """Reference: the PyTorch module's own cached greedy decode."""
-    module = build_module(graph)
-    names = graph.graph_inputs()
-    glm2d = "position_ids" in names and graph.node("position_ids")["settings"]["shape"][1] == 2
-    B, L = len(prompts), max(map(len, prompts))
-    ids = torch.zeros(B, L, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(p)
-        mask[b, L - len(p):] = 1
-    lens = torch.tensor([len(p) for p in prompts])
-    out, past, cur = [], None, ids
-    for k in range(n_new):
-        pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
-        if glm2d:  # GLM: prompt (pos, 0); k-th generated token (last prompt position, k)
-            pos = torch.stack((pos, torch.zeros_like(pos)), 1) if k == 0 else torch.stack(
-                ((lens - 1)[:, None], torch.full((B, 1), k)), 1)
-        with torch.no_grad():
-            logits, past = module(cur, mask, pos if "position_ids" in names else None,
-                                  lens if "prefix_len" in names else None, past)
-        tok = logits[:, -1].argmax(-1)
-        out.append(tok)
-        cur = tok[:, None]
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
-    return torch.stack(out, 1).tolist()
+    return greedy_generate(build_module(graph), graph, prompts, n_new)
 
 
 @pytest.fixture(scope="module")

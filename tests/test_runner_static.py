@@ -9,32 +9,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import archc  # noqa: E402
 from archc.runner import Session  # noqa: E402
 from conftest import tiny_spec  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
-from exporters.torch_module import build_module  # noqa: E402
+from exporters.torch_module import build_module, greedy_generate  # noqa: E402
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11]]
 
 
 def torch_greedy(graph, prompts, n_new):
-    model = build_module(graph)
-    L = max(map(len, prompts))
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    out = []
-    with torch.no_grad():
-        logits, past = model(ids, attention_mask=mask)
-        for _ in range(n_new):
-            tok = logits[:, -1].argmax(-1, keepdim=True)
-            out.append(tok)
-            mask = torch.cat([mask, torch.ones_like(tok)], 1)
-            logits, past = model(tok, attention_mask=mask, past_key_values=past)
-    return torch.cat(out, 1).tolist()
+    return greedy_generate(build_module(graph), graph, prompts, n_new)
 
 
 @pytest.fixture(scope="module", params=["llama", "mistral", "palm"])

@@ -98,21 +98,7 @@ def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) ->
 
 
 def _torch_greedy(graph, prompt: list[int], n: int) -> list[int]:
-    """Greedy decoding with the PyTorch module and its KV cache."""
-    import torch
+    """Greedy decoding with the PyTorch module and its KV cache, fed as the runner feeds onnxruntime."""
+    from exporters.torch_module import build_module, greedy_generate
 
-    from exporters.torch_module import build_module
-
-    model = build_module(graph).eval()
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
-    out: list[int] = []
-    past = None
-    with torch.no_grad():
-        for _ in range(n):
-            logits, past = model(ids, attention_mask=mask, past_key_values=past)
-            nxt = int(logits[0, -1].argmax())
-            out.append(nxt)
-            ids = torch.tensor([[nxt]])
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-    return out
+    return greedy_generate(build_module(graph), graph, [prompt], n)[0]
