@@ -13,8 +13,8 @@ import inspect
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 import archc  # noqa: E402
 from archc.hf import config_to_spec, import_hf, load_weights  # noqa: E402

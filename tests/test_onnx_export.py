@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
+import torch
+import onnxruntime as ort
 
 import archc  # noqa: E402
 from conftest import LIBRARY, tiny_spec  # noqa: E402

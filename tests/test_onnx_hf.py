@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-ort = pytest.importorskip("onnxruntime")
+import torch
+import transformers  # noqa: F401  (a test dependency: fail, never skip, when missing)
+import onnxruntime as ort
 
 import archc  # noqa: E402
 from archc.hf import config_to_spec, read_config  # noqa: E402
 from archc.loader import spec_from_dict  # noqa: E402
 from exporters.onnx_export import export  # noqa: E402
+from ort_steps import rel_err, session  # noqa: E402
 from test_hf_parity import CASES, V, _build_hf, _hf_logits, _left_padded  # noqa: E402
 
 TOL = 1e-4
@@ -45,17 +46,11 @@ def _run(sess, ids, mask, pos, past, glm2d=False):
     return outs[0], {n.replace("present.", "past_key_values."): v for n, v in zip(out_names[1:], outs[1:])}
 
 
-def _err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 @pytest.mark.parametrize("target", ["portable", "cuda"])
 def test_onnx_matches_transformers(saved, target, tmp_path):
     case, hf, d, graph = saved
     export(graph, tmp_path / "m", target=target, weights=d, fused_fp32=True)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    sess = session(tmp_path / "m")
     spec = graph.spec
     ids, mask, pos = _left_padded(2, 7, [0, 2], seed=3)
     past = {f"past_key_values.{i}.{t}": np.zeros((2, spec.attention.kv_heads, 0, spec.attention.head_dim), np.float32)
@@ -63,7 +58,7 @@ def test_onnx_matches_transformers(saved, target, tmp_path):
     ref, cache = _hf_logits(hf, ids, mask, pos)
     got, past = _run(sess, ids, mask, pos, past)
     real = mask.bool().numpy()
-    assert _err(got[real], ref.numpy()[real]) <= TOL, f"{case}/{target} prefill"
+    assert rel_err(got[real], ref.numpy()[real]) <= TOL, f"{case}/{target} prefill"
     g = torch.Generator().manual_seed(4)
     for step in range(2):
         tok = torch.randint(0, V, (2, 1), generator=g)
@@ -71,7 +66,7 @@ def test_onnx_matches_transformers(saved, target, tmp_path):
         pos = pos[:, -1:] + 1
         ref, cache = _hf_logits(hf, tok, mask, pos, cache)
         got, past = _run(sess, tok, mask, pos, past)
-        assert _err(got, ref.numpy()) <= TOL, f"{case}/{target} decode step {step}"
+        assert rel_err(got, ref.numpy()) <= TOL, f"{case}/{target} decode step {step}"
 
 
 def test_negative_control_wrong_checkpoint(tmp_path):
@@ -82,14 +77,14 @@ def test_negative_control_wrong_checkpoint(tmp_path):
     hf.save_pretrained(d, safe_serialization=True)
     graph = archc.compile(spec_from_dict(config_to_spec(read_config(d), name=case)))
     export(graph, tmp_path / "m")  # seeded init, not the checkpoint
-    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = session(tmp_path / "m")
     ids, mask, pos = _left_padded(1, 6, [0], seed=1)
     spec = graph.spec
     past = {f"past_key_values.{i}.{t}": np.zeros((1, spec.attention.kv_heads, 0, spec.attention.head_dim), np.float32)
             for i in range(spec.n_layers) for t in ("key", "value")}
     ref, _ = _hf_logits(hf, ids, mask, pos)
     got, _ = _run(sess, ids, mask, pos, past)
-    assert _err(got, ref.numpy()) > 1e-2
+    assert rel_err(got, ref.numpy()) > 1e-2
 
 
 def test_compile_command_takes_a_hugging_face_directory(tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort
 
 import archc  # noqa: E402
 from archc.runner import Session  # noqa: E402
