@@ -47,25 +47,25 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap) -> Any:
+def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap, loader: _Loader) -> Any:
+    """Plain data from a composed node, recording each path's line; `loader` builds the scalars
+    (one per file: its constructor caches by node, and nodes are not shared)."""
     lines[path] = (file, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _Loader(  # noqa: SLF001 - construct one scalar with the same resolver
-                ""
-            ).construct_object(key_node)
+            key = loader.construct_object(key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SpecError(f"keys must be plain names, got {key_node.value!r}", file, key_node.start_mark.line + 1)
             key = str(key)
             if key in out:
                 raise SpecError(f"key '{key}' appears twice", file, key_node.start_mark.line + 1, ".".join(path + (key,)))
-            out[key] = _construct(value_node, file, path + (key,), lines)
+            out[key] = _construct(value_node, file, path + (key,), lines, loader)
             lines[path + (key,)] = (file, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, file, path + (str(i),), lines) for i, v in enumerate(node.value)]
-    return _Loader("").construct_object(node)
+        return [_construct(v, file, path + (str(i),), lines, loader) for i, v in enumerate(node.value)]
+    return loader.construct_object(node)
 
 
 def read_yaml(path: Path) -> tuple[dict, LineMap]:
@@ -106,7 +106,7 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
         raise SpecError("a spec must be a mapping of fields (key: value), not a list or a scalar", shown, node.start_mark.line + 1)
     lines: LineMap = {}
     try:
-        data = _construct(node, shown, (), lines)
+        data = _construct(node, shown, (), lines, _Loader(""))
     except yaml.MarkedYAMLError as e:  # e.g. an unknown tag (!!python/object) or a bad !!int
         mark = e.problem_mark or e.context_mark
         raise SpecError(f"YAML error: {e.problem or e.context}", shown, mark.line + 1 if mark else None) from None
