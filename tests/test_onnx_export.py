@@ -219,3 +219,24 @@ def test_model_directory_loads_back_as_its_spec(name, tmp_path):
     spec = tiny_spec(name)
     export(archc.compile(spec), tmp_path / "m")
     assert load(str(tmp_path / "m")) == spec
+
+
+def test_cuda_llama_stream_rotated_once(tmp_path):
+    """Structure of the cuda target for an all-GroupQueryAttention spec (the numbers are checked by
+    test_logits_match_pytorch_emitter with a left-padded batch): the token stream enters the op's
+    packed layout once (input_ids, position_ids: GatherElements) and leaves it once (GatherND in
+    front of the head), instead of 3 GatherND per layer."""
+    spec = tiny_spec("llama")
+    graph = archc.compile(spec)
+    res = export(graph, tmp_path / "m", target="cuda", dtype="fp16")
+    m = onnx.load(str(tmp_path / "m" / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("GatherND") == 1 and ops.count("GatherElements") == 2
+    assert res.lowering["head"].startswith("cuda:GatherND")
+    assert res.lowering["input_ids"].startswith("cuda:GatherElements") and res.lowering["attention_mask"] == "portable"
+    used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    assert [n.name for n in m.graph.node if not set(n.output) & used] == []  # no dead nodes
+    # negative control: a spec that is not all-GroupQueryAttention keeps the stream in contract order
+    res = export(archc.compile(tiny_spec("llama")), tmp_path / "fp32", target="cuda", dtype="fp32")
+    m = onnx.load(str(tmp_path / "fp32" / "model.onnx"), load_external_data=False)
+    assert not [n for n in m.graph.node if n.op_type in ("GatherND", "GatherElements")] and res.lowering["head"] == "portable"
