@@ -101,6 +101,7 @@ VARIANTS = {  # axis values no library spec uses: (base spec, --set overrides)
     "rope_interleaved_prefix": ("llama", ["position.style=interleaved", "attention.mask=prefix"]),
     "rope_partial_interleaved_gqa": ("gpt-neox", ["position.style=interleaved", "attention.kv_heads=2"]),
     "sandwich_geglu_mqa": ("palm", ["norm.placement=sandwich", "mlp.activation=geglu"]),
+    "swiglu_bias_left_padded_gqa": ("llama", ["mlp.bias=true"]),  # gate|up GEMM + concatenated bias
     "deepnorm_reglu_head_bias": ("gpt1", ["norm.placement=deepnorm", "mlp.activation=reglu", "embedding.head_bias=true",
                                           "embedding.output=untied", "embedding.multiplier=2.0"]),
 }
@@ -221,22 +222,50 @@ def test_model_directory_loads_back_as_its_spec(name, tmp_path):
     assert load(str(tmp_path / "m")) == spec
 
 
-def test_cuda_llama_stream_rotated_once(tmp_path):
+def test_cuda_llama_stream_rotated_once_and_gate_up_one_gemm(tmp_path):
     """Structure of the cuda target for an all-GroupQueryAttention spec (the numbers are checked by
     test_logits_match_pytorch_emitter with a left-padded batch): the token stream enters the op's
     packed layout once (input_ids, position_ids: GatherElements) and leaves it once (GatherND in
-    front of the head), instead of 3 GatherND per layer."""
+    front of the head), instead of 3 GatherND per layer; each gated MLP has one input GEMM with a
+    [d_model, 2 d_ff] weight holding gate then up."""
     spec = tiny_spec("llama")
     graph = archc.compile(spec)
     res = export(graph, tmp_path / "m", target="cuda", dtype="fp16")
     m = onnx.load(str(tmp_path / "m" / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in m.graph.node]
+    L, F = spec.n_layers, spec.mlp.d_ff
     assert ops.count("GatherND") == 1 and ops.count("GatherElements") == 2
     assert res.lowering["head"].startswith("cuda:GatherND")
     assert res.lowering["input_ids"].startswith("cuda:GatherElements") and res.lowering["attention_mask"] == "portable"
+    shapes = {t.name: tuple(t.dims) for t in m.graph.initializer}
+    gemms = [shapes.get(n.input[1]) for n in m.graph.node if n.op_type == "MatMul"]
+    assert gemms.count((spec.d_model, 2 * F)) == L and (spec.d_model, F) not in gemms  # gate|up, no lone gate/up
+    assert len(gemms) == 4 * L + 1  # q|k|v, o, gate|up, down per layer; head
+    assert res.lowering["layers.0.mlp"].startswith("cuda:MatMul (gate|up")
     used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
     assert [n.name for n in m.graph.node if not set(n.output) & used] == []  # no dead nodes
     # negative control: a spec that is not all-GroupQueryAttention keeps the stream in contract order
     res = export(archc.compile(tiny_spec("llama")), tmp_path / "fp32", target="cuda", dtype="fp32")
     m = onnx.load(str(tmp_path / "fp32" / "model.onnx"), load_external_data=False)
     assert not [n for n in m.graph.node if n.op_type in ("GatherND", "GatherElements")] and res.lowering["head"] == "portable"
+
+
+@pytest.mark.parametrize("target", ["portable", "cuda"])
+def test_gated_mlp_with_random_biases(target, tmp_path):
+    """The seeded init zeroes biases, which would hide a mix-up of the concatenated gate|up bias:
+    random biases from a safetensors file, with a negative control (the module without them)."""
+    from safetensors.torch import save_file
+
+    from archc.weights import init_state
+
+    spec = tiny_spec("llama", ["mlp.bias=true"])
+    graph = archc.compile(spec)
+    state, gen = init_state(graph), torch.Generator().manual_seed(0)
+    for k in state:
+        if k.endswith(".bias"):
+            state[k] = torch.randn(state[k].shape, generator=gen)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    export(graph, tmp_path / "m", target=target, weights=tmp_path / "w.safetensors", fused_fp32=True)
+    sess = session(tmp_path / "m")
+    assert compare_steps(sess, build_module(graph, weights=state), spec, steps=2) <= TOL
+    assert compare_steps(sess, build_module(graph), spec, steps=0) > 1e-2
