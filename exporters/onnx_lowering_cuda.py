@@ -212,14 +212,16 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
     # and feeding it to device arithmetic makes onnxruntime insert a MemcpyFromHost, which rules out
     # CUDA-graph capture of the decode step (shape-only host nodes are allowed, copies are not).
     s_dev = ctx.op("ReduceSum", [ctx.op("Add", [ctx.op("Mul", [new, ctx.const(np.int64(0), "zero")]), one]), one], keepdims=1)
-    pad = ctx.op("Sub", [s_dev, ctx.op("ReduceSum", [new, one], keepdims=1)])  # [B,1]
+    n_real = ctx.op("ReduceSum", [new, one], keepdims=1)  # [B,1]
+    pad = ctx.op("Sub", [s_dev, n_real])  # [B,1]
     i = ctx.op("Unsqueeze", [ctx.op("Range", [ctx.const(np.int64(0), "zero"), ctx.op("Squeeze", [S]), ctx.const(np.int64(1), "step")]),
                              ctx.const(np.array([0], np.int64), "axes")])  # [1,S]
     last = ctx.const(np.array([-1], np.int64), "axes")
     to_packed_2d = ctx.op("Mod", [ctx.op("Add", [i, pad]), s_dev])  # [B,S]: packed slot i holds token to_packed[b,i]
     # the [B,S,1] GatherND index only where each attention rotates its own q|k|v (else nothing reads it)
     to_packed = None if _rotated_once(ctx) else ctx.op("Unsqueeze", [to_packed_2d, last])
-    from_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [ctx.op("Sub", [i, pad]), s_dev]), s_dev]), last])
+    # (i - pad) mod S, written (i + n_real) mod S: non-negative before the Mod, one kernel fewer
+    from_packed = ctx.op("Unsqueeze", [ctx.op("Mod", [ctx.op("Add", [i, n_real]), s_dev]), last])
     seqlens = ctx.op("Cast", [ctx.op("Sub", [ctx.op("ReduceSum", [am, one], keepdims=0), ctx.const(np.int64(1), "one")])], to=I32)
     total = ctx.op("Cast", [ctx.op("Squeeze", [T])], to=I32)
     ctx.scope = scope
