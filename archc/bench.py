@@ -168,6 +168,11 @@ def logits_for(graph: ComponentGraph, shape: Shape) -> str:
     return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"
 
 
+def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str) -> Path:
+    """Where the ort backend keeps (and looks for) its export, so a runner can export ahead of time."""
+    return Path(work_dir) / (f"{graph.spec.name}-{target}-{dtype}" + ("-logits-last" if logits == "last" else ""))
+
+
 def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
     c = cost(graph)
     itemsize = 4 if dtype == "fp32" else 2
@@ -230,12 +235,36 @@ def _module_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
+def _head_last_hook(head, args, kwargs):
+    """Forward pre-hook on the module's head: while the model's `bench_head_last` is set, the head
+    sees the last position only (the greedy loop reads nothing else), so a prefill whose full
+    [batch, prompt, vocab] float32 logits would not fit (PaLM/BLOOM at batch 16, prompt 2048: 33 GB)
+    computes [batch, 1, vocab], as the ort export with `--logits last` does for the same shapes."""
+    if getattr(head, "bench_head_last", False):
+        kwargs = dict(kwargs, x=kwargs["x"][:, -1:]) if "x" in kwargs else kwargs
+        args = (args[0][:, -1:], *args[1:]) if args else args
+    return args, kwargs
+
+
 class TorchBackend(Backend):
+    """archc's module in a greedy loop; for shapes whose ort export gets `--logits last` (logits_for)
+    the head runs on the last position only (a hook on the bench's module, exporters/ unchanged)."""
+
     name = "torch"
 
     def setup(self):
         self.model = self.bench.archc_module()
         self.fn = self.model
+        head = self.model.get_submodule("head")
+        if not getattr(head, "bench_hooked", False):
+            head.register_forward_pre_hook(_head_last_hook, with_kwargs=True)
+            head.bench_hooked = True
+        self.head = head
+        self.logits = logits_for(self.bench.graph, self.bench.shape)
+
+    def fits(self, shape: Shape) -> bool:
+        self.logits = logits_for(self.bench.graph, shape)  # no new set-up: generate sets the hook's flag per call
+        return True
 
     def resident_bytes(self):
         return _module_bytes(self.model)
@@ -243,6 +272,7 @@ class TorchBackend(Backend):
     def generate(self, ids, mask, n):
         import torch
 
+        self.head.bench_head_last = self.logits == "last"
         with torch.inference_mode():
             B, P = ids.shape
             kw = {}
@@ -332,7 +362,7 @@ class OrtBackend(Backend):
         b = self.bench
         target = "cuda" if b.cuda else "portable"
         self.logits = logits_for(b.graph, b.shape)
-        model_dir = b.work_dir / (f"{b.graph.spec.name}-{target}-{b.dtype}" + ("-logits-last" if self.logits == "last" else ""))
+        model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits)
         if not (model_dir / "model.onnx").exists():
             t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits), "cpu")
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
@@ -392,7 +422,7 @@ class Bench:
 
     def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
                  repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
-                 seed: int = 0, log: Callable[[str], None] = print):
+                 seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None):
         import torch
 
         if dtype not in DTYPES:
@@ -404,6 +434,7 @@ class Bench:
         self.torch_dtype = _torch_dtype(dtype)
         self.backend_names = list(backends)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
+        self.backend_repeats = dict(backend_repeats or {})  # timed generate runs per backend name, overriding `repeats`
         if work_dir is None:
             import tempfile
 
@@ -515,7 +546,7 @@ class Bench:
             before = torch.cuda.memory_allocated()
         t1 = [wall(lambda: be.generate(ids, mask, 1), self.device)[0] for _ in range(self.prefill_repeats)]
         tn = []
-        for _ in range(self.repeats):
+        for _ in range(self.backend_repeats.get(be.name, self.repeats)):
             t, out = wall(lambda: be.generate(ids, mask, N), self.device)
             tn.append(t)
         out = torch.as_tensor(out)

@@ -1,27 +1,74 @@
-"""Run the standard set of issue 6 in one go, in priority order, on one GPU.
+"""Run the whole standard set of issue 6 in one invocation: 40 shapes, fault-isolated, one set of limits.
 
-    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out results.json [--tier 1,2,3,4] [--budget-s 540]
+    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out OUT/results.json            # foreground
+    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --plan                            # cases, backends, time estimate
 
-Tiers (what the issue's targets need first):
-  1  LLaMA-1.1B, batch 1, prompts 512 and 2048, fp16, every backend (and ort without CUDA graphs)
-  2  every family, batch 1, prompt 512 and 2048, fp16: ort + HF eager and sdpa where a transformers
-     class computes the family (else archc's torch module as the alternative); torch.compile
-     configurations only in tier 1 (each costs a compile of a minute or more)
-  3  every family, batch 16, prompt 512 and 2048, fp16, ort + hf-sdpa / torch
-  4  every family, batch 1, prompt 512, bf16, ort + hf-sdpa / torch
-The limits (copy bandwidth, GEMM rate) are measured once, at the start, in the same process.
-Cases are skipped, never cut, when the time budget would be passed; the JSON is rewritten after
-every case, so a run stopped at any point keeps what it measured. The figures go into RESULTS.md
-through benchmarks/render_results.py.
+The standard set (benchmarks/standard.py): LLaMA, PaLM, BLOOM, GPT-2, GLM at about 1.1 B parameters;
+batch 1 and 16; prompt 512 and 2048; 128 new tokens; fp16 and bf16. Ten groups, one per (family,
+dtype), in this order: LLaMA fp16 first (the issue's targets), then the other families in fp16, then
+every family in bf16. Each group measures its four (batch, prompt) shapes with one model build, one
+ONNX export per logits mode, one onnxruntime session (the runner keeps its fixed buffers per (batch,
+max_len)) and one HF model. Backends per case:
+  LLaMA, batch 1, fp16 (both prompts): every backend (ort, ort-nograph, torch, torch-compile, hf-eager,
+    hf-sdpa, hf-compile): the targets compare ORT with HF eager and with HF's torch.compile.
+  every other case: ort + the one alternative a user would run instead: hf-sdpa for LLaMA and GPT-2,
+    hf-eager for BLOOM (transformers' Bloom has no sdpa), archc's torch module for PaLM and GLM (no
+    transformers class computes them).
+  Timed generate runs: 3 for ort and for the LLaMA batch-1 fp16 baselines (the target figures),
+  --baseline-repeats (default 2) for the other baselines; prefill: 5 everywhere.
+
+Fault isolation: each group runs in its own child process (this script with --_group; subprocess,
+so no CUDA context is inherited: the parent never imports torch). A child that dies (CUDA fault,
+segfault, OOM kill) or passes --group-timeout-s (its whole process group is killed) has its
+unmeasured cases recorded under "failed" with the reason (exit status and the last lines of its
+output); the run goes on with the next group. The first child measures the card's limits (copy
+bandwidth, fp16/bf16 GEMM rate: archc.bench.measure_limits) and the environment (card, versions)
+before its cases; every later child gets them, so every figure of the JSON relates to one set of
+limits from one run. The JSON (--out) is rewritten atomically after every finished case of every
+group, so a run stopped at any point keeps what it measured.
+Exports ahead: while group i measures on the GPU, a CPU-only process (CUDA_VISIBLE_DEVICES empty,
+4 threads) exports group i+1's ONNX models into --work-dir; each group's exports are deleted once it
+is done (--keep-exports keeps them), so at most two groups' models (about 10 GB) are on disk.
+
+Time (--plan prints the estimate per group, from the 07:13 UTC H200 run's per-backend times): about
+16-19 minutes on an H200, of which LLaMA fp16 is about 6 (archc's module under torch.compile alone
+compiles for about 3). That is past the device's 10 minutes per command, so on the GPU machine run it
+detached (its own session, survives the command) and wait in later commands (each call within the
+machine's warm period of the previous one):
+
+    export PYTHONPATH=/tmp/site:$PWD
+    python3 benchmarks/run_standard.py --out /tmp/std/results.json --detach --wait-s 560; cp /tmp/std/* $OUT/
+    python3 benchmarks/run_standard.py --out /tmp/std/results.json --status --wait-s 560; cp /tmp/std/* $OUT/
+    ... (repeat the second line until it prints "finished"; exit status 0 = finished, 3 = still running)
+
+--detach writes the run's output to OUT.log beside the JSON. --status prints which groups are done,
+which one runs and the estimated time left.
+
+Other options: --families, --dtypes, --batches, --prompts restrict the set; --backends restricts every
+case to those backends; --skip family:dtype:batch:prompt,... leaves cases out (recorded as skipped);
+--budget-s starts no group and no case after that many seconds (recorded as skipped); --tier is gone
+(the groups replace it: use --families/--dtypes/--batches).
+
+CPU check of the orchestration (seconds; tests/test_run_standard.py): --tiny --device cpu shrinks every
+family (standard.TINY), prompts 8 and 12, batches 1 and 2, 4 new tokens, leaves out the two
+torch.compile backends unless --backends names them. On the CPU, fp16 cases run in fp32 (the run's
+dtype is in the JSON, the asked one in `case`) and bf16 cases are skipped with the reason
+(onnxruntime's CPU provider has no bf16 kernels for these models).
+Test hooks: ARCHC_BENCH_CRASH=family[:i] makes that family's child os.abort() before its case i.
+The figures go into RESULTS.md through benchmarks/render_results.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import collections
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,104 +76,465 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import standard  # noqa: E402
+import standard  # noqa: E402  (light: no torch)
 
-HF_FAMILIES = {"llama", "gpt2", "bloom"}
+ALL_BACKENDS = ["ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]
+ALTERNATIVE = {"llama": "hf-sdpa", "gpt2": "hf-sdpa", "bloom": "hf-eager", "palm": "torch", "glm": "torch"}
+COMPILED = ("torch-compile", "hf-compile")
+CPU_BF16 = "bf16 on the CPU: onnxruntime's CPU provider has no bf16 kernels for these models (run on CUDA)"
 
-
-def cases(tiers: list[int]) -> list[dict]:
-    out = []
-    if 1 in tiers:
-        for p in (512, 2048):
-            out.append(dict(tier=1, family="llama", dtype="fp16", batch=1, prompt=p,
-                            backends=["ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]))
-    fams = list(standard.FAMILIES)
-    if 2 in tiers:
-        for p in (512, 2048):
-            for f in fams:
-                if f == "llama":
-                    continue
-                be = ["ort", "hf-eager", "hf-sdpa"] if f in HF_FAMILIES else ["ort", "torch"]
-                out.append(dict(tier=2, family=f, dtype="fp16", batch=1, prompt=p, backends=be))
-    if 3 in tiers:
-        for p in (512, 2048):
-            for f in fams:
-                out.append(dict(tier=3, family=f, dtype="fp16", batch=16, prompt=p,
-                                backends=["ort", "hf-sdpa" if f in HF_FAMILIES else "torch"]))
-    if 4 in tiers:
-        for f in fams:
-            out.append(dict(tier=4, family=f, dtype="bf16", batch=1, prompt=512,
-                            backends=["ort", "hf-sdpa" if f in HF_FAMILIES else "torch"]))
-    return out
+# Rough seconds per backend per case on an H200 (warm-up + timed runs), and first-use set-up, from the
+# 07:13 UTC run (benchmarks/results/tier*.json); batch 16 baselines take about 1.5x.
+EST_CASE = {"ort": 2, "ort-nograph": 2, "torch": 10, "torch-compile": 5, "hf-eager": 8, "hf-sdpa": 10, "hf-compile": 27}
+EST_SETUP = {"ort": 5, "ort-nograph": 1, "torch": 10, "torch-compile": 180, "hf-eager": 6, "hf-sdpa": 6, "hf-compile": 2}
+EST_CHILD = 10  # start, imports, CUDA context
+EST_EXPORT = 12  # one 1.1 B export on the CPU (overlapped with the previous group except the first)
+EST_LIMITS = 8
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="JSON file (rewritten after every case)")
-    ap.add_argument("--tier", default="1,2,3,4")
-    ap.add_argument("--families", default=",".join(standard.FAMILIES))
-    ap.add_argument("--backends", default=None, help="restrict every case to these backends")
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=540, help="start no case after this many seconds")
-    ap.add_argument("--work-dir", default="/tmp/archc-bench", help="ONNX exports (kept for later calls)")
-    ap.add_argument("--prompts", default="512,2048", help="restrict to these prompt lengths")
-    ap.add_argument("--batches", default="1,16", help="restrict to these batch sizes")
-    ap.add_argument("--skip", default="", help="comma list of family:dtype:batch:prompt already measured")
-    args = ap.parse_args()
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+def plan(args) -> list[dict]:
+    """Groups in run order: [{family, dtype, cases: [{family, dtype, batch, prompt, backends, key}], skipped: [...]}]."""
+    fams = [f for f in standard.FAMILIES if f in args.families.split(",")]
+    dtypes = [d for d in ("fp16", "bf16") if d in args.dtypes.split(",")]
+    if args.tiny:
+        batches, prompts = [1, 2], [8, 12]
+    else:
+        batches, prompts = [1, 16], [512, 2048]
+    batches = [b for b in batches if not args.batches or str(b) in args.batches.split(",")]
+    prompts = [p for p in prompts if not args.prompts or str(p) in args.prompts.split(",")]
+    only = args.backends.split(",") if args.backends else None
+    skip = set(filter(None, args.skip.split(",")))
+    groups = []
+    for dtype in dtypes:
+        for fam in fams:
+            g = {"family": fam, "dtype": dtype, "cases": [], "skipped": []}
+            for b in batches:
+                for p in prompts:
+                    target = fam == "llama" and b == 1 and dtype == "fp16"
+                    be = list(ALL_BACKENDS) if target else ["ort", ALTERNATIVE[fam]]
+                    if args.tiny and not only:
+                        be = [n for n in be if n not in COMPILED]
+                    if only:
+                        be = [n for n in be if n in only]
+                    c = {"family": fam, "dtype": dtype, "batch": b, "prompt": p, "backends": be, "key": f"{fam}:{dtype}:{b}:{p}",
+                         "target": target}
+                    if c["key"] in skip:
+                        g["skipped"].append(dict(c, reason="--skip"))
+                    elif args.device == "cpu" and dtype == "bf16":
+                        g["skipped"].append(dict(c, reason=CPU_BF16))
+                    elif not be:
+                        g["skipped"].append(dict(c, reason="--backends leaves no backend for this case"))
+                    else:
+                        g["cases"].append(c)
+            groups.append(g)
+    return groups
+
+
+def estimate(group: dict, first: bool) -> float:
+    t = EST_CHILD + (EST_LIMITS if first else 0) + (EST_EXPORT if first else 0)
+    seen = set()
+    for c in group["cases"]:
+        for n in c["backends"]:
+            if n not in seen:
+                seen.add(n)
+                t += EST_SETUP[n]
+            baseline = not n.startswith("ort")
+            t += EST_CASE[n] * (1.5 if c["batch"] > 1 and baseline else 1) * (0.75 if baseline and not c["target"] else 1)
+        if group["family"] in ("bloom", "glm") and "ort" in c["backends"]:
+            t += 8  # concatenated cache: every new length costs onnxruntime a cold step the first time
+    return t
+
+
+def print_plan(groups: list[dict], args) -> None:
+    total = 0.0
+    for i, g in enumerate(groups):
+        est = estimate(g, i == 0) if g["cases"] else 0
+        total += est
+        print(f"group {i + 1}: {g['family']} {g['dtype']}  ~{est / 60:.1f} min" + ("  (the H200 estimate; the CPU is far quicker at --tiny)" if args.tiny and i == 0 else ""))
+        for c in g["cases"]:
+            print(f"  {c['key']:24s} {', '.join(c['backends'])}")
+        for c in g["skipped"]:
+            print(f"  {c['key']:24s} skipped: {c['reason']}")
+    n = sum(len(g["cases"]) for g in groups)
+    print(f"{n} cases in {sum(1 for g in groups if g['cases'])} groups, about {total / 60:.0f} min on an H200 "
+          f"(rough: per-backend times of the 07:13 UTC run)")
+
+
+# ------------------------------------------------------------------------------------------------
+# The parent: one child per group
+
+
+def _py_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a child killed by a signal (CUDA fault, abort) leaves its Python stack
+    env.update(extra or {})
+    return env
+
+
+def _write(path: Path, data: dict) -> None:
+    from archc.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1), make_folder=True)
+
+
+class Child:
+    """A subprocess in its own process group whose merged output is echoed and its last lines kept."""
+
+    def __init__(self, argv: list[str], env: dict, log_prefix: str = "", echo: bool = True):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                     start_new_session=True, text=True, errors="replace")
+        self.tail: collections.deque = collections.deque(maxlen=400)
+        self.thread = threading.Thread(target=self._pump, args=(log_prefix, echo), daemon=True)
+        self.thread.start()
+
+    def _pump(self, prefix: str, echo: bool) -> None:
+        for line in self.proc.stdout:
+            self.tail.append(line.rstrip("\n"))
+            if echo:
+                print(prefix + line, end="", flush=True)
+
+    def wait(self, timeout: float | None) -> str | None:
+        """None when it exited with status 0, else why not (killing its process group on time-out)."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+            why = None
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc, why = self.proc.wait(), f"timed out after {timeout:.0f} s (--group-timeout-s); killed"
+        self.thread.join(timeout=5)
+        if rc == 0 and why is None:
+            return None
+        if why is None:
+            why = f"exit status {rc}" + (f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else "")
+        lines = [ln for ln in self.tail if ln.strip()][-8:]
+        return why + (": " + " | ".join(ln.strip()[:200] for ln in lines) if lines else "")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the child's own group: its compile workers too
+        except ProcessLookupError:
+            pass
+
+
+def run_parent(args, groups: list[dict]) -> int:
+    t0 = time.time()
+    out: Path = args.out.resolve()
+    run_dir = out.parent / f".{out.name}.parts"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    work_dir = Path(args.work_dir).resolve()
+    report = {
+        "kind": "archc-standard-run", "environment": None, "limits": None,
+        "options": {"device": args.device, "tiny": args.tiny, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                    "baseline_repeats": args.baseline_repeats, "argv": sys.argv[1:]},
+        "runs": [], "failed": [], "skipped": [c for g in groups for c in g["skipped"]], "groups": [],
+        "state": {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "finished": False, "pid": os.getpid(),
+                  "running": None, "groups_total": sum(1 for g in groups if g["cases"]), "groups_done": 0,
+                  "estimate_left_s": sum(estimate(g, i == 0) for i, g in enumerate(groups) if g["cases"])},
+    }
+    _write(out, report)
+    todo = [g for g in groups if g["cases"]]
+    exporters: dict[int, Child] = {}
+
+    def start_export(i: int) -> None:
+        if args.pre_export and i < len(todo) and i not in exporters:
+            job = run_dir / f"export-{i}.json"
+            _write(job, {"group": todo[i], "device": args.device, "tiny": args.tiny, "work_dir": str(work_dir)})
+            exporters[i] = Child([sys.executable, str(Path(__file__).resolve()), "--_export", str(job)],
+                                 _py_env({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}), echo=False)
+
+    limits, env = None, None
+    for i, g in enumerate(todo):
+        name = f"{g['family']} {g['dtype']}"
+        if args.budget_s is not None and time.time() - t0 > args.budget_s:
+            report["skipped"] += [dict(c, reason=f"--budget-s {args.budget_s:.0f} passed before the group started") for c in g["cases"]]
+            continue
+        start_export(i)
+        if i in exporters:  # this group's models, exported while the previous group measured
+            why = exporters[i].wait(args.group_timeout_s)
+            if why:
+                print(f"[export for {name} failed; the group exports itself] {why}", flush=True)
+        start_export(i + 1)
+        print(f"=== group {i + 1}/{len(todo)}: {name} ({time.time() - t0:.0f} s in)", flush=True)
+        job = run_dir / f"group-{i}.json"
+        result = run_dir / f"group-{i}.result.json"
+        _write(job, {"group": g, "device": args.device, "tiny": args.tiny, "new_tokens": args.new_tokens,
+                     "repeats": args.repeats, "baseline_repeats": args.baseline_repeats, "work_dir": str(work_dir),
+                     "limits": limits, "need_env": env is None, "result": str(result),
+                     "deadline": None if args.budget_s is None else t0 + args.budget_s})
+        report["state"].update(running=name, running_since=time.time())
+        _write(out, report)
+        tg = time.time()
+        child = Child([sys.executable, str(Path(__file__).resolve()), "--_group", str(job)], _py_env())
+        why = child.wait(args.group_timeout_s)
+        res = json.loads(result.read_text()) if result.exists() else {}
+        limits = limits or res.get("limits")
+        env = env or res.get("environment")
+        report["limits"], report["environment"] = limits, env
+        done = {r["case"] for r in res.get("runs", [])}
+        report["runs"] += res.get("runs", [])
+        report["skipped"] += res.get("skipped", [])
+        done |= {c["key"] for c in res.get("skipped", [])}
+        lost = [dict(c, reason=why or "the group ended without measuring this case") for c in g["cases"] if c["key"] not in done]
+        report["failed"] += lost
+        report["groups"].append({"family": g["family"], "dtype": g["dtype"], "wall_s": round(time.time() - tg, 1),
+                                 "status": "ok" if not why else "failed", "reason": why})
+        if why:
+            print(f"[group {name} failed: {why}]", flush=True)
+        if not args.keep_exports:
+            for d in res.get("exports", []):
+                shutil.rmtree(d, ignore_errors=True)
+        st = report["state"]
+        st.update(groups_done=st["groups_done"] + 1, running=None,
+                  estimate_left_s=sum(estimate(h, False) for h in todo[i + 1:]))
+        _write(out, report)
+    for c in exporters.values():
+        c.kill()
+        c.proc.wait()
+    report["state"].update(finished=True, wall_s=round(time.time() - t0, 1), running=None, estimate_left_s=0)
+    _write(out, report)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    nf = len(report["failed"])
+    print(f"done in {time.time() - t0:.0f} s: {len(report['runs'])} cases measured, {nf} failed, "
+          f"{len(report['skipped'])} skipped -> {out}", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Children
+
+
+def _graph(family: str, tiny: bool):
+    import archc
+
+    return archc.compile(standard.load_family(family, ROOT, tiny=tiny))
+
+
+def _run_dtype(dtype: str, device: str) -> str:
+    return "fp32" if device == "cpu" else dtype
+
+
+def _crash_index(family: str) -> int | None:
+    for part in filter(None, os.environ.get("ARCHC_BENCH_CRASH", "").split(",")):
+        fam, _, idx = part.partition(":")
+        if fam == family:
+            return int(idx or 0)
+    return None
+
+
+def run_export(job_path: Path) -> int:
+    """CPU only: the ONNX models the group's ort cases will load, into the work dir."""
+    import torch
+
+    from archc.bench import Shape, logits_for, ort_model_dir
+    from exporters.onnx_export import export
+
+    torch.set_num_threads(4)
+    job = json.loads(job_path.read_text())
+    g = job["group"]
+    graph = _graph(g["family"], job["tiny"])
+    dtype = _run_dtype(g["dtype"], job["device"])
+    target = "cuda" if job["device"] == "cuda" else "portable"
+    for c in g["cases"]:
+        if not any(n.startswith("ort") for n in c["backends"]):
+            continue
+        logits = logits_for(graph, Shape(c["batch"], c["prompt"], 2))
+        d = ort_model_dir(Path(job["work_dir"]), graph, target, dtype, logits)
+        if not (d / "model.onnx").exists():
+            t = time.perf_counter()
+            export(graph, d, target=target, dtype=dtype, logits=logits)
+            print(f"exported {d.name} in {time.perf_counter() - t:.1f} s", flush=True)
+    return 0
+
+
+def run_group(job_path: Path) -> int:
+    job = json.loads(job_path.read_text())
+    g, device = job["group"], job["device"]
+    crash_at = _crash_index(g["family"])
+    if crash_at == 0:
+        os.abort()
 
     import torch
     from rich.console import Console
 
-    import archc
-    from archc.bench import Bench, Shape, environment, measure_limits, parse_backends, render
-    from archc.commands.bench_cmds import write_json_atomic
+    from archc.bench import Bench, Shape, environment, logits_for, measure_limits, ort_model_dir, render
 
-    t0 = time.time()
-    console = Console(width=150)
-    todo = [c for c in cases([int(t) for t in args.tier.split(",")]) if c["family"] in args.families.split(",")]
-    todo = [c for c in todo if str(c["prompt"]) in args.prompts.split(",") and str(c["batch"]) in args.batches.split(",")]
-    skip = set(filter(None, args.skip.split(",")))
-    todo = [c for c in todo if f"{c['family']}:{c['dtype']}:{c['batch']}:{c['prompt']}" not in skip]
-    dtypes = sorted({c["dtype"] for c in todo}) or ["fp16"]
-    limits = measure_limits("cuda", dtypes=tuple(dict.fromkeys(["fp16", "bf16"] + dtypes)))
-    report = {"environment": environment(), "limits": limits, "runs": [], "skipped": []}
-    console.print(f"limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
-                  + ", ".join(f"GEMM {k} {v / 1e12:.0f} TFLOP/s" for k, v in limits["gemm_flops_per_s"].items()))
+    if device == "cpu":  # the CPU run checks the orchestration; one thread keeps it quick on a shared machine
+        torch.set_num_threads(1)
+    console = Console(width=150, force_terminal=False)
+    result_path = Path(job["result"])
+    res: dict = {"runs": [], "skipped": [], "exports": []}
+    limits = job["limits"]
+    if limits is None:
+        limits = measure_limits(device, dtypes=("fp16", "bf16") if device == "cuda" else ("fp32",))
+        console.print(f"limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, "
+                      + ", ".join(f"GEMM {k} {v / 1e12:.0f} TFLOP/s" for k, v in limits["gemm_flops_per_s"].items()))
+        res["limits"] = limits
+    if job["need_env"]:
+        res["environment"] = environment()
+    _write(result_path, res)
 
-    # Group by (family, dtype) so each model is built and exported once; keep the priority order of groups.
-    groups: dict[tuple, list] = {}
-    for c in todo:
-        groups.setdefault((c["family"], c["dtype"]), []).append(c)
-    for (family, dtype), cs in groups.items():
-        names = list(dict.fromkeys(n for c in cs for n in c["backends"]))
-        if args.backends:
-            names = [n for n in names if n in parse_backends(args.backends)]
-        graph = archc.compile(standard.load_family(family, ROOT))
-        bench = Bench(graph, dtype=dtype, device="cuda", backends=names, repeats=args.repeats, work_dir=args.work_dir,
-                      limits=limits, log=lambda m: console.print(f"[dim]{m}[/]"))
-        try:
-            for c in cs:
-                elapsed = time.time() - t0
-                if elapsed > args.budget_s:
-                    report["skipped"].append(c)
-                    console.print(f"[yellow]skipped (budget): {c}[/]")
-                    continue
-                bench.backend_names = [n for n in c["backends"] if n in names]
-                console.print(f"[bold]{family} {dtype} batch {c['batch']} prompt {c['prompt']}[/] ({elapsed:.0f} s in)")
-                run = bench.run(Shape(c["batch"], c["prompt"], args.new_tokens))
-                run.update(family=family, tier=c["tier"])
-                report["runs"].append(run)
-                render(run, limits, console)
-                write_json_atomic(args.out, report)
-        finally:
-            bench.close()
-            del bench
-            gc.collect()
-            torch.cuda.empty_cache()
-    write_json_atomic(args.out, report)
-    console.print(f"done in {time.time() - t0:.0f} s")
+    dtype = _run_dtype(g["dtype"], device)
+    graph = _graph(g["family"], job["tiny"])
+    target = "cuda" if device == "cuda" else "portable"
+    res["exports"] = sorted({str(ort_model_dir(Path(job["work_dir"]), graph, target, dtype, logits_for(graph, Shape(c["batch"], c["prompt"], 2))))
+                             for c in g["cases"] if any(n.startswith("ort") for n in c["backends"])})
+    names = list(dict.fromkeys(n for c in g["cases"] for n in c["backends"]))
+    baseline = {n: job["baseline_repeats"] for n in names if not n.startswith("ort")}
+    bench = Bench(graph, dtype=dtype, device=device, backends=names, repeats=job["repeats"], work_dir=job["work_dir"],
+                  limits=limits, log=lambda m: console.print(m, markup=False, highlight=False))
+    try:
+        for i, c in enumerate(g["cases"]):
+            if crash_at == i:
+                os.abort()
+            if job["deadline"] is not None and time.time() > job["deadline"]:
+                res["skipped"].append(dict(c, reason="--budget-s passed before the case started"))
+                _write(result_path, res)
+                continue
+            bench.backend_names = c["backends"]
+            bench.backend_repeats = {} if c["target"] else baseline  # the target comparisons keep every repeat
+            console.print(f"{c['key']}: {', '.join(c['backends'])}", markup=False)
+            run = bench.run(Shape(c["batch"], c["prompt"], job["new_tokens"]))
+            run.update(family=g["family"], case=c["key"], requested_dtype=c["dtype"])
+            res["runs"].append(run)
+            render(run, limits, console)
+            _write(result_path, res)
+    finally:
+        bench.close()
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Detached runs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    except OSError:
+        return False
+
+
+def status(out: Path, wait_s: float) -> int:
+    """Print the state of the run writing `out`; wait up to wait_s for it to finish. 0 finished, 3 running, 2 unknown."""
+    t_end = time.time() + wait_s
+    last = None
+    while True:
+        try:
+            rep = json.loads(out.read_text())
+            st = rep["state"]
+        except (OSError, ValueError, KeyError):
+            rep, st = None, None
+        if st is None:
+            line = f"{out}: no run state yet"
+        else:
+            running = f", running {st['running']} for {time.time() - st.get('running_since', time.time()):.0f} s" if st["running"] else ""
+            line = (f"{'finished' if st['finished'] else 'running'}: {st['groups_done']}/{st['groups_total']} groups{running}, "
+                    f"{len(rep['runs'])} cases measured, {len(rep['failed'])} failed, ~{st['estimate_left_s'] / 60:.0f} min left (estimate)")
+            if st["finished"]:
+                print(line, flush=True)
+                return 0
+            if not _alive(st["pid"]):
+                print(line + f"; but its process {st['pid']} is gone (see the .log beside the JSON)", flush=True)
+                return 2
+        if line != last:
+            print(time.strftime("%H:%M:%S ") + line, flush=True)
+            last = line
+        if time.time() >= t_end:
+            return 3 if st else 2
+        time.sleep(min(10, max(0.2, t_end - time.time())))
+
+
+def detach(args) -> int:
+    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    if "--wait-s" in argv:
+        k = argv.index("--wait-s")
+        del argv[k:k + 2]
+    argv = [a for a in argv if not a.startswith("--wait-s=")]
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.unlink()  # a previous run's file must not read as this run's state
+    log = out.with_name(out.name + ".log")
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=_py_env(), start_new_session=True)
+    print(f"started pid {p.pid} in its own session; output in {log}; "
+          f"poll with: {Path(__file__).name} --out {args.out} --status --wait-s 560", flush=True)
+    if args.wait_s:
+        deadline = time.time() + 30
+        while not out.exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        return status(out, max(0.0, args.wait_s - 1))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, help="JSON file (rewritten atomically after every case)")
+    ap.add_argument("--plan", action="store_true", help="print the groups, cases, backends and time estimate; run nothing")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes (standard.TINY), prompts 8/12, batches 1/2, 4 new tokens")
+    ap.add_argument("--families", default=",".join(standard.FAMILIES))
+    ap.add_argument("--dtypes", default="fp16,bf16")
+    ap.add_argument("--batches", default=None, help="restrict to these batch sizes (default: 1,16; --tiny 1,2)")
+    ap.add_argument("--prompts", default=None, help="restrict to these prompt lengths (default: 512,2048; --tiny 8,12)")
+    ap.add_argument("--backends", default=None, help="restrict every case to these backends")
+    ap.add_argument("--skip", default="", help="comma list of family:dtype:batch:prompt to leave out")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default 128 (--tiny: 4)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed generate runs for ort and the LLaMA b1 fp16 targets")
+    ap.add_argument("--baseline-repeats", type=int, default=2, help="timed generate runs of the other cases' baselines")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no group or case after this many seconds")
+    ap.add_argument("--group-timeout-s", type=float, default=900, help="kill a group's child after this many seconds")
+    ap.add_argument("--work-dir", default="/tmp/archc-bench", help="ONNX exports")
+    ap.add_argument("--keep-exports", action="store_true", help="keep each group's exports after it is done")
+    ap.add_argument("--no-pre-export", dest="pre_export", action="store_false",
+                    help="export in the group's child instead of ahead, in a CPU process beside the previous group")
+    ap.add_argument("--detach", action="store_true", help="run in a new session (survives this command); output in OUT.log")
+    ap.add_argument("--status", action="store_true", help="print the state of the run writing --out")
+    ap.add_argument("--wait-s", type=float, default=0, help="with --detach/--status: wait up to this long for it to finish")
+    ap.add_argument("--tier", help=argparse.SUPPRESS)
+    ap.add_argument("--_group", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--_export", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._group:
+        return run_group(args._group)
+    if args._export:
+        return run_export(args._export)
+    if args.tier:
+        ap.error("--tier is gone: every group runs in one invocation; restrict with --families/--dtypes/--batches/--prompts")
+    if args.new_tokens is None:
+        args.new_tokens = 4 if args.tiny else 128
+    if args.new_tokens < 2 or args.repeats < 1 or args.baseline_repeats < 1:
+        ap.error("--new-tokens must be at least 2, --repeats and --baseline-repeats at least 1")
+    bad = [f for f in args.families.split(",") if f not in standard.FAMILIES]
+    if bad:
+        ap.error(f"--families: unknown {', '.join(bad)}; choose from {', '.join(standard.FAMILIES)}")
+    bad = [b for b in (args.backends or "").split(",") if b and b not in ALL_BACKENDS]
+    if bad:
+        ap.error(f"--backends: unknown {', '.join(bad)}; choose from {', '.join(ALL_BACKENDS)}")
+    groups = plan(args)
+    if args.plan:
+        print_plan(groups, args)
+        return 0
+    if not args.out:
+        ap.error("--out FILE is needed (or --plan)")
+    if args.status:
+        return status(args.out.resolve(), args.wait_s)
+    if args.detach:
+        return detach(args)
+    return run_parent(args, groups)
 
 
 if __name__ == "__main__":

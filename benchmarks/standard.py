@@ -5,6 +5,10 @@ LLaMA follows TinyLlama-1.1B (22 layers, 32 query / 4 KV heads, d_ff 5632). The 
 family's axes and take d_model 2048; layer counts and widths are chosen to land near 1.1 B (the
 256k/250k vocabularies of PaLM and BLOOM put half a billion parameters in the tied embedding alone).
 max_seq_len 4096 everywhere so that prompt 2048 + 128 new tokens fits.
+
+TINY shrinks each family further (2 layers, d_model 64, vocabulary 97) for CPU runs of the
+harness's orchestration (`run_standard.py --tiny --device cpu`, tests/test_run_standard.py); every
+family keeps its axes (GQA, MQA with head_dim, ALiBi, learned and 2D positions, prefix mask).
 """
 
 from __future__ import annotations
@@ -23,14 +27,24 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def load_family(name: str, root=None):
+_TINY_COMMON = ["n_layers=2", "d_model=64", "attention.n_heads=4", "mlp.d_ff=128", "vocab_size=97", "max_seq_len=64"]
+TINY: dict[str, list[str]] = {
+    "llama": _TINY_COMMON + ["name=llama-tiny", "attention.kv_heads=2"],
+    "palm": _TINY_COMMON + ["name=palm-tiny", "attention.head_dim=16"],
+    "bloom": _TINY_COMMON + ["name=bloom-tiny", "mlp.d_ff=256"],  # transformers' Bloom fixes d_ff = 4 d_model
+    "gpt2": _TINY_COMMON + ["name=gpt2-tiny", "position.max_positions=64"],
+    "glm": _TINY_COMMON + ["name=glm-tiny", "position.max_positions=64"],
+}
+
+
+def load_family(name: str, root=None, tiny: bool = False):
     from pathlib import Path
 
     from archc.loader import load_spec
 
     path, sets = FAMILIES[name]
     root = Path(root) if root else Path(__file__).resolve().parent.parent
-    return load_spec(root / path, sets)
+    return load_spec(root / path, sets + (TINY[name] if tiny else []))
 
 
 def set_args(name: str) -> list[str]:
