@@ -27,6 +27,10 @@ bound shape stays fixed, so onnxruntime captures the step once (gpu_graph_id per
 it. Prefill and every other run pass gpu_graph_id = -1 (no capture). On CUDA the prefill's logits
 stay on the device and only the last position comes to the host (a one-node Slice session), so a
 long prompt does not copy [batch, seq, vocab] float32 over PCIe.
+Greedy picks: a model with the next_token output (`archc compile --next-token argmax`, the default)
+computes ArgMax of the last position's logits in the graph; greedy decoding reads those B int64 and
+leaves the logits on the device (CUDA) instead of copying [batch, vocab] float32 to the host and
+taking numpy's argmax. Sampling reads the logits as before.
 Logits: a model compiled with `--logits last` (metadata archc.logits) gives [batch, 1, vocab] in every
 step, which is all generation reads. A model with the contract's full logits refuses (UserError) a
 prefill whose logits reach FULL_LOGITS_LIMIT elements instead of running it: onnxruntime's CUDA
@@ -144,11 +148,11 @@ def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tup
     return out
 
 
-def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool = True):
+def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool = True, cuda_options: dict | None = None):
     """(InferenceSession, device actually used, note or None). Bad model files -> UserError.
     cuda_graph: for shared-cache (all-GroupQueryAttention) models on CUDA, make the session with the
     provider's enable_cuda_graph (decode steps are captured and replayed); if onnxruntime refuses it,
-    the session is made without."""
+    the session is made without. cuda_options: extra CUDA provider options (benchmarks' A/B runs)."""
     d = Path(model_dir)
     path = d / MODEL_FILE if d.is_dir() else d
     if not path.exists():
@@ -162,13 +166,17 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     meta = {p.key: p.value for p in proto.metadata_props}
     del proto
     providers, note = choose_providers(device)
+    if providers[0] != "CPUExecutionProvider":
+        opts = dict(providers[0][1])
+        opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
+        providers = [("CUDAExecutionProvider", opts)] + providers[1:]
     if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
         raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
                         + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
     sess = None
     if cuda_graph and meta.get("archc.kv_cache") == "shared" and providers[0] != "CPUExecutionProvider":
         try:
-            sess = _session(path, [("CUDAExecutionProvider", {"device_id": 0, "enable_cuda_graph": "1"})] + providers[1:])
+            sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:])
         except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
             sess = None
     try:
@@ -208,11 +216,11 @@ class Session:
     """A compiled model directory loaded in onnxruntime."""
 
     def __init__(self, model_dir: str | Path, device: str = "auto", *, io_binding: bool | str | None = None,
-                 cuda_graph: bool = True):
+                 cuda_graph: bool = True, cuda_options: dict | None = None):
         """io_binding: default on for CUDA; True on the CPU runs the device path with host buffers (tests)."""
         self.model_dir = Path(model_dir)
         self.io_binding = io_binding
-        self.sess, self.device, self.note = open_session(model_dir, device, cuda_graph=cuda_graph)
+        self.sess, self.device, self.note = open_session(model_dir, device, cuda_graph=cuda_graph, cuda_options=cuda_options)
         cuda_opts = self.sess.get_provider_options().get("CUDAExecutionProvider", {})
         self.cuda_graph = self.device == "cuda" and cuda_opts.get("enable_cuda_graph") == "1"
         self.run_options = None  # every run that is not a captured decode step
@@ -229,6 +237,9 @@ class Session:
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = list(ins)
         self.output_names = [o.name for o in self.sess.get_outputs()]
+        # next_token (export option, default on): the greedy pick computed on the device; greedy decoding
+        # reads it (8 bytes per row) instead of bringing [batch, vocab] float32 logits to the host
+        self.has_next_token = "next_token" in self.output_names
         self.n_layers = sum(1 for n in ins if n.startswith("past_key_values.") and n.endswith(".key"))
         k0 = ins["past_key_values.0.key"]
         self.kv_heads, self.head_dim = int(k0.shape[1]), int(k0.shape[3])
@@ -269,9 +280,15 @@ class Session:
             feeds["prefix_len"] = np.asarray(prefix_len if prefix_len is not None else np.zeros(B), np.int64)
         for name, v in past.items():
             feeds[name.replace("present.", "past_key_values.")] = v
-        outs = self.sess.run(None, feeds, self.run_options)
-        present = {n.replace("present.", "past_key_values."): v for n, v in zip(self.output_names[1:], outs[1:])}
-        return outs[0], present
+        logits, present, _ = self._run(feeds)
+        return logits, present
+
+    def _run(self, feeds: dict):
+        """(logits, present {past name: array}, next_token [B] or None) of one host-fed run."""
+        outs = dict(zip(self.output_names, self.sess.run(None, feeds, self.run_options)))
+        present = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
+        nt = outs.get("next_token")
+        return outs["logits"], present, None if nt is None else nt[:, 0]
 
     def default_positions(self, attention_mask: np.ndarray, seq: int) -> np.ndarray:
         pos = np.clip(np.cumsum(attention_mask, 1) - 1, 0, None)[:, -seq:]
@@ -321,17 +338,18 @@ class Session:
             stepper = _BoundSteps(self, B, L + max_new_tokens, self.device)
         else:
             stepper = _CpuSteps(self, B)
+        # greedy with a next_token output: the steps return the device's pick instead of the logits
+        stepper.device_pick = sampler is None and self.has_next_token
+        pick = (lambda x: x) if stepper.device_pick else (lambda x: self._pick(x, sampler))
         out = np.zeros((B, max_new_tokens), np.int64)
         t0 = time.perf_counter()
-        logits = stepper.step(ids, mask, self._positions(mask, L, lens, 0), lens)
-        tok = self._pick(logits, sampler)
+        tok = pick(stepper.step(ids, mask, self._positions(mask, L, lens, 0), lens))
         prefill_ms = (time.perf_counter() - t0) * 1e3
         out[:, 0] = tok
         t1 = time.perf_counter()
         for k in range(1, max_new_tokens):
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
-            logits = stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens)
-            tok = self._pick(logits, sampler)
+            tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
             out[:, k] = tok
         decode_s = time.perf_counter() - t1
         n_decode = B * (max_new_tokens - 1)
@@ -421,14 +439,24 @@ class Sampler:
 
 
 class _CpuSteps:
-    """Host numpy feeds; present becomes the next past."""
+    """Host numpy feeds; present becomes the next past. step() returns the logits, or the model's
+    next_token [B] when device_pick is set (Session.generate sets it)."""
+
+    device_pick = False
 
     def __init__(self, s: Session, batch: int):
         self.s, self.past = s, s._empty_past(batch)
 
     def step(self, ids, mask, positions, lens):
-        logits, self.past = self.s.forward(ids, mask, positions, lens if self.s.has_prefix else None, self.past)
-        return logits
+        s = self.s
+        feeds = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64), **self.past}
+        if s.has_positions:
+            feeds["position_ids"] = positions
+        if s.has_prefix:
+            feeds["prefix_len"] = np.asarray(lens, np.int64)
+        s.check_logits_size(*feeds["input_ids"].shape)
+        logits, self.past, next_token = s._run(feeds)
+        return next_token if self.device_pick else logits
 
 
 class _BoundSteps:
@@ -441,7 +469,11 @@ class _BoundSteps:
     without capture in tests), decode steps run on fixed buffers bound once: ids, positions, prefix_len
     and a max_len-wide attention_mask (0 past the current length) are updated in place, logits land in
     a fixed [B, 1, V] buffer, and the run carries gpu_graph_id = graph_id, so onnxruntime captures the
-    step once and replays it. Prefill runs with gpu_graph_id = -1."""
+    step once and replays it. Prefill runs with gpu_graph_id = -1.
+    step() returns the logits (host numpy), or with device_pick the model's next_token [B]: then the
+    logits stay on the device and only B int64 cross to the host."""
+
+    device_pick = False
 
     ELEM = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(bfloat16)": 16}  # onnx.TensorProto
     INT64, FLOAT = 7, 1
@@ -473,20 +505,27 @@ class _BoundSteps:
         for n, v in self.cache.items():
             io.bind_ortvalue_input(n, v)
         # prefill: slice the last position on the device (a --logits last model gives only that one)
-        on_device = self.dev == "cuda" and ids.shape[1] > 1 and s.logits == "all"
+        on_device = self.dev == "cuda" and (self.device_pick or (ids.shape[1] > 1 and s.logits == "all"))
         io.bind_output("logits", self.dev if on_device else "cpu", 0)
+        bound = ["logits"]  # get_outputs() lists the outputs in binding order
+        if s.has_next_token:
+            io.bind_output("next_token", "cpu")
+            bound.append("next_token")
         for n, v in self.cache.items():
             out = n.replace("past_key_values.", "present.")
             if self.shared:
                 io.bind_ortvalue_output(out, v)  # same buffer as the past: written in place
             else:
                 io.bind_output(out, self.dev, 0)
+            bound.append(out)
         s.sess.run_with_iobinding(io, s.run_options)
-        outs = io.get_outputs()
+        outs = dict(zip(bound, io.get_outputs()))
         if not self.shared:
-            for n, v in zip(list(self.cache), outs[1:]):
-                self.cache[n] = v
-        return s.last_position(outs[0]) if on_device else outs[0].numpy()
+            for n in self.cache:
+                self.cache[n] = outs[n.replace("past_key_values.", "present.")]
+        if self.device_pick:
+            return outs["next_token"].numpy()[:, 0]
+        return s.last_position(outs["logits"]) if on_device else outs["logits"].numpy()
 
     def _fixed_step(self, ids, mask, positions, lens):
         s, ort = self.s, self.ort
@@ -501,6 +540,7 @@ class _BoundSteps:
         if self.fixed is None:
             bufs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(v.shape), self.INT64, self.dev, 0) for n, v in feeds.items()}
             logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], self.FLOAT, self.dev, 0)
+            next_token = ort.OrtValue.ortvalue_from_shape_and_type([B, 1], self.INT64, self.dev, 0) if s.has_next_token else None
             io = s.sess.io_binding()
             for n, v in bufs.items():
                 io.bind_ortvalue_input(n, v)
@@ -508,13 +548,15 @@ class _BoundSteps:
                 io.bind_ortvalue_input(n, v)
                 io.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
             io.bind_ortvalue_output("logits", logits)
+            if next_token is not None:
+                io.bind_ortvalue_output("next_token", next_token)
             opts = ort.RunOptions()
             opts.add_run_config_entry("gpu_graph_id", str(self.graph_id))
-            self.fixed = (bufs, logits, io, opts if s.cuda_graph else s.run_options)
-        bufs, logits, io, opts = self.fixed
+            self.fixed = (bufs, logits, next_token, io, opts if s.cuda_graph else s.run_options)
+        bufs, logits, next_token, io, opts = self.fixed
         for n, v in feeds.items():
             bufs[n].update_inplace(v)
         s.sess.run_with_iobinding(io, opts)
-        return logits.numpy()
+        return next_token.numpy()[:, 0] if self.device_pick else logits.numpy()
 
 

@@ -10,7 +10,9 @@ the node; which lowering each node got is written to the model's metadata (`arch
 One model serves prefill and decode: the past length is a dynamic dimension (0 at prefill).
 I/O contract (notes/contract.md): inputs input_ids, attention_mask, [position_ids], [prefix_len],
 past_key_values.{i}.key/.value [B, kv_heads, past, head_dim]; outputs logits (float32) and
-present.{i}.key/.value. `logits=Logits.last` (an export option, default `all` = the contract) makes
+present.{i}.key/.value, plus (export option `next_token`, default `argmax`) next_token int64
+[B, 1], the greedy pick at the last position, so a greedy decoder need not copy logits to the host.
+`logits=Logits.last` (an export option, default `all` = the contract) makes
 the head read only the last position: logits [B, 1, vocab] in prefill and decode (recorded in the
 metadata as `archc.logits`).
 
@@ -59,6 +61,14 @@ class Logits(str, Enum):
     # what generation reads, and the only choice where batch * seq * vocab passes 32-bit indexing
 
 
+class NextToken(str, Enum):
+    """What the model adds for picking the next token (beyond the contract's logits)."""
+
+    argmax = "argmax"  # output next_token int64 [batch, 1] = ArgMax of the last position's float32 logits:
+    # greedy decoding reads 8 bytes per row from the device instead of [batch, vocab] logits
+    none = "none"  # the contract's outputs only
+
+
 class ExportDType(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -92,6 +102,7 @@ class Ctx:
     dtype: ExportDType
     fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
     logits: Logits = Logits.all
+    next_token: NextToken = NextToken.argmax
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -209,9 +220,10 @@ def lowerings(target: Target) -> dict[str, Lowering]:
 
 
 def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: ExportDType | str = ExportDType.fp32,
-                *, fused_fp32: bool = False, logits: Logits | str = Logits.all) -> Ctx:
+                *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
+                next_token: NextToken | str = NextToken.argmax) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32, logits=Logits(logits))
+    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -380,7 +392,8 @@ class ExportResult:
 
 
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
-    outputs = sorted(ctx.outputs, key=lambda o: o.name != "logits")  # logits first, then present.* in layer order
+    # logits first, then present.* in layer order, then next_token (readers that zip present names skip it by name)
+    outputs = sorted(ctx.outputs, key=lambda o: (o.name != "logits", o.name == "next_token"))
     g = helper.make_graph(ctx.nodes, ctx.graph.spec.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
     opsets = [helper.make_operatorsetid("", OPSET)]
     if any(n.domain == "com.microsoft" for n in ctx.nodes):
@@ -392,6 +405,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         "archc.dtype": ctx.dtype.value,
         "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
         "archc.logits": ctx.logits.value,
+        "archc.next_token": ctx.next_token.value,
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -408,15 +422,16 @@ def _version() -> str:
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
            dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-           _fail_after: int | None = None) -> ExportResult:
+           next_token: NextToken | str = NextToken.argmax, _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
+    `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
     if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
         raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
-    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits)
+    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
     if _fail_after is not None:
         inner, seen = get, [0]

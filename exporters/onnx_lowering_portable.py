@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, input_of, inputs_of
+from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, input_of, inputs_of
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 DIMS = {"batch": BATCH, "seq": SEQ, "total": TOTAL}
@@ -42,8 +42,13 @@ def lower_output(ctx: Ctx, name: str, node: dict) -> str:
     x = input_of(ctx, name, "x")
     y = ctx.op("Cast", [x], to=F32)
     shape = _dims(node["settings"]["shape"])
-    if ctx.logits is Logits.last and ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == "head":
+    from_head = ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == "head"
+    if ctx.logits is Logits.last and from_head:
         shape[1] = 1  # the head computed the last position only (lower_head)
+    if from_head and ctx.next_token is NextToken.argmax:
+        # the greedy pick on the device: ArgMax keeps the first maximum, as numpy's argmax does
+        last = y if shape[1] == 1 else last_position(ctx, y)
+        ctx.graph_output("next_token", ctx.op("ArgMax", [last], axis=-1, keepdims=0), I64, [shape[0], 1])
     return ctx.graph_output(name, y, F32, shape)
 
 

@@ -61,9 +61,11 @@ def run_ort(sess, spec, **kw) -> list[tuple[dict, np.ndarray]]:
     out_names = [o.name for o in sess.get_outputs()]
     results = []
     for f in feeds(spec, set(names), glm2d, **kw):
-        outs = sess.run(None, {**f, **past})
-        past = {n.replace("present.", "past_key_values."): v for n, v in zip(out_names[1:], outs[1:])}
-        results.append((f, outs[0]))
+        outs = dict(zip(out_names, sess.run(None, {**f, **past})))
+        past = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
+        if "next_token" in outs:  # the model's greedy pick is numpy's argmax of its own last-position logits
+            np.testing.assert_array_equal(outs["next_token"][:, 0], outs["logits"][:, -1].argmax(-1))
+        results.append((f, outs["logits"]))
     return results
 
 

@@ -42,8 +42,8 @@ def _run(sess, ids, mask, pos, past, glm2d=False):
     if "position_ids" in names:
         feeds["position_ids"] = pos.numpy()
     out_names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(None, feeds)
-    return outs[0], {n.replace("present.", "past_key_values."): v for n, v in zip(out_names[1:], outs[1:])}
+    outs = dict(zip(out_names, sess.run(None, feeds)))
+    return outs["logits"], {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
 
 
 @pytest.mark.parametrize("target", ["portable", "cuda"])

@@ -51,17 +51,21 @@ def compile_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Init seed (overrides init.seed).")] = None,
     logits: Annotated[str, typer.Option(help="all (logits [batch, seq, vocab], the I/O contract) | last ([batch, 1, vocab]: "
                                              "the head runs on the last position only, for generation).")] = "all",
+    next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
+                                                 "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     from rich.markup import escape
 
     import archc
-    from exporters.onnx_export import ExportDType, Logits, Target, export
+    from exporters.onnx_export import ExportDType, Logits, NextToken, Target, export
 
     if target not in {t.value for t in Target}:
         raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
     if logits not in {v.value for v in Logits}:
         raise UserError(f"--logits {logits}: choose one of {', '.join(v.value for v in Logits)}")
+    if next_token not in {v.value for v in NextToken}:
+        raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in {d.value for d in ExportDType}:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
     sets = list(sets or [])
@@ -80,7 +84,7 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
-    result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits)
+    result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"

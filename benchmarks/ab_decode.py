@@ -1,0 +1,131 @@
+"""A/B of the ORT decode path in one run on one card: several variants of archc (this tree, an older
+tree, export or provider options) measured in alternation, each in its own process.
+
+    PYTHONPATH=$PWD python3 benchmarks/ab_decode.py --family llama --variants "new;old;new:next_token=none" \
+        --old-root .baseline --rounds 2 --out out/ab.json
+
+Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree) or `old` (--old-root, e.g. a `git archive`
+of an earlier commit's archc/ and exporters/); keys: next_token=argmax|none (export option, new only),
+sdpa_kernel=N (CUDA provider option), cuda_graph=0|1. Every variant exports the same family of
+benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
+prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after
+warm-up. The first generate call of a fresh session is also timed (`cold_ms`): a model whose
+attention plans kernels per sequence length shows it there. Rounds alternate the variants, so drift
+of the card shows up as a difference between rounds rather than between variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_variant(text: str) -> dict:
+    root, _, opts = text.partition(":")
+    out = {"name": text, "root": root, "opts": {}}
+    for kv in filter(None, opts.split(",")):
+        k, _, v = kv.partition("=")
+        out["opts"][k] = v
+    return out
+
+
+def child(args) -> dict:
+    """Runs inside the variant's process: export, open, measure."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import standard
+
+    import archc
+    from archc.runner import Session
+    from exporters.onnx_export import export
+
+    v = json.loads(args.child)
+    from archc.loader import load_spec
+
+    path, sets = standard.FAMILIES[args.family]
+    graph = archc.compile(load_spec(ROOT / path, sets + [x for x in args.set if x]))
+    d = Path(args.work) / (f"{args.family}-{args.dtype}-" + "".join(c if c.isalnum() else "_" for c in v["name"]))
+    kw = {"next_token": v["opts"]["next_token"]} if "next_token" in v["opts"] else {}
+    t0 = time.perf_counter()
+    if not (d / "model.onnx").exists():
+        export(graph, d, target="cuda", dtype=args.dtype, fused_fp32=args.dtype == "fp32", **kw)
+    export_s = time.perf_counter() - t0
+    cuda_options = {k: v["opts"][k] for k in ("sdpa_kernel",) if k in v["opts"]}
+    skw = {"cuda_options": cuda_options} if cuda_options else {}
+    s = Session(d, device=args.device, cuda_graph=v["opts"].get("cuda_graph", "1") == "1", **skw)
+    rng = np.random.default_rng(args.prompt)
+    prompts = rng.integers(1, graph.spec.vocab_size, (args.batch, args.prompt)).tolist()
+    N = args.new_tokens
+
+    def t(n):
+        t0 = time.perf_counter()
+        r = s.generate(prompts, n)
+        return time.perf_counter() - t0, r
+
+    cold, _ = t(N)
+    for _ in range(2):
+        t(1), t(N)
+    t1 = statistics.median(t(1)[0] for _ in range(5))
+    runs = [t(N) for _ in range(3)]
+    tn = statistics.median(x for x, _ in runs)
+    tpot = (tn - t1) / (N - 1)
+    return {"variant": v["name"], "export_s": export_s, "cold_ms": cold * 1e3, "prefill_ms": t1 * 1e3,
+            "tpot_ms": tpot * 1e3, "tok_s": args.batch / tpot, "cuda_graph": s.cuda_graph,
+            "next_token": getattr(s, "has_next_token", False), "ids_head": runs[-1][1].ids[0][:16]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="llama")
+    ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--variants", default="new;old")
+    ap.add_argument("--old-root", default=".baseline")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/archc-ab")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (fp32, with --set to shrink)")
+    ap.add_argument("--set", action="append", default=[], help="extra --set on the family's spec (smoke tests)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return 0
+    variants = [parse_variant(x) for x in args.variants.split(";") if x]
+    results = []
+    for rnd in range(args.rounds):
+        for v in variants:
+            root = ROOT if v["root"] == "new" else (ROOT / args.old_root).resolve()
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            cmd = [sys.executable, __file__, "--child", json.dumps(v), "--family", args.family, "--dtype", args.dtype,
+                   "--batch", str(args.batch), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--work", args.work,
+                   "--device", args.device] + [a for x in args.set for a in ("--set", x)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                r = {"variant": v["name"], "error": (p.stderr or p.stdout).strip().splitlines()[-3:]}
+            else:
+                r = json.loads(line[7:])
+            r["round"] = rnd
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"family": args.family, "dtype": args.dtype, "batch": args.batch,
+                                                "prompt": args.prompt, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
