@@ -27,8 +27,11 @@ before its cases; every later child gets them, so every figure of the JSON relat
 limits from one run. The JSON (--out) is rewritten atomically after every finished case of every
 group, so a run stopped at any point keeps what it measured.
 Exports ahead: while group i measures on the GPU, a CPU-only process (CUDA_VISIBLE_DEVICES empty,
-4 threads) exports group i+1's ONNX models into --work-dir; each group's exports are deleted once it
-is done (--keep-exports keeps them), so at most two groups' models (about 10 GB) are on disk.
+4 threads) exports group i+1's ONNX models into the work folder (default: a fresh `.OUT.exports`
+beside --out; --work-dir DIR reuses the exports already in DIR); each group's exports are deleted once
+it is done (--keep-exports keeps them), so at most two groups' models (about 10 GB) are on disk.
+--no-pre-export exports inside each group's child instead (about 12 s more per group, nothing else
+on the CPU while measuring).
 
 Time (--plan prints the estimate per group, from the 07:13 UTC H200 run's per-backend times): about
 16-19 minutes on an H200, of which LLaMA fp16 is about 6 (archc's module under torch.compile alone
@@ -182,6 +185,21 @@ def _write(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1), make_folder=True)
 
 
+def _merge_partial(report: dict, result: Path, base: int, out: Path, seen: dict) -> None:
+    """While a child runs: its cases measured so far into the run's JSON (a stopped parent keeps them)."""
+    try:
+        mtime = result.stat().st_mtime_ns
+        if seen.get(result) == mtime:
+            return
+        runs = json.loads(result.read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return
+    seen[result] = mtime
+    del report["runs"][base:]
+    report["runs"] += runs
+    _write(out, report)
+
+
 class Child:
     """A subprocess in its own process group whose merged output is echoed and its last lines kept."""
 
@@ -198,14 +216,23 @@ class Child:
             if echo:
                 print(prefix + line, end="", flush=True)
 
-    def wait(self, timeout: float | None) -> str | None:
-        """None when it exited with status 0, else why not (killing its process group on time-out)."""
-        try:
-            rc = self.proc.wait(timeout=timeout)
-            why = None
-        except subprocess.TimeoutExpired:
-            self.kill()
-            rc, why = self.proc.wait(), f"timed out after {timeout:.0f} s (--group-timeout-s); killed"
+    def wait(self, timeout: float | None, on_tick=None) -> str | None:
+        """None when it exited with status 0, else why not (killing its process group on time-out).
+        on_tick() runs every few seconds while it waits."""
+        t_end = None if timeout is None else time.time() + timeout
+        why = None
+        while True:
+            step = 2.0 if t_end is None else max(0.0, min(2.0, t_end - time.time()))
+            try:
+                rc = self.proc.wait(timeout=step)
+                break
+            except subprocess.TimeoutExpired:
+                if t_end is not None and time.time() >= t_end:
+                    self.kill()
+                    rc, why = self.proc.wait(), f"timed out after {timeout:.0f} s (--group-timeout-s); killed"
+                    break
+                if on_tick:
+                    on_tick()
         self.thread.join(timeout=5)
         if rc == 0 and why is None:
             return None
@@ -227,7 +254,11 @@ def run_parent(args, groups: list[dict]) -> int:
     run_dir = out.parent / f".{out.name}.parts"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    work_dir = Path(args.work_dir).resolve()
+    if args.work_dir:  # the user's folder: exports already there are reused
+        work_dir = Path(args.work_dir).resolve()
+    else:  # a fresh folder, so no export of an earlier exporter version is measured by mistake
+        work_dir = out.parent / f".{out.name}.exports"
+        shutil.rmtree(work_dir, ignore_errors=True)
     report = {
         "kind": "archc-standard-run", "environment": None, "limits": None,
         "options": {"device": args.device, "tiny": args.tiny, "new_tokens": args.new_tokens, "repeats": args.repeats,
@@ -246,7 +277,7 @@ def run_parent(args, groups: list[dict]) -> int:
             job = run_dir / f"export-{i}.json"
             _write(job, {"group": todo[i], "device": args.device, "tiny": args.tiny, "work_dir": str(work_dir)})
             exporters[i] = Child([sys.executable, str(Path(__file__).resolve()), "--_export", str(job)],
-                                 _py_env({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}), echo=False)
+                                 _py_env({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}), log_prefix="[export] ")
 
     limits, env = None, None
     for i, g in enumerate(todo):
@@ -261,33 +292,53 @@ def run_parent(args, groups: list[dict]) -> int:
                 print(f"[export for {name} failed; the group exports itself] {why}", flush=True)
         start_export(i + 1)
         print(f"=== group {i + 1}/{len(todo)}: {name} ({time.time() - t0:.0f} s in)", flush=True)
-        job = run_dir / f"group-{i}.json"
-        result = run_dir / f"group-{i}.result.json"
-        _write(job, {"group": g, "device": args.device, "tiny": args.tiny, "new_tokens": args.new_tokens,
-                     "repeats": args.repeats, "baseline_repeats": args.baseline_repeats, "work_dir": str(work_dir),
-                     "limits": limits, "need_env": env is None, "result": str(result),
-                     "deadline": None if args.budget_s is None else t0 + args.budget_s})
         report["state"].update(running=name, running_since=time.time())
         _write(out, report)
-        tg = time.time()
-        child = Child([sys.executable, str(Path(__file__).resolve()), "--_group", str(job)], _py_env())
-        why = child.wait(args.group_timeout_s)
-        res = json.loads(result.read_text()) if result.exists() else {}
-        limits = limits or res.get("limits")
-        env = env or res.get("environment")
-        report["limits"], report["environment"] = limits, env
-        done = {r["case"] for r in res.get("runs", [])}
-        report["runs"] += res.get("runs", [])
-        report["skipped"] += res.get("skipped", [])
-        done |= {c["key"] for c in res.get("skipped", [])}
-        lost = [dict(c, reason=why or "the group ended without measuring this case") for c in g["cases"] if c["key"] not in done]
-        report["failed"] += lost
+        tg, remaining, reasons, attempt, exports = time.time(), list(g["cases"]), [], 0, set()
+        while remaining:
+            # One child per attempt: a child that dies loses only the case it was on; the cases after it
+            # go to a fresh process (a CUDA fault poisons the context of the process it happens in).
+            job = run_dir / f"group-{i}-{attempt}.json"
+            result = run_dir / f"group-{i}-{attempt}.result.json"
+            _write(job, {"group": dict(g, cases=remaining), "device": args.device, "tiny": args.tiny,
+                         "new_tokens": args.new_tokens, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats,
+                         "work_dir": str(work_dir), "limits": limits, "need_env": env is None, "result": str(result),
+                         "deadline": None if args.budget_s is None else t0 + args.budget_s})
+            child = Child([sys.executable, str(Path(__file__).resolve()), "--_group", str(job)], _py_env())
+            base = len(report["runs"])
+            seen: dict = {}
+            why = child.wait(args.group_timeout_s, on_tick=lambda: _merge_partial(report, result, base, out, seen))
+            res = json.loads(result.read_text()) if result.exists() else {}
+            del report["runs"][base:]
+            limits = limits or res.get("limits")
+            env = env or res.get("environment")
+            report["limits"], report["environment"] = limits, env
+            report["runs"] += res.get("runs", [])
+            report["skipped"] += res.get("skipped", [])
+            exports |= set(res.get("exports", []))
+            done = {r["case"] for r in res.get("runs", [])} | {c["key"] for c in res.get("skipped", [])}
+            left = [c for c in remaining if c["key"] not in done]
+            if res.get("exit"):  # the child stopped itself (CUDA context poisoned): its last case is measured
+                why = why or res["exit"]
+                reasons.append(res["exit"])
+                print(f"[{name}: {res['exit']}; the rest of the group goes on in a new process]", flush=True)
+            elif why or left:
+                why = why or "the child ended without measuring this case"
+                current = res.get("current")
+                lost = next((c for c in left if c["key"] == current), left[0] if left else None)
+                if lost is not None:
+                    report["failed"].append(dict(lost, reason=why))
+                    left = [c for c in left if c is not lost]
+                reasons.append(f"{lost['key'] if lost else '?'}: {why}")
+                print(f"[{name}: child failed on {lost['key'] if lost else '?'}: {why}]", flush=True)
+            remaining, attempt = left, attempt + 1
+            if res.get("skipped") and any("--budget-s" in c.get("reason", "") for c in res["skipped"]):
+                break
         report["groups"].append({"family": g["family"], "dtype": g["dtype"], "wall_s": round(time.time() - tg, 1),
-                                 "status": "ok" if not why else "failed", "reason": why})
-        if why:
-            print(f"[group {name} failed: {why}]", flush=True)
+                                 "status": "failed" if reasons else "ok", "reason": "; ".join(reasons) or None,
+                                 "processes": attempt})
         if not args.keep_exports:
-            for d in res.get("exports", []):
+            for d in exports:
                 shutil.rmtree(d, ignore_errors=True)
         st = report["state"]
         st.update(groups_done=st["groups_done"] + 1, running=None,
@@ -299,6 +350,8 @@ def run_parent(args, groups: list[dict]) -> int:
     report["state"].update(finished=True, wall_s=round(time.time() - t0, 1), running=None, estimate_left_s=0)
     _write(out, report)
     shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.work_dir and not args.keep_exports:
+        shutil.rmtree(work_dir, ignore_errors=True)
     nf = len(report["failed"])
     print(f"done in {time.time() - t0:.0f} s: {len(report['runs'])} cases measured, {nf} failed, "
           f"{len(report['skipped'])} skipped -> {out}", flush=True)
@@ -319,12 +372,15 @@ def _run_dtype(dtype: str, device: str) -> str:
     return "fp32" if device == "cpu" else dtype
 
 
-def _crash_index(family: str) -> int | None:
-    for part in filter(None, os.environ.get("ARCHC_BENCH_CRASH", "").split(",")):
-        fam, _, idx = part.partition(":")
-        if fam == family:
-            return int(idx or 0)
-    return None
+def _crash(where: str) -> None:
+    """Test hook: ARCHC_BENCH_CRASH=family (its child aborts at start) or family:dtype:batch:prompt
+    (aborts before that case), comma-separated: what a CUDA fault or a segfault does to the child."""
+    if where in filter(None, os.environ.get("ARCHC_BENCH_CRASH", "").split(",")):
+        print(f"ARCHC_BENCH_CRASH: aborting at {where}", flush=True)
+        os.abort()
+
+
+CUDA_FAULTS = ("illegal memory access", "CUDA error", "CUDA failure", "CUBLAS_STATUS", "cudaError", "misaligned address")
 
 
 def run_export(job_path: Path) -> int:
@@ -355,9 +411,7 @@ def run_export(job_path: Path) -> int:
 def run_group(job_path: Path) -> int:
     job = json.loads(job_path.read_text())
     g, device = job["group"], job["device"]
-    crash_at = _crash_index(g["family"])
-    if crash_at == 0:
-        os.abort()
+    _crash(g["family"])
 
     import torch
     from rich.console import Console
@@ -389,9 +443,10 @@ def run_group(job_path: Path) -> int:
     bench = Bench(graph, dtype=dtype, device=device, backends=names, repeats=job["repeats"], work_dir=job["work_dir"],
                   limits=limits, log=lambda m: console.print(m, markup=False, highlight=False))
     try:
-        for i, c in enumerate(g["cases"]):
-            if crash_at == i:
-                os.abort()
+        for c in g["cases"]:
+            res["current"] = c["key"]
+            _write(result_path, res)
+            _crash(c["key"])
             if job["deadline"] is not None and time.time() > job["deadline"]:
                 res["skipped"].append(dict(c, reason="--budget-s passed before the case started"))
                 _write(result_path, res)
@@ -403,6 +458,11 @@ def run_group(job_path: Path) -> int:
             run.update(family=g["family"], case=c["key"], requested_dtype=c["dtype"])
             res["runs"].append(run)
             render(run, limits, console)
+            fault = next((b for b in run["backends"] if b["error"] and any(f in b["error"] for f in CUDA_FAULTS)), None)
+            if fault and device == "cuda":  # the context is poisoned: nothing after this in this process is valid
+                res["exit"] = f"CUDA fault in {fault['backend']} at {c['key']} ({fault['error'][:200]})"
+                _write(result_path, res)
+                return 0
             _write(result_path, res)
     finally:
         bench.close()
@@ -450,7 +510,7 @@ def status(out: Path, wait_s: float) -> int:
             last = line
         if time.time() >= t_end:
             return 3 if st else 2
-        time.sleep(min(10, max(0.2, t_end - time.time())))
+        time.sleep(min(2, max(0.2, t_end - time.time())))
 
 
 def detach(args) -> int:
@@ -497,7 +557,8 @@ def main() -> int:
     ap.add_argument("--baseline-repeats", type=int, default=2, help="timed generate runs of the other cases' baselines")
     ap.add_argument("--budget-s", type=float, default=None, help="start no group or case after this many seconds")
     ap.add_argument("--group-timeout-s", type=float, default=900, help="kill a group's child after this many seconds")
-    ap.add_argument("--work-dir", default="/tmp/archc-bench", help="ONNX exports")
+    ap.add_argument("--work-dir", default=None, help="ONNX exports; existing ones there are reused "
+                    "(default: a fresh folder beside --out, .OUT.exports, removed at the end)")
     ap.add_argument("--keep-exports", action="store_true", help="keep each group's exports after it is done")
     ap.add_argument("--no-pre-export", dest="pre_export", action="store_false",
                     help="export in the group's child instead of ahead, in a CPU process beside the previous group")

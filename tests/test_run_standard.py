@@ -38,8 +38,8 @@ def tiny_run(tmp_path_factory):
     """One tiny CPU run of every family (ort + torch, the backends without transformers' start-up cost),
     with PaLM's child made to abort before its second case."""
     d = tmp_path_factory.mktemp("standard")
-    p = _run(["--tiny", "--device", "cpu", "--backends", "ort,torch", "--repeats", "1", "--baseline-repeats", "1", "--out", str(d / "results.json"),
-              "--work-dir", str(d / "work")], env={"ARCHC_BENCH_CRASH": "palm:1"})
+    p = _run(["--tiny", "--device", "cpu", "--backends", "ort,torch", "--repeats", "1", "--baseline-repeats", "1",
+              "--no-pre-export", "--out", str(d / "results.json")], env={"ARCHC_BENCH_CRASH": "palm:fp16:1:12"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return json.loads((d / "results.json").read_text()), d, p.stdout
 
@@ -66,21 +66,24 @@ def test_tiny_run_records_every_case_and_one_set_of_limits(tiny_run):
         if "torch" in by and run["family"] != "glm":  # the runner gives GLM's generated tokens block positions; the torch loop does not
             assert by["torch"]["tokens_agree"] == 4, run["case"]  # fp32, same weights: the same greedy tokens
     assert not (d / ".results.json.parts").exists() and not list(d.glob(".*.tmp"))
-    assert not any((d / "work").iterdir())  # each group's exports removed once it was done
+    assert not (d / ".results.json.exports").exists()  # the run's fresh export folder, removed at the end
 
 
 def test_crashed_child_is_recorded_and_the_run_goes_on(tiny_run):
-    """Negative control: PaLM's child aborts (as a CUDA fault would kill it) before its second case."""
+    """Negative control: PaLM's child aborts (as a CUDA fault would kill it) before its second case;
+    that case is recorded as failed with the reason, the group's other cases run in a fresh process,
+    and the groups after it run."""
     rep, _, out = tiny_run
     groups = {g["family"]: g for g in rep["groups"]}
-    assert groups["palm"]["status"] == "failed" and "SIGABRT" in groups["palm"]["reason"]
-    assert [c["key"] for c in rep["failed"]] == ["palm:fp16:1:12", "palm:fp16:2:8", "palm:fp16:2:12"]
-    assert all("SIGABRT" in c["reason"] for c in rep["failed"])
-    assert "palm:fp16:1:8" in {r["case"] for r in rep["runs"]}  # measured before the abort, kept
-    for fam in ("llama", "bloom", "gpt2", "glm"):  # before and after the crash
-        assert groups[fam]["status"] == "ok"
+    assert groups["palm"]["status"] == "failed" and "SIGABRT" in groups["palm"]["reason"] and groups["palm"]["processes"] == 2
+    assert [c["key"] for c in rep["failed"]] == ["palm:fp16:1:12"]
+    assert "SIGABRT" in rep["failed"][0]["reason"] and "aborting at palm:fp16:1:12" in rep["failed"][0]["reason"]
+    palm = [r["case"] for r in rep["runs"] if r["family"] == "palm"]
+    assert palm == ["palm:fp16:1:8", "palm:fp16:2:8", "palm:fp16:2:12"]  # before the abort (kept) and after it
+    for fam in ("llama", "bloom", "gpt2", "glm"):  # groups before and after the crash
+        assert groups[fam]["status"] == "ok" and groups[fam]["processes"] == 1
         assert sum(r["family"] == fam for r in rep["runs"]) == 4
-    assert "group palm fp16 failed" in out
+    assert "child failed on palm:fp16:1:12" in out
 
 
 def test_hung_group_is_killed_at_its_timeout(tmp_path):
@@ -91,6 +94,23 @@ def test_hung_group_is_killed_at_its_timeout(tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["runs"] == [] and [c["key"] for c in rep["failed"]] == ["gpt2:fp16:1:8"]
     assert "timed out after" in rep["failed"][0]["reason"] and rep["state"]["finished"]
+
+
+def test_detached_run_survives_and_status_reports_it(tmp_path):
+    """--detach starts the run in its own session and returns; --status waits for it and says 'finished'."""
+    out = tmp_path / "r.json"
+    common = ["--tiny", "--device", "cpu", "--families", "llama", "--dtypes", "fp16", "--batches", "1", "--prompts", "8",
+              "--backends", "ort", "--repeats", "1", "--out", str(out)]
+    p = _run([*common, "--detach"], timeout=60)
+    assert p.returncode == 0 and "started pid" in p.stdout, p.stderr
+    p = _run([*common, "--status", "--wait-s", "90"], timeout=120)
+    assert p.returncode == 0 and "finished: 1/1 groups" in p.stdout, p.stdout + p.stderr
+    rep = json.loads(out.read_text())
+    assert [r["case"] for r in rep["runs"]] == ["llama:fp16:1:8"]
+    log = (tmp_path / "r.json.log").read_text()
+    assert "done in" in log
+    # the model was exported ahead by the CPU process, into the folder the group's ort backend reads
+    assert "[export] exported llama-tiny-portable-fp32" in log and "  exported llama-tiny" not in log
 
 
 def test_plan_lists_every_case_without_importing_torch():
@@ -144,9 +164,9 @@ def test_render_one_run_and_the_old_files(tiny_run, tmp_path):
     rep, d, _ = tiny_run
     text = render_results.render(render_results.merge([rep]))
     assert text.count("Limits measured once") == 1 and "Invocation started" not in text
-    assert "**Failed**" in text and "palm fp16 batch 2 prompt 12: exit status" in text and "SIGABRT" in text
+    assert "**Failed**" in text and "palm fp16 batch 1 prompt 12: exit status" in text and "SIGABRT" in text
     assert "llama bf16 b1 p8 (bf16 on the CPU" in text
-    assert text.count(" | ort | ") == 17  # every measured case's ort row
+    assert text.count(" | ort | ") == 19  # every measured case's ort row
     doc = tmp_path / "R.md"
     doc.write_text(f"prose\n{render_results.BEGIN}\nold\n{render_results.END}\nmore prose\n")
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_results.py"), str(d / "results.json"), "--into", str(doc)],
