@@ -9,9 +9,12 @@ recorded in the model's `archc.lowering` metadata):
   max-length buffer. Its CUDA kernels take fp16/bf16 only, so fp32 falls back; so do ALiBi (an
   additive bias would force the op's slow unfused path), prefix masks (the op is always causal) and
   head sizes not a multiple of 16. The fallback is MultiHeadAttention (fp32/fp16, the mask as
-  attention_bias) when kv_heads == n_heads, else the portable Attention.
+  attention_bias; q|k|v from one GEMM + Split, the q|k|v bias inside the op where no RoPE precedes
+  it) when kv_heads == n_heads, else the portable Attention.
 - residual + following norm -> SkipLayerNormalization / SkipSimplifiedLayerNormalization: the
-  residual sum comes out of the fused op (output 3) and feeds the rest of the stream.
+  residual sum comes out of the fused op (output 3) and feeds the rest of the stream. The bias of
+  the attention-output / MLP-down projection feeding that residual is the SkipLayerNormalization's
+  `bias` input (see _bias_folds).
 - packed layout once: when every attention node is a GroupQueryAttention (kv_cache "shared"), the
   token stream is rotated into the op's packed layout once, at the inputs (input_ids and
   position_ids, GatherElements), and back once, in front of the head (GatherND). Everything between
@@ -19,6 +22,11 @@ recorded in the model's `archc.lowering` metadata):
   was 3 GatherND per layer, ~135 us of a 1.43 ms decode step on the 1.1B shape).
 - gated MLP -> one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer), Split,
   activation, Mul (one GEMM instead of two).
+
+Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
+bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
+A bias Add + Gelu is left to onnxruntime's optimizer, which fuses it into FastGelu on CUDA
+(profile of BLOOM on an H200: one FastGelu kernel per layer, benchmarks/results/profile_bloom.json).
 """
 
 from __future__ import annotations
@@ -57,11 +65,50 @@ def plan(ctx: Ctx) -> None:
             continue
         fuse[r] = n
     ctx.memo["skip_fuse"] = fuse
+    ctx.memo["bias_fold"] = _bias_folds(ctx, fuse)
     attn = g.nodes(ComponentKind.attention)
     reasons = {a: gqa_unfit(ctx, a) for a in attn}
     ctx.memo["gqa_reason"] = reasons
     if attn and all(r is None for r in reasons.values()):
         ctx.memo["kv_cache"] = "shared"  # past and present may be one max-length buffer (GQA)
+
+
+OUT_BIAS = {"attention": "o.bias", "mlp": "down.bias"}  # a branch's output-projection bias
+
+
+def _bias_folds(ctx: Ctx, fuse: dict[str, str]) -> dict[str, str]:
+    """{branch node: its output-projection bias} for biases handed to the SkipLayerNormalization that
+    fuses the residual the branch feeds (its `bias` input, added to input + skip in the op and
+    included in the residual sum, output 3), instead of an Add after the projection.
+
+    Only where the projection feeds nothing but that residual, and one bias per residual: a parallel
+    block's second branch keeps its Add. Not SkipSimplifiedLayerNormalization (RMSNorm): its bias is
+    input 3 in the schema, but onnxruntime sources disagree across versions on which index the CPU
+    and CUDA kernels read (4 in older CPU code), which cannot be checked here on CUDA; no library
+    family has RMSNorm with biased projections."""
+    g, folds = ctx.graph, {}
+    for r, n in fuse.items():
+        if g.node(n)["settings"]["norm"] != "layernorm":
+            continue
+        for b in g.inputs_at(r, "branch"):
+            local = OUT_BIAS.get(g.node(b)["kind"])
+            if local in g.node(b)["params"] and list(g.g.successors(b)) == [r]:
+                folds[b] = local
+                break
+    return folds
+
+
+def _without_folded_bias(ctx: Ctx, name: str, node: dict) -> dict:
+    """The node as its lowering should see it: without the bias a SkipLayerNormalization adds."""
+    local = ctx.memo["bias_fold"].get(name)
+    return node if local is None else dict(node, params={k: v for k, v in node["params"].items() if k != local})
+
+
+def _note_folded_bias(ctx: Ctx, name: str) -> None:
+    local = ctx.memo["bias_fold"].get(name)
+    if local is not None:
+        norm = ctx.memo["skip_fuse"][next(iter(ctx.graph.g.successors(name)))]
+        ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')}; {local} added in {norm}'s SkipLayerNormalization"
 
 
 def _skip_op(node: dict) -> str:
@@ -86,11 +133,14 @@ def lower_norm(ctx: Ctx, name: str, node: dict):
     ins = [x, skip, portable.norm_scale(ctx, name, node)]
     if s["norm"] == "layernorm" and s["bias"]:
         ins.append(ctx.weight(f"{name}.bias"))
+    folded = [(b, ctx.memo["bias_fold"][b]) for b in ctx.graph.inputs_at(r, "branch") if b in ctx.memo["bias_fold"]]
+    for b, local in folded:  # at most one (see _bias_folds); input 4, after the optional beta
+        ins = ins + [""] * (4 - len(ins)) + [ctx.weight(f"{b}.{local}")]
     op = _skip_op(node)
     y, total = ctx.fresh(f"{op}"), ctx.fresh("input_skip_bias_sum")
     ctx.op(op, ins, domain=MS, out=[y, "", "", total], epsilon=float(s["eps"]))  # mean, inv_std_var unused
     ctx.env[r] = total
-    ctx.lowering[name] = f"cuda:{op}"
+    ctx.lowering[name] = f"cuda:{op}" + "".join(f" (+ {b}.{local} as its bias input)" for b, local in folded)
     return y
 
 
@@ -114,6 +164,12 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
 
 
 def lower_attention(ctx: Ctx, name: str, node: dict):
+    y = _lower_attention(ctx, name, _without_folded_bias(ctx, name, node))
+    _note_folded_bias(ctx, name)
+    return y
+
+
+def _lower_attention(ctx: Ctx, name: str, node: dict):
     reason = ctx.memo["gqa_reason"][name]
     if reason is not None:
         if node["settings"]["kv_heads"] == node["settings"]["n_heads"]:
@@ -167,29 +223,40 @@ def lower_attention(ctx: Ctx, name: str, node: dict):
 def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
     """com.microsoft MultiHeadAttention (fp32/fp16, CUDA kernels with an additive bias) for MHA nodes
     GroupQueryAttention cannot take: the mask node's [B,1,S,T] mask (+ ALiBi [B,H,1,T]) as
-    attention_bias, past/present concatenated by the op; RoPE in front (com.microsoft RotaryEmbedding)."""
+    attention_bias, past/present concatenated by the op; RoPE in front (com.microsoft RotaryEmbedding).
+
+    q, k and v come from one GEMM (x @ [Wq; Wk; Wv]^T) and one Split, not three MatMuls. The
+    op's packed-QKV input would save the Split, but onnxruntime takes it without past only. Without
+    RoPE the [bq; bk; bv] bias goes in as the op's own `bias` input ([3 hidden], added to q, k and v
+    inside the op's transpose kernels, so the present cache holds k + bk as before); with RoPE the
+    bias must precede the rotation, so it stays one Add on the GEMM output."""
     s, p = node["settings"], node["params"]
-    q, k, v = portable.qkv(ctx, name, node)
     rot = input_of(ctx, name, "rotary")
+    bias_inside = "q.bias" in p and rot is None
+    qkv = _qkv_packed(ctx, name, node, add_bias=not bias_inside)
+    hq, hkv = s["n_heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    q, k, v = ctx.op("Split", [qkv, ctx.const(np.array([hq, hkv, hkv], np.int64), "split")], 3, axis=-1)
+    bias = ctx.weight_concat([f"{name}.{t}.bias" for t in "qkv"], f"{name}.qkv.bias") if bias_inside else ""
     if rot is not None:
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
         q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
         k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
     past_k, past_v = portable.cache_io(ctx, node)
-    y, pk, pv = ctx.op("MultiHeadAttention", [q, k, v, "", "", portable.attention_bias(ctx, name), past_k, past_v], 3,
+    y, pk, pv = ctx.op("MultiHeadAttention", [q, k, v, bias, "", portable.attention_bias(ctx, name), past_k, past_v], 3,
                        domain=MS, num_heads=s["n_heads"], scale=float(s["softmax_scale"]))
     portable.cache_out(ctx, node, pk, pv)
-    ctx.lowering[name] = f"cuda:MultiHeadAttention (not GroupQueryAttention: {why})"
+    how = "q|k|v one GEMM + Split" + (", bias inside the op" if bias_inside else ", bias Add before RoPE" if "q.bias" in p else "")
+    ctx.lowering[name] = f"cuda:MultiHeadAttention (not GroupQueryAttention: {why}; {how})"
     return portable.linear(ctx, y, f"{name}.o", p)
 
 
-def _qkv_packed(ctx: Ctx, name: str, node: dict) -> str:
-    """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv]): one GEMM, [B, S, (H + 2 KV) * hd]."""
+def _qkv_packed(ctx: Ctx, name: str, node: dict, add_bias: bool = True) -> str:
+    """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv] unless add_bias is False): one GEMM, [B, S, (H + 2 KV) * hd]."""
     x, p = input_of(ctx, name, "x"), node["params"]
     w = ctx.weight_concat([f"{name}.{t}.weight" for t in "qkv"], f"{name}.qkv.weight.T", transpose=True)
     y = ctx.op("MatMul", [x, w])
-    if "q.bias" in p:
+    if add_bias and "q.bias" in p:
         y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.{t}.bias" for t in "qkv"], f"{name}.qkv.bias")])
     return y
 
@@ -271,6 +338,12 @@ def lower_head(ctx: Ctx, name: str, node: dict):
 
 
 def lower_mlp(ctx: Ctx, name: str, node: dict):
+    y = _lower_mlp(ctx, name, _without_folded_bias(ctx, name, node))
+    _note_folded_bias(ctx, name)
+    return y
+
+
+def _lower_mlp(ctx: Ctx, name: str, node: dict):
     """Gated (Shazeer 2020) down(act(gate(x)) * up(x)) with gate and up as one GEMM: x @ [Wg; Wu]^T,
     [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation op with both a
     CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so Split + act + Mul; SiLU's x*Sigmoid(x) is

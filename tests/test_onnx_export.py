@@ -152,7 +152,8 @@ def test_dtypes_io_and_metadata(dtype, tmp_path):
     assert ins[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.key" in ins
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["archc.lowering"]) == res.lowering
-    want = ("cuda:MultiHeadAttention (not GroupQueryAttention: fp32 (its CUDA kernels take fp16/bf16))" if dtype == "fp32"
+    want = ("cuda:MultiHeadAttention (not GroupQueryAttention: fp32 (its CUDA kernels take fp16/bf16); q|k|v one GEMM + Split)"
+            if dtype == "fp32"
             else "cuda:GroupQueryAttention (packed qkv, rotary inside)")
     assert res.lowering["layers.0.attn"] == want
     assert meta["archc.kv_cache"] == ("concat" if dtype == "fp32" else "shared")
