@@ -105,10 +105,10 @@ def _without_folded_bias(ctx: Ctx, name: str, node: dict) -> dict:
 
 
 def _note_folded_bias(ctx: Ctx, name: str) -> None:
+    """Recorded without layer names, so `archc compile`'s summary groups the layers in one line."""
     local = ctx.memo["bias_fold"].get(name)
     if local is not None:
-        norm = ctx.memo["skip_fuse"][next(iter(ctx.graph.g.successors(name)))]
-        ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')}; {local} added in {norm}'s SkipLayerNormalization"
+        ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')}; {local} added in the residual's SkipLayerNormalization"
 
 
 def _skip_op(node: dict) -> str:
@@ -140,7 +140,7 @@ def lower_norm(ctx: Ctx, name: str, node: dict):
     y, total = ctx.fresh(f"{op}"), ctx.fresh("input_skip_bias_sum")
     ctx.op(op, ins, domain=MS, out=[y, "", "", total], epsilon=float(s["eps"]))  # mean, inv_std_var unused
     ctx.env[r] = total
-    ctx.lowering[name] = f"cuda:{op}" + "".join(f" (+ {b}.{local} as its bias input)" for b, local in folded)
+    ctx.lowering[name] = f"cuda:{op}" + "".join(f" (+ {ctx.graph.node(b)['role']} {local} as its bias input)" for b, local in folded)
     return y
 
 

@@ -68,8 +68,8 @@ def _assert_biases_in_skip_norms(m: onnx.ModelProto, spec, lowering: dict) -> No
     assert sorted(folded) == sorted(want)
     assert not [n.name for n in m.graph.node if n.op_type == "Add" and set(n.input) & set(want)]
     assert all(producer[n.input[0]].op_type != "Add" for n in skips)
-    assert "o.bias added in layers.0.mlp_norm's SkipLayerNormalization" in lowering["layers.0.attn"]
-    assert lowering["layers.0.mlp_norm"] == "cuda:SkipLayerNormalization (+ layers.0.attn.o.bias as its bias input)"
+    assert lowering["layers.0.attn"].endswith("; o.bias added in the residual's SkipLayerNormalization")
+    assert lowering["layers.0.mlp_norm"] == "cuda:SkipLayerNormalization (+ attn o.bias as its bias input)"
 
 
 def test_gpt2_group_query_attention_path_folds_its_biases_too(tmp_path):
