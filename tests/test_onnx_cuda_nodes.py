@@ -160,3 +160,16 @@ def test_negative_controls_misplaced_biases_fail(case, tmp_path):
     dropped = {k: torch.zeros_like(v) if k.endswith(("o.bias", "down.bias")) else v for k, v in state.items()}
     _export_state(graph, dropped, tmp_path / "dropped", fused)
     assert _err(tmp_path / "dropped", module, spec, graph, steps=1) > 1e-2
+
+
+@pytest.mark.parametrize("name", ["bloom", "glm"])
+def test_bf16_takes_the_portable_attention(name, tmp_path):
+    """onnxruntime registers MultiHeadAttention's CUDA kernel for float and float16 only: in bf16 the node
+    would have no kernel on any provider, so the cuda target lowers it to ONNX Attention (fp16 keeps MHA)."""
+    graph = archc.compile(tiny_spec(name))
+    res = export(graph, tmp_path / "bf16", target="cuda", dtype="bf16")
+    ops = collections.Counter(n.op_type for n in _model(tmp_path / "bf16").graph.node)
+    assert ops["MultiHeadAttention"] == 0 and ops["Attention"] == graph.spec.n_layers
+    assert all("no bf16 CUDA kernel" in res.lowering[a] for a in res.lowering if a.endswith(".attn"))
+    export(graph, tmp_path / "fp16", target="cuda", dtype="fp16")
+    assert collections.Counter(n.op_type for n in _model(tmp_path / "fp16").graph.node)["MultiHeadAttention"] == graph.spec.n_layers
