@@ -20,7 +20,9 @@ Method (same for every backend, so the figures compare):
   in benchmarks/RESULTS.md), except where batch * prompt * vocab reaches the runner's
   FULL_LOGITS_LIMIT (2**31, past onnxruntime's 32-bit indexing: the PaLM 256k-vocabulary shape at
   batch 16, prompt 2048 faulted on CUDA); those shapes export with `--logits last` (the head on the
-  last position only). Which one ran is in the table's note and the JSON (`logits`).
+  last position only). Which one ran is in the table's note and the JSON (`logits`). The torch
+  backends run the head on the last position for the same shapes (a hook on the bench's module;
+  otherwise PaLM's [16, 2048, 256000] float32 logits alone are 33 GB), JSON `head_positions`.
 - Peak memory: torch backends, the resident model plus the allocator's peak above what was held
   before the measured calls; onnxruntime (its own allocator), device memory in use after the runs
   minus before the session was made (the arena does not shrink, so this is its peak).
@@ -260,10 +262,10 @@ class TorchBackend(Backend):
             head.register_forward_pre_hook(_head_last_hook, with_kwargs=True)
             head.bench_hooked = True
         self.head = head
-        self.logits = logits_for(self.bench.graph, self.bench.shape)
+        self.head_positions = logits_for(self.bench.graph, self.bench.shape)
 
     def fits(self, shape: Shape) -> bool:
-        self.logits = logits_for(self.bench.graph, shape)  # no new set-up: generate sets the hook's flag per call
+        self.head_positions = logits_for(self.bench.graph, shape)  # no new set-up: generate sets the hook's flag per call
         return True
 
     def resident_bytes(self):
@@ -272,7 +274,7 @@ class TorchBackend(Backend):
     def generate(self, ids, mask, n):
         import torch
 
-        self.head.bench_head_last = self.logits == "last"
+        self.head.bench_head_last = self.head_positions == "last"
         with torch.inference_mode():
             B, P = ids.shape
             kw = {}
@@ -414,6 +416,7 @@ class BackendResult:
     setup_s: float | None = None
     wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
     logits: str | None = None  # ort backends: the export's --logits (all | last), see logits_for
+    head_positions: str | None = None  # torch backends: the prefill head on `all` positions or the `last` one (logits_for)
     error: str | None = None
 
 
@@ -504,6 +507,7 @@ class Bench:
                 be = self._backend(name)
                 r.setup_s = be.setup_s
                 r.logits = getattr(be, "logits", None)
+                r.head_positions = getattr(be, "head_positions", None)
                 self._measure(be, ids, mask, shape, r)
                 toks = self._last_tokens
                 if ref is None:
@@ -636,7 +640,8 @@ def render(run: dict, limits: dict, console=None) -> None:
                   _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
                   _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
                   "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
-                  (b["error"] or (f"logits {b['logits']}" if b.get("logits") else ""))[:60])
+                  (b["error"] or (f"logits {b['logits']}" if b.get("logits") else
+                                  "head: last position" if b.get("head_positions") == "last" else ""))[:60])
     console.print(t)
     gemm = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in limits["gemm_flops_per_s"].items())
     console.print(f"[dim]limits: copy {limits['copy_bytes_per_s'] / 1e12:.2f} TB/s, GEMM {gemm}[/]")

@@ -88,7 +88,9 @@ def _md(text: str) -> str:
 def _note(b: dict) -> str:
     if b["error"]:
         return _md(b["error"])[:90]
-    return "logits last" if b.get("logits") == "last" else ""
+    if b.get("logits") == "last":
+        return "logits last"
+    return "head on the last position" if b.get("head_positions") == "last" else ""
 
 
 def _one_run(report: dict) -> str:

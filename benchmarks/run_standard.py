@@ -1,6 +1,7 @@
 """Run the whole standard set of issue 6 in one invocation: 40 shapes, fault-isolated, one set of limits.
 
     PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out OUT/results.json            # foreground
+    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out OUT/results.json --detach   # detached (below)
     PYTHONPATH=$PWD python3 benchmarks/run_standard.py --plan                            # cases, backends, time estimate
 
 The standard set (benchmarks/standard.py): LLaMA, PaLM, BLOOM, GPT-2, GLM at about 1.1 B parameters;
@@ -19,13 +20,16 @@ max_len)) and one HF model. Backends per case:
 
 Fault isolation: each group runs in its own child process (this script with --_group; subprocess,
 so no CUDA context is inherited: the parent never imports torch). A child that dies (CUDA fault,
-segfault, OOM kill) or passes --group-timeout-s (its whole process group is killed) has its
-unmeasured cases recorded under "failed" with the reason (exit status and the last lines of its
-output); the run goes on with the next group. The first child measures the card's limits (copy
-bandwidth, fp16/bf16 GEMM rate: archc.bench.measure_limits) and the environment (card, versions)
-before its cases; every later child gets them, so every figure of the JSON relates to one set of
-limits from one run. The JSON (--out) is rewritten atomically after every finished case of every
-group, so a run stopped at any point keeps what it measured.
+segfault, OOM kill, abort) or runs past --group-timeout-s (its whole process group is killed) loses
+only the case it was on: that case goes under "failed" with the reason (exit status and the last
+lines of its output, with the Python stack: PYTHONFAULTHANDLER), and the group's remaining cases go on
+in a fresh child. A backend error that names a CUDA fault (the context is poisoned from then on) ends
+the child after that case is recorded, and the rest of the group goes on in a fresh child too. The
+first child measures the card's limits (copy bandwidth, fp16/bf16 GEMM rate:
+archc.bench.measure_limits) and the environment (card, versions) before its cases; every later child
+gets them, so every figure of the JSON relates to one set of limits from one run. The JSON (--out) is
+rewritten atomically while a group runs (every few seconds, when its child has finished a case) and
+after it, so a run stopped at any point keeps what it measured.
 Exports ahead: while group i measures on the GPU, a CPU-only process (CUDA_VISIBLE_DEVICES empty,
 4 threads) exports group i+1's ONNX models into the work folder (default: a fresh `.OUT.exports`
 beside --out; --work-dir DIR reuses the exports already in DIR); each group's exports are deleted once
@@ -33,19 +37,22 @@ it is done (--keep-exports keeps them), so at most two groups' models (about 10 
 --no-pre-export exports inside each group's child instead (about 12 s more per group, nothing else
 on the CPU while measuring).
 
-Time (--plan prints the estimate per group, from the 07:13 UTC H200 run's per-backend times): about
-16-19 minutes on an H200, of which LLaMA fp16 is about 6 (archc's module under torch.compile alone
-compiles for about 3). That is past the device's 10 minutes per command, so on the GPU machine run it
-detached (its own session, survives the command) and wait in later commands (each call within the
-machine's warm period of the previous one):
+Time (--plan prints the estimate per group, from the per-backend times of the 07:13 UTC H200 run in
+benchmarks/results/tier*.json): about 19 minutes on an H200, of which LLaMA fp16 is about 6.5 (archc's
+module under torch.compile alone compiles for about 3) and each other group 1-2. That is past the
+device's 10 minutes per command, so on the GPU machine run it detached (its own session: it survives
+the command that started it) and wait for it in the next commands, each issued right after the
+previous one returns (the machine stays warm for only about 30 s after a call):
 
     export PYTHONPATH=/tmp/site:$PWD
-    python3 benchmarks/run_standard.py --out /tmp/std/results.json --detach --wait-s 560; cp /tmp/std/* $OUT/
-    python3 benchmarks/run_standard.py --out /tmp/std/results.json --status --wait-s 560; cp /tmp/std/* $OUT/
-    ... (repeat the second line until it prints "finished"; exit status 0 = finished, 3 = still running)
+    python3 benchmarks/run_standard.py --out /tmp/std/results.json --detach --wait-s 540; cp /tmp/std/results.json* $OUT/
+    python3 benchmarks/run_standard.py --out /tmp/std/results.json --status --wait-s 570; cp /tmp/std/results.json* $OUT/
+    ... repeat the second line until it prints "finished" (its exit status: 0 finished, 3 still running,
+    2 the run's process is gone); every copy to $OUT holds what was measured so far.
 
---detach writes the run's output to OUT.log beside the JSON. --status prints which groups are done,
-which one runs and the estimated time left.
+--detach writes the run's output to OUT.log beside the JSON (OUT.log is results.json.log above).
+--status prints groups done, the one running, cases measured and failed, and an estimate of the time
+left. Run in the foreground (no --detach) where a command may take the whole run.
 
 Other options: --families, --dtypes, --batches, --prompts restrict the set; --backends restricts every
 case to those backends; --skip family:dtype:batch:prompt,... leaves cases out (recorded as skipped);
@@ -56,8 +63,10 @@ CPU check of the orchestration (seconds; tests/test_run_standard.py): --tiny --d
 family (standard.TINY), prompts 8 and 12, batches 1 and 2, 4 new tokens, leaves out the two
 torch.compile backends unless --backends names them. On the CPU, fp16 cases run in fp32 (the run's
 dtype is in the JSON, the asked one in `case`) and bf16 cases are skipped with the reason
-(onnxruntime's CPU provider has no bf16 kernels for these models).
-Test hooks: ARCHC_BENCH_CRASH=family[:i] makes that family's child os.abort() before its case i.
+(onnxruntime's CPU provider has no bf16 kernels for these models). About 20-40 s on a 2-core machine.
+Test hooks: ARCHC_BENCH_CRASH=family or family:dtype:batch:prompt (comma-separated) makes the child
+os.abort() at its start or before that case; ARCHC_BENCH_FAULT=family:dtype:batch:prompt records a
+CUDA fault in that case's first backend (the child then ends as after a real one).
 The figures go into RESULTS.md through benchmarks/render_results.py.
 """
 
@@ -253,7 +262,12 @@ def run_parent(args, groups: list[dict]) -> int:
     out: Path = args.out.resolve()
     run_dir = out.parent / f".{out.name}.parts"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        from archc.errors import UserError
+
+        raise UserError(f"--out {args.out}: cannot create {run_dir}: {e.strerror}") from None
     if args.work_dir:  # the user's folder: exports already there are reused
         work_dir = Path(args.work_dir).resolve()
     else:  # a fresh folder, so no export of an earlier exporter version is measured by mistake
@@ -458,11 +472,14 @@ def run_group(job_path: Path) -> int:
             run.update(family=g["family"], case=c["key"], requested_dtype=c["dtype"])
             res["runs"].append(run)
             render(run, limits, console)
+            if c["key"] in os.environ.get("ARCHC_BENCH_FAULT", "").split(","):  # test hook: as if the first backend faulted
+                run["backends"][0]["error"] = "RuntimeError: CUDA failure 700: an illegal memory access was encountered (ARCHC_BENCH_FAULT)"
             fault = next((b for b in run["backends"] if b["error"] and any(f in b["error"] for f in CUDA_FAULTS)), None)
-            if fault and device == "cuda":  # the context is poisoned: nothing after this in this process is valid
+            if fault and (device == "cuda" or "ARCHC_BENCH_FAULT" in fault["error"]):  # the context is poisoned: nothing after this in this process is valid
                 res["exit"] = f"CUDA fault in {fault['backend']} at {c['key']} ({fault['error'][:200]})"
                 _write(result_path, res)
-                return 0
+                sys.stdout.flush()
+                os._exit(0)  # no teardown in a poisoned context (it can hang or fault again)
             _write(result_path, res)
     finally:
         bench.close()
@@ -486,7 +503,7 @@ def _alive(pid: int) -> bool:
 def status(out: Path, wait_s: float) -> int:
     """Print the state of the run writing `out`; wait up to wait_s for it to finish. 0 finished, 3 running, 2 unknown."""
     t_end = time.time() + wait_s
-    last = None
+    last, last_t = None, 0.0
     while True:
         try:
             rep = json.loads(out.read_text())
@@ -505,9 +522,10 @@ def status(out: Path, wait_s: float) -> int:
             if not _alive(st["pid"]):
                 print(line + f"; but its process {st['pid']} is gone (see the .log beside the JSON)", flush=True)
                 return 2
-        if line != last:
+        key = None if st is None else (st["groups_done"], st["running"], len(rep["runs"]), len(rep["failed"]))
+        if key != last or time.time() - last_t > 60:  # on progress, else once a minute
             print(time.strftime("%H:%M:%S ") + line, flush=True)
-            last = line
+            last, last_t = key, time.time()
         if time.time() >= t_end:
             return 3 if st else 2
         time.sleep(min(2, max(0.2, t_end - time.time())))
@@ -599,4 +617,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from archc.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # e.g. --out in a folder that cannot be written: one line, exit 2
+        print(f"run_standard.py: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -97,16 +97,20 @@ def test_hung_group_is_killed_at_its_timeout(tmp_path):
 
 
 def test_detached_run_survives_and_status_reports_it(tmp_path):
-    """--detach starts the run in its own session and returns; --status waits for it and says 'finished'."""
+    """--detach starts the run in its own session and returns; --status waits for it and says 'finished'.
+    A CUDA fault recorded in the first case (injected) ends that child; the second case runs in a fresh one."""
     out = tmp_path / "r.json"
-    common = ["--tiny", "--device", "cpu", "--families", "llama", "--dtypes", "fp16", "--batches", "1", "--prompts", "8",
+    common = ["--tiny", "--device", "cpu", "--families", "llama", "--dtypes", "fp16", "--batches", "1", "--prompts", "8,12",
               "--backends", "ort", "--repeats", "1", "--out", str(out)]
-    p = _run([*common, "--detach"], timeout=60)
+    p = _run([*common, "--detach"], env={"ARCHC_BENCH_FAULT": "llama:fp16:1:8"}, timeout=60)
     assert p.returncode == 0 and "started pid" in p.stdout, p.stderr
     p = _run([*common, "--status", "--wait-s", "90"], timeout=120)
     assert p.returncode == 0 and "finished: 1/1 groups" in p.stdout, p.stdout + p.stderr
     rep = json.loads(out.read_text())
-    assert [r["case"] for r in rep["runs"]] == ["llama:fp16:1:8"]
+    assert [r["case"] for r in rep["runs"]] == ["llama:fp16:1:8", "llama:fp16:1:12"] and rep["failed"] == []
+    assert "illegal memory access" in rep["runs"][0]["backends"][0]["error"] and "illegal" not in (rep["runs"][1]["backends"][0]["error"] or "")
+    g = rep["groups"][0]
+    assert g["processes"] == 2 and g["status"] == "failed" and "CUDA fault in ort at llama:fp16:1:8" in g["reason"]
     log = (tmp_path / "r.json.log").read_text()
     assert "done in" in log
     # the model was exported ahead by the CPU process, into the folder the group's ort backend reads
@@ -152,11 +156,11 @@ def test_torch_backend_head_on_last_position_where_ort_exports_last(monkeypatch)
         return run["backends"][0], b._last_tokens
 
     full, full_tokens = run()
-    assert full["logits"] == "all" and seen == [9, 1]  # negative control: the whole prompt through the head
+    assert full["head_positions"] == "all" and seen == [9, 1]  # negative control: the whole prompt through the head
     monkeypatch.setattr("archc.runner.FULL_LOGITS_LIMIT", 10)
     seen.clear()
     last, last_tokens = run()
-    assert last["logits"] == "last" and seen == [1, 1]
+    assert last["head_positions"] == "last" and seen == [1, 1]
     assert torch.equal(full_tokens, last_tokens) and last["prefill_ms"] > 0
 
 
