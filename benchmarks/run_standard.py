@@ -38,7 +38,7 @@ it is done (--keep-exports keeps them), so at most two groups' models (about 10 
 on the CPU while measuring).
 
 Time (--plan prints the estimate per group, from the per-backend times of the 07:13 UTC H200 run in
-benchmarks/results/tier*.json): about 19 minutes on an H200, of which LLaMA fp16 is about 6.5 (archc's
+benchmarks/results/tier*.json): about 20 minutes on an H200, of which LLaMA fp16 is about 7 (archc's
 module under torch.compile alone compiles for about 3) and each other group 1-2. That is past the
 device's 10 minutes per command, so on the GPU machine run it detached (its own session: it survives
 the command that started it) and wait for it in the next commands, each issued right after the
@@ -97,8 +97,8 @@ CPU_BF16 = "bf16 on the CPU: onnxruntime's CPU provider has no bf16 kernels for 
 
 # Rough seconds per backend per case on an H200 (warm-up + timed runs), and first-use set-up, from the
 # 07:13 UTC run (benchmarks/results/tier*.json); batch 16 baselines take about 1.5x.
-EST_CASE = {"ort": 2, "ort-nograph": 2, "torch": 10, "torch-compile": 5, "hf-eager": 8, "hf-sdpa": 10, "hf-compile": 27}
-EST_SETUP = {"ort": 5, "ort-nograph": 1, "torch": 10, "torch-compile": 180, "hf-eager": 6, "hf-sdpa": 6, "hf-compile": 2}
+EST_CASE = {"ort": 2, "ort-nograph": 2, "torch": 11, "torch-compile": 5, "hf-eager": 7, "hf-sdpa": 12, "hf-compile": 27}
+EST_SETUP = {"ort": 5, "ort-nograph": 1, "torch": 12, "torch-compile": 180, "hf-eager": 12, "hf-sdpa": 12, "hf-compile": 2}
 EST_CHILD = 10  # start, imports, CUDA context
 EST_EXPORT = 12  # one 1.1 B export on the CPU (overlapped with the previous group except the first)
 EST_LIMITS = 8
@@ -247,7 +247,7 @@ class Child:
             return None
         if why is None:
             why = f"exit status {rc}" + (f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else "")
-        lines = [ln for ln in self.tail if ln.strip()][-8:]
+        lines = [ln for ln in self.tail if ln.strip() and set(ln.strip()) - set("^~ ")][-6:]  # no caret lines
         return why + (": " + " | ".join(ln.strip()[:200] for ln in lines) if lines else "")
 
     def kill(self) -> None:
@@ -336,6 +336,12 @@ def run_parent(args, groups: list[dict]) -> int:
                 why = why or res["exit"]
                 reasons.append(res["exit"])
                 print(f"[{name}: {res['exit']}; the rest of the group goes on in a new process]", flush=True)
+            elif (why or left) and not res.get("current"):  # died before its first case: set-up, not a case
+                why = why or "the child ended before its first case"
+                report["failed"] += [dict(c, reason=f"the group's process failed before its first case: {why}") for c in left]
+                reasons.append(f"set-up: {why}")
+                print(f"[{name}: the child failed before its first case; the group's {len(left)} cases are recorded as failed: {why}]", flush=True)
+                left = []
             elif why or left:
                 why = why or "the child ended without measuring this case"
                 current = res.get("current")
