@@ -247,7 +247,8 @@ class Child:
             return None
         if why is None:
             why = f"exit status {rc}" + (f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else "")
-        lines = [ln for ln in self.tail if ln.strip() and set(ln.strip()) - set("^~ ")][-6:]  # no caret lines
+        lines = [ln for ln in self.tail if ln.strip() and set(ln.strip()) - set("^~ ")  # no caret lines, no module list
+                 and not ln.startswith("Extension modules:")][-8:]
         return why + (": " + " | ".join(ln.strip()[:200] for ln in lines) if lines else "")
 
     def kill(self) -> None:
