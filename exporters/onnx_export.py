@@ -69,6 +69,13 @@ class NextToken(str, Enum):
     none = "none"  # the contract's outputs only
 
 
+class WeightLayout(str, Enum):
+    """How a projection x @ W^T is emitted (W: archc's [out, in], the torch Linear layout)."""
+
+    in_out = "in_out"  # MatMul(x, W^T) on a transposed [in, out] initializer: standard ONNX, every provider
+    out_in = "out_in"  # com.microsoft FusedMatMul(x, W, transB=1) on W as it is: cuBLAS's transposed-B GEMM
+
+
 class ExportDType(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -103,6 +110,7 @@ class Ctx:
     fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
+    weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -173,6 +181,16 @@ class Ctx:
             self.weights.append(WeightRef(name, tuple(fulls), shape[::-1] if transpose else shape, transpose))
             self._weight_names.add(name)
         return name
+
+    def matmul_wt(self, x: str, fulls: list[str], concat_name: str | None = None) -> str:
+        """x @ W^T for archc parameters `fulls` ([out, in] each; several are stacked along `out` into one
+        initializer named concat_name), in this export's weight layout (WeightLayout)."""
+        if self.weight_layout is WeightLayout.out_in:
+            w = self.weight(fulls[0]) if concat_name is None else self.weight_concat(fulls, concat_name)
+            return self.op("FusedMatMul", [x, w], domain="com.microsoft", transB=1)
+        if concat_name is None:
+            return self.op("MatMul", [x, self.weight(fulls[0], transpose=True)])
+        return self.op("MatMul", [x, self.weight_concat(fulls, f"{concat_name}.T", transpose=True)])
 
     def graph_input(self, name: str, elem: int, dims: list) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem, dims))

@@ -36,7 +36,11 @@ from onnx import TensorProto
 
 from archc.graph import ComponentKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import ExportDType, Ctx, input_of, inputs_of
+from exporters.onnx_export import ExportDType, Ctx, WeightLayout, input_of, inputs_of
+
+# Projections' weight layout on this target (WeightLayout): chosen by measurement, benchmarks/gemv_layout.py
+# and benchmarks/ab_decode.py (RESULTS.md, optimisation log).
+WEIGHT_LAYOUT = WeightLayout.in_out
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -48,6 +52,7 @@ I32 = TensorProto.INT32
 
 def plan(ctx: Ctx) -> None:
     g = ctx.graph
+    ctx.weight_layout = WEIGHT_LAYOUT
     order = {n: i for i, n in enumerate(g.nodes())}
     fuse: dict[str, str] = {}
     for n in g.nodes():
@@ -259,8 +264,7 @@ def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
 def _qkv_packed(ctx: Ctx, name: str, node: dict, add_bias: bool = True) -> str:
     """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv] unless add_bias is False): one GEMM, [B, S, (H + 2 KV) * hd]."""
     x, p = input_of(ctx, name, "x"), node["params"]
-    w = ctx.weight_concat([f"{name}.{t}.weight" for t in "qkv"], f"{name}.qkv.weight.T", transpose=True)
-    y = ctx.op("MatMul", [x, w])
+    y = ctx.matmul_wt(x, [f"{name}.{t}.weight" for t in "qkv"], f"{name}.qkv.weight")
     if add_bias and "q.bias" in p:
         y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.{t}.bias" for t in "qkv"], f"{name}.qkv.bias")])
     return y
@@ -357,8 +361,7 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
-    w = ctx.weight_concat([f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight.T", transpose=True)
-    y = ctx.op("MatMul", [x, w])
+    y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
     if "gate.bias" in p:
         y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
     gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)

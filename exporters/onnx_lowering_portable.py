@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, input_of, inputs_of
+from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, WeightLayout, input_of, inputs_of
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 DIMS = {"batch": BATCH, "seq": SEQ, "total": TOTAL}
@@ -128,8 +128,8 @@ def lower_norm(ctx: Ctx, name: str, node: dict) -> str:
 
 
 def linear(ctx: Ctx, x: str, prefix: str, params: dict) -> str:
-    """x @ W^T (+ b); W is stored transposed ([in, out], initializer `<name>.weight.T`)."""
-    y = ctx.op("MatMul", [x, ctx.weight(f"{prefix}.weight", transpose=True)])
+    """x @ W^T (+ b), in the export's weight layout (portable: W stored transposed, `<name>.weight.T`)."""
+    y = ctx.matmul_wt(x, [f"{prefix}.weight"])
     if f"{prefix.rsplit('.', 1)[-1]}.bias" in params:
         y = ctx.op("Add", [y, ctx.weight(f"{prefix}.bias")])
     return y
@@ -183,10 +183,12 @@ def lower_head(ctx: Ctx, name: str, node: dict, x: str | None = None) -> str:
     if ctx.logits is Logits.last:
         x = last_position(ctx, x)
     tied = node.get("tied", {}).get("weight")
-    if tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start
+    if tied and ctx.weight_layout is WeightLayout.out_in:  # logits = h E^T straight from the shared matrix
+        y = ctx.op("FusedMatMul", [x, ctx.weight(tied)], domain="com.microsoft", transB=1)
+    elif tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start (a second copy)
         y = ctx.op("MatMul", [x, ctx.op("Transpose", [ctx.weight(tied)], perm=[1, 0])])
     else:
-        y = ctx.op("MatMul", [x, ctx.weight(f"{name}.weight", transpose=True)])
+        y = ctx.matmul_wt(x, [f"{name}.weight"])
     if "bias" in node["params"]:
         y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
     return y
