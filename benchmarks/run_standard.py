@@ -183,6 +183,7 @@ def print_plan(groups: list[dict], args) -> None:
 def _py_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONIOENCODING", "utf-8")  # the children's tables reach the parent through a pipe
     env.setdefault("PYTHONFAULTHANDLER", "1")  # a child killed by a signal (CUDA fault, abort) leaves its Python stack
     env.update(extra or {})
     return env
@@ -220,10 +221,13 @@ class Child:
         self.thread.start()
 
     def _pump(self, prefix: str, echo: bool) -> None:
-        for line in self.proc.stdout:
+        for line in self.proc.stdout:  # read to the end whatever happens: a full pipe would block the child
             self.tail.append(line.rstrip("\n"))
             if echo:
-                print(prefix + line, end="", flush=True)
+                try:
+                    print(prefix + line, end="", flush=True)
+                except (OSError, ValueError):
+                    pass
 
     def wait(self, timeout: float | None, on_tick=None) -> str | None:
         """None when it exited with status 0, else why not (killing its process group on time-out).
@@ -594,6 +598,9 @@ def main() -> int:
     ap.add_argument("--_group", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--_export", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal or log gets '?' for the table borders, not an error
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     if args._group:
         return run_group(args._group)
     if args._export:
