@@ -4,8 +4,8 @@ tree, export or provider options) measured in alternation, each in its own proce
     PYTHONPATH=$PWD python3 benchmarks/ab_decode.py --family llama --variants "new;old;new:next_token=none" \
         --old-root .baseline --rounds 2 --out out/ab.json
 
-Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree) or `old` (--old-root, e.g. a `git archive`
-of an earlier commit's archc/ and exporters/); keys: next_token=argmax|none (export option, new only),
+Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
+folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none (export option, new only),
 sdpa_kernel=N (CUDA provider option), cuda_graph=0|1. Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
 prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after
@@ -106,7 +106,7 @@ def main() -> int:
     results = []
     for rnd in range(args.rounds):
         for v in variants:
-            root = ROOT if v["root"] == "new" else (ROOT / args.old_root).resolve()
+            root = {"new": ROOT, "old": (ROOT / args.old_root).resolve()}.get(v["root"]) or (ROOT / v["root"]).resolve()
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             cmd = [sys.executable, __file__, "--child", json.dumps(v), "--family", args.family, "--dtype", args.dtype,
                    "--batch", str(args.batch), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--work", args.work,
