@@ -52,6 +52,11 @@ from archc.errors import UserError
 
 MODEL_FILE = "model.onnx"
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
+# CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
+# cache): flash (1) | memory-efficient (2) | unfused (16), without cuDNN flash attention (8), which plans
+# its kernel for every new sequence length: BLOOM-1.3B's first 128-token generate took 12.5 s with it and
+# 0.88 s without, and steady decode 3.59 -> 3.34 ms/token (H200, benchmarks/RESULTS.md, optimisation log).
+CONCAT_CACHE_SDPA_KERNEL = 1 | 2 | 16
 
 
 @dataclass
@@ -168,6 +173,8 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     providers, note = choose_providers(device)
     if providers[0] != "CPUExecutionProvider":
         opts = dict(providers[0][1])
+        if meta.get("archc.kv_cache", "concat") != "shared":
+            opts["sdpa_kernel"] = str(CONCAT_CACHE_SDPA_KERNEL)
         opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
         providers = [("CUDAExecutionProvider", opts)] + providers[1:]
     if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
