@@ -355,30 +355,35 @@ def _hf_source(graph: ComponentGraph, path: Path):
 def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
     """Stream every initializer into data_path; returns TensorProtos pointing into it.
 
-    The next two tensors are drawn (seeded init or read) on worker threads while the current one is
-    cast and written: torch releases the GIL, so drawing overlaps writing and each other. At most three
-    source tensors are alive at a time, so memory stays near one copy of the weights; each tensor's
-    values depend only on its own name, and they are written in order, so the file is the same byte
-    for byte."""
+    The next two initializers are drawn (seeded init or read) on worker threads while the current one
+    is cast and written: torch releases the GIL, so drawing overlaps writing and each other. Each
+    source parameter is its own task (a concatenated q|k|v or gate|up initializer is drawn part by part
+    in parallel, then joined here). Only the initializers in flight are alive, so memory stays near one
+    copy of the weights; each tensor's values depend only on its own name, and they are written in
+    order, so the file is the same byte for byte."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def fetch(ref):
-        if isinstance(ref.source, tuple):
-            import torch
+    def submit(ref):
+        return [pool.submit(get, src) for src in (ref.source if isinstance(ref.source, tuple) else (ref.source,))]
 
-            return torch.cat([get(src) for src in ref.source], 0)
-        return get(ref.source)
+    def joined(futures):
+        parts = [f.result() for f in futures]
+        if len(parts) == 1:
+            return parts[0]
+        import torch
+
+        return torch.cat(parts, 0)
 
     protos = []
     offset = 0
     refs = list(ctx.weights)
-    ahead = 2  # tensors drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
+    ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
     with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
-        pending = [pool.submit(fetch, r) for r in refs[:ahead]]
+        pending = [submit(r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
-            t = pending.pop(0).result()
+            t = joined(pending.pop(0))
             if i + ahead < len(refs):
-                pending.append(pool.submit(fetch, refs[i + ahead]))
+                pending.append(submit(refs[i + ahead]))
             raw = _tensor_bytes(t, ctx.dtype, ref.transpose)
             del t
             pad = (-offset) % ALIGN
