@@ -1,18 +1,19 @@
-"""How fast do M = 1 matrix products (a decode step's projections) stream their weights, by weight
-layout and by runtime? On one card, in one run:
+"""How fast do M = 1 matrix products (a decode step's projections) stream their weights through
+cuBLAS, by shape and by weight layout? On one card, in one run:
 
     PYTHONPATH=$PWD python3 benchmarks/gemv_layout.py --out out/gemv.json
 
-For each projection shape of LLaMA-1.1B (q|k|v, o, gate|up, down) a model holds L distinct fp16
-weights, about 256 MB together (so the L2 cache cannot serve them), and computes x @ W_i for each,
-R times over; the step is captured as a CUDA graph (onnxruntime's enable_cuda_graph,
-torch.cuda.CUDAGraph) so launch overhead is out of the figure, and one run is long enough (~1 ms)
-that onnxruntime's host time per run (tens of µs) is a few percent of it. Variants:
-- ort MatMul:      W [K, N] (what archc's exporter writes today), onnxruntime MatMul;
-- ort FusedMatMul: W [N, K], com.microsoft FusedMatMul transB=1 (the torch Linear layout);
-- torch matmul:    x @ W with W [K, N];  torch linear: F.linear(x, W) with W [N, K].
-Reported: microseconds per product and the weight bytes over that time as a fraction of the copy
-bandwidth measured in the same run (archc.bench.measure_limits).
+For each projection shape of LLaMA-1.1B (q|k|v, o, gate|up, up, down), L distinct fp16 weights (about
+--weight-mb together, so the L2 cache cannot serve them), each product computed R times, captured as
+one torch.cuda.CUDAGraph and timed with CUDA events (launch overhead out of the figure). Variants:
+x @ W with W [K, N] (the layout archc's ONNX MatMul reads) and F.linear(x, W) with W [N, K] (torch's
+Linear layout, what FusedMatMul transB=1 reads). Reported: microseconds per product and the weight
+bytes over that time as a fraction of the copy bandwidth measured in the same run.
+
+onnxruntime's own GEMMs are measured inside the real decode step instead (benchmarks/profile_ort.py:
+CUPTI kernel times per kernel name). An earlier version of this script also timed single-op
+onnxruntime models; those figures were invalid (onnxruntime's common-subexpression elimination merged
+the repeated products, and CUDA Concat takes at most 32 inputs under graph capture), so it was removed.
 """
 
 from __future__ import annotations
@@ -20,56 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 R = 4  # passes over the weights per run
 SHAPES = {"qkv": (2048, 2560), "o": (2048, 2048), "gate|up": (2048, 11264), "up": (2048, 5632), "down": (5632, 2048)}
-
-
-def ort_model(K: int, N: int, L: int, trans: bool, rng) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits, outs = [], [], []
-    for i in range(L):
-        w = (rng.standard_normal((N, K) if trans else (K, N), dtype=np.float32) * 0.02).astype(np.float16)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-    for r in range(R):
-        for i in range(L):
-            y = f"y{r}_{i}"
-            if trans:
-                nodes.append(helper.make_node("FusedMatMul", ["x", f"w{i}"], [y], domain="com.microsoft", transB=1))
-            else:
-                nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [y]))
-            outs.append(y)
-    nodes.append(helper.make_node("Concat", outs, ["y"], axis=1))
-    g = helper.make_graph(nodes, "gemv", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, K])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, R * L * N])], initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
-    return m.SerializeToString()
-
-
-def time_ort(K, N, L, trans, rng, iters) -> float:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(ort_model(K, N, L, trans, rng), providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
-    x = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, K)).astype(np.float16), "cuda", 0)
-    y = ort.OrtValue.ortvalue_from_shape_and_type([1, R * L * N], np.float16, "cuda", 0)
-    io = sess.io_binding()
-    io.bind_ortvalue_input("x", x)
-    io.bind_ortvalue_output("y", y)
-    for _ in range(5):
-        sess.run_with_iobinding(io)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        sess.run_with_iobinding(io)
-    dt = (time.perf_counter() - t0) / iters
-    return dt / (L * R)
 
 
 def time_torch(K, N, L, trans, iters) -> float:
@@ -112,14 +71,11 @@ def main() -> int:
 
     lim = measure_limits("cuda", dtypes=("fp16",))
     bw = lim["copy_bytes_per_s"]
-    rng = np.random.default_rng(0)
     rows = []
     for name, (K, N) in SHAPES.items():
         nbytes = K * N * 2
         L = max(2, args.weight_mb * 2**20 // nbytes)
-        for variant, fn in (("ort MatMul [K,N]", lambda: time_ort(K, N, L, False, rng, args.iters)),
-                            ("ort FusedMatMul transB [N,K]", lambda: time_ort(K, N, L, True, rng, args.iters)),
-                            ("torch x@W [K,N]", lambda: time_torch(K, N, L, False, args.iters)),
+        for variant, fn in (("torch x@W [K,N]", lambda: time_torch(K, N, L, False, args.iters)),
                             ("torch linear [N,K]", lambda: time_torch(K, N, L, True, args.iters))):
             try:
                 t = fn()
