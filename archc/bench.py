@@ -278,15 +278,27 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             B, P = ids.shape
             kw = {}
-            if "prefix_len" in self.bench.graph.graph_inputs():  # the prompt is the bidirectional prefix (GLM)
+            graph = self.bench.graph
+            if "prefix_len" in graph.graph_inputs():  # the prompt is the bidirectional prefix (GLM)
                 kw["prefix_len"] = torch.full((B,), P, dtype=torch.long, device=ids.device)
-            logits, past = self.fn(ids, attention_mask=mask, **kw)
+            glm2d = "position_ids" in graph.graph_inputs() and graph.node("position_ids")["settings"]["shape"][1] == 2
+
+            def positions(k):  # GLM's 2D positions as the runner feeds them (exporters.torch_module.greedy_generate)
+                if not glm2d:
+                    return {}
+                if k == 0:
+                    row = torch.arange(P, device=ids.device).expand(B, P)
+                    return {"position_ids": torch.stack((row, torch.zeros_like(row)), 1)}
+                return {"position_ids": torch.stack((torch.full((B, 1), P - 1, device=ids.device),
+                                                     torch.full((B, 1), k, device=ids.device)), 1)}
+
+            logits, past = self.fn(ids, attention_mask=mask, **kw, **positions(0))
             tok = logits[:, -1].argmax(-1, keepdim=True)
             out = [tok]
             ones = mask.new_ones(B, 1)
-            for _ in range(n - 1):
+            for k in range(1, n):
                 mask = torch.cat((mask, ones), 1)
-                logits, past = self.fn(tok, attention_mask=mask, past_key_values=past, **kw)
+                logits, past = self.fn(tok, attention_mask=mask, past_key_values=past, **kw, **positions(k))
                 tok = logits[:, -1].argmax(-1, keepdim=True)
                 out.append(tok)
             return torch.cat(out, 1)

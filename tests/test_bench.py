@@ -167,3 +167,32 @@ def test_ort_backend_plumbing_on_cpu(tmp_path):
     by = {r["backend"]: r for r in run["backends"]}
     assert by["ort"]["prefill_ms"] > 0 and by["ort"]["tokens_agree"] == 4
     assert (tmp_path / f"{spec.name}-portable-fp32" / "model.onnx").exists()
+
+
+def test_torch_backend_feeds_glm_positions_as_the_runner_does(tmp_path):
+    """GLM's generated tokens take block positions (last prompt position, k): the torch backend must feed
+    them as archc's runner does, or its "tokens =" column compares two different computations. Same
+    fp32 weights: ort and torch agree on every token; with the default positions they do not."""
+    path = SPECS / "glm.yaml"
+    spec = archc.loader.load_spec(path, tiny_sets(path) + ["dtype=float32"])
+    graph = archc.compile(spec)
+    b = Bench(graph, dtype="fp32", device="cpu", backends=["ort", "torch"], repeats=1, prefill_repeats=1,
+              work_dir=tmp_path, limits={"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}})
+    n = 6
+    run = b.run(Shape(2, 9, n))
+    by = {r["backend"]: r for r in run["backends"]}
+    assert by["torch"]["error"] in (None,) or by["torch"]["error"].startswith("T(")
+    assert by["torch"]["tokens_agree"] == n
+    # negative control: the module with default positions (block row 0) for the generated tokens
+    ids, mask = b.inputs(Shape(2, 9, n))
+    ort_tokens = b._backend("ort").generate(ids, mask, n)
+    module = b.archc_module()
+    with torch.inference_mode():
+        logits, past = module(ids, attention_mask=mask, prefix_len=torch.full((2,), 9))
+        tok, out = logits[:, -1].argmax(-1, keepdim=True), []
+        for _ in range(n):
+            out.append(tok)
+            mask = torch.cat((mask, mask.new_ones(2, 1)), 1)
+            logits, past = module(tok, attention_mask=mask, past_key_values=past, prefix_len=torch.full((2,), 9))
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+    assert torch.cat(out, 1).tolist() != torch.as_tensor(ort_tokens).tolist()
