@@ -606,6 +606,7 @@ def _device_used(device) -> int:
 
 def environment() -> dict:
     import datetime
+    import os
     import platform
     import subprocess
 
@@ -622,11 +623,15 @@ def environment() -> dict:
             env[mod] = __import__(mod).__version__
         except Exception:
             env[mod] = None
-    try:
-        env["archc_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except Exception:
-        env["archc_commit"] = None
+    # ARCHC_COMMIT wins (a copy of the tree whose .git is stale or absent, as on the lent GPU machine, where
+    # `git` reported the session's first commit); else git, with "-dirty" when the files differ from it
+    env["archc_commit"] = os.environ.get("ARCHC_COMMIT") or None
+    if env["archc_commit"] is None:
+        try:
+            env["archc_commit"] = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                                                 text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        except Exception:
+            env["archc_commit"] = None
     return env
 
 

@@ -196,3 +196,15 @@ def test_torch_backend_feeds_glm_positions_as_the_runner_does(tmp_path):
             logits, past = module(tok, attention_mask=mask, past_key_values=past, prefix_len=torch.full((2,), 9))
             tok = logits[:, -1].argmax(-1, keepdim=True)
     assert torch.cat(out, 1).tolist() != torch.as_tensor(ort_tokens).tolist()
+
+
+def test_environment_records_the_commit(monkeypatch):
+    """ARCHC_COMMIT names the code where git cannot (a copied tree with a stale .git, as on the GPU
+    machine); otherwise git describe, marked -dirty when the files differ from it."""
+    from archc.bench import environment
+
+    monkeypatch.setenv("ARCHC_COMMIT", "abc1234")
+    assert environment()["archc_commit"] == "abc1234"
+    monkeypatch.delenv("ARCHC_COMMIT")
+    got = environment()["archc_commit"]
+    assert got is None or len(got.split("-")[0]) >= 7
