@@ -49,10 +49,7 @@ def child(args) -> dict:
     from exporters.onnx_export import export
 
     v = json.loads(args.child)
-    from archc.loader import load_spec
-
-    path, sets = standard.FAMILIES[args.family]
-    graph = archc.compile(load_spec(ROOT / path, sets + [x for x in args.set if x]))
+    graph = archc.compile(standard.load_family(args.family, ROOT, extra=[x for x in args.set if x]))
     d = Path(args.work) / (f"{args.family}-{args.dtype}-" + "".join(c if c.isalnum() else "_" for c in v["name"]))
     kw = {"next_token": v["opts"]["next_token"]} if "next_token" in v["opts"] else {}
     t0 = time.perf_counter()

@@ -33,10 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def _graph(family: str, extra: list[str]):
     import archc
     import standard
-    from archc.loader import load_spec
 
-    path, sets = standard.FAMILIES[family]
-    return archc.compile(load_spec(ROOT / path, sets + extra))
+    return archc.compile(standard.load_family(family, ROOT, extra=extra))
 
 
 def child(which: str, family: str, extra: list[str], out_dir: Path) -> dict:

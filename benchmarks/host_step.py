@@ -47,12 +47,10 @@ def main() -> int:
     import standard
 
     import archc
-    from archc.loader import load_spec
     from archc.runner import Session
     from exporters.onnx_export import export
 
-    path, sets = standard.FAMILIES[args.family]
-    graph = archc.compile(load_spec(ROOT / path, sets + args.set))
+    graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
     d = Path(args.work_dir) / f"{graph.spec.name}-{args.dtype}"
     if not (d / "model.onnx").exists():
         export(graph, d, target="cuda", dtype=args.dtype, fused_fp32=args.dtype == "fp32")

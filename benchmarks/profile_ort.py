@@ -57,13 +57,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cuda = args.device == "cuda"
     target = "cuda" if cuda else "portable"
-    if args.set:
-        from archc.loader import load_spec
-
-        path, sets = standard.FAMILIES[args.family]
-        graph = archc.compile(load_spec(ROOT / path, sets + args.set))
-    else:
-        graph = archc.compile(standard.load_family(args.family, ROOT))
+    graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
     model_dir = Path(args.work_dir) / f"{graph.spec.name}-{target}-{args.dtype}"
     if not (model_dir / "model.onnx").exists():
         t = time.time()

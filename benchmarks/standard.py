@@ -37,14 +37,15 @@ TINY: dict[str, list[str]] = {
 }
 
 
-def load_family(name: str, root=None, tiny: bool = False):
+def load_family(name: str, root=None, tiny: bool = False, extra: list[str] | tuple = ()):
+    """The family's spec; `extra`: more --set overrides after the family's own (smaller dry runs)."""
     from pathlib import Path
 
     from archc.loader import load_spec
 
     path, sets = FAMILIES[name]
     root = Path(root) if root else Path(__file__).resolve().parent.parent
-    return load_spec(root / path, sets + (TINY[name] if tiny else []))
+    return load_spec(root / path, sets + (TINY[name] if tiny else []) + list(extra))
 
 
 def set_args(name: str) -> list[str]:
