@@ -273,6 +273,11 @@ class Session:
     def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
         """One call on numpy arrays. Returns (logits float32 as the model gives them: [B,S,V], or [B,1,V]
         for a model compiled with --logits last; present {name: array})."""
+        logits, present, _ = self._forward(input_ids, attention_mask, position_ids, prefix_len, past)
+        return logits, present
+
+    def _forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
+        """forward(), plus the model's next_token [B] (None without that output)."""
         input_ids = np.asarray(input_ids, np.int64)
         B, S = input_ids.shape
         self.check_logits_size(B, S)
@@ -287,11 +292,6 @@ class Session:
             feeds["prefix_len"] = np.asarray(prefix_len if prefix_len is not None else np.zeros(B), np.int64)
         for name, v in past.items():
             feeds[name.replace("present.", "past_key_values.")] = v
-        logits, present, _ = self._run(feeds)
-        return logits, present
-
-    def _run(self, feeds: dict):
-        """(logits, present {past name: array}, next_token [B] or None) of one host-fed run."""
         outs = dict(zip(self.output_names, self.sess.run(None, feeds, self.run_options)))
         present = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
         nt = outs.get("next_token")
@@ -455,14 +455,7 @@ class _CpuSteps:
         self.s, self.past = s, s._empty_past(batch)
 
     def step(self, ids, mask, positions, lens):
-        s = self.s
-        feeds = {"input_ids": np.asarray(ids, np.int64), "attention_mask": np.asarray(mask, np.int64), **self.past}
-        if s.has_positions:
-            feeds["position_ids"] = positions
-        if s.has_prefix:
-            feeds["prefix_len"] = np.asarray(lens, np.int64)
-        s.check_logits_size(*feeds["input_ids"].shape)
-        logits, self.past, next_token = s._run(feeds)
+        logits, self.past, next_token = self.s._forward(ids, mask, positions, lens if self.s.has_prefix else None, self.past)
         return next_token if self.device_pick else logits
 
 
