@@ -179,12 +179,13 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     if reason is not None:
         # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
         # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
-        if node["settings"]["kv_heads"] == node["settings"]["n_heads"] and ctx.dtype is not ExportDType.bf16:
-            return _multi_head_attention(ctx, name, node, reason)
         if ctx.dtype is ExportDType.bf16:
-            ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: no bf16 CUDA kernel)"
-            return portable.lower_attention(ctx, name, node)
-        ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: kv_heads < n_heads)"
+            why_not = "no bf16 CUDA kernel"
+        elif node["settings"]["kv_heads"] < node["settings"]["n_heads"]:
+            why_not = "kv_heads < n_heads"
+        else:
+            return _multi_head_attention(ctx, name, node, reason)
+        ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: {why_not})"
         return portable.lower_attention(ctx, name, node)
     s, p = node["settings"], node["params"]
     am = ctx.env["attention_mask"]
