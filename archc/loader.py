@@ -441,7 +441,7 @@ def resolve_spec_path(arg: str | os.PathLike) -> Path:
     if p.is_dir():
         inner = p / "spec.yaml"
         if not inner.exists():
-            raise UserError(f"{arg}: directory has no spec.yaml; give a spec file or a directory made by `archc compile`")
+            raise SpecError("directory has no spec.yaml; give a spec file or a directory made by `archc compile`", str(arg))
         return inner
     if not p.exists() and not p.suffix and isinstance(arg, str):
         lib = library_spec(arg)
