@@ -1,6 +1,6 @@
 """onnxruntime-genai with CUDA graphs against archc's runner, on a TinyLlama-shaped export (GPU).
 
-    PYTHONPATH=/tmp/site:SRC python benchmarks/genai_cuda_graph.py OUT_JSON [--label NAME]
+    PYTHONPATH=/tmp/site:SRC python -m benchmarks.genai_cuda_graph OUT_JSON [--label NAME]
 
 Compiles the llama spec at TinyLlama-1.1B's shape (22 layers, d_model 2048, 32 heads, 4 kv heads,
 d_ff 5632, vocab 32000; archc's seeded init) with `--target cuda --dtype fp16`, then greedy-decodes
