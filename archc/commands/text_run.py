@@ -73,7 +73,19 @@ def _tokenize(text, rows: list[dict], chat: bool, vocab: int, context: int, max_
 
 def run_text(sess, model_dir: Path, prompts: list[str], prompts_file: Path | None, chat: bool, max_new_tokens: int,
              **sampling: Any) -> list:
-    """Tokenize, generate (stopping at eos), print. Returns the runner results (one per generate call)."""
+    """Tokenize, generate (stopping at eos), print. Returns the runner results (one per generate call).
+    A reader that closes the pipe early (`| head`) ends the run quietly, as other text tools do."""
+    try:
+        return _run_text(sess, model_dir, prompts, prompts_file, chat, max_new_tokens, **sampling)
+    except BrokenPipeError:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
+        raise SystemExit(0) from None
+
+
+def _run_text(sess, model_dir: Path, prompts: list[str], prompts_file: Path | None, chat: bool, max_new_tokens: int,
+              **sampling: Any) -> list:
     from archc import text as textlib
 
     text = textlib.Text.load(model_dir)

@@ -23,7 +23,7 @@ from archc.runner import Session
 from conftest import LIBRARY, tiny_spec
 from exporters.onnx_export import export, genai_unsupported
 
-pytestmark = pytest.mark.genai
+pytestmark = [pytest.mark.genai, pytest.mark.slow]
 
 DRIVER = Path(__file__).with_name("genai_driver.py")
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]

@@ -15,6 +15,7 @@ import pytest
 from conftest import run_cli
 from text_models import CHAT_TEMPLATE, byte_bpe, hf_text_model, metaspace_bpe
 
+pytestmark = pytest.mark.slow  # a transformers model per module and several compiles: ~1 min on 2 cores
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -128,6 +129,24 @@ def test_chat_template_matches_transformers(text_dirs, capsys):
     rc, stdout, err = run_cli(["run", str(out), "--prompt", msg, "--chat", "--max-new-tokens", str(N_NEW), "--device", "cpu"], capsys)
     assert rc == 0, err
     assert stdout == tok.decode(gen, skip_special_tokens=True) + "\n"
+
+
+def test_prompts_jsonl_chat_messages(text_dirs, tmp_path, capsys):
+    """--prompts with --chat: a "prompt" is one user message; "messages" is the whole conversation."""
+    from archc.text import Text
+
+    hf, out, tok = text_dirs
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "café?"}]
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"messages": msgs}) + "\n" + json.dumps({"prompt": "Hi"}) + "\n")
+    rc, stdout, err = run_cli(["run", str(out), "--prompts", str(f), "--chat", "--max-new-tokens", "8", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    for row, conv in zip(rows, [msgs, [{"role": "user", "content": "Hi"}]]):
+        want = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+        want = list(want["input_ids"] if hasattr(want, "keys") else want)
+        assert Text.load(out).chat(conv) == want
+        assert row["ids"] == _oracle(hf, want, 8)
 
 
 def test_chat_template_features_match_transformers():
