@@ -53,6 +53,7 @@ def compile_cmd(
                                              "the head runs on the last position only, for generation).")] = "all",
     next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
                                                  "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     from rich.markup import escape
@@ -68,6 +69,8 @@ def compile_cmd(
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in {d.value for d in ExportDType}:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
+    if out.is_dir() and (out / "model.onnx").exists() and not force:
+        raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
     if seed is not None:
         sets.append(f"init.seed={seed}")
