@@ -62,6 +62,6 @@ def cost(graph: ComponentGraph) -> Cost:
             matmul += math.prod(next(iter(d["tied_shapes"].values())))
         if kind == ComponentKind.attention.value:
             s = d["settings"]
-            attn_per_pos += 2 * 2 * s["n_heads"] * s["head_dim"]
-            kv += 2 * s["kv_heads"] * s["head_dim"]
+            attn_per_pos += 2 * 2 * s.n_heads * s.head_dim
+            kv += 2 * s.kv_heads * s.head_dim
     return Cost(total, by_group, matmul, attn_per_pos, kv)
