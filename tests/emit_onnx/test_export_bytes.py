@@ -1,6 +1,6 @@
 """The exported ONNX files and the graph JSON are byte-identical to the committed hashes.
 
-tests/emit_onnx/export_hashes.json was written by scripts/export_hashes.py at main 5bf6615, before
+tests/emit_onnx/export_hashes.json was written by scripts/export_hashes.py at main 77cb61c, before
 the typed node settings (issue 10): a refactor of the graph or the emitters must change no output
 byte. A change that means to change the output regenerates the file and says why in its commit.
 """
