@@ -40,6 +40,7 @@ from archc.errors import UserError
 from archc.files import guard_model_dir, why, write_manifest
 from archc.graph import ComponentGraph, ComponentKind
 from archc.room import check_export_room
+from archc.runner import CONTEXT_META
 from archc.workdir import OWNER, make_work_dir, remove_stale
 
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
@@ -431,6 +432,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
         "archc.logits": ctx.logits.value,
         "archc.next_token": ctx.next_token.value,
+        CONTEXT_META: str(ctx.graph.spec.max_seq_len),  # the runner bounds prompt + new tokens by it
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
