@@ -46,13 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    from archc.errors import UserError
-    from archc.files import reset_inputs, why
+    from archc.files import reset_inputs
 
     _register()
     reset_inputs()
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(argv)
+    finally:
+        if previous is not None:  # in-process callers (tests) get their own handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    from archc.errors import UserError
+    from archc.files import why
+
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)
