@@ -55,7 +55,6 @@ from archc.errors import UserError, one_line
 from archc.files import kind_of, stat_path
 
 MODEL_FILE = "model.onnx"
-CONTEXT_META = "archc.context_length"  # metadata key: the longest sequence (exporters/onnx_export.make_model writes it)
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
 # CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
 # cache): flash (1) | memory-efficient (2) | unfused (16), without cuDNN flash attention (8), which plans
@@ -267,34 +266,31 @@ class Session:
         self.max_seq_len = self._context_length()
 
     def _context_length(self) -> int:
-        """The longest sequence the model takes, read from the model itself (its metadata, written by
-        the exporter) before anything is allocated; genai_config.json, which a user may edit, can only
-        lower it. A damaged genai_config.json is one line, not a traceback."""
+        """The longest sequence the model takes, known before anything is allocated: max_seq_len of the
+        spec.yaml the exporter wrote beside the model (a learned position table has exactly that many
+        rows past its offset); genai_config.json, which a user may edit, can only lower it. A damaged
+        genai_config.json is one line, not a traceback."""
+        from archc.files import read_json
+        from archc.loader import read_yaml
+
         limits = []
-        meta = self.sess.get_modelmeta().custom_metadata_map
-        raw = meta.get(CONTEXT_META)
-        if raw is not None and raw.isdigit() and int(raw) > 0:
-            limits.append(int(raw))
         folder = self.model_dir if self.model_dir.is_dir() else self.model_dir.parent
+        spec = folder / "spec.yaml"
+        if stat_path(spec) is not None:
+            try:
+                n = read_yaml(spec)[0].get("max_seq_len")
+            except UserError:
+                n = None  # a damaged spec.yaml does not stop a model that runs; the model's own limits apply
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                limits.append(n)
         cfg = folder / "genai_config.json"
         if stat_path(cfg) is not None:
-            from archc.files import read_json
-
             data = read_json(cfg, limit=16 * 2**20)
             n = data.get("model", {}).get("context_length") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
             if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
                 raise UserError(one_line(f"{cfg}: model.context_length must be a positive integer (got {json.dumps(n)[:40]}); "
                                          "fix it or delete genai_config.json"))
             limits.append(n)
-        if not limits and stat_path(folder / "spec.yaml") is not None:  # models compiled before the metadata key
-            try:
-                from archc.loader import read_yaml
-
-                n = read_yaml(folder / "spec.yaml")[0].get("max_seq_len")
-                if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-                    limits.append(n)
-            except UserError:
-                pass
         return min(limits) if limits else 1 << 30
 
     # ---- one step ------------------------------------------------------------------------------

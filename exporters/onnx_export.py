@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import onnx
@@ -38,10 +38,12 @@ from onnx import TensorProto, helper
 
 from archc.errors import UserError
 from archc.files import guard_model_dir, why, write_manifest
-from archc.graph import ComponentGraph, ComponentKind
+from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
 from archc.room import check_export_room
-from archc.runner import CONTEXT_META
 from archc.workdir import OWNER, make_work_dir, remove_stale
+
+if TYPE_CHECKING:
+    from exporters.onnx_lowering_cuda import CudaPlan
 
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
@@ -79,6 +81,13 @@ class WeightLayout(str, Enum):
     out_in = "out_in"  # com.microsoft FusedMatMul(x, W, transB=1) on W as it is: cuBLAS's transposed-B GEMM
 
 
+class KvCache(str, Enum):
+    """How the model's past and present caches relate (metadata `archc.kv_cache`)."""
+
+    concat = "concat"  # present = concat(past, new): a new, longer buffer every step
+    shared = "shared"  # past and present may be one max-length buffer (GroupQueryAttention, cuda target)
+
+
 class ExportDType(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -105,7 +114,8 @@ class WeightRef:
 
 @dataclass
 class Ctx:
-    """The ONNX graph under construction plus per-export memo (values shared across nodes)."""
+    """The ONNX graph under construction, the target's plan, and a memo of emitted values shared across
+    nodes (keyed by what they were computed from, e.g. ("dim", value, axis))."""
 
     graph: ComponentGraph
     target: Target
@@ -114,6 +124,8 @@ class Ctx:
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
     weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
+    kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
+    cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -229,7 +241,7 @@ def _owner(graph: ComponentGraph, full: str) -> tuple[str, str]:
 Lowering = Callable[[Ctx, str, dict], Any]
 
 
-def lowerings(target: Target) -> dict[str, Lowering]:
+def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
     from exporters import onnx_lowering_portable as portable
 
     table = dict(portable.LOWERINGS)
@@ -252,8 +264,11 @@ def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, d
         cuda.plan(ctx)
     for name in graph.nodes():
         node = graph.node(name)
+        kind = ComponentKind(node["kind"])
+        if kind not in table:
+            raise UnknownSetting(name, "kind", kind, f"{ctx.target.value} ONNX lowering")
         ctx.scope = name
-        result = table[node["kind"]](ctx, name, node)
+        result = table[kind](ctx, name, node)
         if result is not None:
             ctx.env[name] = result
         ctx.lowering.setdefault(name, "portable")
@@ -422,7 +437,7 @@ class ExportResult:
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
     # logits first, then present.* in layer order, then next_token (readers that zip present names skip it by name)
     outputs = sorted(ctx.outputs, key=lambda o: (o.name != "logits", o.name == "next_token"))
-    g = helper.make_graph(ctx.nodes, ctx.graph.spec.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
+    g = helper.make_graph(ctx.nodes, ctx.graph.model.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
     opsets = [helper.make_operatorsetid("", OPSET)]
     if any(n.domain == "com.microsoft" for n in ctx.nodes):
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
@@ -431,10 +446,9 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         "archc.lowering": json.dumps(ctx.lowering, sort_keys=True),
         "archc.target": ctx.target.value,
         "archc.dtype": ctx.dtype.value,
-        "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
+        "archc.kv_cache": ctx.kv_cache.value,
         "archc.logits": ctx.logits.value,
         "archc.next_token": ctx.next_token.value,
-        CONTEXT_META: str(ctx.graph.spec.max_seq_len),  # the runner bounds prompt + new tokens by it
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -525,7 +539,7 @@ def genai_unsupported(graph: ComponentGraph) -> str | None:
     """Why onnxruntime-genai cannot drive this graph (None: it can). genai feeds input_ids,
     attention_mask, position_ids [batch, seq] and the past/present caches, nothing else."""
     reasons = []
-    if graph.nodes(ComponentKind.glm2d_position):
+    if graph.model.position_ids is PositionIds.glm2d:
         reasons.append("GLM 2-D positions (position_ids [batch, 2, seq]; genai feeds [batch, seq])")
     if "prefix_len" in graph.nodes(ComponentKind.input):
         reasons.append("a prefix mask (input prefix_len [batch], which genai does not feed)")
@@ -537,12 +551,12 @@ def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | No
     from `ids` (archc.text.special_token_ids: the model's generation_config.json); without them they
     are placeholders (a spec has no tokenizer). A graph genai cannot drive (genai_unsupported) gets a
     model type naming the reason, which genai refuses ("Unsupported model_type in config.json: ...")."""
-    spec = graph.spec
+    model = graph.model
     ids = ids or {}
     eos = ids.get("eos") or [2]
     bos = (ids.get("bos") or [1])[0]
     pad = (ids.get("pad") or ids.get("eos") or [0])[0]  # no pad id: genai pads with eos, as transformers does
-    attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
+    attn = graph.settings(graph.nodes(ComponentKind.attention)[0])
     names = {n.name for n in ctx.inputs}
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
               "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
@@ -551,26 +565,26 @@ def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | No
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": [{"cuda": {}}] if ctx.target is Target.cuda else []},
         "filename": MODEL_FILE,
-        "head_size": attn["head_dim"],
-        "hidden_size": spec.d_model,
+        "head_size": attn.head_dim,
+        "hidden_size": model.d_model,
         "inputs": inputs,
         "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
-        "num_attention_heads": attn["n_heads"],
+        "num_attention_heads": attn.n_heads,
         "num_hidden_layers": len(graph.nodes(ComponentKind.attention)),
-        "num_key_value_heads": attn["kv_heads"],
+        "num_key_value_heads": attn.kv_heads,
     }
     return {
         "model": {
             "bos_token_id": bos, "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": pad,
-            "context_length": spec.max_seq_len,
+            "context_length": model.max_seq_len,
             "decoder": decoder,
             # genai picks its model class by type; every plain decoder-only type shares one
             # implementation driven by the I/O names above, so archc models declare "llama"
             "type": "llama" if genai_unsupported(graph) is None else f"not-for-onnxruntime-genai: {genai_unsupported(graph)}",
-            "vocab_size": graph.node("head")["settings"]["vocab_size"],
+            "vocab_size": graph.settings("head").vocab_size,
         },
-        "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": ctx.memo.get("kv_cache") == "shared",
+        "search": {"do_sample": False, "max_length": model.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": ctx.kv_cache is KvCache.shared,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 
