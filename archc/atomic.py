@@ -76,17 +76,12 @@ def write_text_atomic(path: Path, text: str, **options) -> None:
     write_atomic(path, text.encode("utf-8"), **options)
 
 
-def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = False, label: str | None = None,
-                     protect: tuple[Path, ...] = ()) -> None:
-    """Build a whole output directory through `fill(tmp)` in a temporary directory beside `path`, then
-    rename it into place, so a failed or interrupted command leaves nothing (the temporary directory is
-    removed on any exception, KeyboardInterrupt included).
-
-    An existing `path` must be an empty directory unless `force`, which replaces it as a whole (the old
-    one is moved aside, the new one renamed in, then the old one deleted). Never replaced, even with
-    force: a path that is not a directory, and a directory that is or holds one of `protect` (inputs)."""
-    import shutil
-
+def check_dir_target(path: Path, *, force: bool = False, label: str | None = None,
+                     protect: tuple[Path, ...] = ()) -> tuple[Path, os.stat_result | None]:
+    """(absolute path, its lstat or None) when `path` may receive an output directory, else a UserError:
+    an existing path must be an empty directory unless `force`; never a non-directory, and never a
+    directory that is or holds one of `protect` (the command's inputs), force or not. Commands call it
+    before their heavy work, and write_dir_atomic again before writing."""
     shown = label or str(path)
     target = Path(os.path.abspath(path))
     for p in protect:
@@ -96,20 +91,33 @@ def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = 
     try:
         st = os.lstat(target)
     except FileNotFoundError:
-        st = None
+        return target, None
     except OSError as e:
         raise UserError(f"{shown}: cannot use this path: {e.strerror}") from None
-    if st is not None:
-        import stat as _stat
+    import stat as _stat
 
-        if not _stat.S_ISDIR(st.st_mode):
-            raise UserError(f"{shown}: exists and is not a directory; choose a new directory name")
-        try:
-            empty = not any(target.iterdir())
-        except OSError as e:
-            raise UserError(f"{shown}: cannot read: {e.strerror}") from None
-        if not empty and not force:
-            raise UserError(f"{shown}: exists and is not empty; pass --force to replace it, or choose a new directory")
+    if not _stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{shown}: exists and is not a directory; choose a new directory name")
+    try:
+        empty = not any(target.iterdir())
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read: {e.strerror}") from None
+    if not empty and not force:
+        raise UserError(f"{shown}: exists and is not empty; pass --force to replace it, or choose a new directory")
+    return target, st
+
+
+def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = False, label: str | None = None,
+                     protect: tuple[Path, ...] = ()) -> None:
+    """Build a whole output directory through `fill(tmp)` in a temporary directory beside `path`, then
+    rename it into place, so a failed or interrupted command leaves nothing (the temporary directory is
+    removed on any exception, KeyboardInterrupt included). `path` is checked by check_dir_target; with
+    `force` an existing directory is replaced as a whole (moved aside, the new one renamed in, the old
+    one deleted)."""
+    import shutil
+
+    shown = label or str(path)
+    target, st = check_dir_target(path, force=force, label=label, protect=protect)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

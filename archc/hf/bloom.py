@@ -139,7 +139,7 @@ def bloom_config(spec) -> dict:
 def mpt_config(spec) -> dict:
     a = spec.attention
     attn = {"attn_type": "multihead_attention", "alibi": True, "alibi_bias_max": 8, "clip_qkv": None, "qk_ln": False,
-            "prefix_lm": False, "attn_pdrop": 0.0,
+            "prefix_lm": False,  # attn_pdrop: 0 by default (and typed int in transformers 5)
             # None: the default 1/sqrt(head_dim), which mpt_spec leaves to the spec to derive
             "softmax_scale": None if a.softmax_scale == 1.0 / a.head_dim ** 0.5 else a.softmax_scale}
     return {"d_model": spec.d_model, "n_heads": a.n_heads, "n_layers": spec.n_layers, "expansion_ratio": 4,

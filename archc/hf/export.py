@@ -78,7 +78,7 @@ def _differences(spec, family: Family, config: dict) -> list[str]:
     out = []
     for axis in dict.fromkeys([*want, *got]):
         if want.get(axis) != got.get(axis):
-            out.append(f"{axis}={_show(want.get(axis))} (a {family.model_type} config gives {_show(got.get(axis))})")
+            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {_show(got.get(axis))})")
     return out
 
 
