@@ -168,8 +168,17 @@ def export_hf_cmd(
     from archc.hf.export import export_hf
 
     graph, get, source_dir, inputs, what = _export_source(source, list(sets or []), weights, seed)
-    result = export_hf(graph, output, get, model_type=model_type, dtype=dtype, force=force, source_dir=source_dir,
-                       protect=inputs)
+    import signal
+
+    def _terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the temporary directory is removed
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        result = export_hf(graph, output, get, model_type=model_type, dtype=dtype, force=force, source_dir=source_dir,
+                           protect=inputs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     from rich.console import Console
     from rich.markup import escape
 

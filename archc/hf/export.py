@@ -22,6 +22,7 @@ tokenizer, init, training, attention.kernel; dtype is what the checkpoint is wri
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -251,8 +252,6 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dt
     """A safetensors file written one tensor at a time: the header (every name, shape and offset, known
     up front) first, then each tensor `produce(name)` cast to `dtype`, so memory stays near one tensor.
     Same inputs -> same bytes. Returns the data bytes written."""
-    import math
-
     import torch
 
     item = 4 if dtype == "float32" else 2
@@ -326,6 +325,20 @@ def generation_config(source_dir: Path | None, ids: dict[str, int]) -> dict:
     return {"_from_model_config": True, **ids}
 
 
+def _check_space(out: Path, need: int) -> None:
+    """Refuse up front when the checkpoint cannot fit on the output's file system."""
+    where = Path(os.path.abspath(out))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if need > free:
+        raise UserError(f"-o {out}: the checkpoint needs {need / 2**30:.1f} GiB and {where} has {free / 2**30:.1f} GiB "
+                        "free; free space, choose another disk, or a smaller --dtype")
+
+
 @dataclass
 class ExportHfResult:
     out_dir: Path
@@ -364,6 +377,7 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
         return tuple(rule.join(parts).shape)
 
     entries = [(name, planned_shape(rule)) for name, rule in rules.items()]
+    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * (4 if dtype == "float32" else 2))
     done = [0]
 
     def produce(name: str):

@@ -19,6 +19,7 @@ import torch
 import transformers
 
 import archc
+import archc.loader
 from archc.hf import SUPPORTED_TYPES, import_hf
 from archc.hf.export import _architecture, export_hf, hf_config
 from archc.loader import spec_from_dict
@@ -404,3 +405,45 @@ def test_cli_hf_directory_is_refused(tmp_path, capsys):
     (tmp_path / "hfdir" / "config.json").write_text("{}")
     rc, _, err = run_cli(["export-hf", str(tmp_path / "hfdir"), "-o", str(tmp_path / "o")], capsys)
     assert rc == 2 and "Hugging Face model directory already" in err
+
+
+def test_cli_real_train_run(tmp_path, capsys):
+    """The output of `archc train` (text data, its byte tokenizer) exports, loads in transformers with the
+    trained weights' logits, and carries the tokenizer the run was trained with."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "t.txt").write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    sets = [a for s in ("n_layers=2", "d_model=32", "attention.n_heads=4", "mlp.d_ff=64", "vocab_size=256",
+                        "max_seq_len=32", "dtype=float32") for a in ("--set", s)]
+    rc, _, err = run_cli(["train", "llama", *sets, "--data", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"),
+                          "--steps", "2", "--batch", "2", "--seq-len", "16", "--device", "cpu", "--eval-every", "0"], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["export-hf", str(tmp_path / "run"), "-o", str(tmp_path / "hf")], capsys)
+    assert rc == 0, err
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    state = load_file(str(tmp_path / "run" / "checkpoints" / latest / "model.safetensors"))
+    graph = archc.compile(archc.loader.load_spec(tmp_path / "run" / "spec.yaml"))
+    ids = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(0))
+    assert float((_hf_logits(tmp_path / "hf", ids) - _archc_logits(graph, state, ids)).abs().max()) <= ATOL
+    assert (tmp_path / "hf" / "tokenizer.json").read_bytes() == (tmp_path / "run" / "tokenizer.json").read_bytes()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / "tokenizer.json"))
+    assert tok.decode(tok("fox")["input_ids"]) == "fox"
+
+
+def test_sigterm_during_export_leaves_nothing(tmp_path):
+    """SIGTERM while the checkpoint is being written: the command unwinds as on Ctrl-C, no temporary
+    directory and no output are left."""
+    import signal
+    import time
+
+    argv = [sys.executable, "-m", "archc.cli", "export-hf", "llama", "--set", "n_layers=1", "--set", "vocab_size=1000",
+            "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    assert any(p.name.startswith(".out.") for p in tmp_path.iterdir()), "the export never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
