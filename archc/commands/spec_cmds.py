@@ -122,6 +122,7 @@ def _fmt_bytes(n: float) -> str:
 def validate(
     files: Annotated[list[str], typer.Argument(help="Spec files, library names (llama) or compiled model folders.")],
     set_: SetOption = None,
+    all_errors: Annotated[bool, typer.Option("--all-errors", help="List every problem of an invalid spec, one line each (default: the first, and how many more).")] = False,
 ) -> None:
     """Check spec files: one line per file; exit 0 only if all are valid (2 otherwise)."""
     # Validation only: the graph is not built here, so a spec with absurd sizes is judged at once
@@ -135,7 +136,9 @@ def validate(
             bad += 1
             from rich.markup import escape
 
-            err.print(f"[bold red]invalid[/] {escape(str(e))}")
+            problems = getattr(e, "problems", None) if all_errors else None
+            for problem in problems or [e]:
+                err.print(f"[bold red]invalid[/] {escape(str(problem))}")
             continue
         a = spec.attention
         out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
@@ -249,9 +252,10 @@ def show(
     compute.add_column("value", justify="right")
     flops = c.flops_per_token(S)
     compute.add_row(f"forward FLOPs at seq len {S}", f"{_fmt_int(flops)} ({_fmt_short(flops)})")
+    window = f", window {c.sliding_window}" if c.sliding_window and c.sliding_window < S else ""
     for dtype in ("float16", "bfloat16", "float32"):
         b = c.kv_bytes_per_token(dtype)
-        compute.add_row(f"KV cache, {dtype}", f"{_fmt_int(b)} B ({_fmt_bytes(b * S)} at {S} tokens)")
+        compute.add_row(f"KV cache, {dtype}", f"{_fmt_int(b)} B ({_fmt_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
 
     out = _console()
     out.print(arch)
