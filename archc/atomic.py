@@ -83,3 +83,79 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
 def write_text_atomic(path: Path, text: str, **options) -> None:
     """`write_atomic` of UTF-8 text, written as given (no newline translation)."""
     write_atomic(path, text.encode("utf-8"), **options)
+
+
+def check_dir_target(path: Path, *, force: bool = False, label: str | None = None,
+                     protect: tuple[Path, ...] = ()) -> tuple[Path, os.stat_result | None]:
+    """(absolute path, its lstat or None) when `path` may receive an output directory, else a UserError:
+    an existing path must be an empty directory unless `force`; never a non-directory, and never a
+    directory that is or holds one of `protect` (the command's inputs), force or not. Commands call it
+    before their heavy work, and write_dir_atomic again before writing."""
+    shown = label or str(path)
+    target = Path(os.path.abspath(path))
+    for p in protect:
+        inp = Path(os.path.abspath(p))
+        if target == inp or target in inp.parents:
+            raise UserError(f"{shown}: is or holds the input {p}; choose another directory")
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target, None
+    except OSError as e:
+        raise UserError(f"{shown}: cannot use this path: {e.strerror}") from None
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{shown}: exists and is not a directory; choose a new directory name")
+    try:
+        empty = not any(target.iterdir())
+    except OSError as e:
+        raise UserError(f"{shown}: cannot read: {e.strerror}") from None
+    if not empty and not force:
+        raise UserError(f"{shown}: exists and is not empty; pass --force to replace it, or choose a new directory")
+    return target, st
+
+
+def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = False, label: str | None = None,
+                     protect: tuple[Path, ...] = ()) -> None:
+    """Build a whole output directory through `fill(tmp)` in a temporary directory beside `path`, then
+    rename it into place, so a failed or interrupted command leaves nothing (the temporary directory is
+    removed on any exception, KeyboardInterrupt included). `path` is checked by check_dir_target; with
+    `force` an existing directory is replaced as a whole (moved aside, the new one renamed in, the old
+    one deleted)."""
+    import shutil
+
+    shown = label or str(path)
+    target, st = check_dir_target(path, force=force, label=label, protect=protect)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:
+        raise UserError(f"{shown}: cannot create the directory: {e.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output gets ordinary permissions
+        fill(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        if st is None:
+            os.replace(tmp, target)
+        elif not any(target.iterdir()):
+            os.rmdir(target)
+            os.replace(tmp, target)
+        else:  # --force: swap the old directory out, the new one in, then delete the old
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "x")
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old / "x", target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{shown}: cannot write: {e.strerror}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
