@@ -90,7 +90,7 @@ def test_compile_keeps_foreign_files_beside_a_model_onnx(tmp_path, capsys):
     d.mkdir()
     (d / "model.onnx").touch()
     (d / "tokenizer.json").write_text("x")
-    refused(in_process(["compile", "llama", *T, "-o", d], capsys), "tokenizer.json", "did not write")
+    refused(in_process(["compile", "llama", *T, "-o", d, "--force"], capsys), "tokenizer.json", "did not write")
     assert (d / "tokenizer.json").read_text() == "x"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -121,9 +121,9 @@ def test_recompile_replaces_archc_files_only(tmp_path, capsys):
     assert in_process(["compile", "llama", *T, "-o", out], capsys)[0] == 0
     listed = set(json.loads((out / MANIFEST).read_text())["archc_wrote"])
     assert listed == {p.name for p in out.iterdir()}
-    assert in_process(["compile", "llama", *T, "--seed", "3", "-o", out], capsys)[0] == 0
+    assert in_process(["compile", "llama", *T, "--seed", "3", "-o", out, "--force"], capsys)[0] == 0
     (out / "notes.txt").write_text("mine")
-    refused(in_process(["compile", "llama", *T, "-o", out], capsys), "notes.txt")
+    refused(in_process(["compile", "llama", *T, "-o", out, "--force"], capsys), "notes.txt")  # --force replaces archc's files only
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -133,7 +133,7 @@ def test_legacy_model_dir_without_manifest_is_still_replaced(tmp_path, capsys):
     out = tmp_path / "m"
     assert in_process(["compile", "llama", *T, "-o", out], capsys)[0] == 0
     (out / MANIFEST).unlink()
-    assert in_process(["compile", "llama", *T, "-o", out], capsys)[0] == 0
+    assert in_process(["compile", "llama", *T, "-o", out, "--force"], capsys)[0] == 0
 
 
 # ---- 6.8 paths -------------------------------------------------------------------------------
