@@ -47,7 +47,7 @@ def train_cmd(
                       tokenizer=tokenizer, activation_checkpointing=checkpoint_layers)
     from rich.console import Console
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # names and paths as written
     try:
         result = train(cfg)
     except TrainInterrupted as stop:
