@@ -680,14 +680,16 @@ def static_greedy(model: GraphModel, prompt_ids, attention_mask, n_new: int, *, 
     full[:, :P] = attention_mask
     lens = attention_mask.sum(1)
     kw = {"prefix_len": lens} if "prefix_len" in model.input_names else {}
-    logits, _ = (prefill or model)(prompt_ids, full, cache=cache, cache_position=torch.arange(P, device=device), **kw)
+    prefill = model if prefill is None else prefill
+    step = model if step is None else step
+    logits, _ = prefill(prompt_ids, full, cache=cache, cache_position=torch.arange(P, device=device), **kw)
     tok = logits[:, -1].argmax(-1, keepdim=True)
     out = [tok]
     for k in range(1, n_new):
         full[:, P + k - 1] = 1
         if model.glm2d:
             kw["position_ids"] = torch.stack(((lens - 1)[:, None], torch.full((B, 1), k, device=device)), 1)
-        logits, _ = (step or model)(tok, full, cache=cache, cache_position=torch.tensor([P + k - 1], device=device), **kw)
+        logits, _ = step(tok, full, cache=cache, cache_position=torch.tensor([P + k - 1], device=device), **kw)
         tok = logits[:, -1].argmax(-1, keepdim=True)
         out.append(tok)
     return torch.cat(out, 1)
