@@ -92,7 +92,12 @@ def train_case(case: str, graph, device, dtype, batch: int, seq: int, steps: int
     else:
         from archc.bench.hf import build_hf_model
 
-        model, _ = build_hf_model(graph, archc_model.state_dict(), dtype=dtype, device=device, attn_implementation="sdpa")
+        try:
+            model, _ = build_hf_model(graph, archc_model.state_dict(), dtype=dtype, device=device, attn_implementation="sdpa")
+            hf_attn = "sdpa"
+        except (ValueError, ImportError):  # a class without sdpa (transformers' Bloom): its eager attention
+            model, _ = build_hf_model(graph, archc_model.state_dict(), dtype=dtype, device=device, attn_implementation="eager")
+            hf_attn = "eager"
         del archc_model
         model.eval()  # dropout off (see the module docstring); autograd as usual
         fwd = torch.compile(model) if case == "hf-compile" else model
@@ -124,8 +129,9 @@ def train_case(case: str, graph, device, dtype, batch: int, seq: int, steps: int
     dt = time.perf_counter() - t0
     losses.append(float(loss))
     tok_s = steps * batch * seq / dt
-    out = {"tokens_per_s": tok_s, "step_ms": 1000 * dt / steps, "warmup_s": warm_s, "losses": losses,
-           "flops_per_token": model_flops_per_token(graph, seq)}
+    out = {"hf_attn": hf_attn} if case.startswith("hf") else {}
+    out.update({"tokens_per_s": tok_s, "step_ms": 1000 * dt / steps, "warmup_s": warm_s, "losses": losses,
+           "flops_per_token": model_flops_per_token(graph, seq)})
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del model, opt

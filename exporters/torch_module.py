@@ -685,11 +685,12 @@ def static_greedy(model: GraphModel, prompt_ids, attention_mask, n_new: int, *, 
     logits, _ = prefill(prompt_ids, full, cache=cache, cache_position=torch.arange(P, device=device), **kw)
     tok = logits[:, -1].argmax(-1, keepdim=True)
     out = [tok]
+    slots = torch.arange(P, P + n_new, device=device)  # made once: a host-to-device copy per step would sync
     for k in range(1, n_new):
         full[:, P + k - 1] = 1
         if model.glm2d:
             kw["position_ids"] = torch.stack(((lens - 1)[:, None], torch.full((B, 1), k, device=device)), 1)
-        logits, _ = step(tok, full, cache=cache, cache_position=torch.tensor([P + k - 1], device=device), **kw)
+        logits, _ = step(tok, full, cache=cache, cache_position=slots[k - 1:k], **kw)
         tok = logits[:, -1].argmax(-1, keepdim=True)
         out.append(tok)
     return torch.cat(out, 1)
