@@ -36,7 +36,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archc.components import (
+    AlibiSettings,
+    AttentionSettings,
+    LearnedPositionSettings,
+    MaskSettings,
+    MlpSettings,
+    NormSettings,
+    PositionIds,
+    ResidualSettings,
+    RotarySettings,
+    ScaleSettings,
+    SinusoidalPositionSettings,
+    UnknownSetting,
+)
 from archc.graph import ComponentGraph, ComponentKind as K
+from archc.spec import Activation, AttentionKernel, MaskKind, NormKind, NormScale, RopeStyle
+
+EMITTER = "PyTorch emitter"
 
 
 def _param(*shape: int) -> nn.Parameter:
@@ -90,7 +107,8 @@ class TokenEmbedding(nn.Module):
 class Scale(nn.Module):
     def __init__(self, node: dict):
         super().__init__()
-        self.factor = node["settings"]["factor"]
+        s: ScaleSettings = node["settings"]
+        self.factor = s.factor
 
     def forward(self, x):
         return x * self.factor
@@ -99,8 +117,9 @@ class Scale(nn.Module):
 class LearnedPosition(nn.Module):
     def __init__(self, node: dict):
         super().__init__()
+        s: LearnedPositionSettings = node["settings"]
         self.weight = _param(*node["params"]["weight"])
-        self.offset = node["settings"]["offset"]  # OPT looks position p up at row p + 2
+        self.offset = s.offset  # OPT looks position p up at row p + 2
 
     def forward(self, positions):
         return F.embedding(positions + self.offset, self.weight)
@@ -111,7 +130,8 @@ class SinusoidalPosition(nn.Module):
 
     def __init__(self, node: dict, d_model: int):
         super().__init__()
-        self.base, self.d_model = node["settings"]["base"], d_model
+        s: SinusoidalPositionSettings = node["settings"]
+        self.base, self.d_model = s.base, d_model
 
     def forward(self, positions):
         i = torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32)
@@ -144,31 +164,32 @@ class Norm(nn.Module):
     which compute the statistics in float32 whatever the input dtype; scale `weight` (y = n(x) w) or
     `one_plus_weight` (y = n(x) (1 + w), Gemma)."""
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        s, p = node["settings"], node["params"]
-        self.kind, self.eps, self.scale = s["norm"], s["eps"], s["scale"]
-        if self.kind not in ("layernorm", "rmsnorm"):
-            raise ValueError(f"norm kind {self.kind!r} has no PyTorch emitter")
-        if self.scale not in ("weight", "one_plus_weight"):
-            raise ValueError(f"norm scale {self.scale!r} has no PyTorch emitter")
+        s: NormSettings = node["settings"]
+        p = node["params"]
+        if s.norm not in (NormKind.layernorm, NormKind.rmsnorm):
+            raise UnknownSetting(name, "norm", s.norm, EMITTER)
+        if s.scale not in (NormScale.weight, NormScale.one_plus_weight):
+            raise UnknownSetting(name, "scale", s.scale, EMITTER)
+        self.name, self.kind, self.eps, self.scale = name, s.norm, s.eps, s.scale
         self.weight = _param(*p["weight"])
         self.bias = _param(*p["bias"]) if "bias" in p else None
 
     def forward(self, x):
         shape = x.shape[-1:]
-        if self.scale == "weight":
+        if self.scale is NormScale.weight:
             w, post = self.weight, None
-        elif self.scale == "one_plus_weight":  # (1 + w) in float32, applied after the normalisation
+        elif self.scale is NormScale.one_plus_weight:  # (1 + w) in float32, applied after the normalisation
             w, post = None, 1.0 + self.weight.float()
         else:
-            raise ValueError(f"norm scale {self.scale!r}")
-        if self.kind == "layernorm":
+            raise UnknownSetting(self.name, "scale", self.scale, EMITTER)
+        if self.kind is NormKind.layernorm:
             h = F.layer_norm(x, shape, w, self.bias if post is None else None, eps=self.eps)
-        elif self.kind == "rmsnorm":
+        elif self.kind is NormKind.rmsnorm:
             h = F.rms_norm(x, shape, w, eps=self.eps)
         else:
-            raise ValueError(f"norm kind {self.kind!r}")
+            raise UnknownSetting(self.name, "norm", self.kind, EMITTER)
         if post is not None:
             h = h.float() * post
             if self.bias is not None:
@@ -204,19 +225,20 @@ class Mask(nn.Module):
 
     uses_context = True
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        self.kind, self.window = node["settings"]["mask"], node["settings"]["sliding_window"]
-        if self.kind not in ("causal", "prefix"):
-            raise ValueError(f"mask kind {self.kind!r} has no PyTorch emitter")
+        s: MaskSettings = node["settings"]
+        if s.mask not in (MaskKind.causal, MaskKind.prefix):
+            raise UnknownSetting(name, "mask", s.mask, EMITTER)
+        self.name, self.kind, self.window = name, s.mask, s.sliding_window
 
     def forward(self, attention_mask, prefix_len=None, *, ctx: _Context):
-        if self.kind == "causal":
+        if self.kind is MaskKind.causal:
             prefix = None
-        elif self.kind == "prefix":
+        elif self.kind is MaskKind.prefix:
             prefix = prefix_len
         else:
-            raise ValueError(f"mask kind {self.kind!r}")
+            raise UnknownSetting(self.name, "mask", self.kind, EMITTER)
         if ctx.causal and prefix is None and self.window is None:
             return None
         pos = _positions(attention_mask)
@@ -241,7 +263,8 @@ class Alibi(nn.Module):
 
     def __init__(self, node: dict):
         super().__init__()
-        self.slopes = node["settings"]["slopes"]  # plain floats: build_module makes modules on the meta device
+        s: AlibiSettings = node["settings"]
+        self.slopes = list(s.slopes)  # plain floats: build_module makes modules on the meta device
 
     def forward(self, attention_mask, *, ctx: _Context | None = None):
         slopes = torch.tensor(self.slopes, dtype=torch.float32, device=attention_mask.device)
@@ -256,10 +279,12 @@ class Rotary(nn.Module):
 
     uses_context = True
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        self.theta, self.dim = node["settings"]["theta"], node["settings"]["rotary_dim"]
-        self.style = node["settings"]["style"]
+        s: RotarySettings = node["settings"]
+        if s.style not in (RopeStyle.half, RopeStyle.interleaved):
+            raise UnknownSetting(name, "style", s.style, EMITTER)
+        self.theta, self.dim, self.style = s.theta, s.rotary_dim, s.style
 
     def forward(self, positions, *, ctx: _Context):
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=positions.device).float() / self.dim)
@@ -267,20 +292,20 @@ class Rotary(nn.Module):
         return angle.cos().to(ctx.dtype), angle.sin().to(ctx.dtype)
 
 
-def apply_rotary(x, table, style: str):
+def apply_rotary(x, table, style: RopeStyle):
     """Rotate the first rotary_dim dims of x [B,H,S,hd]; the rest pass through (partial rotary, GPT-NeoX).
     half: pairs (i, i + d/2) (GPT-NeoX, HF LLaMA); interleaved: pairs (2i, 2i + 1) (GPT-J, RoFormer)."""
     cos, sin = table
     d = 2 * cos.shape[-1]
     rot, rest = (x, None) if d == x.shape[-1] else (x[..., :d], x[..., d:])
-    if style == "half":
+    if style is RopeStyle.half:
         x1, x2 = rot[..., : d // 2], rot[..., d // 2:]
         rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    elif style == "interleaved":
+    elif style is RopeStyle.interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
     else:
-        raise ValueError(f"rotary style {style!r}")
+        raise UnknownSetting("rotary", "style", style, EMITTER)
     return rot if rest is None else torch.cat((rot, rest), dim=-1)
 
 
@@ -288,21 +313,21 @@ def apply_rotary(x, table, style: str):
 # Blocks
 
 
-def _sdpa_backends(kernel: str):
+def _sdpa_backends(kernel: AttentionKernel):
     """The spec's attention kernel as an sdpa_kernel context; math stays allowed as the fallback, so a
     kernel the device lacks (memory-efficient on CPU, flash with a float mask) never fails."""
-    if kernel == "default":
+    if kernel is AttentionKernel.default:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if kernel == "memory_efficient":
+    if kernel is AttentionKernel.memory_efficient:
         wanted = SDPBackend.EFFICIENT_ATTENTION
-    elif kernel == "flash":
+    elif kernel is AttentionKernel.flash:
         wanted = SDPBackend.FLASH_ATTENTION
-    elif kernel == "math":
+    elif kernel is AttentionKernel.math:
         wanted = SDPBackend.MATH
     else:
-        raise ValueError(f"attention kernel {kernel!r}")
+        raise UnknownSetting("attention", "kernel", kernel, EMITTER)
     return sdpa_kernel(list(dict.fromkeys([wanted, SDPBackend.MATH])))
 
 
@@ -314,14 +339,15 @@ class Attention(nn.Module):
 
     uses_context = True
 
-    def __init__(self, node: dict, rotary_style: str | None = None):
+    def __init__(self, name: str, node: dict, rotary_style: RopeStyle | None = None):
         super().__init__()
-        s, p = node["settings"], node["params"]
+        s: AttentionSettings = node["settings"]
+        p = node["params"]
+        if s.kernel not in (AttentionKernel.default, AttentionKernel.memory_efficient, AttentionKernel.flash, AttentionKernel.math):
+            raise UnknownSetting(name, "kernel", s.kernel, EMITTER)
         self.rotary_style = rotary_style  # read off the rotary node feeding this one
-        self.n_heads, self.kv_heads, self.head_dim = s["n_heads"], s["kv_heads"], s["head_dim"]
-        self.scale, self.kernel, self.slot = s["softmax_scale"], s["kernel"], node["cache"]
-        if self.kernel not in ("default", "memory_efficient", "flash", "math"):
-            raise ValueError(f"attention kernel {self.kernel!r} has no PyTorch emitter")
+        self.n_heads, self.kv_heads, self.head_dim = s.n_heads, s.kv_heads, s.head_dim
+        self.scale, self.kernel, self.slot = s.softmax_scale, s.kernel, node["cache"]
         self.q, self.k, self.v, self.o = (_linear(p, n) for n in ("q", "k", "v", "o"))
 
     def _mask(self, mask, bias, ctx: _Context):
@@ -356,7 +382,7 @@ class Attention(nn.Module):
             ctx.present[self.slot] = (k, v)
         attn_mask = self._mask(mask, bias, ctx)
         gqa = self.kv_heads != self.n_heads
-        flash_ok = attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self.kernel in ("default", "flash")
+        flash_ok = attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self.kernel in (AttentionKernel.default, AttentionKernel.flash)
         if gqa and not flash_ok:  # head h reads kv head h // (n_heads / kv_heads)
             rep = self.n_heads // self.kv_heads
             k = k[:, :, None].expand(-1, -1, rep, -1, -1).reshape(B, self.n_heads, k.shape[2], self.head_dim)
@@ -367,31 +393,37 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
 
-def _activation(name: str, x):
-    if name in ("gelu", "geglu"):
-        return F.gelu(x)
-    if name in ("gelu_tanh", "geglu_tanh"):
-        return F.gelu(x, approximate="tanh")
-    if name in ("relu", "reglu"):
-        return F.relu(x)
-    if name in ("silu", "swiglu"):
-        return F.silu(x)
-    raise ValueError(f"activation {name!r} has no PyTorch emitter")
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def activation_fn(name: str, act: Activation):
+    """The elementwise function of an activation; a gated one's (Shazeer 2020) is its gate's."""
+    if act in (Activation.gelu, Activation.geglu):
+        return F.gelu
+    if act in (Activation.gelu_tanh, Activation.geglu_tanh):
+        return _gelu_tanh
+    if act in (Activation.relu, Activation.reglu):
+        return F.relu
+    if act in (Activation.silu, Activation.swiglu):
+        return F.silu
+    raise UnknownSetting(name, "activation", act, EMITTER)
 
 
 class Mlp(nn.Module):
     """down(act(up(x))), or gated (Shazeer 2020): down(act(gate(x)) * up(x))."""
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
+        s: MlpSettings = node["settings"]
         p = node["params"]
-        self.act = node["settings"]["activation"]
-        _activation(self.act, torch.zeros(1))  # an activation without a branch fails at build, not mid-training
+        self.act = activation_fn(name, s.activation)
         self.up, self.down = _linear(p, "up"), _linear(p, "down")
         self.gate = _linear(p, "gate") if "gate.weight" in p else None
 
     def forward(self, x):
-        h = _activation(self.act, self.gate(x)) * self.up(x) if self.gate is not None else _activation(self.act, self.up(x))
+        act = self.act
+        h = act(self.gate(x)) * self.up(x) if self.gate is not None else act(self.up(x))
         return self.down(h)
 
 
@@ -400,7 +432,8 @@ class Residual(nn.Module):
 
     def __init__(self, node: dict):
         super().__init__()
-        self.alpha = node["settings"]["alpha"]
+        s: ResidualSettings = node["settings"]
+        self.alpha = s.alpha
 
     def forward(self, skip, branch: list):
         out = skip if self.alpha == 1.0 else self.alpha * skip
@@ -464,7 +497,8 @@ class GraphModel(nn.Module):
                     setattr(self, name, module)
             self._steps.append((name, kind, graph.inputs(name), module))
         self.input_names = graph.graph_inputs()
-        self.glm2d = "position_ids" in self.input_names and graph.node("position_ids")["settings"]["shape"][1] == 2
+        self.position_ids = graph.model.position_ids
+        self.glm2d = self.position_ids is PositionIds.glm2d
         self._segments = self._split_segments(graph)
         self.activation_checkpointing = False
 
@@ -488,22 +522,53 @@ class GraphModel(nn.Module):
 
     @staticmethod
     def _make(name: str, kind: K, node: dict, graph: ComponentGraph) -> nn.Module:
-        simple = {K.token_embedding: TokenEmbedding, K.scale: Scale, K.learned_position: LearnedPosition,
-                  K.glm2d_position: Glm2dPosition, K.norm: Norm, K.mask: Mask, K.alibi: Alibi, K.rotary: Rotary,
-                  K.attention: Attention, K.mlp: Mlp, K.residual: Residual, K.head: Head}
+        """The module of one node; every kind but the graph's inputs and outputs has one."""
+        if kind is K.token_embedding:
+            return TokenEmbedding(node)
+        if kind is K.scale:
+            return Scale(node)
+        if kind is K.learned_position:
+            return LearnedPosition(node)
+        if kind is K.sinusoidal_position:
+            return SinusoidalPosition(node, graph.model.d_model)
+        if kind is K.glm2d_position:
+            return Glm2dPosition(node)
         if kind is K.add:
             return Add()
+        if kind is K.norm:
+            return Norm(name, node)
+        if kind is K.mask:
+            return Mask(name, node)
+        if kind is K.alibi:
+            return Alibi(node)
+        if kind is K.rotary:
+            return Rotary(name, node)
         if kind is K.attention:
             rotary = graph.input_of(name, "rotary")
-            return Attention(node, graph.node(rotary)["settings"]["style"] if rotary else None)
-        if kind is K.sinusoidal_position:
-            return SinusoidalPosition(node, graph.spec.d_model)
-        return simple[kind](node)
+            return Attention(name, node, graph.settings(rotary).style if rotary else None)
+        if kind is K.mlp:
+            return Mlp(name, node)
+        if kind is K.residual:
+            return Residual(node)
+        if kind is K.head:
+            return Head(node)
+        raise UnknownSetting(name, "kind", kind, EMITTER)
 
-    def default_positions(self, attention_mask, seq: int, glm2d: bool):
+    def default_positions(self, attention_mask, seq: int, layout: PositionIds):
         """cumsum(mask) - 1 clamped at 0, last `seq` columns; glm2d adds a block row of zeros."""
         pos = _positions(attention_mask).clamp(min=0)[:, -seq:]
-        return torch.stack((pos, torch.zeros_like(pos)), dim=1) if glm2d else pos
+        if layout is PositionIds.flat:
+            return pos
+        if layout is PositionIds.glm2d:
+            return torch.stack((pos, torch.zeros_like(pos)), dim=1)
+        raise UnknownSetting("position_ids", "layout", layout, EMITTER)
+
+    def _layout_positions(self, pos):
+        if self.position_ids is PositionIds.flat:
+            return pos
+        if self.position_ids is PositionIds.glm2d:
+            return torch.stack((pos, torch.zeros_like(pos)), dim=1)
+        raise UnknownSetting("position_ids", "layout", self.position_ids, EMITTER)
 
     def static_cache(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> StaticKVCache:
         """Zeroed key/value buffers [batch, kv_heads, max_len, head_dim] per attention node, allocated once;
@@ -549,15 +614,12 @@ class GraphModel(nn.Module):
         elif attention_mask.shape != (B, past_len + S):
             raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}; it must cover past + new tokens: ({B}, {past_len + S})")
         if position_ids is None and "position_ids" in self.input_names:
-            glm2d = self.glm2d
             if causal:
-                row = torch.arange(S, device=device).expand(B, S)
-                position_ids = torch.stack((row, torch.zeros_like(row)), dim=1) if glm2d else row
+                position_ids = self._layout_positions(torch.arange(S, device=device).expand(B, S))
             elif cache is not None:
-                pos = _positions(attention_mask).clamp(min=0)[:, cache_position]
-                position_ids = torch.stack((pos, torch.zeros_like(pos)), dim=1) if glm2d else pos
+                position_ids = self._layout_positions(_positions(attention_mask).clamp(min=0)[:, cache_position])
             else:
-                position_ids = self.default_positions(attention_mask, S, glm2d)
+                position_ids = self.default_positions(attention_mask, S, self.position_ids)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "prefix_len": prefix_len}
         weight_dtype = self.get_submodule("embed").weight.dtype
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight_dtype
@@ -643,7 +705,7 @@ def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list
     bidirectional prefix; GLM 2D positions: prompt tokens (position, 0), the k-th generated token
     (last prompt position, k). Returns the generated ids, one list per prompt."""
     names = graph.graph_inputs()
-    glm2d = "position_ids" in names and graph.node("position_ids")["settings"]["shape"][1] == 2
+    glm2d = graph.model.position_ids is PositionIds.glm2d
     B, L = len(prompts), max(map(len, prompts))
     ids = torch.zeros(B, L, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)
