@@ -81,7 +81,7 @@ def reference_losses(spec):
     return out
 
 
-def parallel_losses(spec, layout, head_split=None):
+def parallel_losses(spec, layout, head_split=None, *, steps=STEPS, save=None, load=None):
     import torch
     from torch.distributed.tensor import DTensor, Partial
 
@@ -98,7 +98,11 @@ def parallel_losses(spec, layout, head_split=None):
     sched = build_scheduler(graph, opt)
     tokens = batch_of(spec).chunk(layout.dp)[layout.dp_rank]
     out = []
-    for _ in range(STEPS):
+    if load:
+        from archc.parallel import checkpoint
+
+        sched.load_state_dict(checkpoint.load(load, model, opt, graph)["scheduler"])
+    for _ in range(steps):
         loss = loss_of(model, tokens, spec)
         loss.backward()
         clip_grad_norm(list(model.parameters()), spec.training.grad_clip)
@@ -106,6 +110,50 @@ def parallel_losses(spec, layout, head_split=None):
         if layout.dp > 1:  # the global batch's mean loss: the mean over the dp ranks' equal shares
             loss = DTensor.from_local(loss.detach(), layout.dp_mesh, [Partial("avg")]).full_tensor()
         out.append(float(loss))
+    if save:
+        from archc.parallel import checkpoint
+
+        checkpoint.save(save, model, opt, graph, {"scheduler": sched.state_dict()})
+    return out
+
+
+def resume_check(mesh, layouts, tmp: Path) -> dict:
+    """3 steps on fsdp 2 x tp 2 (4 processes), saved; resumed for 2 steps on 2-process layouts (tp, fsdp);
+    the saved model consolidated in one process; a checkpoint loaded into another spec."""
+    import torch
+
+    import archc
+    from archc.errors import UserError
+    from archc.parallel import checkpoint
+    from archc.training import build_optimizer, build_scheduler, clip_gradients
+    from exporters.torch_module import build_module
+
+    out = {}
+    for family in ("llama", "palm"):
+        spec = spec_of(family)
+        ck = tmp / f"{family}-step3"
+        first = parallel_losses(spec, layouts["fsdp+tp"], steps=3, save=ck)
+        out[family] = {"first": first,
+                       "tp": parallel_losses(spec, layouts["tp"], steps=2, load=ck),
+                       "fsdp": parallel_losses(spec, layouts["fsdp"], steps=2, load=ck)}
+        # consolidated parameters against one process's after the same 3 steps
+        graph = archc.compile(spec)
+        model = build_module(graph).train()
+        opt, tokens = build_optimizer(graph, model), batch_of(spec)
+        sched = build_scheduler(graph, opt)
+        for _ in range(3):
+            loss_of(model, tokens, spec).backward()
+            clip_gradients(graph, model)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        merged = checkpoint.consolidate(ck)
+        mine = model.state_dict()
+        out[family]["consolidated_keys_equal"] = sorted(merged) == sorted(mine)
+        out[family]["consolidated_max_diff"] = max(float((merged[k] - mine[k]).abs().max()) for k in mine)
+    try:
+        checkpoint.check_signature(tmp / "llama-step3", archc.compile(spec_of("palm")))
+        out["other_spec"] = None
+    except UserError as e:
+        out["other_spec"] = str(e)
     return out
 
 
@@ -149,6 +197,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
                 results["losses"][family][name] = parallel_losses(spec, layout)
         results["negative_alibi_strided"] = parallel_losses(spec_of("bloom"), layouts["tp"], HeadSplit.strided)
         results["generate"] = generate_check(mesh["tp"])
+        results["resume"] = resume_check(mesh, layouts, Path(out_path).parent)
     except Exception as e:  # reported to the test instead of hanging the other ranks
         import traceback
 

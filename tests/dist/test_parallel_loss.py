@@ -51,3 +51,19 @@ def test_tensor_parallel_greedy_tokens_equal_one_process(results, family):
     g = results["generate"][family]
     assert g["tp"] == g["single"]
     assert len({t for row in g["single"] for t in row}) >= 4  # not a degenerate echo of one token
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "palm"])  # AdamW's moments and Adafactor's factored state
+def test_resume_at_another_world_size(results, family):
+    single, r = results["losses"][family]["single"], results["resume"][family]
+    assert max(abs(a - b) for a, b in zip(r["first"], single[:3])) < TOL
+    for layout in ("tp", "fsdp"):  # saved by 4 processes (2 x 2), resumed by 2
+        assert max(abs(a - b) for a, b in zip(r[layout], single[3:])) < TOL, (layout, r[layout], single[3:])
+    assert r["consolidated_keys_equal"] and r["consolidated_max_diff"] < 1e-5
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_spec_is_refused_in_one_line(results):
+    msg = results["resume"]["other_spec"]
+    assert msg and "\n" not in msg and "does not fit spec" in msg and "llama" in msg
