@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Modules that register commands, in the order `archc --help` lists them.
-COMMAND_MODULES = ["spec_cmds", "plan_cmds", "hf_cmds", "onnx_cmds", "diff_cmds", "bench_cmds", "main_job"]
+COMMAND_MODULES = ["spec_cmds", "plan_cmds", "hf_cmds", "onnx_cmds", "train_cmds", "diff_cmds", "bench_cmds", "main_job"]
 
 
 def _register() -> None:
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             return tuple(getattr(m, name) for m in families if hasattr(m, name))
 
         if isinstance(e, caught("UsageError")):
-            e.show()
-            raise SystemExit(2)
+            raise SystemExit(_print_error(_usage_line(e), 2))
         if isinstance(e, caught("Abort")):
             raise SystemExit(_print_error("aborted", 130))
         if isinstance(e, caught("Exit")):
@@ -66,24 +65,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _click_exception_modules() -> list:
-    """typer >= 0.26 vendors click as typer._click, whose exceptions are not click's; catch both."""
-    import click
-
-    mods = [click.exceptions]
-    try:
-        from typer._click import exceptions as vendored
-
-        mods.append(vendored)
-    except ImportError:
-        pass
+    """typer >= 0.26 vendors click as typer._click, whose exceptions are not click's, and no longer
+    installs the click package; older typer uses click itself. Catch whichever of the two exist."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
     return mods
+
+
+def _usage_line(e) -> str:
+    """click's usage error as one line: its message and where the help is (click prints four lines:
+    Usage, Try, a blank line and Error)."""
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None and ctx.command_path else "archc"
+    return f"{e.format_message()} (see `{path} --help`)"
 
 
 def _print_error(message: str, code: int) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
+    from archc.errors import one_line
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(one_line(message))}")
     return code
 
 

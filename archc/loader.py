@@ -425,9 +425,29 @@ def load_data(path: str | os.PathLike, sets: list[str] | None = None) -> tuple[d
 
 
 def load_spec(path: str | os.PathLike, sets: list[str] | None = None) -> Spec:
-    """Load, merge extends, apply --set overrides and validate. Raises SpecError (a UserError)."""
-    data, lines = load_data(path, sets)
-    return validate_data(data, lines, _display(Path(path)))
+    """Load, merge extends, apply --set overrides and validate. Raises SpecError (a UserError).
+
+    `path` is what the CLI accepts: a spec file, a library spec by name ('llama'), or a directory
+    made by `archc compile` (its spec.yaml)."""
+    p = resolve_spec_path(path)
+    data, lines = load_data(p, sets)
+    return validate_data(data, lines, _display(p))
+
+
+def resolve_spec_path(arg: str | os.PathLike) -> Path:
+    """A spec file, a library spec by name ('llama'), or a compiled model directory (its spec.yaml).
+    A file that exists wins over a library name."""
+    p = Path(arg)
+    if p.is_dir():
+        inner = p / "spec.yaml"
+        if not inner.exists():
+            raise SpecError("directory has no spec.yaml; give a spec file or a directory made by `archc compile`", str(arg))
+        return inner
+    if not p.exists() and not p.suffix and isinstance(arg, str):
+        lib = library_spec(arg)
+        if lib is not None:
+            return lib
+    return p
 
 
 def spec_from_dict(data: dict, sets: list[str] | None = None, source: str = "<dict>") -> Spec:
@@ -442,8 +462,13 @@ def spec_from_dict(data: dict, sets: list[str] | None = None, source: str = "<di
 
 
 def library_dir() -> Path:
-    """specs/ beside the package (editable installs and checkouts)."""
-    return Path(__file__).resolve().parent.parent / "specs"
+    """The spec library, package data of archc (archc/specs): in a checkout and an editable install
+    a symlink to the top-level specs/, in a wheel the files themselves."""
+    from importlib.resources import files
+
+    # archc is an ordinary directory package (never zipped: pyproject ships it as files), so the
+    # resource is a real path that Path and glob can read.
+    return Path(str(files("archc").joinpath("specs")))
 
 
 def library_spec(name: str) -> Path | None:

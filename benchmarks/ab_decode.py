@@ -1,7 +1,7 @@
 """A/B of the ORT decode path in one run on one card: several variants of archc (this tree, an older
 tree, export or provider options) measured in alternation, each in its own process.
 
-    PYTHONPATH=$PWD python3 benchmarks/ab_decode.py --family llama --variants "new;old;new:next_token=none" \
+    python3 -m benchmarks.ab_decode --family llama --variants "new;old;new:next_token=none" \
         --old-root .baseline --rounds 2 --out out/ab.json
 
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
@@ -41,8 +41,7 @@ def child(args) -> dict:
     """Runs inside the variant's process: export, open, measure."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import standard
+    from benchmarks import standard
 
     import archc
     from archc.runner import Session

@@ -10,7 +10,7 @@ export here traces the module's prefill call (input_ids, attention_mask -> logit
 simplest graph it can be asked for, so the comparison is, if anything, generous to dynamo. The dynamo
 call keeps torch's defaults (optimize=True, the onnxscript optimizer); ARCHC_DYNAMO_OPTIMIZE=0 skips it.
 
-    python benchmarks/export_cpu.py [--family llama] [--set n_layers=4 ...] [--json out.json]
+    python3 -m benchmarks.export_cpu [--family llama] [--set n_layers=4 ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _graph(family: str, extra: list[str]):
     import archc
-    import standard
+    from benchmarks import standard
 
     return archc.compile(standard.load_family(family, ROOT, extra=extra))
 
@@ -67,9 +65,10 @@ def child(which: str, family: str, extra: list[str], out_dir: Path) -> dict:
 
 def run_one(which: str, family: str, extra: list[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"archc-export-{which}-") as d:
-        cmd = [sys.executable, __file__, "--child", which, "--family", family, "--out-dir", d] + [a for s in extra for a in ("--set", s)]
+        cmd = [sys.executable, "-m", "benchmarks.export_cpu", "--child", which, "--family", family, "--out-dir", d] + [a for s in extra for a in ("--set", s)]
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                               env=dict(os.environ, PYTHONWARNINGS="ignore"))
         except subprocess.TimeoutExpired:
             return {"which": which, "error": f"did not finish within {timeout:.0f} s"}
         if p.returncode != 0:

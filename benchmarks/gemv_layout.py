@@ -1,7 +1,7 @@
 """How fast do M = 1 matrix products (a decode step's projections) stream their weights through
 cuBLAS, by shape and by weight layout? On one card, in one run:
 
-    PYTHONPATH=$PWD python3 benchmarks/gemv_layout.py --out out/gemv.json
+    python3 -m benchmarks.gemv_layout --out out/gemv.json
 
 For each projection shape of LLaMA-1.1B (q|k|v, o, gate|up, up, down), L distinct fp16 weights (about
 --weight-mb together, so the L2 cache cannot serve them), each product computed R times, captured as
@@ -25,7 +25,6 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 R = 4  # passes over the weights per run
 SHAPES = {"qkv": (2048, 2560), "o": (2048, 2048), "gate|up": (2048, 11264), "up": (2048, 5632), "down": (5632, 2048)}
@@ -67,7 +66,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from archc.bench import environment, measure_limits
+    from archc.bench.harness import environment, measure_limits
 
     lim = measure_limits("cuda", dtypes=("fp16",))
     bw = lim["copy_bytes_per_s"]

@@ -9,7 +9,7 @@ head_dim 64), compile the `cuda` target in fp16 and check on CUDAExecutionProvid
 3. `archc run --device cuda` end to end (the CLI in a subprocess), its ids compared with greedy
    decoding of the fp32 PyTorch module.
 
-    PYTHONPATH=$PWD python3 benchmarks/gpu_checks.py --out DIR   (writes gpu_checks.json, gpu_checks.log)
+    python3 -m benchmarks.gpu_checks --out DIR   (writes gpu_checks.json, gpu_checks.log)
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SMALL = ["d_model=256", "n_layers=2", "attention.n_heads=4", "mlp.d_ff=688", "vocab_size=1000", "max_seq_len=128"]
 FAMILIES = {
@@ -234,7 +233,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from archc.bench import environment
+    from archc.bench.harness import environment
 
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "gpu_checks.log"

@@ -1,7 +1,7 @@
 """Where the host's time goes in one CUDA-graph decode step of archc's runner (the gap between a step's
 wall time and its GPU time in benchmarks/profile_ort.py).
 
-    PYTHONPATH=$PWD python3 benchmarks/host_step.py --family llama --out out/host_step.json
+    python3 -m benchmarks.host_step --family llama --out out/host_step.json
 
 One generate call builds the runner's fixed-buffer stepper and captures the decode step. Then the
 step's pieces are repeated on those very buffers and timed with the host clock, each piece separately:
@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> int:
@@ -44,7 +42,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    import standard
+    from benchmarks import standard
 
     import archc
     from archc.runner import Session

@@ -13,20 +13,18 @@ on the size) and prints, per op type, the nodes of one layer:
   ops keep their fp32 CPU kernels, no fp16 fallbacks). onnxruntime's CPU fusions differ from its CUDA
   ones, so this is indicative only.
 
-    python3 benchmarks/node_count.py                 # fp16, the five families
-    python3 benchmarks/node_count.py --dtype fp32 --families bloom glm
+    python3 -m benchmarks.node_count                 # fp16, the five families
+    python3 -m benchmarks.node_count --dtype fp32 --families bloom glm
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 SMALL = ["d_model=256", "attention.n_heads=4", "mlp.d_ff=1024", "vocab_size=512", "max_seq_len=128"]
 
 

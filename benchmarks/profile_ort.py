@@ -7,7 +7,7 @@ kernels and memcpys, and the kernels that take the time (grouped by name), besid
 The gap between wall time and GPU busy time is host overhead (launches, onnxruntime's per-node
 work, the sync that brings the logits to the host).
 
-    PYTHONPATH=$PWD python3 benchmarks/profile_ort.py --out DIR [--family llama] [--prompt 512] [--steps 32]
+    python3 -m benchmarks.profile_ort --out DIR [--family llama] [--prompt 512] [--steps 32]
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _step_class(runner):
@@ -49,9 +47,9 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     import archc
-    import standard
+    from benchmarks import standard
     from archc import runner
-    from archc.bench import measure_limits, roofline, Shape
+    from archc.bench.harness import measure_limits, roofline, Shape
     from exporters.onnx_export import export
 
     args.out.mkdir(parents=True, exist_ok=True)

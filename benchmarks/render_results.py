@@ -1,6 +1,6 @@
 """Render the JSON of benchmarks/run_standard.py as the Markdown tables of RESULTS.md.
 
-    python benchmarks/render_results.py results.json [--into benchmarks/RESULTS.md]
+    python3 -m benchmarks.render_results results.json [--into benchmarks/RESULTS.md]
 
 One file of the one-invocation runner (its `kind` is "archc-standard-run") renders as one run: the
 card, date and versions, one limits line, every case, then the failed cases (a child that died, with

@@ -1,8 +1,8 @@
 """Run the whole standard set of issue 6 in one invocation: 40 shapes, fault-isolated, one set of limits.
 
-    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out OUT/results.json            # foreground
-    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --out OUT/results.json --detach   # detached (below)
-    PYTHONPATH=$PWD python3 benchmarks/run_standard.py --plan                            # cases, backends, time estimate
+    python3 -m benchmarks.run_standard --out OUT/results.json            # foreground
+    python3 -m benchmarks.run_standard --out OUT/results.json --detach   # detached (below)
+    python3 -m benchmarks.run_standard --plan                            # cases, backends, time estimate
 
 The standard set (benchmarks/standard.py): LLaMA, PaLM, BLOOM, GPT-2, GLM at about 1.1 B parameters;
 batch 1 and 16; prompt 512 and 2048; 128 new tokens; fp16 and bf16. Ten groups, one per (family,
@@ -27,7 +27,7 @@ lines of its output, with the Python stack: PYTHONFAULTHANDLER), and the group's
 in a fresh child. A backend error that names a CUDA fault (the context is poisoned from then on) ends
 the child after that case is recorded, and the rest of the group goes on in a fresh child too. The
 first child measures the card's limits (copy bandwidth, fp16/bf16 GEMM rate:
-archc.bench.measure_limits) and the environment (card, versions) before its cases; every later child
+archc.bench.harness.measure_limits) and the environment (card, versions) before its cases; every later child
 gets them, so every figure of the JSON relates to one set of limits from one run. The JSON (--out) is
 rewritten atomically while a group runs (every few seconds, when its child has finished a case) and
 after it, so a run stopped at any point keeps what it measured.
@@ -46,8 +46,8 @@ the command that started it) and wait for it in the next commands, each issued r
 previous one returns (the machine stays warm for only about 30 s after a call):
 
     export PYTHONPATH=/tmp/site:$PWD
-    python3 benchmarks/run_standard.py --out /tmp/std/results.json --detach --wait-s 540; cp /tmp/std/results.json* $OUT/
-    python3 benchmarks/run_standard.py --out /tmp/std/results.json --status --wait-s 570; cp /tmp/std/results.json* $OUT/
+    python3 -m benchmarks.run_standard --out /tmp/std/results.json --detach --wait-s 540; cp /tmp/std/results.json* $OUT/
+    python3 -m benchmarks.run_standard --out /tmp/std/results.json --status --wait-s 570; cp /tmp/std/results.json* $OUT/
     ... repeat the second line until it prints "finished" (its exit status: 0 finished, 3 still running,
     2 the run's process is gone); every copy to $OUT holds what was measured so far.
 
@@ -86,10 +86,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import standard  # noqa: E402  (light: no torch)
+from benchmarks import standard  # noqa: E402  (light: no torch)
 
 ALL_BACKENDS = ["ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]
 # The targets' backends: every backend but torch-compile (archc's own module under torch.compile, about 3 min
@@ -261,7 +259,8 @@ class Child:
         if why is None:
             why = f"exit status {rc}" + (f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else "")
         lines = [ln for ln in self.tail if ln.strip() and set(ln.strip()) - set("^~ ")  # no caret lines, no module list
-                 and not ln.startswith("Extension modules:")][-8:]
+                 and not ln.startswith("Extension modules:")
+                 and '"<frozen runpy>"' not in ln][-8:]  # `python -m`'s own frames in a faulthandler stack
         return why + (": " + " | ".join(ln.strip()[:200] for ln in lines) if lines else "")
 
     def kill(self) -> None:
@@ -304,7 +303,7 @@ def run_parent(args, groups: list[dict]) -> int:
         if args.pre_export and i < len(todo) and i not in exporters:
             job = run_dir / f"export-{i}.json"
             _write(job, {"group": todo[i], "device": args.device, "tiny": args.tiny, "work_dir": str(work_dir)})
-            exporters[i] = Child([sys.executable, str(Path(__file__).resolve()), "--_export", str(job)],
+            exporters[i] = Child([sys.executable, "-m", "benchmarks.run_standard", "--_export", str(job)],
                                  _py_env({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "4"}), log_prefix="[export] ")
 
     limits, env = None, None
@@ -332,7 +331,7 @@ def run_parent(args, groups: list[dict]) -> int:
                          "new_tokens": args.new_tokens, "repeats": args.repeats, "baseline_repeats": args.baseline_repeats,
                          "work_dir": str(work_dir), "limits": limits, "need_env": env is None, "result": str(result),
                          "deadline": None if args.budget_s is None else t0 + args.budget_s})
-            child = Child([sys.executable, str(Path(__file__).resolve()), "--_group", str(job)], _py_env())
+            child = Child([sys.executable, "-m", "benchmarks.run_standard", "--_group", str(job)], _py_env())
             base = len(report["runs"])
             seen: dict = {}
             why = child.wait(args.group_timeout_s, on_tick=lambda: _merge_partial(report, result, base, out, seen))
@@ -421,7 +420,7 @@ def run_export(job_path: Path) -> int:
     """CPU only: the ONNX models the group's ort cases will load, into the work dir."""
     import torch
 
-    from archc.bench import Shape, logits_for, ort_model_dir
+    from archc.bench.harness import Shape, logits_for, ort_model_dir
     from exporters.onnx_export import export
 
     torch.set_num_threads(4)
@@ -450,7 +449,7 @@ def run_group(job_path: Path) -> int:
     import torch
     from rich.console import Console
 
-    from archc.bench import Bench, Shape, environment, logits_for, measure_limits, ort_model_dir, render
+    from archc.bench.harness import Bench, Shape, environment, logits_for, measure_limits, ort_model_dir, render
 
     if device == "cpu":  # the CPU run checks the orchestration; one thread keeps it quick on a shared machine
         torch.set_num_threads(1)
@@ -563,7 +562,7 @@ def detach(args) -> int:
         out.unlink()  # a previous run's file must not read as this run's state
     log = out.with_name(out.name + ".log")
     with open(log, "w") as f:
-        p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "benchmarks.run_standard", *argv], stdout=f, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=_py_env(), start_new_session=True)
     print(f"started pid {p.pid} in its own session; output in {log}; "
           f"poll with: {Path(__file__).name} --out {args.out} --status --wait-s 560", flush=True)

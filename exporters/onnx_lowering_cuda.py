@@ -284,13 +284,19 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
     scope, ctx.scope = ctx.scope, "gqa_layout"
     one = ctx.const(np.array([1], np.int64), "one")
     T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
-    new = ctx.op("Slice", [am, ctx.op("Sub", [T, S]), T, one])  # mask of the new tokens [B,S]
-    # S again, but as a device tensor [B,1] computed from `new`: the shape value S lives on the host,
-    # and feeding it to device arithmetic makes onnxruntime insert a MemcpyFromHost, which rules out
+    # S as a device tensor [B,1] computed from input_ids: the shape value S lives on the host, and
+    # feeding it to device arithmetic makes onnxruntime insert a MemcpyFromHost, which rules out
     # CUDA-graph capture of the decode step (shape-only host nodes are allowed, copies are not).
-    s_dev = ctx.op("ReduceSum", [ctx.op("Add", [ctx.op("Mul", [new, ctx.const(np.int64(0), "zero")]), one]), one], keepdims=1)
-    n_real = ctx.op("ReduceSum", [new, one], keepdims=1)  # [B,1]
-    pad = ctx.op("Sub", [s_dev, n_real])  # [B,1]
+    s_dev = ctx.op("ReduceSum", [ctx.op("Add", [ctx.op("Mul", ["input_ids", ctx.const(np.int64(0), "zero")]), one]), one],
+                   keepdims=1)
+    # A row's padding = its mask's leading zeros (at most S). Not "S minus the ones among the last S
+    # columns": onnxruntime-genai with CUDA graphs feeds the prompt step a static [B, max_length]
+    # mask (the prompt's mask first, zeros after it), where the last S columns are not the new
+    # tokens; leading zeros are the padding in both layouts (a decode step, S = 1, rotates nothing).
+    leading = ctx.op("ReduceSum", [ctx.op("Cast", [ctx.op("Equal", [ctx.op("CumSum", [am, one]), ctx.const(np.int64(0), "zero")])],
+                                          to=TensorProto.INT64), one], keepdims=1)  # [B,1]
+    pad = ctx.op("Min", [leading, s_dev])  # [B,1]
+    n_real = ctx.op("Sub", [s_dev, pad])  # [B,1]
     i = ctx.op("Unsqueeze", [ctx.op("Range", [ctx.const(np.int64(0), "zero"), ctx.op("Squeeze", [S]), ctx.const(np.int64(1), "step")]),
                              ctx.const(np.array([0], np.int64), "axes")])  # [1,S]
     last = ctx.const(np.array([-1], np.int64), "axes")

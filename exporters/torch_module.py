@@ -369,7 +369,17 @@ class GraphModel(nn.Module):
         pos = _positions(attention_mask).clamp(min=0)[:, -seq:]
         return torch.stack((pos, torch.zeros_like(pos)), dim=1) if glm2d else pos
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past_key_values=None):
+    def loss(self, input_ids, targets, chunk: int = 4096):
+        """Mean next-token cross-entropy of `targets` [B,S] (-100 skips a position): the head's matmul
+        runs chunk by chunk in the weight dtype, never holding float32 logits for the whole batch."""
+        from exporters.torch_loss import linear_cross_entropy
+
+        h, head = self(input_ids, return_hidden=True)
+        weight = self.get_parameter(head.tied_to) if head.tied_to else head.weight
+        return linear_cross_entropy(h.flatten(0, 1), weight, head.bias, targets.flatten())
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past_key_values=None,
+                return_hidden: bool = False):
         B, S = input_ids.shape
         past_len = next((kv[0].shape[2] for kv in past_key_values or [] if kv is not None), 0)
         if attention_mask is None:
@@ -400,6 +410,8 @@ class GraphModel(nn.Module):
                     kw[port] = values[src]
             if kind is K.mask:
                 kw["dtype"] = dtype
+            if kind is K.head and return_hidden:
+                return kw["x"], module
             if kind is K.head and module.tied_to:
                 kw["weight"] = self.get_parameter(module.tied_to)
             values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)

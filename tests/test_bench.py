@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import archc
-from archc.bench import Bench, Shape, decode_weight_bytes, parse_backends, roofline
-from archc.bench_hf import MAPPERS, build_hf_model, hf_equivalent
+from archc.bench.harness import Bench, Shape, decode_weight_bytes, parse_backends, roofline
+from archc.bench.hf import MAPPERS, build_hf_model, hf_equivalent
 from archc.cli import main
 from archc.errors import UserError
 from exporters.torch_module import build_module
@@ -201,7 +201,7 @@ def test_torch_backend_feeds_glm_positions_as_the_runner_does(tmp_path):
 def test_environment_records_the_commit(monkeypatch):
     """ARCHC_COMMIT names the code where git cannot (a copied tree with a stale .git, as on the GPU
     machine); otherwise git describe, marked -dirty when the files differ from it."""
-    from archc.bench import environment
+    from archc.bench.harness import environment
 
     monkeypatch.setenv("ARCHC_COMMIT", "abc1234")
     assert environment()["archc_commit"] == "abc1234"

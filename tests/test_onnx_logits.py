@@ -184,7 +184,7 @@ def test_compile_option_and_printout(tmp_path, capsys):
 
 
 def test_bench_switches_to_last_only_where_all_cannot_run(tmp_path, monkeypatch):
-    from archc.bench import Bench, Shape, logits_for, roofline
+    from archc.bench.harness import Bench, Shape, logits_for, roofline
 
     path = SPECS / "llama.yaml"
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))

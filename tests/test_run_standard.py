@@ -15,21 +15,18 @@ import pytest
 import torch
 
 import archc
-from archc.bench import Bench, Shape
+from archc.bench.harness import Bench, Shape
+
+from benchmarks import render_results, standard
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "run_standard.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import render_results  # noqa: E402
-import standard  # noqa: E402
 
 FAMILIES = list(standard.FAMILIES)
 TINY_CASES = {f"{f}:{d}:{b}:{p}" for f in FAMILIES for d in ("fp16", "bf16") for b in (1, 2) for p in (8, 12)}
 
 
 def _run(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "benchmarks.run_standard", *args], capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})), cwd=ROOT)
 
 
@@ -119,8 +116,8 @@ def test_detached_run_survives_and_status_reports_it(tmp_path):
 
 def test_plan_lists_every_case_without_importing_torch():
     code = ("import runpy, sys\n"
-            f"sys.argv = [{str(SCRIPT)!r}, '--plan']\n"
-            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "sys.argv = ['run_standard', '--plan']\n"
+            "try:\n    runpy.run_module('benchmarks.run_standard', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'onnx') if m in sys.modules]\n"
             "print('HEAVY', heavy)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -174,8 +171,8 @@ def test_render_one_run_and_the_old_files(tiny_run, tmp_path):
     assert text.count(" | ort | ") == 19  # every measured case's ort row
     doc = tmp_path / "R.md"
     doc.write_text(f"prose\n{render_results.BEGIN}\nold\n{render_results.END}\nmore prose\n")
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_results.py"), str(d / "results.json"), "--into", str(doc)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "benchmarks.render_results", str(d / "results.json"), "--into", str(doc)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     out = doc.read_text()
     assert out.startswith("prose\n") and out.endswith("more prose\n") and "old" not in out and "Limits measured once" in out

@@ -1,4 +1,4 @@
-"""`archc bench`: generation speed on several backends beside the card's limits (archc/bench.py)."""
+"""`archc bench`: generation speed on several backends beside the card's limits (archc/bench/harness.py)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def bench(
     """Measure prefill latency, decode tokens/s and peak memory per backend, beside the measured
     copy bandwidth and GEMM rate of the same card (decode roofline, prefill floor)."""
     import archc
-    from archc.bench import Bench, Shape, environment, parse_backends, render
+    from archc.bench.harness import Bench, Shape, environment, parse_backends, render
 
     if device not in ("cuda", "cpu"):
         raise UserError(f"--device: '{device}' is not cuda or cpu")

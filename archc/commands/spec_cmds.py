@@ -249,9 +249,10 @@ def show(
     compute.add_column("value", justify="right")
     flops = c.flops_per_token(S)
     compute.add_row(f"forward FLOPs at seq len {S}", f"{_fmt_int(flops)} ({_fmt_short(flops)})")
+    window = f", window {c.sliding_window}" if c.sliding_window and c.sliding_window < S else ""
     for dtype in ("float16", "bfloat16", "float32"):
         b = c.kv_bytes_per_token(dtype)
-        compute.add_row(f"KV cache, {dtype}", f"{_fmt_int(b)} B ({_fmt_bytes(b * S)} at {S} tokens)")
+        compute.add_row(f"KV cache, {dtype}", f"{_fmt_int(b)} B ({_fmt_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
 
     out = _console()
     out.print(arch)

@@ -29,7 +29,7 @@ Method (same for every backend, so the figures compare):
 
 Backends: ort (archc's ONNX export, cuda target, through archc's runner), torch (archc's PyTorch
 module, eager, simple greedy loop with its KV cache), torch-compile (the same under torch.compile),
-hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench_hf) and hf-compile
+hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench.hf) and hf-compile
 (transformers' static cache, whose generate compiles the decode step with torch.compile).
 """
 
@@ -320,7 +320,7 @@ class HfBackend(Backend):
     static = False
 
     def setup(self):
-        from archc.bench_hf import build_hf_model
+        from archc.bench.hf import build_hf_model
 
         state = self.bench.archc_module().state_dict()
         self.model, self.eq = build_hf_model(self.bench.graph, state, dtype=self.bench.torch_dtype,
