@@ -113,3 +113,26 @@ def consolidate(path: Path) -> dict:
         raise UserError(f"{path}: cannot read the distributed checkpoint ({type(e).__name__}); "
                         f"resume or compile from another checkpoint") from None
     return {k: v.contiguous() for k, v in state["model"].items()}
+
+
+def run_weights_file(run_dir: Path, graph, scratch: Path) -> Path | None:
+    """The weights `archc compile DIR` reads for a training run folder: its latest checkpoint's
+    model.safetensors, or, for a distributed checkpoint, one safetensors file consolidated into
+    `scratch` (checked against `graph` first). None when the folder is not a training run."""
+    from safetensors.torch import save_file
+
+    from archc.train.checkpoint import MODEL_FILE, latest_checkpoint
+    from archc.train.loop import is_run_dir
+
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        return None
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir}: the training run has no checkpoint yet; train it first (or compile its spec.yaml for the init)")
+    if not is_distributed_checkpoint(ckpt):
+        return ckpt / MODEL_FILE
+    check_signature(ckpt, graph)
+    file = Path(scratch) / MODEL_FILE
+    save_file(consolidate(ckpt), str(file), metadata={"format": "archc-train", "source": str(ckpt)})
+    return file
