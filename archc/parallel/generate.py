@@ -28,10 +28,26 @@ def tp_model(graph: ComponentGraph, tp_mesh, *, weights: dict | None = None, dty
     return model.to(device).eval()
 
 
+class _OnDevice(torch.nn.Module):
+    """Feeds the CPU tensors of the emitter's greedy loop to a model on an accelerator and hands its
+    logits back on the CPU (the KV cache stays on the device)."""
+
+    def __init__(self, model, device):
+        super().__init__()
+        self.model, self.device = model, torch.device(device)
+
+    def forward(self, *args):
+        moved = [a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args]
+        logits, present = self.model(*moved)
+        return logits.cpu(), present
+
+
 def generate_tp(graph: ComponentGraph, prompts: list[list[int]], n_new: int, tp_mesh, *, weights: dict | None = None,
                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> list[list[int]]:
     """Greedy tokens for `prompts` (the same on every rank), from a tensor-parallel model."""
     from exporters.torch_module import greedy_generate
 
     model = tp_model(graph, tp_mesh, weights=weights, dtype=dtype, device=device)
+    if torch.device(device).type != "cpu":
+        model = _OnDevice(model, device)
     return greedy_generate(model, graph, prompts, n_new)

@@ -109,3 +109,18 @@ def test_bad_parallel_input_is_one_line_exit_2(runs):
         r = _archc(["train", "llama", "--data", "tok.bin", "--steps", "6", *COMMON, *extra], runs, **env)
         lines = [x for x in r.stderr.splitlines() if x.strip() and "Warning" not in x and "warn" not in x]
         assert r.returncode == 2 and words in r.stderr and len(lines) == 1 and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_generate_tp_cli_tokens_equal_one_process(runs):
+    import archc
+    from archc.loader import load_spec
+    from archc.parallel.checkpoint import consolidate
+    from archc.train.checkpoint import latest_checkpoint
+    from exporters.torch_module import build_module, greedy_generate
+
+    r = _archc(["generate-tp", "par", "--prompt-ids", "5,9,2,7", "--prompt-ids", "3,4", "--max-new-tokens", "6"], runs, nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    graph = archc.compile(load_spec(runs / "par" / "spec.yaml"))
+    expected = greedy_generate(build_module(graph, weights=consolidate(latest_checkpoint(runs / "par"))), graph, [[5, 9, 2, 7], [3, 4]], 6)
+    assert r.stdout.split() == [",".join(map(str, row)) for row in expected]
