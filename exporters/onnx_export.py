@@ -412,6 +412,8 @@ class ExportResult:
     n_weights: int
     data_bytes: int
     logits: Logits = Logits.all
+    genai_unsupported: str | None = None  # why onnxruntime-genai cannot drive this model (genai_config.json says so too)
+    tokenizer_files: list[str] = field(default_factory=list)  # copied from tokenizer_dir
 
 
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
@@ -445,8 +447,12 @@ def _version() -> str:
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
            dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-           next_token: NextToken | str = NextToken.argmax, _fail_after: int | None = None) -> ExportResult:
+           next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
+           _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
+
+    `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
+    TOKENIZER_FILES), and genai_config.json takes its bos/eos/pad ids from them.
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
@@ -478,7 +484,14 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
+        copied = []
+        if tokenizer_dir is not None:
+            from archc.text import copy_tokenizer_files
+
+            copied = copy_tokenizer_files(tokenizer_dir, tmp)
+        from archc.text import special_token_ids
+
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
         if out.exists():  # replace the old model directory: swap in the new one, then delete the old
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -490,7 +503,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits)
+    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
 def _spec_yaml(graph: ComponentGraph) -> str:
@@ -499,10 +512,27 @@ def _spec_yaml(graph: ComponentGraph) -> str:
     return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
 
 
-def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
-    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names). Token ids for
-    bos/eos/pad are placeholders (a spec has no tokenizer); set them for a real vocabulary."""
+def genai_unsupported(graph: ComponentGraph) -> str | None:
+    """Why onnxruntime-genai cannot drive this graph (None: it can). genai feeds input_ids,
+    attention_mask, position_ids [batch, seq] and the past/present caches, nothing else."""
+    reasons = []
+    if graph.nodes(ComponentKind.glm2d_position):
+        reasons.append("GLM 2-D positions (position_ids [batch, 2, seq]; genai feeds [batch, seq])")
+    if "prefix_len" in graph.nodes(ComponentKind.input):
+        reasons.append("a prefix mask (input prefix_len [batch], which genai does not feed)")
+    return "; ".join(reasons) or None
+
+
+def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | None = None) -> dict:
+    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names). bos/eos/pad come
+    from `ids` (archc.text.special_token_ids: the model's generation_config.json); without them they
+    are placeholders (a spec has no tokenizer). A graph genai cannot drive (genai_unsupported) gets a
+    model type naming the reason, which genai refuses ("Unsupported model_type in config.json: ...")."""
     spec = graph.spec
+    ids = ids or {}
+    eos = ids.get("eos") or [2]
+    bos = (ids.get("bos") or [1])[0]
+    pad = (ids.get("pad") or ids.get("eos") or [0])[0]  # no pad id: genai pads with eos, as transformers does
     attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
     names = {n.name for n in ctx.inputs}
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
@@ -522,12 +552,12 @@ def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
     }
     return {
         "model": {
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+            "bos_token_id": bos, "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": pad,
             "context_length": spec.max_seq_len,
             "decoder": decoder,
             # genai picks its model class by type; every plain decoder-only type shares one
             # implementation driven by the I/O names above, so archc models declare "llama"
-            "type": "llama",
+            "type": "llama" if genai_unsupported(graph) is None else f"not-for-onnxruntime-genai: {genai_unsupported(graph)}",
             "vocab_size": graph.node("head")["settings"]["vocab_size"],
         },
         "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
