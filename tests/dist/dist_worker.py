@@ -8,7 +8,7 @@ tests/dist/test_parallel_loss.py and writes the results as JSON for the test to 
 - Negative control: bloom under tp with ALiBi slopes split in the wrong order (strided heads).
 - Tensor-parallel greedy generation against one-process greedy generation.
 
-Run: python tests/dist/dist_worker.py OUT.json
+Run: PYTHONPATH=.:tests python tests/dist/dist_worker.py OUT.json
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# The repository root and tests/ (for conftest's tiny specs) come on PYTHONPATH from the test.
 
 FAMILIES = ["llama", "palm", "bloom", "glm"]
 STEPS, BATCH, SEQ = 5, 4, 16

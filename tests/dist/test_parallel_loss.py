@@ -21,7 +21,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("dist") / "results.json"
-    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), str(HERE.parents[1] / "tests")]), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, str(HERE / "dist_worker.py"), str(out)], capture_output=True, text=True,
                        env=env, timeout=1200)
     errors = "".join(p.read_text() for p in out.parent.glob("*.err"))
