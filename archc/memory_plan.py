@@ -23,10 +23,23 @@ backward, gradients appear as activations are freed (layer by layer), so the two
 FSDP adds the all-gathered weights and gradients of the layer in flight and the prefetched next one.
 Peak for generation = weights + KV cache at --seq-len tokens + the prefill's largest transient.
 
-Activation model, per layer, in elements (b local sequences, S tokens, D d_model, per-rank widths
-q = n_heads/tp x head_dim, kv = kv heads per rank x head_dim, f = d_ff/tp); counted from what the
-PyTorch emitter's ops save for backward (see ACT_* below; tests/dist checks the model against the
-bytes autograd actually saves, on the CPU).
+Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
+nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
+q = n_heads/tp x head_dim, kv = kv heads per rank x head_dim, f = d_ff/tp), in --dtype:
+  norm            its input (D); torch's fused norms keep only float32 statistics besides
+  attention       its input (D, once when a shared norm also feeds the MLP); q, and k before RoPE
+                  (q + kv) when rotary; SDPA's q, k, v and output (q + 2 kv, or q + 2 q when K/V
+                  heads are expanded for GQA/MQA because a mask tensor or the kernel setting keeps
+                  flash attention out); o's input (q)
+  mlp             its input (D, once when shared); gated: gate and up outputs, act(gate), their
+                  product (4 f); otherwise up's output and act(up) (2 f)
+  once            the additive mask in --dtype when one is built: [b, heads, S, S] with ALiBi,
+                  [b, 1, S, S] for a prefix mask or a sliding window, none for plain causal
+  outside         embedding norm and final norm inputs (D each); the loss keeps d loss/d h (D) and
+                  d loss/d W of the head in float32 (vocab x D x 4 bytes)
+Loss transient: one chunk of 4096 rows x vocab of logits (in --dtype and float32, softmax in float32).
+Optimizer step: foreach AdamW / Adafactor make one weights-sized temporary while the gradients and
+the state are alive, so training peak is also at least weights + gradients + optimizer + weights.
 """
 
 from __future__ import annotations
@@ -41,16 +54,8 @@ from archc.graph import ComponentGraph, ComponentKind as K
 from archc.parallel.sharding import ShardRule, _problem, make_plan, local_elements
 from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, DType, Spec
 
-# ---- what the emitted module saves for backward, per layer, in multiples of b x S x width --------
-# Calibrated against autograd's saved tensors of exporters/torch_module.py (tests/dist/test_plan_memory.py).
-ACT_PER_NORM_D = 2.0  # a norm keeps its input (and its normalised output for the scale)
-ACT_PER_ATTN_D = 1.0  # attention keeps its input (shared by q, k, v)
-ACT_PER_ATTN_Q = 4.0  # q before and after RoPE, the attention output, its input to o
-ACT_PER_ATTN_KV = 4.0  # k, v before and after RoPE / the cache (repeated to q's heads counts in Q)
-ACT_PER_MLP_D = 1.0  # the MLP's input
-ACT_PER_MLP_F = 4.0  # gate and up outputs, act(gate), their product (down's input)
-ACT_OUTSIDE_D = 4.0  # embedding output, final norm input/output, the head's input
-ACT_LOSS_V = 3.0  # float32 logits x ~3 (logits, log-softmax, its gradient) per token x vocab, 4 bytes each
+# ---- what the emitted module (exporters/torch_module.py) saves for backward --------------------
+LOSS_CHUNK = 4096  # rows per chunk of GraphModel.loss's linear cross-entropy (exporters/torch_loss.py)
 
 
 class ParallelKind(str, Enum):
@@ -97,7 +102,9 @@ class MemoryRow:
     @property
     def train_peak(self) -> int:
         act = self.activations_ckpt if self.checkpointing else self.activations
-        return self.weights + self.optimizer + self.fsdp_transient + max(act + self.loss_transient, self.gradients)
+        backward = self.weights + self.optimizer + self.fsdp_transient + max(act + self.loss_transient, self.gradients)
+        step = self.weights + self.gradients + self.optimizer + self.weights  # foreach optimizer temporaries
+        return max(backward, step)
 
     @property
     def infer_peak(self) -> int:
@@ -142,36 +149,68 @@ class _Shape:
 
     layer_params: list[tuple[tuple[int, ...], ShardRule]]  # (shape, rule) of one layer's parameters
     outside_params: list[tuple[tuple[int, ...], ShardRule]]
-    n_norms_per_layer: int
+    saved_d: int  # D-wide tensors kept per layer (norm inputs, distinct attention/MLP inputs)
+    saved_q: int  # q-wide tensors kept per layer
+    saved_kv: int  # kv-wide tensors kept per layer
+    saved_f: int  # d_ff-wide tensors kept per layer
     q_local: int
     kv_local: int
     f_local: int
-    alibi_heads_local: int  # heads whose ALiBi bias is added to the mask per layer (0 without ALiBi)
+    mask_heads: int  # heads of the one additive mask tensor (ALiBi: local heads; prefix / window: 1; causal: 0)
+    outside_d: int  # D-wide tensors kept outside the layers (embedding norm, final norm inputs)
     head_rows: int  # vocabulary rows of the output head
 
 
-def _shape(graph: ComponentGraph, tp: int) -> _Shape:
+def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
+    from archc.spec import Activation
+
     plan = make_plan(graph, tp)
     layer, outside = [], []
-    norms = 0
-    q = kv = f = alibi = 0
     for full, shape, node in graph.params():
         (layer if graph.node(node)["layer"] is not None else outside).append((shape, plan.rule(full)))
+    saved = {"d": 0, "q": 0, "kv": 0, "f": 0}
+    q = kv = f = mask_heads = outside_d = 0
+    seen_inputs: set[str] = set()
+    has_mask_tensor = False
+    for n in graph.nodes(K.mask):
+        ms = graph.node(n)["settings"]
+        has_mask_tensor = ms["mask"] == "prefix" or ms["sliding_window"] is not None
+    alibi = graph.nodes(K.alibi)
     for n in graph.nodes():
         d = graph.node(n)
         kind = K(d["kind"])
-        if kind is K.norm and d["layer"] is not None:
-            norms += 1
+        if kind is K.norm:
+            if d["layer"] is not None:
+                saved["d"] += 1
+            else:
+                outside_d += 1
         elif kind is K.attention:
             s = d["settings"]
             q = s["n_heads"] // tp * s["head_dim"]
             kv = (s["kv_heads"] // tp if plan.kv_split else s["kv_heads"]) * s["head_dim"]
+            x = graph.input_of(n, "x")
+            saved["d"] += x not in seen_inputs
+            seen_inputs.add(x)
+            rotary = graph.input_of(n, "rotary") is not None
+            # flash attention takes GQA/MQA unexpanded only on CUDA, without a mask tensor, kernel default or flash
+            flash = cuda and not (has_mask_tensor or alibi) and s["kernel"] in ("default", "flash")
+            kv_heads_local = kv // s["head_dim"]
+            # K/V expanded to q's heads: a copy, except from one head, where expand + reshape stays a view
+            copied = s["kv_heads"] != s["n_heads"] and not flash and kv_heads_local > 1
+            saved["q"] += 3 + rotary + (2 if copied else 0)  # [q pre-RoPE], q, output, o's input, [k, v expanded]
+            saved["kv"] += rotary + (0 if copied else 2)  # [k pre-RoPE], k, v
         elif kind is K.mlp:
             f = d["settings"]["d_ff"] // tp
+            x = graph.input_of(n, "x")
+            saved["d"] += x not in seen_inputs
+            seen_inputs.add(x)
+            saved["f"] += 4 if Activation(d["settings"]["activation"]).gated else 2
         elif kind is K.alibi:
-            alibi = d["settings"]["n_heads"] // tp
+            mask_heads = d["settings"]["n_heads"] // tp
+    if not alibi and has_mask_tensor:
+        mask_heads = 1
     head = graph.node(graph.nodes(K.head)[0])["settings"]["vocab_size"]
-    return _Shape(layer, outside, norms, q, kv, f, alibi, head)
+    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
 
 
 def _optimizer_elements(spec: Spec, shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int, dp: int) -> int:
@@ -199,11 +238,11 @@ def _param_elements(shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int) ->
 
 
 def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch: int, seq_len: int,
-               dtype: DType, checkpointing: bool) -> MemoryRow:
+               dtype: DType, checkpointing: bool, cuda: bool = True) -> MemoryRow:
     """Per-GPU bytes for `strategy`; `graph1` is one_layer_graph(spec)."""
     L, D, w = spec.n_layers, spec.d_model, dtype.itemsize
     dp, tp = strategy.dp, strategy.tp
-    sh = _shape(graph1, tp)
+    sh = _shape(graph1, tp, cuda)
     b = math.ceil(batch / dp)
     bs = b * seq_len
     layer_elems = _param_elements(sh.layer_params, tp)
@@ -214,19 +253,19 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
     weights = math.ceil(param_elems / shard) * w
     opt = (L * _optimizer_elements(spec, sh.layer_params, tp, shard) + _optimizer_elements(spec, sh.outside_params, tp, shard)) * w
 
-    per_layer = bs * (ACT_PER_NORM_D * sh.n_norms_per_layer * D + ACT_PER_ATTN_D * D + ACT_PER_ATTN_Q * sh.q_local
-                      + ACT_PER_ATTN_KV * sh.kv_local + ACT_PER_MLP_D * D + ACT_PER_MLP_F * sh.f_local)
-    per_layer_bytes = per_layer * w + b * sh.alibi_heads_local * seq_len * seq_len * w  # mask + ALiBi bias, per layer
-    mask_bytes = b * seq_len * seq_len * w  # one [b, 1, S, S] additive mask for every layer
-    outside = bs * ACT_OUTSIDE_D * D * w + mask_bytes
-    activations = int(L * per_layer_bytes + outside)
-    activations_ckpt = int(L * bs * D * w + per_layer_bytes + outside)
-    loss = int(bs * sh.head_rows * 4 * ACT_LOSS_V)
+    per_layer = bs * (sh.saved_d * D + sh.saved_q * sh.q_local + sh.saved_kv * sh.kv_local + sh.saved_f * sh.f_local) * w
+    mask_bytes = b * sh.mask_heads * seq_len * seq_len * w  # one additive mask tensor shared by every layer
+    V = sh.head_rows
+    outside = bs * (sh.outside_d + 1) * D * w + V * D * 4 + mask_bytes  # norms' inputs, dloss/dh, dloss/dW (float32)
+    activations = int(L * per_layer + outside)
+    activations_ckpt = int(L * bs * D * w + per_layer + outside)  # each layer's input, one layer recomputed
+    loss = int(min(bs, LOSS_CHUNK) * V * (2 * w + 8))
     # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
     fsdp_transient = 2 * 2 * layer_elems * w if fsdp else 0
     kv = L * 2 * sh.kv_local * b * seq_len * w
-    # Prefill at seq_len: one layer's working set at a time (no graph kept) and the float32 logits.
-    prefill = int(per_layer_bytes + mask_bytes + bs * sh.head_rows * (4 + w))
+    # Prefill at seq_len (no graph kept): one layer's tensors at a time, the mask, and the logits of every
+    # position in --dtype and float32 (the emitter's forward returns float32 logits).
+    prefill = int(per_layer + mask_bytes + bs * V * (4 + w))
     return MemoryRow(strategy, b, weights, weights, int(opt), activations, activations_ckpt, fsdp_transient, loss,
                      int(kv), prefill, checkpointing)
 
