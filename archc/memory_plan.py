@@ -7,7 +7,9 @@ n_layers, so the planner's work and memory do not grow with n_layers or vocab_si
 Per GPU, for a strategy with data-parallel degree dp (FSDP2 shards every parameter dp ways) and
 tensor-parallel degree tp (Megatron layout, archc.parallel.sharding):
 
-- weights      sum over parameters of local elements x itemsize of --dtype;
+- weights      sum over parameters of local elements x itemsize of --dtype (with --compute-dtype
+               bfloat16 and --dtype float32, as `archc train` runs on CUDA: float32 master weights,
+               gradients and optimizer state, bf16 activations and autocast's bf16 weight copies);
 - gradients    the same (torch keeps .grad in the parameter's dtype);
 - optimizer    torch.optim's state, in the parameter dtype: AdamW/Adam two moments (2 x weights);
                Adafactor (Shazeer & Stern 2018) factored second moments, rows + columns of every
@@ -51,8 +53,8 @@ from enum import Enum
 
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind as K
-from archc.parallel.sharding import ShardRule, _problem, make_plan, local_elements
-from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, DType, Spec
+from archc.parallel.sharding import ShardRule, explain, local_elements, make_plan
+from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, AttentionKernel, DType, MaskKind, Spec
 
 # ---- what the emitted module (exporters/torch_module.py) saves for backward --------------------
 LOSS_CHUNK = 4096  # rows per chunk of GraphModel.loss's linear cross-entropy (exporters/torch_loss.py)
@@ -162,8 +164,6 @@ class _Shape:
 
 
 def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
-    from archc.spec import Activation
-
     plan = make_plan(graph, tp)
     layer, outside = [], []
     for full, shape, node in graph.params():
@@ -173,8 +173,8 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     seen_inputs: set[str] = set()
     has_mask_tensor = False
     for n in graph.nodes(K.mask):
-        ms = graph.node(n)["settings"]
-        has_mask_tensor = ms["mask"] == "prefix" or ms["sliding_window"] is not None
+        ms = graph.settings(n)
+        has_mask_tensor = ms.mask is MaskKind.prefix or ms.sliding_window is not None
     alibi = graph.nodes(K.alibi)
     for n in graph.nodes():
         d = graph.node(n)
@@ -185,31 +185,31 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
             else:
                 outside_d += 1
         elif kind is K.attention:
-            s = d["settings"]
-            q = s["n_heads"] // tp * s["head_dim"]
-            kv = (s["kv_heads"] // tp if plan.kv_split else s["kv_heads"]) * s["head_dim"]
+            s = graph.settings(n)
+            q = s.n_heads // tp * s.head_dim
+            kv = (s.kv_heads // tp if plan.kv_split else s.kv_heads) * s.head_dim
             x = graph.input_of(n, "x")
             saved["d"] += x not in seen_inputs
             seen_inputs.add(x)
             rotary = graph.input_of(n, "rotary") is not None
             # flash attention takes GQA/MQA unexpanded only on CUDA, without a mask tensor, kernel default or flash
-            flash = cuda and not (has_mask_tensor or alibi) and s["kernel"] in ("default", "flash")
-            kv_heads_local = kv // s["head_dim"]
+            flash = cuda and not (has_mask_tensor or alibi) and s.kernel in (AttentionKernel.default, AttentionKernel.flash)
+            kv_heads_local = kv // s.head_dim
             # K/V expanded to q's heads: a copy, except from one head, where expand + reshape stays a view
-            copied = s["kv_heads"] != s["n_heads"] and not flash and kv_heads_local > 1
+            copied = s.kv_heads != s.n_heads and not flash and kv_heads_local > 1
             saved["q"] += 3 + rotary + (2 if copied else 0)  # [q pre-RoPE], q, output, o's input, [k, v expanded]
             saved["kv"] += rotary + (0 if copied else 2)  # [k pre-RoPE], k, v
         elif kind is K.mlp:
-            f = d["settings"]["d_ff"] // tp
+            f = graph.settings(n).d_ff // tp
             x = graph.input_of(n, "x")
             saved["d"] += x not in seen_inputs
             seen_inputs.add(x)
-            saved["f"] += 4 if Activation(d["settings"]["activation"]).gated else 2
+            saved["f"] += 4 if graph.settings(n).activation.gated else 2
         elif kind is K.alibi:
-            mask_heads = d["settings"]["n_heads"] // tp
+            mask_heads = graph.settings(n).n_heads // tp
     if not alibi and has_mask_tensor:
         mask_heads = 1
-    head = graph.node(graph.nodes(K.head)[0])["settings"]["vocab_size"]
+    head = graph.settings(graph.nodes(K.head)[0]).vocab_size
     return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
 
 
@@ -238,9 +238,10 @@ def _param_elements(shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int) ->
 
 
 def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch: int, seq_len: int,
-               dtype: DType, checkpointing: bool, cuda: bool = True) -> MemoryRow:
+               dtype: DType, checkpointing: bool, cuda: bool = True, compute_dtype: DType | None = None) -> MemoryRow:
     """Per-GPU bytes for `strategy`; `graph1` is one_layer_graph(spec)."""
-    L, D, w = spec.n_layers, spec.d_model, dtype.itemsize
+    compute = compute_dtype or dtype
+    L, D, p_bytes, w = spec.n_layers, spec.d_model, dtype.itemsize, compute.itemsize
     dp, tp = strategy.dp, strategy.tp
     sh = _shape(graph1, tp, cuda)
     b = math.ceil(batch / dp)
@@ -250,18 +251,20 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
     param_elems = L * layer_elems + outside_elems
     fsdp = strategy.kind in (ParallelKind.fsdp, ParallelKind.fsdp_tp)
     shard = dp if fsdp else 1
-    weights = math.ceil(param_elems / shard) * w
-    opt = (L * _optimizer_elements(spec, sh.layer_params, tp, shard) + _optimizer_elements(spec, sh.outside_params, tp, shard)) * w
+    weights = math.ceil(param_elems / shard) * p_bytes
+    opt = (L * _optimizer_elements(spec, sh.layer_params, tp, shard) + _optimizer_elements(spec, sh.outside_params, tp, shard)) * p_bytes
+    # autocast (weights in float32, compute in bf16/fp16) keeps a compute-dtype copy of every weight it casts
+    autocast_copies = math.ceil(param_elems / shard) * w if compute is not dtype else 0
 
     per_layer = bs * (sh.saved_d * D + sh.saved_q * sh.q_local + sh.saved_kv * sh.kv_local + sh.saved_f * sh.f_local) * w
     mask_bytes = b * sh.mask_heads * seq_len * seq_len * w  # one additive mask tensor shared by every layer
     V = sh.head_rows
     outside = bs * (sh.outside_d + 1) * D * w + V * D * 4 + mask_bytes  # norms' inputs, dloss/dh, dloss/dW (float32)
-    activations = int(L * per_layer + outside)
-    activations_ckpt = int(L * bs * D * w + per_layer + outside)  # each layer's input, one layer recomputed
+    activations = int(L * per_layer + outside + autocast_copies)
+    activations_ckpt = int(L * bs * D * w + per_layer + outside + autocast_copies)  # each layer's input, one layer recomputed
     loss = int(min(bs, LOSS_CHUNK) * V * (2 * w + 8))
     # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
-    fsdp_transient = 2 * 2 * layer_elems * w if fsdp else 0
+    fsdp_transient = 2 * 2 * layer_elems * p_bytes if fsdp else 0
     kv = L * 2 * sh.kv_local * b * seq_len * w
     # Prefill at seq_len (no graph kept): one layer's tensors at a time, the mask, and the logits of every
     # position in --dtype and float32 (the emitter's forward returns float32 logits).
@@ -281,11 +284,11 @@ def strategies(graph1: ComponentGraph, gpus: int, kinds: list[ParallelKind]) -> 
                 out.append((Strategy(kind, gpus, 1), None))
         elif kind is ParallelKind.tp:
             if gpus > 1:
-                out.append((Strategy(kind, 1, gpus), _problem(graph1, gpus)))
+                out.append((Strategy(kind, 1, gpus), explain(graph1, gpus)))
         elif kind is ParallelKind.fsdp_tp:
             for tp in range(2, gpus):
                 if gpus % tp == 0:
-                    out.append((Strategy(kind, gpus // tp, tp), _problem(graph1, tp)))
+                    out.append((Strategy(kind, gpus // tp, tp), explain(graph1, tp)))
         else:
             raise ValueError(f"unknown parallel kind {kind}")
     return out

@@ -26,7 +26,8 @@ def plan_cmd(
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence; default max_seq_len.")] = None,
     parallel: Annotated[Optional[list[str]], typer.Option("--parallel", help="single | fsdp | tp | fsdp+tp (repeatable); default all.")] = None,
     checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Training totals with per-layer activation checkpointing.")] = False,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 for weights, gradients, optimizer state, activations; default the spec's dtype.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 | bfloat16 | float16 for weights, gradients and optimizer state; default the spec's dtype.")] = None,
+    compute_dtype: Annotated[Optional[str], typer.Option("--compute-dtype", help="Activations and KV cache dtype; default --dtype. `archc train` on CUDA: --dtype float32 --compute-dtype bfloat16.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON (bytes) instead of tables.")] = False,
     sets: SetOption = None,
 ) -> None:
@@ -58,6 +59,10 @@ def plan_cmd(
         dt = DType(dtype) if dtype else s.dtype
     except ValueError:
         raise UserError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16") from None
+    try:
+        ct = DType(compute_dtype) if compute_dtype else dt
+    except ValueError:
+        raise UserError(f"--compute-dtype {compute_dtype!r}: choose float32, bfloat16 or float16") from None
 
     graph1 = one_layer_graph(s)
     rows, refused = [], []
@@ -67,13 +72,13 @@ def plan_cmd(
         elif batch % strategy.dp:
             refused.append(f"{strategy.label}: --batch {batch} does not split over {strategy.dp} data-parallel ranks")
         else:
-            rows.append(memory_row(s, graph1, strategy, batch=batch, seq_len=S, dtype=dt, checkpointing=checkpointing))
+            rows.append(memory_row(s, graph1, strategy, batch=batch, seq_len=S, dtype=dt, checkpointing=checkpointing, compute_dtype=ct))
 
     if as_json:
         import json
 
         typer.echo(json.dumps({
-            "spec": s.name, "gpus": gpus, "gpu_memory": capacity, "batch": batch, "seq_len": S, "dtype": dt.value,
+            "spec": s.name, "gpus": gpus, "gpu_memory": capacity, "batch": batch, "seq_len": S, "dtype": dt.value, "compute_dtype": ct.value,
             "optimizer": s.training.optimizer.kind.value, "checkpointing": checkpointing,
             "strategies": [{"strategy": r.strategy.kind.value, "dp": r.strategy.dp, "tp": r.strategy.tp,
                             "local_batch": r.local_batch, "weights": r.weights, "gradients": r.gradients,
@@ -87,7 +92,7 @@ def plan_cmd(
         return
     out = _console()
     opt = s.training.optimizer.kind.value
-    out.print(f"{escape(s.name)}: {gpus} x {fmt_bytes(capacity)}, batch {batch} x {S} tokens, {dt.value}, optimizer {opt}"
+    out.print(f"{escape(s.name)}: {gpus} x {fmt_bytes(capacity)}, batch {batch} x {S} tokens, {dt.value}" + (f" (compute {ct.value})" if ct is not dt else "") + f", optimizer {opt}"
               f"{', activation checkpointing' if checkpointing else ''}")
     train = Table(title="training, per GPU", title_justify="left", box=None, pad_edge=False)
     for col in ("strategy", "weights", "grads", "optimizer", "activations", "with ckpt", "peak", "fits"):

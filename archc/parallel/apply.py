@@ -149,15 +149,15 @@ def apply_tp(model: nn.Module, graph: ComponentGraph, plan: TpPlan, tp_mesh) -> 
             for proj in replicated:  # whole K/V of multi-query attention: sum their gradient over tp
                 module.get_submodule(proj).register_forward_hook(lambda _m, _i, out: _sum_grad_over_tp(out, tp_mesh))
             if kind is K.attention:
-                s = d["settings"]
-                for attr, value in (("n_heads", s["n_heads"] // plan.tp),
-                                    ("kv_heads", s["kv_heads"] // plan.tp if plan.kv_split else s["kv_heads"])):
+                s = graph.settings(n)
+                for attr, value in (("n_heads", s.n_heads // plan.tp),
+                                    ("kv_heads", s.kv_heads // plan.tp if plan.kv_split else s.kv_heads)):
                     if hasattr(module, attr):
                         setattr(module, attr, value)
         elif kind is K.alibi:
             if plan.state.get(n) is ShardRule.heads:
                 _localize_heads_state(model.get_submodule(n), n,
-                                      _head_slice(d["settings"]["n_heads"], plan.tp, rank, plan.head_split))
+                                      _head_slice(graph.settings(n).n_heads, plan.tp, rank, plan.head_split))
         elif kind in (K.input, K.output, K.token_embedding, K.learned_position, K.sinusoidal_position, K.glm2d_position,
                       K.rotary, K.mask, K.add, K.scale, K.norm, K.residual, K.head):
             for local in d["params"]:

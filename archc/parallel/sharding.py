@@ -92,43 +92,55 @@ def _state_rule(kind: K) -> ShardRule | None:
 
 def valid_tp_degrees(graph: ComponentGraph, upto: int | None = None) -> list[int]:
     """Every degree a plan accepts for this graph (1 always), ascending."""
-    n_heads = _attention_settings(graph)["n_heads"]
+    n_heads = _heads(graph)[0]
     limit = n_heads if upto is None else min(upto, n_heads)
     return [t for t in range(1, limit + 1) if _problem(graph, t) is None]
 
 
-def _attention_settings(graph: ComponentGraph) -> dict:
+def _heads(graph: ComponentGraph) -> tuple[int, int]:
+    """(n_heads, kv_heads) of the graph's attention (every layer's is the same); (1, 1) without attention."""
     attn = graph.nodes(K.attention)
-    return graph.node(attn[0])["settings"] if attn else {"n_heads": 1, "kv_heads": 1}
+    if not attn:
+        return 1, 1
+    s = graph.settings(attn[0])
+    return s.n_heads, s.kv_heads
 
 
 def _problem(graph: ComponentGraph, tp: int) -> str | None:
     """Why degree `tp` cannot shard this graph, or None."""
     for name in graph.nodes(K.attention)[:1]:  # every layer's attention has the same settings
-        s = graph.node(name)["settings"]
-        if s["n_heads"] % tp:
-            return f"attention.n_heads={s['n_heads']} is not divisible by --tp {tp}"
-        if s["kv_heads"] % tp and s["kv_heads"] != 1:
-            return (f"attention.kv_heads={s['kv_heads']} is not divisible by --tp {tp} (K/V heads are split "
+        s = graph.settings(name)
+        if s.n_heads % tp:
+            return f"attention.n_heads={s.n_heads} is not divisible by --tp {tp}"
+        if s.kv_heads % tp and s.kv_heads != 1:
+            return (f"attention.kv_heads={s.kv_heads} is not divisible by --tp {tp} (K/V heads are split "
                     f"when kv_heads >= tp, replicated only when kv_heads is 1)")
     for name in graph.nodes(K.mlp)[:1]:
-        d_ff = graph.node(name)["settings"]["d_ff"]
+        d_ff = graph.settings(name).d_ff
         if d_ff % tp:
             return f"mlp.d_ff={d_ff} is not divisible by --tp {tp}"
     return None
+
+
+def explain(graph: ComponentGraph, tp: int) -> str | None:
+    """Why degree `tp` cannot shard this graph, naming the field, the spec and the degrees that work; or None."""
+    problem = _problem(graph, tp)
+    if problem is None:
+        return None
+    choices = valid_tp_degrees(graph)
+    if len(choices) <= 4:
+        return f"{problem} ({graph.spec.name}); choose {' or '.join(map(str, reversed(choices)))}"
+    return f"{problem} ({graph.spec.name}); choose one of {', '.join(map(str, choices))}"
 
 
 def make_plan(graph: ComponentGraph, tp: int, head_split: HeadSplit = HeadSplit.contiguous) -> TpPlan:
     """The tensor-parallel plan for `graph` at degree `tp`, checked; UserError (one line) when impossible."""
     if tp < 1:
         raise UserError(f"--tp {tp}: the tensor-parallel degree must be at least 1")
-    problem = _problem(graph, tp)
+    problem = explain(graph, tp)
     if problem:
-        choices = valid_tp_degrees(graph)
-        raise UserError(f"{problem} ({graph.spec.name}); choose {' or '.join(map(str, reversed(choices)))}"
-                        if len(choices) <= 4 else
-                        f"{problem} ({graph.spec.name}); choose one of {', '.join(map(str, choices))}")
-    kv = _attention_settings(graph)["kv_heads"]
+        raise UserError(problem)
+    kv = _heads(graph)[1]
     kv_split = kv % tp == 0
     params, state = {}, {}
     for n in graph.nodes():

@@ -95,7 +95,7 @@ def test_plan_is_light_and_closed_form():
 def test_falcon_tp_is_refused_with_the_degrees_that_work():
     r = _archc("plan", "falcon", "--gpus", "2")
     assert r.returncode == 0
-    assert "not possible tp 2: attention.n_heads=71 is not divisible by --tp 2" in r.stdout
+    assert "not possible tp 2: attention.n_heads=71 is not divisible by --tp 2 (falcon-7b); choose 71 or 1" in r.stdout
 
 
 def test_bad_input_is_one_line_exit_2():
