@@ -84,7 +84,8 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
-    tokenizer_dir = spec if _is_hf_dir(spec) else None
+    # the tokenizer travels with the checkpoint: the HF directory compiled, or the one --weights reads
+    tokenizer_dir = spec if _is_hf_dir(spec) else weights if weights is not None and _is_hf_dir(weights) else None
     result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
                     tokenizer_dir=tokenizer_dir)
     con = _console()
@@ -99,7 +100,7 @@ def compile_cmd(
         if "tokenizer.json" in result.tokenizer_files:
             con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
         else:
-            con.print(f"tokenizer: {escape(spec)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+            con.print(f"tokenizer: {escape(tokenizer_dir)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
                       f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
     if result.genai_unsupported is not None:
         con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
