@@ -86,8 +86,8 @@ def cost(graph: ComponentGraph) -> Cost:
         if kind == ComponentKind.attention.value:
             s = d["settings"]
             mask = graph.input_of(name, "mask")
-            window = graph.node(mask)["settings"].get("sliding_window") if mask else None
-            layer_flops, layer_kv = 2 * 2 * s["n_heads"] * s["head_dim"], 2 * s["kv_heads"] * s["head_dim"]
+            window = graph.settings(mask).sliding_window if mask else None
+            layer_flops, layer_kv = 2 * 2 * s.n_heads * s.head_dim, 2 * s.kv_heads * s.head_dim
             attn_per_pos += layer_flops
             kv += layer_kv
             acc = by_window.setdefault(window, [0, 0])

@@ -27,18 +27,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from archc.errors import UserError
-from archc.graph import ComponentGraph, ComponentKind
+from archc.files import guard_model_dir, why, write_manifest
+from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
+from archc.room import check_export_room
+from archc.workdir import OWNER, make_work_dir, remove_stale
+
+if TYPE_CHECKING:
+    from exporters.onnx_lowering_cuda import CudaPlan
 
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
@@ -76,6 +81,13 @@ class WeightLayout(str, Enum):
     out_in = "out_in"  # com.microsoft FusedMatMul(x, W, transB=1) on W as it is: cuBLAS's transposed-B GEMM
 
 
+class KvCache(str, Enum):
+    """How the model's past and present caches relate (metadata `archc.kv_cache`)."""
+
+    concat = "concat"  # present = concat(past, new): a new, longer buffer every step
+    shared = "shared"  # past and present may be one max-length buffer (GroupQueryAttention, cuda target)
+
+
 class ExportDType(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -102,7 +114,8 @@ class WeightRef:
 
 @dataclass
 class Ctx:
-    """The ONNX graph under construction plus per-export memo (values shared across nodes)."""
+    """The ONNX graph under construction, the target's plan, and a memo of emitted values shared across
+    nodes (keyed by what they were computed from, e.g. ("dim", value, axis))."""
 
     graph: ComponentGraph
     target: Target
@@ -111,6 +124,8 @@ class Ctx:
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
     weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
+    kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
+    cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -226,7 +241,7 @@ def _owner(graph: ComponentGraph, full: str) -> tuple[str, str]:
 Lowering = Callable[[Ctx, str, dict], Any]
 
 
-def lowerings(target: Target) -> dict[str, Lowering]:
+def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
     from exporters import onnx_lowering_portable as portable
 
     table = dict(portable.LOWERINGS)
@@ -249,8 +264,11 @@ def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, d
         cuda.plan(ctx)
     for name in graph.nodes():
         node = graph.node(name)
+        kind = ComponentKind(node["kind"])
+        if kind not in table:
+            raise UnknownSetting(name, "kind", kind, f"{ctx.target.value} ONNX lowering")
         ctx.scope = name
-        result = table[node["kind"]](ctx, name, node)
+        result = table[kind](ctx, name, node)
         if result is not None:
             ctx.env[name] = result
         ctx.lowering.setdefault(name, "portable")
@@ -419,7 +437,7 @@ class ExportResult:
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
     # logits first, then present.* in layer order, then next_token (readers that zip present names skip it by name)
     outputs = sorted(ctx.outputs, key=lambda o: (o.name != "logits", o.name == "next_token"))
-    g = helper.make_graph(ctx.nodes, ctx.graph.spec.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
+    g = helper.make_graph(ctx.nodes, ctx.graph.model.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
     opsets = [helper.make_operatorsetid("", OPSET)]
     if any(n.domain == "com.microsoft" for n in ctx.nodes):
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
@@ -428,7 +446,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         "archc.lowering": json.dumps(ctx.lowering, sort_keys=True),
         "archc.target": ctx.target.value,
         "archc.dtype": ctx.dtype.value,
-        "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
+        "archc.kv_cache": ctx.kv_cache.value,
         "archc.logits": ctx.logits.value,
         "archc.next_token": ctx.next_token.value,
     }
@@ -458,8 +476,11 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
-        raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
+    label = f"-o {out}"
+    # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
+    replacing = guard_model_dir(out, label)
+    check_export_room(graph, out, 2 if ExportDType(dtype) is not ExportDType.fp32 else 4,
+                      whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
     if _fail_after is not None:
@@ -471,11 +492,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
                 raise RuntimeError("simulated interruption")
             return inner(full)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"-o {out}: cannot create the output directory: {e.strerror}") from None
+    remove_stale(out.parent)  # work directories of compiles that were killed (SIGKILL, OOM)
+    tmp = make_work_dir(out.parent, out.name, label)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
@@ -483,7 +501,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         inits = _write_weights(ctx, tmp / DATA_FILE, get)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
+        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
         copied = []
         if tokenizer_dir is not None:
             from archc.text import copy_tokenizer_files
@@ -493,30 +511,45 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
-        if out.exists():  # replace the old model directory: swap in the new one, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.unlink(tmp / OWNER)
+        write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
+        if replacing:  # swap in the new directory, then delete the old one (archc's files only, checked above)
+            old = make_work_dir(out.parent, out.name, label)
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # ENOSPC, EIO, a quota: one line; the work directory goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{label}: cannot write the model: {why(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
-def _spec_yaml(graph: ComponentGraph) -> str:
+# The spec's dtype names of each compiled dtype.
+SPEC_DTYPE = {ExportDType.fp32: "float32", ExportDType.fp16: "float16", ExportDType.bf16: "bfloat16"}
+
+
+def _spec_yaml(graph: ComponentGraph, dtype: ExportDType) -> str:
+    """The model directory's spec: the architecture as compiled, so its dtype is the one the tensors
+    and the metadata have (--dtype), not the source spec's (`archc show DIR` reads this file)."""
     import yaml
 
-    return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
+    data = graph.spec.to_yaml_dict()
+    source = data.get("dtype")
+    data["dtype"] = SPEC_DTYPE[dtype]
+    head = f"# Written by `archc compile`; dtype is the compiled one (--dtype {dtype.value}; the source spec said {source}).\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def genai_unsupported(graph: ComponentGraph) -> str | None:
     """Why onnxruntime-genai cannot drive this graph (None: it can). genai feeds input_ids,
     attention_mask, position_ids [batch, seq] and the past/present caches, nothing else."""
     reasons = []
-    if graph.nodes(ComponentKind.glm2d_position):
+    if graph.model.position_ids is PositionIds.glm2d:
         reasons.append("GLM 2-D positions (position_ids [batch, 2, seq]; genai feeds [batch, seq])")
     if "prefix_len" in graph.nodes(ComponentKind.input):
         reasons.append("a prefix mask (input prefix_len [batch], which genai does not feed)")
@@ -528,12 +561,12 @@ def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | No
     from `ids` (archc.text.special_token_ids: the model's generation_config.json); without them they
     are placeholders (a spec has no tokenizer). A graph genai cannot drive (genai_unsupported) gets a
     model type naming the reason, which genai refuses ("Unsupported model_type in config.json: ...")."""
-    spec = graph.spec
+    model = graph.model
     ids = ids or {}
     eos = ids.get("eos") or [2]
     bos = (ids.get("bos") or [1])[0]
     pad = (ids.get("pad") or ids.get("eos") or [0])[0]  # no pad id: genai pads with eos, as transformers does
-    attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
+    attn = graph.settings(graph.nodes(ComponentKind.attention)[0])
     names = {n.name for n in ctx.inputs}
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
               "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
@@ -542,26 +575,26 @@ def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | No
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": [{"cuda": {}}] if ctx.target is Target.cuda else []},
         "filename": MODEL_FILE,
-        "head_size": attn["head_dim"],
-        "hidden_size": spec.d_model,
+        "head_size": attn.head_dim,
+        "hidden_size": model.d_model,
         "inputs": inputs,
         "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
-        "num_attention_heads": attn["n_heads"],
+        "num_attention_heads": attn.n_heads,
         "num_hidden_layers": len(graph.nodes(ComponentKind.attention)),
-        "num_key_value_heads": attn["kv_heads"],
+        "num_key_value_heads": attn.kv_heads,
     }
     return {
         "model": {
             "bos_token_id": bos, "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": pad,
-            "context_length": spec.max_seq_len,
+            "context_length": model.max_seq_len,
             "decoder": decoder,
             # genai picks its model class by type; every plain decoder-only type shares one
             # implementation driven by the I/O names above, so archc models declare "llama"
             "type": "llama" if genai_unsupported(graph) is None else f"not-for-onnxruntime-genai: {genai_unsupported(graph)}",
-            "vocab_size": graph.node("head")["settings"]["vocab_size"],
+            "vocab_size": graph.settings("head").vocab_size,
         },
-        "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": ctx.memo.get("kv_cache") == "shared",
+        "search": {"do_sample": False, "max_length": model.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": ctx.kv_cache is KvCache.shared,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 

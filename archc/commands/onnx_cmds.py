@@ -26,6 +26,17 @@ def _is_hf_dir(arg: str) -> bool:
     return p.is_dir() and (p / "config.json").exists() and not (p / "spec.yaml").exists()
 
 
+def _tokenizer_source(spec: str, weights: str | None) -> Path | None:
+    """Where compile copies tokenizer files from: the first directory among the spec argument (a Hugging
+    Face directory, a training run folder, a compiled model) and --weights that holds a tokenizer.json;
+    else a Hugging Face directory without one (compile then says the model takes ids only); else None."""
+    dirs = [Path(a) for a in (spec, weights) if a is not None and Path(a).is_dir()]
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            return d
+    return next((d for d in dirs if _is_hf_dir(str(d))), None)
+
+
 def lowering_summary(lowering: dict[str, str]) -> list[str]:
     """One line per distinct lowering: 'cuda:GroupQueryAttention  x2  layers.0.attn, layers.1.attn'."""
     import re
@@ -53,6 +64,7 @@ def compile_cmd(
                                              "the head runs on the last position only, for generation).")] = "all",
     next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
                                                  "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     from rich.markup import escape
@@ -68,6 +80,8 @@ def compile_cmd(
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in {d.value for d in ExportDType}:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
+    if out.is_dir() and (out / "model.onnx").exists() and not force:
+        raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
     if seed is not None:
         sets.append(f"init.seed={seed}")
@@ -84,10 +98,17 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
-    # the tokenizer travels with the checkpoint: the HF directory compiled, or the one --weights reads
-    tokenizer_dir = spec if _is_hf_dir(spec) else weights if weights is not None and _is_hf_dir(weights) else None
-    result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
-                    tokenizer_dir=tokenizer_dir)
+    import tempfile
+
+    tokenizer_dir = _tokenizer_source(spec, weights)
+    with tempfile.TemporaryDirectory(prefix="archc-compile-") as scratch:
+        if weights is None:  # a training run folder: its latest checkpoint (a distributed one is consolidated here)
+            from archc.parallel.checkpoint import run_weights_file
+
+            found = run_weights_file(Path(spec), graph, Path(scratch))
+            weights = str(found) if found is not None else None
+        result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
+                        tokenizer_dir=tokenizer_dir)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
@@ -100,7 +121,7 @@ def compile_cmd(
         if "tokenizer.json" in result.tokenizer_files:
             con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
         else:
-            con.print(f"tokenizer: {escape(tokenizer_dir)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+            con.print(f"tokenizer: {escape(str(tokenizer_dir))} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
                       f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
     if result.genai_unsupported is not None:
         con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
@@ -124,7 +145,8 @@ def run_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 16,
     top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (sampling).")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option(help="Sample at this softmax temperature (1.0 samples from the "
+                                                             "model's distribution as it is). Default: greedy, unless --top-k/--top-p.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Text (the model directory's tokenizer.json encodes it); "
@@ -138,6 +160,9 @@ def run_cmd(
     model's eos ids). Greedy unless --top-k/--top-p/--temperature ask for sampling."""
     from archc.runner import Session
 
+    # An explicit --temperature samples, 1.0 included; without any sampling option the pick is greedy.
+    sampling = {"temperature": 1.0 if temperature is None else temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                "greedy": None if temperature is None else False}
     given = [name for name, v in (("--prompt-ids", prompt_ids), ("--prompt", prompt), ("--prompts", prompts_file)) if v]
     if len(given) != 1:
         raise UserError("archc run: give exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids IDS"
@@ -157,13 +182,12 @@ def run_cmd(
     if not prompt_ids:
         from archc.commands.text_run import run_text
 
-        results = run_text(sess, model_dir, list(prompt or []), prompts_file, chat, max_new_tokens,
-                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        results = run_text(sess, model_dir, list(prompt or []), prompts_file, chat, max_new_tokens, **sampling)
         for res in results:
             err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "
                       f"(batch {len(res.ids)}, {len(res.ids[0])} new tokens)")
         return
-    res = sess.generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    res = sess.generate(prompts, max_new_tokens, **sampling)
     for ids in res.ids:
         con.print(",".join(map(str, ids)))
     err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "

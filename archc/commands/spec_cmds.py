@@ -122,6 +122,7 @@ def _fmt_bytes(n: float) -> str:
 def validate(
     files: Annotated[list[str], typer.Argument(help="Spec files, library names (llama) or compiled model folders.")],
     set_: SetOption = None,
+    all_errors: Annotated[bool, typer.Option("--all-errors", help="List every problem of an invalid spec, one line each (default: the first, and how many more).")] = False,
 ) -> None:
     """Check spec files: one line per file; exit 0 only if all are valid (2 otherwise)."""
     # Validation only: the graph is not built here, so a spec with absurd sizes is judged at once
@@ -135,7 +136,9 @@ def validate(
             bad += 1
             from rich.markup import escape
 
-            err.print(f"[bold red]invalid[/] {escape(str(e))}")
+            problems = getattr(e, "problems", None) if all_errors else None
+            for problem in problems or [e]:
+                err.print(f"[bold red]invalid[/] {escape(str(problem))}")
             continue
         a = spec.attention
         out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
