@@ -71,6 +71,17 @@ def test_compile_copies_tokenizer_files(text_dirs):
     assert cfg["eos_token_id"] == stop and cfg["bos_token_id"] == 1 and cfg["pad_token_id"] == 0
 
 
+def test_compile_spec_with_hf_weights_copies_tokenizer(text_dirs, tmp_path, capsys):
+    """import-hf then compile the spec with --weights HF_DIR: the tokenizer travels with the checkpoint."""
+    hf, out, _ = text_dirs
+    rc, _, err = run_cli(["import-hf", str(hf), "-o", str(tmp_path / "m.yaml")], capsys)
+    assert rc == 0, err
+    rc, stdout, err = run_cli(["compile", str(tmp_path / "m.yaml"), "--weights", str(hf), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "o" / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+    assert "tokenizer: tokenizer.json" in stdout
+
+
 def test_encode_matches_transformers(text_dirs):
     from archc.text import Text
 
