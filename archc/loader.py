@@ -216,6 +216,9 @@ def merge(base: dict, over: dict, base_lines: LineMap, over_lines: LineMap, pref
     return out
 
 
+LABELS_NOT_INHERITED = ("reference", "description")
+
+
 def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]:
     real = Path(os.path.realpath(path))  # os.path: a symlink loop is reported by the read, not raised here
     if real in seen:
@@ -242,6 +245,11 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]
             )
         target = lib
     base, base_lines = _resolve_extends(target, seen + (real,))
+    # Labels that describe the base file itself (its paper, its published parameter count) are not
+    # inherited: an 8-layer spec that extends llama is not LLaMA-7B. A file states its own.
+    for label in LABELS_NOT_INHERITED:
+        base.pop(label, None)
+        base_lines.pop((label,), None)
     lines.pop(("extends",), None)
     return merge(base, data, base_lines, lines), base_lines
 
