@@ -97,6 +97,19 @@ def compile_cmd(
         weights = weights or spec
     else:
         s = load(spec, sets)
+    from archc.cost import light_graph
+    from archc.files import guard_model_dir
+    from archc.room import check_export_room
+
+    # Before the full graph is built (a million layers take minutes and gigabytes): an -o that must not
+    # be replaced, and a model that cannot fit in memory or on disk, are refused from a light graph.
+    guard_model_dir(out, f"-o {out}")
+    check_export_room(light_graph(s), out, 4 if dtype == "fp32" else 2, label=f"-o {out}",
+                      whole_in_memory=weights is not None and Path(weights).is_dir())
+    if _is_hf_dir(spec):
+        from archc.hf import check_layer_count
+
+        check_layer_count(spec, s.n_layers)
     graph = archc.compile(s)
     import tempfile
 
