@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from archc.dtypes import DType
 from archc.graph import ComponentGraph, ComponentKind
 
 # How `show` and `diff` group parameters.
@@ -27,9 +28,6 @@ GROUPS = {
     ComponentKind.head.value: "head",
 }
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
 @dataclass(frozen=True)
 class Cost:
     params: int
@@ -41,8 +39,8 @@ class Cost:
     def flops_per_token(self, seq_len: int) -> int:
         return 2 * self.matmul_params + self.attention_flops_per_position * seq_len
 
-    def kv_bytes_per_token(self, dtype: str = "float16") -> int:
-        return self.kv_elements_per_token * DTYPE_BYTES[dtype]
+    def kv_bytes_per_token(self, dtype: DType = DType.float16) -> int:
+        return self.kv_elements_per_token * dtype.itemsize
 
 
 def cost(graph: ComponentGraph) -> Cost:

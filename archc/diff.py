@@ -20,9 +20,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from archc.cost import GROUPS, cost
+from archc import words
+from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind
-from archc.spec import Spec
+from archc.spec import Activation, AttentionKernel, NormScale, Spec
 
 # --------------------------------------------------------------------------------------------
 # 1. Spec axes
@@ -104,11 +105,6 @@ ROLE_OUTPUT = {
     "attn_residual": "the residual stream after attention", "mlp_residual": "the residual stream after the MLP",
     "residual": "the residual stream after the layer",
 }
-NORM_NAME = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
-ACTIVATION_NAME = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "relu": "ReLU", "silu": "SiLU", "swiglu": "SwiGLU",
-                   "geglu": "GeGLU", "geglu_tanh": "GeGLU (tanh)", "reglu": "ReGLU"}
-KERNEL_NAME = {"default": "backend-default kernel", "memory_efficient": "memory-efficient kernel", "flash": "flash kernel",
-               "math": "math (reference) kernel"}
 LAYER_INPUT = "the layer input (residual stream)"
 
 
@@ -117,22 +113,17 @@ def role_name(role: str) -> str:
 
 
 def norm_words(settings: dict) -> str:
-    words = NORM_NAME.get(settings["norm"], settings["norm"])
-    if settings["norm"] == "layernorm" and not settings["bias"]:
-        words += ", no bias"
-    elif settings["norm"] != "layernorm" and settings["bias"]:
-        words += " with bias"
-    if settings.get("scale") == "one_plus_weight":
-        words += ", (1 + w) scale"
-    return f"{words}, eps {settings['eps']:g}"
+    """A norm node's settings in words, with its eps."""
+    return f"{words.norm(settings['norm'], settings['bias'], settings.get('scale', NormScale.weight))}, eps {settings['eps']:g}"
 
 
-def sharing_words(n_heads: int, kv_heads: int) -> str:
-    if kv_heads == n_heads:
-        return "multi-head"
-    if kv_heads == 1:
-        return "multi-query"
-    return "grouped-query"
+def activation_words(name: str) -> str:
+    return words.ACTIVATION[Activation(name)]
+
+
+def kernel_words(name: str) -> str:
+    kernel = AttentionKernel(name)
+    return f"{'backend-default' if kernel is AttentionKernel.default else words.KERNEL[kernel]} kernel"
 
 
 @dataclass
@@ -252,11 +243,11 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("attn.mask", "attention", [mask["mask"], mask["sliding_window"]], _mask_words(mask), (role,))
             put("attn.n_heads", "attention", s["n_heads"], f"{s['n_heads']} query heads", (role,))
             put("attn.kv_heads", "attention", s["kv_heads"],
-                f"{s['kv_heads']} head{'s' if s['kv_heads'] != 1 else ''} ({sharing_words(s['n_heads'], s['kv_heads'])})", (role,))
+                f"{s['kv_heads']} head{'s' if s['kv_heads'] != 1 else ''} ({words.sharing(s['n_heads'], s['kv_heads'])})", (role,))
             put("attn.head_dim", "attention", s["head_dim"], f"head size {s['head_dim']}", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("attn.bias", "attention", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
-            put("attn.kernel", "attention", s["kernel"], KERNEL_NAME.get(s["kernel"], s["kernel"]), (role,))
+            put("attn.kernel", "attention", s["kernel"], kernel_words(s["kernel"]), (role,))
             # Only said when it is not the default 1/sqrt(head_dim) (a head-size change already says that).
             default = abs(s["softmax_scale"] * s["head_dim"] ** 0.5 - 1) < 1e-9
             put("attn.softmax_scale", "attention", None if default else s["softmax_scale"],
@@ -266,7 +257,7 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("mlp.reads", "MLP", _src_words(cg, layer, x), _src_words(cg, layer, x), (role,))
             gated = "gate.weight" in params
             put("mlp.activation", "MLP", [s["activation"], gated],
-                f"{ACTIVATION_NAME.get(s['activation'], s['activation'])} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
+                f"{activation_words(s['activation'])} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
             put("mlp.d_ff", "MLP", s["d_ff"], f"{s['d_ff']} hidden units", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("mlp.bias", "MLP", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
@@ -283,17 +274,17 @@ def _init_words(rules: dict) -> str:
     for local, r in rules.items():
         if r["dist"] in ("zeros", "ones"):
             continue
-        words = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
+        rule = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
             if r["dist"] == "xavier" else r["dist"]
-        groups.setdefault(words, []).append(local.split(".")[0])
+        groups.setdefault(rule, []).append(local.split(".")[0])
     return "; ".join(f"{w} on {', '.join(ps)}" for w, ps in groups.items()) or "no weights"
 
 
 def _mask_words(mask: dict) -> str:
-    words = "prefix mask (bidirectional over the prefix, causal after it)" if mask["mask"] == "prefix" else "causal mask"
+    text = "prefix mask (bidirectional over the prefix, causal after it)" if mask["mask"] == "prefix" else "causal mask"
     if mask.get("sliding_window"):
-        words += f", sliding window {mask['sliding_window']}"
-    return words
+        text += f", sliding window {mask['sliding_window']}"
+    return text
 
 
 POSITION_TABLE_WORDS = {
@@ -562,7 +553,7 @@ def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int) -> list[Cost
     rows.append(CostRow("flops_per_token", f"FLOPs per token (forward, context {seq_len})",
                         ca.flops_per_token(seq_len), cb.flops_per_token(seq_len)))
     rows.append(CostRow("kv_cache_bytes_per_token", "KV-cache bytes per token",
-                        ca.kv_bytes_per_token(ga.spec.dtype.value), cb.kv_bytes_per_token(gb.spec.dtype.value)))
+                        ca.kv_bytes_per_token(ga.spec.dtype), cb.kv_bytes_per_token(gb.spec.dtype)))
     return rows
 
 

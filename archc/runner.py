@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
+from archc.dtypes import DType
 from archc.errors import UserError
-
-MODEL_FILE = "model.onnx"
+from archc.model_dir import GENAI_CONFIG_FILE, META_DTYPE, META_KV_CACHE, META_LOGITS, META_LOWERING, MODEL_FILE
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
 # CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
 # cache): flash (1) | memory-efficient (2) | unfused (16), without cuDNN flash attention (8), which plans
@@ -173,15 +173,15 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     providers, note = choose_providers(device)
     if providers[0] != "CPUExecutionProvider":
         opts = dict(providers[0][1])
-        if meta.get("archc.kv_cache", "concat") != "shared":
+        if meta.get(META_KV_CACHE, "concat") != "shared":
             opts["sdpa_kernel"] = str(CONCAT_CACHE_SDPA_KERNEL)
         opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
         providers = [("CUDAExecutionProvider", opts)] + providers[1:]
-    if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
+    if meta.get(META_DTYPE) == DType.bfloat16.short and providers[0] == "CPUExecutionProvider":
         raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
                         + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
     sess = None
-    if cuda_graph and meta.get("archc.kv_cache") == "shared" and providers[0] != "CPUExecutionProvider":
+    if cuda_graph and meta.get(META_KV_CACHE) == "shared" and providers[0] != "CPUExecutionProvider":
         try:
             sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:])
         except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
@@ -238,9 +238,9 @@ class Session:
         self._graph_ids = 0
         self._slicer = None
         meta = self.sess.get_modelmeta().custom_metadata_map
-        self.lowering = json.loads(meta.get("archc.lowering", "{}"))
-        self.kv_cache = meta.get("archc.kv_cache", "concat")
-        self.logits = meta.get("archc.logits", "all")  # "last": logits [B, 1, V] (models before the option: all)
+        self.lowering = json.loads(meta.get(META_LOWERING, "{}"))
+        self.kv_cache = meta.get(META_KV_CACHE, "concat")
+        self.logits = meta.get(META_LOGITS, "all")  # "last": logits [B, 1, V] (models before the option: all)
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = list(ins)
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -258,7 +258,7 @@ class Session:
         self.max_seq_len = self._context_length()
 
     def _context_length(self) -> int:
-        cfg = self.model_dir / "genai_config.json"
+        cfg = self.model_dir / GENAI_CONFIG_FILE
         if cfg.exists():
             return int(json.loads(cfg.read_text())["model"]["context_length"])
         return 1 << 30

@@ -37,14 +37,25 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from archc.dtypes import DType
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind
+from archc.model_dir import (
+    DATA_FILE,
+    GENAI_CONFIG_FILE,
+    META_DTYPE,
+    META_KV_CACHE,
+    META_LOGITS,
+    META_LOWERING,
+    META_NEXT_TOKEN,
+    META_TARGET,
+    MODEL_FILE,
+    SPEC_FILE,
+)
 
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
 IR_VERSION = 11  # opset 23 needs IR 11; onnxruntime 1.2x/1.3x reads up to IR 13
-DATA_FILE = "model.onnx.data"
-MODEL_FILE = "model.onnx"
 ALIGN = 64
 
 
@@ -76,14 +87,7 @@ class WeightLayout(str, Enum):
     out_in = "out_in"  # com.microsoft FusedMatMul(x, W, transB=1) on W as it is: cuBLAS's transposed-B GEMM
 
 
-class ExportDType(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-ELEM = {ExportDType.fp32: TensorProto.FLOAT, ExportDType.fp16: TensorProto.FLOAT16, ExportDType.bf16: TensorProto.BFLOAT16}
-NP_FLOAT = {ExportDType.fp32: np.float32, ExportDType.fp16: np.float16}  # bf16 goes through torch
+ELEM = {DType.float32: TensorProto.FLOAT, DType.float16: TensorProto.FLOAT16, DType.bfloat16: TensorProto.BFLOAT16}
 
 # Symbolic dimension names (also read by the runner).
 BATCH, SEQ, TOTAL, PAST = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
@@ -106,7 +110,7 @@ class Ctx:
 
     graph: ComponentGraph
     target: Target
-    dtype: ExportDType
+    dtype: DType
     fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
@@ -237,11 +241,11 @@ def lowerings(target: Target) -> dict[str, Lowering]:
     return table
 
 
-def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: ExportDType | str = ExportDType.fp32,
+def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: DType | str = DType.float32,
                 *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
                 next_token: NextToken | str = NextToken.argmax) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
+    ctx = Ctx(graph, Target(target), DType.of(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -271,18 +275,18 @@ def input_of(ctx: Ctx, name: str, port: str):
 # Weights
 
 
-def _tensor_bytes(t, dtype: ExportDType, transpose: bool) -> memoryview:
+def _tensor_bytes(t, dtype: DType, transpose: bool) -> memoryview:
     """The tensor's bytes in the export dtype. The cast runs first, in torch (vectorised, multi-threaded,
     round-to-nearest-even like numpy's astype), so the transpose copies half the bytes; the result is
     a view of the tensor's own buffer (no tobytes copy)."""
     import torch
 
     t = t.detach().to("cpu")
-    t = t.to({ExportDType.fp32: torch.float32, ExportDType.fp16: torch.float16, ExportDType.bf16: torch.bfloat16}[dtype])
+    t = t.to(dtype.to_torch())
     if transpose:
         t = t.t()
     t = t.contiguous()
-    if dtype is ExportDType.bf16:
+    if dtype is DType.bfloat16:
         t = t.view(torch.int16)
     return memoryview(t.numpy()).cast("B")
 
@@ -423,12 +427,12 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
     m = helper.make_model(g, opset_imports=opsets, ir_version=IR_VERSION, producer_name="archc", producer_version=_version())
     meta = {
-        "archc.lowering": json.dumps(ctx.lowering, sort_keys=True),
-        "archc.target": ctx.target.value,
-        "archc.dtype": ctx.dtype.value,
-        "archc.kv_cache": ctx.memo.get("kv_cache", "concat"),
-        "archc.logits": ctx.logits.value,
-        "archc.next_token": ctx.next_token.value,
+        META_LOWERING: json.dumps(ctx.lowering, sort_keys=True),
+        META_TARGET: ctx.target.value,
+        META_DTYPE: ctx.dtype.short,
+        META_KV_CACHE: ctx.memo.get("kv_cache", "concat"),
+        META_LOGITS: ctx.logits.value,
+        META_NEXT_TOKEN: ctx.next_token.value,
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -443,7 +447,7 @@ def _version() -> str:
 
 
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
-           dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
+           dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
@@ -477,8 +481,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         inits = _write_weights(ctx, tmp / DATA_FILE, get)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
+        (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
+        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
         if out.exists():  # replace the old model directory: swap in the new one, then delete the old
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))

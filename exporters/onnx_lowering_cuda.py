@@ -34,9 +34,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from archc.dtypes import DType
 from archc.graph import ComponentKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import ExportDType, Ctx, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import Ctx, WeightLayout, input_of, inputs_of
 
 # Projections' weight layout on this target (WeightLayout): chosen by measurement, benchmarks/gemv_layout.py
 # and benchmarks/ab_decode.py (RESULTS.md, optimisation log).
@@ -156,7 +157,7 @@ def lower_norm(ctx: Ctx, name: str, node: dict):
 def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     """Why GroupQueryAttention cannot take this attention node (None: it can)."""
     g = ctx.graph
-    if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
+    if ctx.dtype is DType.float32 and not ctx.fused_fp32:
         return "fp32 (its CUDA kernels take fp16/bf16)"
     if g.node(name)["settings"]["head_dim"] % 16:
         return "head_size % 16 != 0"
@@ -179,7 +180,7 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     if reason is not None:
         # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
         # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
-        if ctx.dtype is ExportDType.bf16:
+        if ctx.dtype is DType.bfloat16:
             why_not = "no bf16 CUDA kernel"
         elif node["settings"]["kv_heads"] < node["settings"]["n_heads"]:
             why_not = "kv_heads < n_heads"

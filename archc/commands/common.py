@@ -9,6 +9,7 @@ import typer
 
 from archc.errors import UserError
 from archc.loader import library_spec, load_spec
+from archc.model_dir import SPEC_FILE
 from archc.spec import Spec
 
 SetOption = Annotated[
@@ -21,9 +22,9 @@ def resolve_spec_path(arg: str) -> Path:
     """A spec file, a library spec by name ('llama'), or a compiled model directory (its spec.yaml)."""
     p = Path(arg)
     if p.is_dir():
-        inner = p / "spec.yaml"
+        inner = p / SPEC_FILE
         if not inner.exists():
-            raise UserError(f"{arg}: directory has no spec.yaml; give a spec file or a directory made by `archc compile`")
+            raise UserError(f"{arg}: directory has no {SPEC_FILE}; give a spec file or a directory made by `archc compile`")
         return inner
     if not p.exists() and not p.suffix:
         lib = library_spec(arg)
