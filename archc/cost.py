@@ -7,6 +7,9 @@
   with the attention term written for one token that attends to S positions. Norms, activations
   and softmax are left out, as in the published counts.
 - KV-cache bytes per token: 2 (K and V) * kv_heads * head_dim * itemsize, summed over layers.
+- Sliding-window attention (Mistral; the window is a setting of the mask node each attention node
+  reads): a token attends to at most `window` positions, so the attention term and the KV cache a
+  context of S tokens needs count min(S, window) positions for that layer.
 """
 
 from __future__ import annotations
@@ -35,17 +38,37 @@ class Cost:
     matmul_params: int  # weights that take part in a matrix product per token (head included, even when tied)
     attention_flops_per_position: int  # per token, per position attended to, all layers
     kv_elements_per_token: int
+    # (attention FLOPs per position, KV elements per token, window or None) per distinct attention
+    # layer shape, summed over the layers that share it; the totals above are their sums.
+    attention_by_window: tuple[tuple[int, int, int | None], ...] = ()
+
+    def _positions(self, window: int | None, seq_len: int) -> int:
+        return seq_len if window is None else min(seq_len, window)
 
     def flops_per_token(self, seq_len: int) -> int:
-        return 2 * self.matmul_params + self.attention_flops_per_position * seq_len
+        """Forward FLOPs of one token that attends to a context of seq_len positions (a sliding
+        window caps the positions its layers attend to)."""
+        attn = sum(f * self._positions(w, seq_len) for f, _, w in self.attention_by_window)
+        return 2 * self.matmul_params + attn
 
     def kv_bytes_per_token(self, dtype: DType = DType.float16) -> int:
         return self.kv_elements_per_token * dtype.itemsize
+
+    def kv_bytes_at(self, seq_len: int, dtype: DType = DType.float16) -> int:
+        """KV-cache bytes a context of seq_len tokens needs: a windowed layer keeps its last `window`."""
+        return sum(kv * self._positions(w, seq_len) for _, kv, w in self.attention_by_window) * dtype.itemsize
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The window when every attention layer has the same one, else None."""
+        windows = {w for _, _, w in self.attention_by_window}
+        return windows.pop() if len(windows) == 1 else None
 
 
 def cost(graph: ComponentGraph) -> Cost:
     by_group: dict[str, int] = {}
     total = matmul = attn_per_pos = kv = 0
+    by_window: dict[int | None, list[int]] = {}
     for name in graph.nodes():
         d = graph.node(name)
         kind = d["kind"]
@@ -60,6 +83,13 @@ def cost(graph: ComponentGraph) -> Cost:
             matmul += math.prod(next(iter(d["tied_shapes"].values())))
         if kind == ComponentKind.attention.value:
             s = d["settings"]
-            attn_per_pos += 2 * 2 * s["n_heads"] * s["head_dim"]
-            kv += 2 * s["kv_heads"] * s["head_dim"]
-    return Cost(total, by_group, matmul, attn_per_pos, kv)
+            mask = graph.input_of(name, "mask")
+            window = graph.settings(mask).sliding_window if mask else None
+            layer_flops, layer_kv = 2 * 2 * s.n_heads * s.head_dim, 2 * s.kv_heads * s.head_dim
+            attn_per_pos += layer_flops
+            kv += layer_kv
+            acc = by_window.setdefault(window, [0, 0])
+            acc[0] += layer_flops
+            acc[1] += layer_kv
+    groups = tuple((f, k, w) for w, (f, k) in by_window.items())
+    return Cost(total, by_group, matmul, attn_per_pos, kv, groups)

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from archc import words
+from archc.components import MaskSettings, NormSettings, settings_to_json
 from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind
-from archc.spec import Activation, AttentionKernel, NormScale, Spec
+from archc.spec import AttentionKernel, MaskKind, Spec
 
 # --------------------------------------------------------------------------------------------
 # 1. Spec axes
@@ -112,17 +113,12 @@ def role_name(role: str) -> str:
     return ROLE_NAME.get(role, role.replace("_", " "))
 
 
-def norm_words(settings: dict) -> str:
+def norm_words(settings: NormSettings) -> str:
     """A norm node's settings in words, with its eps."""
-    return f"{words.norm(settings['norm'], settings['bias'], settings.get('scale', NormScale.weight))}, eps {settings['eps']:g}"
+    return f"{words.norm(settings.norm, settings.bias, settings.scale)}, eps {settings.eps:g}"
 
 
-def activation_words(name: str) -> str:
-    return words.ACTIVATION[Activation(name)]
-
-
-def kernel_words(name: str) -> str:
-    kernel = AttentionKernel(name)
+def kernel_words(kernel: AttentionKernel) -> str:
     return f"{'backend-default' if kernel is AttentionKernel.default else words.KERNEL[kernel]} kernel"
 
 
@@ -217,7 +213,7 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
     put("layout", "residual", "parallel" if parallel else "sequential",
         "parallel: attention and MLP read the same input and are added to the stream together (y = x + attn + mlp)"
         if parallel else "sequential: attention, then the MLP, each added to the stream", tuple(cg.node(r)["role"] for r in residuals))
-    alphas = sorted({cg.node(r)["settings"]["alpha"] for r in residuals})
+    alphas = sorted({cg.settings(r).alpha for r in residuals})
     put("residual.alpha", "residual", alphas, "stream scaled by α = " + ", ".join(f"{a:.4g}" for a in alphas)
         if alphas != [1.0] else "plain sum (α = 1)", tuple(cg.node(r)["role"] for r in residuals))
 
@@ -239,26 +235,27 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             pos = "rotary" if rot else "alibi" if bias else "none"
             put("attn.position", "attention", pos, {"rotary": "rotary (RoPE) applied to q/k", "alibi": "ALiBi bias feeds attention",
                                                     "none": "no position signal inside attention"}[pos], (role,))
-            mask = cg.node(cg.input_of(n, "mask"))["settings"]
-            put("attn.mask", "attention", [mask["mask"], mask["sliding_window"]], _mask_words(mask), (role,))
-            put("attn.n_heads", "attention", s["n_heads"], f"{s['n_heads']} query heads", (role,))
-            put("attn.kv_heads", "attention", s["kv_heads"],
-                f"{s['kv_heads']} head{'s' if s['kv_heads'] != 1 else ''} ({words.sharing(s['n_heads'], s['kv_heads'])})", (role,))
-            put("attn.head_dim", "attention", s["head_dim"], f"head size {s['head_dim']}", (role,))
+            mask = cg.settings(cg.input_of(n, "mask"))
+            put("attn.mask", "attention", [mask.mask.value, mask.sliding_window], _mask_words(mask), (role,))
+            put("attn.n_heads", "attention", s.n_heads, f"{s.n_heads} query heads", (role,))
+            put("attn.kv_heads", "attention", s.kv_heads,
+                f"{s.kv_heads} head{'s' if s.kv_heads != 1 else ''} ({words.sharing(s.n_heads, s.kv_heads)})", (role,))
+            put("attn.head_dim", "attention", s.head_dim, f"head size {s.head_dim}", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("attn.bias", "attention", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
-            put("attn.kernel", "attention", s["kernel"], kernel_words(s["kernel"]), (role,))
+            put("attn.kernel", "attention", s.kernel.value, kernel_words(s.kernel), (role,))
             # Only said when it is not the default 1/sqrt(head_dim) (a head-size change already says that).
-            default = abs(s["softmax_scale"] * s["head_dim"] ** 0.5 - 1) < 1e-9
-            put("attn.softmax_scale", "attention", None if default else s["softmax_scale"],
-                "softmax scale 1/√head_dim" if default else f"softmax scale {s['softmax_scale']:.6g}", (role,))
+            default = abs(s.softmax_scale * s.head_dim ** 0.5 - 1) < 1e-9
+            put("attn.softmax_scale", "attention", None if default else s.softmax_scale,
+                "softmax scale 1/√head_dim" if default else f"softmax scale {s.softmax_scale:.6g}", (role,))
         elif d["kind"] == ComponentKind.mlp.value:
             x = cg.input_of(n, "x")
             put("mlp.reads", "MLP", _src_words(cg, layer, x), _src_words(cg, layer, x), (role,))
             gated = "gate.weight" in params
-            put("mlp.activation", "MLP", [s["activation"], gated],
-                f"{activation_words(s['activation'])} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
-            put("mlp.d_ff", "MLP", s["d_ff"], f"{s['d_ff']} hidden units", (role,))
+            act = s.activation.value
+            put("mlp.activation", "MLP", [act, gated],
+                f"{words.ACTIVATION[s.activation]} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
+            put("mlp.d_ff", "MLP", s.d_ff, f"{s.d_ff} hidden units", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("mlp.bias", "MLP", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
         if d["kind"] in (ComponentKind.attention.value, ComponentKind.mlp.value):
@@ -280,10 +277,10 @@ def _init_words(rules: dict) -> str:
     return "; ".join(f"{w} on {', '.join(ps)}" for w, ps in groups.items()) or "no weights"
 
 
-def _mask_words(mask: dict) -> str:
-    text = "prefix mask (bidirectional over the prefix, causal after it)" if mask["mask"] == "prefix" else "causal mask"
-    if mask.get("sliding_window"):
-        text += f", sliding window {mask['sliding_window']}"
+def _mask_words(mask: MaskSettings) -> str:
+    text = "prefix mask (bidirectional over the prefix, causal after it)" if mask.mask is MaskKind.prefix else "causal mask"
+    if mask.sliding_window:
+        text += f", sliding window {mask.sliding_window}"
     return text
 
 
@@ -309,41 +306,42 @@ def model_facts(cg: ComponentGraph) -> dict[str, Fact]:
     put("embed.vocab", "token embedding", V, f"{V} tokens", ("token_embedding",))
     put("embed.width", "model width", D, f"d_model {D}", ("token_embedding",))
     scale = [n for n in g.nodes(ComponentKind.scale)]
-    factor = g.node(scale[0])["settings"]["factor"] if scale else 1.0
+    factor = g.settings(scale[0]).factor if scale else 1.0
     put("embed.scale", "token embedding", factor, f"scaled by {factor:.6g}" if scale else "not scaled", ("embedding_multiplier",))
     pos = [n for n in g.nodes() if g.node(n)["kind"] in POSITION_TABLE_WORDS]
     if pos:
         d = g.node(pos[0])
-        rows = d["settings"].get("max_positions")
+        rows = getattr(d["settings"], "max_positions", None)
         extra = [f"{rows} rows" + (" each" if d["kind"] == ComponentKind.glm2d_position.value else "")] if rows else []
-        if d["settings"].get("offset"):
-            extra.append(f"offset {d['settings']['offset']}")
-        put("embed.position", "embedding", [d["kind"], d["settings"]], POSITION_TABLE_WORDS[d["kind"]]
+        if getattr(d["settings"], "offset", 0):
+            extra.append(f"offset {d['settings'].offset}")
+        put("embed.position", "embedding", [d["kind"], settings_to_json(d["settings"])], POSITION_TABLE_WORDS[d["kind"]]
             + (f" ({', '.join(extra)})" if extra else ""), (d["role"],))
     else:
         put("embed.position", "embedding", None, "nothing added to the embedding", ())
     enorm = [n for n in g.nodes(ComponentKind.norm) if g.node(n)["layer"] is None and g.node(n)["role"] == "embedding_norm"]
-    put("embed.norm", "embedding", g.node(enorm[0])["settings"] if enorm else None,
+    put("embed.norm", "embedding", settings_to_json(g.settings(enorm[0])) if enorm else None,
         f"embedding {norm_words(g.node(enorm[0])['settings']).split(',')[0]} after the token embedding" if enorm else "no embedding norm",
         ("embedding_norm",))
     rot = g.nodes(ComponentKind.rotary)
     if rot:
-        s = g.node(rot[0])["settings"]
-        put("rotary", "rotary", s, f"θ {s['theta']:g}, {s['rotary_dim']} of {s['head_dim']} head dims, {s['style']} style", ("rotary",))
+        s = g.settings(rot[0])
+        put("rotary", "rotary", settings_to_json(s), f"θ {s.theta:g}, {s.rotary_dim} of {s.head_dim} head dims, {s.style.value} style",
+            ("rotary",))
     al = g.nodes(ComponentKind.alibi)
     if al:
-        s = g.node(al[0])["settings"]
-        put("alibi", "ALiBi", s["max_bias"], f"slopes 2^(-{s['max_bias']:g}·h/n_heads)", ("alibi",))
+        s = g.settings(al[0])
+        put("alibi", "ALiBi", s.max_bias, f"slopes 2^(-{s.max_bias:g}·h/n_heads)", ("alibi",))
     fin = [n for n in g.nodes(ComponentKind.norm) if g.node(n)["role"] == "final_norm"]
-    put("final_norm", "final norm", g.node(fin[0])["settings"] if fin else None,
+    put("final_norm", "final norm", settings_to_json(g.settings(fin[0])) if fin else None,
         norm_words(g.node(fin[0])["settings"]) if fin else "none", ("final_norm",))
     head = g.nodes(ComponentKind.head)[0]
     hd = g.node(head)
     put("head.tied", "head", bool(hd.get("tied")),
         "tied to the token embedding" if hd.get("tied") else "its own weight matrix (untied)", ("head",))
     put("head.bias", "head", "bias" in hd["params"], "with bias" if "bias" in hd["params"] else "no bias", ("head",))
-    put("head.vocab", "head", hd["settings"]["vocab_size"], f"{hd['settings']['vocab_size']} logits", ("head",))
-    ins = [f"{n} [{', '.join(str(x) for x in g.node(n)['settings']['shape'])}]" for n in g.graph_inputs()]
+    put("head.vocab", "head", hd["settings"].vocab_size, f"{hd['settings'].vocab_size} logits", ("head",))
+    ins = [f"{n} [{', '.join(str(x) for x in g.settings(n).shape)}]" for n in g.graph_inputs()]
     put("inputs", "model inputs", ins, "; ".join(ins))
     return facts
 

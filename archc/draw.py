@@ -16,7 +16,7 @@ from pathlib import Path
 
 from archc.atomic import write_atomic
 from archc import words
-from archc.diff import activation_words, norm_position, norm_words, role_name
+from archc.diff import norm_position, norm_words, role_name
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind
 
@@ -66,20 +66,20 @@ def label(cg: ComponentGraph, name: str) -> str:
     d = cg.node(name)
     k, s, role = d["kind"], d["settings"], d["role"]
     if k == ComponentKind.input.value or k == ComponentKind.output.value:
-        return f"{name}\n[{', '.join(str(x) for x in s['shape'])}]"
+        return f"{name}\n[{', '.join(str(x) for x in s.shape)}]"
     if k == ComponentKind.token_embedding.value:
         V, D = d["params"]["weight"]
         return f"token embedding\n{V} × {D}"
     if k == ComponentKind.scale.value:
-        return f"× {s['factor']:.4g}"
+        return f"× {s.factor:.4g}"
     if k == ComponentKind.learned_position.value:
-        return f"learned positions\n{s['max_positions']} × d" + (f", offset {s['offset']}" if s.get("offset") else "")
+        return f"learned positions\n{s.max_positions} × d" + (f", offset {s.offset}" if s.offset else "")
     if k == ComponentKind.sinusoidal_position.value:
         return "sinusoidal positions"
     if k == ComponentKind.glm2d_position.value:
-        return f"2D positions\nposition + block tables\n{s['max_positions']} × d each"
+        return f"2D positions\nposition + block tables\n{s.max_positions} × d each"
     if k in (ComponentKind.add.value, ComponentKind.residual.value):
-        alpha = s.get("alpha", 1.0)
+        alpha = getattr(s, "alpha", 1.0)
         return "+" if alpha == 1.0 else f"{alpha:.3g}·x +"
     if k == ComponentKind.norm.value:
         where = ""
@@ -88,20 +88,20 @@ def label(cg: ComponentGraph, name: str) -> str:
         return f"{role_name(role)}{where}\n{norm_words(s)}"
     if k == ComponentKind.attention.value:
         pos = "RoPE on q/k" if cg.input_of(name, "rotary") else "ALiBi bias" if cg.input_of(name, "bias") else "no position signal"
-        mask = cg.node(cg.input_of(name, "mask"))["settings"]["mask"]
-        return (f"attention, {words.sharing(s['n_heads'], s['kv_heads'])}\n{s['n_heads']} q heads, "
-                f"{s['kv_heads']} K/V head{'s' if s['kv_heads'] != 1 else ''}, head {s['head_dim']}\n{pos}, {mask} mask")
+        mask = cg.settings(cg.input_of(name, "mask")).mask.value
+        return (f"attention, {words.sharing(s.n_heads, s.kv_heads)}\n{s.n_heads} q heads, "
+                f"{s.kv_heads} K/V head{'s' if s.kv_heads != 1 else ''}, head {s.head_dim}\n{pos}, {mask} mask")
     if k == ComponentKind.mlp.value:
         D = d["params"]["down.weight"][0]
-        return f"MLP, {activation_words(s['activation'])}\n{D} → {s['d_ff']} → {D}"
+        return f"MLP, {words.ACTIVATION[s.activation]}\n{D} → {s.d_ff} → {D}"
     if k == ComponentKind.mask.value:
-        return f"{s['mask']} mask" + (f"\nwindow {s['sliding_window']}" if s.get("sliding_window") else "")
+        return f"{s.mask.value} mask" + (f"\nwindow {s.sliding_window}" if s.sliding_window else "")
     if k == ComponentKind.rotary.value:
-        return f"rotary tables\nθ {s['theta']:g}, {s['rotary_dim']}/{s['head_dim']} dims, {s['style']}"
+        return f"rotary tables\nθ {s.theta:g}, {s.rotary_dim}/{s.head_dim} dims, {s.style.value}"
     if k == ComponentKind.alibi.value:
-        return f"ALiBi slopes\n{s['n_heads']} heads, max bias {s['max_bias']:g}"
+        return f"ALiBi slopes\n{s.n_heads} heads, max bias {s.max_bias:g}"
     if k == ComponentKind.head.value:
-        return "head\n(tied to token embedding)" if s.get("tied") else f"head\nd → {s['vocab_size']}"
+        return "head\n(tied to token embedding)" if s.tied else f"head\nd → {s.vocab_size}"
     return role_name(role)
 
 

@@ -97,6 +97,9 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
+        if mark and _tab_at(text, mark):
+            raise SpecError("a tab character; YAML indents with spaces only, so replace the tab "
+                            "with spaces", shown, line) from None
         raise SpecError(f"YAML syntax error: {e.problem or e.context}", shown, line) from None
     except yaml.YAMLError as e:
         raise SpecError(f"YAML error: {e}", shown) from None
@@ -113,6 +116,16 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
         raise SpecError(f"YAML value cannot be read: {e}", shown) from None
     return data, lines
+
+
+def _tab_at(text: str, mark) -> bool:
+    """Whether PyYAML stopped at a tab (its message, "found character that cannot start any
+    token", does not say which character)."""
+    lines = text.splitlines()
+    if not 0 <= mark.line < len(lines):
+        return False
+    row = lines[mark.line]
+    return (0 <= mark.column < len(row) and row[mark.column] == "\t") or "\t" in row[: len(row) - len(row.lstrip())]
 
 
 def _display(path: Path) -> str:
@@ -303,6 +316,7 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
             msg = f"{section} needs a kind; set kind to one of {kinds}"
         else:
             msg = f"unknown {section.rsplit('.', 1)[-1]} kind '{ctx.get('tag')}'; expected one of {kinds}"
+            msg += _did_you_mean(ctx.get("tag"), " ".join(f"'{k}'" for k in _TAGGED_KINDS.get(loc[-1] if loc else "", ())))
         return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line)
     src, line = _line_for(loc, lines)
     msg = err["msg"]
@@ -324,7 +338,23 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
         if len(shown) > 60:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
+        if err["type"] in ("enum", "literal_error"):
+            msg += _did_you_mean(err["input"], ctx.get("expected", ""))
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+def _did_you_mean(value: Any, expected: str) -> str:
+    """'; did you mean 'rmsnorm'?' for an enum typo ('rms_norm'), from pydantic's list of choices."""
+    import difflib
+    import re
+
+    if not isinstance(value, str):
+        return ""
+    choices = re.findall(r"'([^']*)'", expected)
+    squash = {c.replace("_", "").replace("-", "").lower(): c for c in choices}
+    key = value.replace("_", "").replace("-", "").lower()
+    match = [squash[key]] if key in squash else difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def _field_paths(model: type, prefix: Path_ = ()) -> list[Path_]:
@@ -402,18 +432,39 @@ def validate_data(data: dict, lines: LineMap, file: str) -> Spec:
     try:
         return Spec.model_validate(data)
     except ValidationError as e:
-        errors = e.errors(include_url=False)
-        # Report the most specific first: an unknown key or conflict explains more than 'missing'.
-        order = {"unknown_key": 0, "spec_conflict": 1}
-        errors.sort(key=lambda x: order.get(x["type"], 2))
-        here = _data_path(errors[0]["loc"], data)
-        same = [x for x in errors if _data_path(x["loc"], data) == here and x["type"] not in order and x["type"] != "missing"]
-        alternatives = list(dict.fromkeys(x["msg"] for x in same))
-        first = _format_error(errors[0], data, lines, file, alternatives)
-        more = len(errors) - max(1, len(same))
+        problems = _problems(e.errors(include_url=False), data, lines, file)
+        first = problems[0]
+        more = len(problems) - 1
         if more:
-            first = SpecError(first.message + f" (and {more} more problem{'s' if more > 1 else ''})", first.file, first.line, first.field)
+            first = SpecError(first.message + f" (and {more} more problem{'s' if more > 1 else ''}; "
+                              "`archc validate --all-errors` lists them)", first.file, first.line, first.field)
+        first.problems = problems
         raise first from None
+
+
+def _problems(errors: list[dict], data: dict, lines: LineMap, file: str) -> list[SpecError]:
+    """Every validation problem as one SpecError, the most specific first (an unknown key or a
+    conflict explains more than 'missing'); a union field's per-variant errors at one place become
+    one problem that names every accepted form."""
+    order = {"unknown_key": 0, "spec_conflict": 1}
+    errors = sorted(errors, key=lambda x: order.get(x["type"], 2))
+    out: list[SpecError] = []
+    shown: set[str] = set()
+    done_alternatives: set[Path_] = set()
+    for err in errors:
+        here = _data_path(err["loc"], data)
+        alternatives = None
+        if err["type"] not in order and err["type"] != "missing":
+            if here in done_alternatives:
+                continue
+            same = [x for x in errors if _data_path(x["loc"], data) == here and x["type"] not in order and x["type"] != "missing"]
+            alternatives = list(dict.fromkeys(x["msg"] for x in same))
+            done_alternatives.add(here)
+        problem = _format_error(err, data, lines, file, alternatives)
+        if str(problem) not in shown:
+            shown.add(str(problem))
+            out.append(problem)
+    return out
 
 
 def load_data(path: str | os.PathLike, sets: list[str] | None = None) -> tuple[dict, LineMap]:
@@ -425,9 +476,29 @@ def load_data(path: str | os.PathLike, sets: list[str] | None = None) -> tuple[d
 
 
 def load_spec(path: str | os.PathLike, sets: list[str] | None = None) -> Spec:
-    """Load, merge extends, apply --set overrides and validate. Raises SpecError (a UserError)."""
-    data, lines = load_data(path, sets)
-    return validate_data(data, lines, _display(Path(path)))
+    """Load, merge extends, apply --set overrides and validate. Raises SpecError (a UserError).
+
+    `path` is what the CLI accepts: a spec file, a library spec by name ('llama'), or a directory
+    made by `archc compile` (its spec.yaml)."""
+    p = resolve_spec_path(path)
+    data, lines = load_data(p, sets)
+    return validate_data(data, lines, _display(p))
+
+
+def resolve_spec_path(arg: str | os.PathLike) -> Path:
+    """A spec file, a library spec by name ('llama'), or a compiled model directory (its spec.yaml).
+    A file that exists wins over a library name."""
+    p = Path(arg)
+    if p.is_dir():
+        inner = p / "spec.yaml"
+        if not inner.exists():
+            raise SpecError("directory has no spec.yaml; give a spec file or a directory made by `archc compile`", str(arg))
+        return inner
+    if not p.exists() and not p.suffix and isinstance(arg, str):
+        lib = library_spec(arg)
+        if lib is not None:
+            return lib
+    return p
 
 
 def spec_from_dict(data: dict, sets: list[str] | None = None, source: str = "<dict>") -> Spec:
@@ -442,8 +513,13 @@ def spec_from_dict(data: dict, sets: list[str] | None = None, source: str = "<di
 
 
 def library_dir() -> Path:
-    """specs/ beside the package (editable installs and checkouts)."""
-    return Path(__file__).resolve().parent.parent / "specs"
+    """The spec library, package data of archc (archc/specs): in a checkout and an editable install
+    a symlink to the top-level specs/, in a wheel the files themselves."""
+    from importlib.resources import files
+
+    # archc is an ordinary directory package (never zipped: pyproject ships it as files), so the
+    # resource is a real path that Path and glob can read.
+    return Path(str(files("archc").joinpath("specs")))
 
 
 def library_spec(name: str) -> Path | None:

@@ -74,7 +74,7 @@ def diff_report(d: Diff, *, show_all: bool = False) -> Report:
         if not show_all:
             return rep
     else:
-        rep.lines.append(f"different: {len(d.spec.changed)} of {n_axes} spec axes, {len(d.structure)} structural changes")
+        rep.lines.append(f"different: {len(d.spec.changed)} of {n_axes} spec axes, {_count(len(d.structure), 'structural change')}")
 
     rows = d.spec.changed + (d.spec.unchanged if show_all else [])
     if show_all:
@@ -209,3 +209,8 @@ def print_terminal(rep: Report, console=None) -> None:
             console.print(f"[bold]{escape(t.title)}[/]")
         if t.note:
             console.print(f"[dim]{escape(t.note)}[/]")
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 structural change', '3 structural changes'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -45,6 +45,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -325,8 +326,11 @@ class Session:
             raise UserError("--max-new-tokens must be at least 1")
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int = 16, *, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, greedy: bool | None = None, seed: int = 0) -> GenerationResult:
-        """Greedy unless top_k / top_p / temperature != 1 ask for sampling (or greedy=True forces it)."""
+                 top_k: int | None = None, top_p: float | None = None, greedy: bool | None = None, seed: int = 0,
+                 on_token: Callable[[np.ndarray], bool] | None = None) -> GenerationResult:
+        """Greedy unless top_k / top_p / temperature != 1 ask for sampling (or greedy=True forces it).
+        on_token(tokens [B]) runs after each new token; when it returns True generation stops there
+        (archc.text stops at eos ids this way) and every row's ids end at that token."""
         self.check_prompts(prompts, max_new_tokens)
         asked = top_k is not None or top_p is not None or temperature != 1.0
         sample = (not greedy) and (asked or greedy is False)
@@ -353,14 +357,20 @@ class Session:
         tok = pick(stepper.step(ids, mask, self._positions(mask, L, lens, 0), lens))
         prefill_ms = (time.perf_counter() - t0) * 1e3
         out[:, 0] = tok
+        n = 1  # tokens generated
+        stop = on_token is not None and on_token(tok)
         t1 = time.perf_counter()
         for k in range(1, max_new_tokens):
+            if stop:
+                break
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
             tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
             out[:, k] = tok
+            n = k + 1
+            stop = on_token is not None and on_token(tok)
         decode_s = time.perf_counter() - t1
-        n_decode = B * (max_new_tokens - 1)
-        gen = out.tolist()
+        n_decode = B * (n - 1)
+        gen = out[:, :n].tolist()
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
                                 self.device, [list(map(int, p)) + g for p, g in zip(prompts, gen)])
 

@@ -460,6 +460,11 @@ class Spec(StrictModel):
                         f"position.rotary_dim={p.rotary_dim} exceeds attention.head_dim={a.head_dim}; "
                         f"rotate at most head_dim dims",
                     )
+                if p.rotary_dim % 2:  # say it in the field the user wrote, not the fraction derived from it
+                    raise SpecConflict(
+                        ["position.rotary_dim"],
+                        f"position.rotary_dim={p.rotary_dim} is odd; RoPE rotates pairs of dims, so give an even rotary_dim",
+                    )
                 p.rotary_fraction = p.rotary_dim / a.head_dim
             rd = int(round(a.head_dim * p.rotary_fraction))
             if p.rotary_dim is not None and p.rotary_dim != rd:

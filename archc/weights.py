@@ -41,7 +41,7 @@ def init_tensor(graph: ComponentGraph, node: str, local: str) -> torch.Tensor:
     else:
         raise ValueError(f"{node}.{local}: unknown init distribution {dist!r}")
     out = torch.empty(shape, dtype=torch.float32)
-    out.normal_(0.0, std, generator=_generator(graph.spec.init.seed, f"{node}.{local}"))
+    out.normal_(0.0, std, generator=_generator(graph.model.seed, f"{node}.{local}"))
     return out
 
 

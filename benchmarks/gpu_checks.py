@@ -134,6 +134,7 @@ def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> 
     import torch
 
     import archc
+    from archc.components import PositionIds
     from archc.loader import load_spec
     from exporters.onnx_export import export
     from exporters.torch_module import build_module
@@ -155,7 +156,7 @@ def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> 
     ids[1, :3] = 0
     lens = mask.sum(1)
     needs_prefix = "prefix_len" in graph.graph_inputs()
-    glm2d = "position_ids" in graph.graph_inputs() and graph.node("position_ids")["settings"]["shape"][1] == 2
+    glm2d = graph.model.position_ids is PositionIds.glm2d
     ref_model = build_module(graph, dtype=torch.float32, device=dev)
 
     steps = 3

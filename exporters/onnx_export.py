@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import onnx
@@ -39,7 +39,7 @@ from onnx import TensorProto, helper
 
 from archc.dtypes import DType
 from archc.errors import UserError
-from archc.graph import ComponentGraph, ComponentKind
+from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
 from archc.model_dir import (
     DATA_FILE,
     GENAI_CONFIG_FILE,
@@ -52,6 +52,9 @@ from archc.model_dir import (
     MODEL_FILE,
     SPEC_FILE,
 )
+
+if TYPE_CHECKING:
+    from exporters.onnx_lowering_cuda import CudaPlan
 
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
@@ -87,6 +90,13 @@ class WeightLayout(str, Enum):
     out_in = "out_in"  # com.microsoft FusedMatMul(x, W, transB=1) on W as it is: cuBLAS's transposed-B GEMM
 
 
+class KvCache(str, Enum):
+    """How the model's past and present caches relate (metadata `archc.kv_cache`)."""
+
+    concat = "concat"  # present = concat(past, new): a new, longer buffer every step
+    shared = "shared"  # past and present may be one max-length buffer (GroupQueryAttention, cuda target)
+
+
 ELEM = {DType.float32: TensorProto.FLOAT, DType.float16: TensorProto.FLOAT16, DType.bfloat16: TensorProto.BFLOAT16}
 
 # Symbolic dimension names (also read by the runner).
@@ -106,7 +116,8 @@ class WeightRef:
 
 @dataclass
 class Ctx:
-    """The ONNX graph under construction plus per-export memo (values shared across nodes)."""
+    """The ONNX graph under construction, the target's plan, and a memo of emitted values shared across
+    nodes (keyed by what they were computed from, e.g. ("dim", value, axis))."""
 
     graph: ComponentGraph
     target: Target
@@ -115,6 +126,8 @@ class Ctx:
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
     weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
+    kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
+    cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -230,7 +243,7 @@ def _owner(graph: ComponentGraph, full: str) -> tuple[str, str]:
 Lowering = Callable[[Ctx, str, dict], Any]
 
 
-def lowerings(target: Target) -> dict[str, Lowering]:
+def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
     from exporters import onnx_lowering_portable as portable
 
     table = dict(portable.LOWERINGS)
@@ -253,8 +266,11 @@ def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, d
         cuda.plan(ctx)
     for name in graph.nodes():
         node = graph.node(name)
+        kind = ComponentKind(node["kind"])
+        if kind not in table:
+            raise UnknownSetting(name, "kind", kind, f"{ctx.target.value} ONNX lowering")
         ctx.scope = name
-        result = table[node["kind"]](ctx, name, node)
+        result = table[kind](ctx, name, node)
         if result is not None:
             ctx.env[name] = result
         ctx.lowering.setdefault(name, "portable")
@@ -416,12 +432,14 @@ class ExportResult:
     n_weights: int
     data_bytes: int
     logits: Logits = Logits.all
+    genai_unsupported: str | None = None  # why onnxruntime-genai cannot drive this model (genai_config.json says so too)
+    tokenizer_files: list[str] = field(default_factory=list)  # copied from tokenizer_dir
 
 
 def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
     # logits first, then present.* in layer order, then next_token (readers that zip present names skip it by name)
     outputs = sorted(ctx.outputs, key=lambda o: (o.name != "logits", o.name == "next_token"))
-    g = helper.make_graph(ctx.nodes, ctx.graph.spec.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
+    g = helper.make_graph(ctx.nodes, ctx.graph.model.name, ctx.inputs, outputs, initializer=ctx.consts + initializers)
     opsets = [helper.make_operatorsetid("", OPSET)]
     if any(n.domain == "com.microsoft" for n in ctx.nodes):
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
@@ -430,7 +448,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         META_LOWERING: json.dumps(ctx.lowering, sort_keys=True),
         META_TARGET: ctx.target.value,
         META_DTYPE: ctx.dtype.short,
-        META_KV_CACHE: ctx.memo.get("kv_cache", "concat"),
+        META_KV_CACHE: ctx.kv_cache.value,
         META_LOGITS: ctx.logits.value,
         META_NEXT_TOKEN: ctx.next_token.value,
     }
@@ -449,8 +467,12 @@ def _version() -> str:
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-           next_token: NextToken | str = NextToken.argmax, _fail_after: int | None = None) -> ExportResult:
+           next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
+           _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
+
+    `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
+    TOKENIZER_FILES), and genai_config.json takes its bos/eos/pad ids from them.
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
@@ -482,7 +504,14 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
-        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx), indent=2) + "\n")
+        copied = []
+        if tokenizer_dir is not None:
+            from archc.text import copy_tokenizer_files
+
+            copied = copy_tokenizer_files(tokenizer_dir, tmp)
+        from archc.text import special_token_ids
+
+        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
         if out.exists():  # replace the old model directory: swap in the new one, then delete the old
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -494,7 +523,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits)
+    return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
 def _spec_yaml(graph: ComponentGraph) -> str:
@@ -503,11 +532,28 @@ def _spec_yaml(graph: ComponentGraph) -> str:
     return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
 
 
-def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
-    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names). Token ids for
-    bos/eos/pad are placeholders (a spec has no tokenizer); set them for a real vocabulary."""
-    spec = graph.spec
-    attn = graph.node(graph.nodes(ComponentKind.attention)[0])["settings"]
+def genai_unsupported(graph: ComponentGraph) -> str | None:
+    """Why onnxruntime-genai cannot drive this graph (None: it can). genai feeds input_ids,
+    attention_mask, position_ids [batch, seq] and the past/present caches, nothing else."""
+    reasons = []
+    if graph.model.position_ids is PositionIds.glm2d:
+        reasons.append("GLM 2-D positions (position_ids [batch, 2, seq]; genai feeds [batch, seq])")
+    if "prefix_len" in graph.nodes(ComponentKind.input):
+        reasons.append("a prefix mask (input prefix_len [batch], which genai does not feed)")
+    return "; ".join(reasons) or None
+
+
+def genai_config(graph: ComponentGraph, ctx: Ctx, ids: dict[str, list[int]] | None = None) -> dict:
+    """onnxruntime-genai's genai_config.json (model.decoder section with I/O names). bos/eos/pad come
+    from `ids` (archc.text.special_token_ids: the model's generation_config.json); without them they
+    are placeholders (a spec has no tokenizer). A graph genai cannot drive (genai_unsupported) gets a
+    model type naming the reason, which genai refuses ("Unsupported model_type in config.json: ...")."""
+    model = graph.model
+    ids = ids or {}
+    eos = ids.get("eos") or [2]
+    bos = (ids.get("bos") or [1])[0]
+    pad = (ids.get("pad") or ids.get("eos") or [0])[0]  # no pad id: genai pads with eos, as transformers does
+    attn = graph.settings(graph.nodes(ComponentKind.attention)[0])
     names = {n.name for n in ctx.inputs}
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
               "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
@@ -516,26 +562,26 @@ def genai_config(graph: ComponentGraph, ctx: Ctx) -> dict:
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": [{"cuda": {}}] if ctx.target is Target.cuda else []},
         "filename": MODEL_FILE,
-        "head_size": attn["head_dim"],
-        "hidden_size": spec.d_model,
+        "head_size": attn.head_dim,
+        "hidden_size": model.d_model,
         "inputs": inputs,
         "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
-        "num_attention_heads": attn["n_heads"],
+        "num_attention_heads": attn.n_heads,
         "num_hidden_layers": len(graph.nodes(ComponentKind.attention)),
-        "num_key_value_heads": attn["kv_heads"],
+        "num_key_value_heads": attn.kv_heads,
     }
     return {
         "model": {
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-            "context_length": spec.max_seq_len,
+            "bos_token_id": bos, "eos_token_id": eos[0] if len(eos) == 1 else eos, "pad_token_id": pad,
+            "context_length": model.max_seq_len,
             "decoder": decoder,
             # genai picks its model class by type; every plain decoder-only type shares one
             # implementation driven by the I/O names above, so archc models declare "llama"
-            "type": "llama",
-            "vocab_size": graph.node("head")["settings"]["vocab_size"],
+            "type": "llama" if genai_unsupported(graph) is None else f"not-for-onnxruntime-genai: {genai_unsupported(graph)}",
+            "vocab_size": graph.settings("head").vocab_size,
         },
-        "search": {"do_sample": False, "max_length": spec.max_seq_len, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": ctx.memo.get("kv_cache") == "shared",
+        "search": {"do_sample": False, "max_length": model.max_seq_len, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": ctx.kv_cache is KvCache.shared,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 

@@ -31,13 +31,18 @@ A bias Add + Gelu is left to onnxruntime's optimizer, which fuses it into FastGe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from onnx import TensorProto
 
+from archc.components import ComponentKind, NormSettings, UnknownSetting
 from archc.dtypes import DType
-from archc.graph import ComponentKind
+from archc.spec import MaskKind, NormKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import Ctx, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import Ctx, KvCache, WeightLayout, input_of, inputs_of
+
+LOWERING = "cuda ONNX lowering"
 
 # Projections' weight layout on this target (WeightLayout): chosen by measurement, benchmarks/gemv_layout.py
 # and benchmarks/ab_decode.py (RESULTS.md, optimisation log).
@@ -48,7 +53,30 @@ I32 = TensorProto.INT32
 
 
 # ------------------------------------------------------------------------------------------------
-# Planning: which residual/norm pairs fuse
+# The plan: decided once, before any node is lowered
+
+
+@dataclass
+class PackedLayout:
+    """GroupQueryAttention's packed token layout (see _packed_layout): the ONNX values that rotate
+    the stream into it and back, and the op's sequence-length inputs."""
+
+    to_packed: str | None  # [B,S,1] GatherND index; None where the stream is rotated once at the inputs
+    to_packed_2d: str  # [B,S]: packed slot i holds token to_packed_2d[b, i]
+    from_packed: str  # [B,S,1] GatherND index back to the contract's order
+    seqlens_k: str  # int32 [B]: sum(attention_mask) - 1
+    total: str  # int32 scalar: the attention mask's width
+
+
+@dataclass
+class CudaPlan:
+    """What the cuda lowering decided for the whole graph before lowering any node."""
+
+    skip_fuse: dict[str, str]  # residual node -> the norm node whose SkipLayerNormalization emits it
+    bias_fold: dict[str, str]  # branch node -> its output-projection bias, added inside that SkipLayerNormalization
+    gqa_unfit: dict[str, str | None]  # attention node -> why GroupQueryAttention cannot take it (None: it can)
+    rotated_once: bool  # every attention is a GroupQueryAttention: the stream is rotated into its layout once
+    layout: PackedLayout | None = field(default=None)  # made on first use, then shared
 
 
 def plan(ctx: Ctx) -> None:
@@ -56,27 +84,36 @@ def plan(ctx: Ctx) -> None:
     ctx.weight_layout = WEIGHT_LAYOUT
     order = {n: i for i, n in enumerate(g.nodes())}
     fuse: dict[str, str] = {}
-    for n in g.nodes():
-        d = g.node(n)
-        if d["kind"] != "norm":
-            continue
+    for n in g.nodes(ComponentKind.norm):
         r = g.input_of(n, "x")
-        if r is None or g.node(r)["kind"] != "residual" or g.node(r)["settings"]["alpha"] != 1.0:
+        if r is None or g.node(r)["kind"] != ComponentKind.residual.value or g.settings(r).alpha != 1.0:
             continue
-        s = d["settings"]
-        if s["norm"] == "rmsnorm" and s["bias"]:
-            continue  # SkipSimplifiedLayerNormalization has no beta
+        if not _skip_fusable(n, g.settings(n)):
+            continue
         consumers = sorted(g.g.successors(r), key=order.__getitem__)
         if consumers[0] != n:
             continue
         fuse[r] = n
-    ctx.memo["skip_fuse"] = fuse
-    ctx.memo["bias_fold"] = _bias_folds(ctx, fuse)
     attn = g.nodes(ComponentKind.attention)
     reasons = {a: gqa_unfit(ctx, a) for a in attn}
-    ctx.memo["gqa_reason"] = reasons
-    if attn and all(r is None for r in reasons.values()):
-        ctx.memo["kv_cache"] = "shared"  # past and present may be one max-length buffer (GQA)
+    rotated_once = bool(attn) and all(r is None for r in reasons.values())
+    ctx.cuda_plan = CudaPlan(skip_fuse=fuse, bias_fold=_bias_folds(ctx, fuse), gqa_unfit=reasons, rotated_once=rotated_once)
+    if rotated_once:
+        ctx.kv_cache = KvCache.shared  # past and present may be one max-length buffer (GQA)
+
+
+def _skip_fusable(name: str, s: NormSettings) -> bool:
+    """Whether a SkipLayerNormalization-family op computes this norm."""
+    if s.norm is NormKind.layernorm:
+        return True  # SkipLayerNormalization, with or without beta
+    if s.norm is NormKind.rmsnorm:
+        return not s.bias  # SkipSimplifiedLayerNormalization has no beta
+    raise UnknownSetting(name, "norm", s.norm, LOWERING)
+
+
+def _plan(ctx: Ctx) -> CudaPlan:
+    assert ctx.cuda_plan is not None, "onnx_lowering_cuda.plan runs before any cuda lowering"
+    return ctx.cuda_plan
 
 
 OUT_BIAS = {"attention": "o.bias", "mlp": "down.bias"}  # a branch's output-projection bias
@@ -94,8 +131,11 @@ def _bias_folds(ctx: Ctx, fuse: dict[str, str]) -> dict[str, str]:
     family has RMSNorm with biased projections."""
     g, folds = ctx.graph, {}
     for r, n in fuse.items():
-        if g.node(n)["settings"]["norm"] != "layernorm":
+        kind = g.settings(n).norm
+        if kind is NormKind.rmsnorm:
             continue
+        if kind is not NormKind.layernorm:
+            raise UnknownSetting(n, "norm", kind, LOWERING)
         for b in g.inputs_at(r, "branch"):
             local = OUT_BIAS.get(g.node(b)["kind"])
             if local in g.node(b)["params"] and list(g.g.successors(b)) == [r]:
@@ -106,45 +146,50 @@ def _bias_folds(ctx: Ctx, fuse: dict[str, str]) -> dict[str, str]:
 
 def _without_folded_bias(ctx: Ctx, name: str, node: dict) -> dict:
     """The node as its lowering should see it: without the bias a SkipLayerNormalization adds."""
-    local = ctx.memo["bias_fold"].get(name)
+    local = _plan(ctx).bias_fold.get(name)
     return node if local is None else dict(node, params={k: v for k, v in node["params"].items() if k != local})
 
 
 def _note_folded_bias(ctx: Ctx, name: str) -> None:
     """Recorded without layer names, so `archc compile`'s summary groups the layers in one line."""
-    local = ctx.memo["bias_fold"].get(name)
+    local = _plan(ctx).bias_fold.get(name)
     if local is not None:
         ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')}; {local} added in the residual's SkipLayerNormalization"
 
 
-def _skip_op(node: dict) -> str:
-    return "SkipLayerNormalization" if node["settings"]["norm"] == "layernorm" else "SkipSimplifiedLayerNormalization"
+def _skip_op(name: str, s: NormSettings) -> str:
+    if s.norm is NormKind.layernorm:
+        return "SkipLayerNormalization"
+    if s.norm is NormKind.rmsnorm:
+        return "SkipSimplifiedLayerNormalization"
+    raise UnknownSetting(name, "norm", s.norm, LOWERING)
 
 
 def lower_residual(ctx: Ctx, name: str, node: dict):
-    fused_into = ctx.memo["skip_fuse"].get(name)
+    fused_into = _plan(ctx).skip_fuse.get(name)
     if fused_into is None:
         return portable.lower_residual(ctx, name, node)
-    ctx.lowering[name] = f"cuda:{_skip_op(ctx.graph.node(fused_into))} (fused into {fused_into})"
+    ctx.lowering[name] = f"cuda:{_skip_op(fused_into, ctx.graph.settings(fused_into))} (fused into {fused_into})"
     return None  # the norm node emits the sum
 
 
 def lower_norm(ctx: Ctx, name: str, node: dict):
     r = ctx.graph.input_of(name, "x")
-    if ctx.memo["skip_fuse"].get(r) != name:
+    plan_ = _plan(ctx)
+    if plan_.skip_fuse.get(r) != name:
         return portable.lower_norm(ctx, name, node)
+    s: NormSettings = node["settings"]
+    op = _skip_op(name, s)
     skip, branches = input_of(ctx, r, "skip"), inputs_of(ctx, r, "branch")
     x = branches[0] if len(branches) == 1 else ctx.op("Sum", branches)
-    s = node["settings"]
     ins = [x, skip, portable.norm_scale(ctx, name, node)]
-    if s["norm"] == "layernorm" and s["bias"]:
+    if s.norm is NormKind.layernorm and s.bias:
         ins.append(ctx.weight(f"{name}.bias"))
-    folded = [(b, ctx.memo["bias_fold"][b]) for b in ctx.graph.inputs_at(r, "branch") if b in ctx.memo["bias_fold"]]
+    folded = [(b, plan_.bias_fold[b]) for b in ctx.graph.inputs_at(r, "branch") if b in plan_.bias_fold]
     for b, local in folded:  # at most one (see _bias_folds); input 4, after the optional beta
         ins = ins + [""] * (4 - len(ins)) + [ctx.weight(f"{b}.{local}")]
-    op = _skip_op(node)
     y, total = ctx.fresh(f"{op}"), ctx.fresh("input_skip_bias_sum")
-    ctx.op(op, ins, domain=MS, out=[y, "", "", total], epsilon=float(s["eps"]))  # mean, inv_std_var unused
+    ctx.op(op, ins, domain=MS, out=[y, "", "", total], epsilon=float(s.eps))  # mean, inv_std_var unused
     ctx.env[r] = total
     ctx.lowering[name] = f"cuda:{op}" + "".join(f" (+ {ctx.graph.node(b)['role']} {local} as its bias input)" for b, local in folded)
     return y
@@ -157,32 +202,38 @@ def lower_norm(ctx: Ctx, name: str, node: dict):
 def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     """Why GroupQueryAttention cannot take this attention node (None: it can)."""
     g = ctx.graph
+    mask = g.input_of(name, "mask")
+    kind = g.settings(mask).mask
+    if kind not in (MaskKind.causal, MaskKind.prefix):  # refused whatever the other reasons say
+        raise UnknownSetting(mask, "mask", kind, LOWERING)
     if ctx.dtype is DType.float32 and not ctx.fused_fp32:
         return "fp32 (its CUDA kernels take fp16/bf16)"
-    if g.node(name)["settings"]["head_dim"] % 16:
+    if g.settings(name).head_dim % 16:
         return "head_size % 16 != 0"
     if g.input_of(name, "bias") is not None:
         return "ALiBi bias"
-    mask = g.input_of(name, "mask")
-    if g.node(mask)["settings"]["mask"] == "prefix":
+    if kind is MaskKind.prefix:
         return "prefix mask (the op is always causal)"
-    return None
+    if kind is MaskKind.causal:  # sliding windows too: local_window_size
+        return None
+    raise UnknownSetting(mask, "mask", kind, LOWERING)
 
 
 def lower_attention(ctx: Ctx, name: str, node: dict):
+    portable.check_kernel(name, node["settings"].kernel)  # onnxruntime picks the kernel (see check_kernel)
     y = _lower_attention(ctx, name, _without_folded_bias(ctx, name, node))
     _note_folded_bias(ctx, name)
     return y
 
 
 def _lower_attention(ctx: Ctx, name: str, node: dict):
-    reason = ctx.memo["gqa_reason"][name]
+    reason = _plan(ctx).gqa_unfit[name]
     if reason is not None:
         # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
         # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
         if ctx.dtype is DType.bfloat16:
             why_not = "no bf16 CUDA kernel"
-        elif node["settings"]["kv_heads"] < node["settings"]["n_heads"]:
+        elif node["settings"].kv_heads < node["settings"].n_heads:
             why_not = "kv_heads < n_heads"
         else:
             return _multi_head_attention(ctx, name, node, reason)
@@ -191,22 +242,22 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     s, p = node["settings"], node["params"]
     am = ctx.env["attention_mask"]
     rot = input_of(ctx, name, "rotary")
-    window = ctx.graph.node(ctx.graph.input_of(name, "mask"))["settings"]["sliding_window"]
+    window = ctx.graph.settings(ctx.graph.input_of(name, "mask")).sliding_window
     lay = _packed_layout(ctx, am)
     once = _rotated_once(ctx)  # the stream is already in the packed layout (see lower_input)
 
     def to_packed(t: str) -> str:
-        return t if once else ctx.op("GatherND", [t, lay["to_packed"]], batch_dims=1)
+        return t if once else ctx.op("GatherND", [t, lay.to_packed], batch_dims=1)
 
     past_k, past_v = portable.cache_io(ctx, node)
-    attrs = dict(domain=MS, num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]),
+    attrs = dict(domain=MS, num_heads=s.n_heads, kv_num_heads=s.kv_heads, scale=float(s.softmax_scale),
                  local_window_size=window if window else -1)
-    if rot is None or rot.dim == s["head_dim"]:
+    if rot is None or rot.dim == s.head_dim:
         # one q|k|v projection, packed into the op's query input; RoPE inside the op, at the
         # packed layout's positions, which are cumsum(mask) - 1 (see _packed_layout)
         qkv = _qkv_packed(ctx, name, node)
         qkv = to_packed(qkv)
-        ins = [qkv, "", "", past_k, past_v, lay["seqlens_k"], lay["total"]]
+        ins = [qkv, "", "", past_k, past_v, lay.seqlens_k, lay.total]
         if rot is not None:
             cos, sin = rot.cache(ctx)
             pos = to_packed(rot.positions)
@@ -220,13 +271,13 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
         q, k, v = portable.qkv(ctx, name, node)
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
-        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
-        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
+        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s.n_heads, **kw)
+        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s.kv_heads, **kw)
         q, k, v = (to_packed(t) for t in (q, k, v))
-        y, pk, pv = ctx.op("GroupQueryAttention", [q, k, v, past_k, past_v, lay["seqlens_k"], lay["total"]], 3, **attrs)
+        y, pk, pv = ctx.op("GroupQueryAttention", [q, k, v, past_k, past_v, lay.seqlens_k, lay.total], 3, **attrs)
         how = "RotaryEmbedding + GroupQueryAttention"
     if not once:
-        y = ctx.op("GatherND", [y, lay["from_packed"]], batch_dims=1)
+        y = ctx.op("GatherND", [y, lay.from_packed], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"
     return portable.linear(ctx, y, f"{name}.o", p)
@@ -246,17 +297,17 @@ def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
     rot = input_of(ctx, name, "rotary")
     bias_inside = "q.bias" in p and rot is None
     qkv = _qkv_packed(ctx, name, node, add_bias=not bias_inside)
-    hq, hkv = s["n_heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    hq, hkv = s.n_heads * s.head_dim, s.kv_heads * s.head_dim
     q, k, v = ctx.op("Split", [qkv, ctx.const(np.array([hq, hkv, hkv], np.int64), "split")], 3, axis=-1)
     bias = ctx.weight_concat([f"{name}.{t}.bias" for t in "qkv"], f"{name}.qkv.bias") if bias_inside else ""
     if rot is not None:
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
-        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s["n_heads"], **kw)
-        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s["kv_heads"], **kw)
+        q = ctx.op("RotaryEmbedding", [q, rot.positions, cos, sin], num_heads=s.n_heads, **kw)
+        k = ctx.op("RotaryEmbedding", [k, rot.positions, cos, sin], num_heads=s.kv_heads, **kw)
     past_k, past_v = portable.cache_io(ctx, node)
     y, pk, pv = ctx.op("MultiHeadAttention", [q, k, v, bias, "", portable.attention_bias(ctx, name), past_k, past_v], 3,
-                       domain=MS, num_heads=s["n_heads"], scale=float(s["softmax_scale"]))
+                       domain=MS, num_heads=s.n_heads, scale=float(s.softmax_scale))
     portable.cache_out(ctx, node, pk, pv)
     how = "q|k|v one GEMM + Split" + (", bias inside the op" if bias_inside else ", bias Add before RoPE" if "q.bias" in p else "")
     ctx.lowering[name] = f"cuda:MultiHeadAttention (not GroupQueryAttention: {why}; {how})"
@@ -272,7 +323,7 @@ def _qkv_packed(ctx: Ctx, name: str, node: dict, add_bias: bool = True) -> str:
     return y
 
 
-def _packed_layout(ctx: Ctx, am: str) -> dict:
+def _packed_layout(ctx: Ctx, am: str) -> PackedLayout:
     """GroupQueryAttention's own layout: row b's real tokens first, its length in seqlens_k[b] + 1
     (causal and sliding-window masking then run inside the fused kernels, no bias tensor).
     The contract's left-padded new tokens are rotated left by the row's padding before the op and
@@ -280,8 +331,9 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
     whole stream when every attention is a GroupQueryAttention (lower_input, lower_head), else
     around each attention node.
     seqlens_k = sum(attention_mask) - 1 (int32 [B]); total_sequence_length = attention_mask width."""
-    if "gqa_layout" in ctx.memo:
-        return ctx.memo["gqa_layout"]
+    plan_ = _plan(ctx)
+    if plan_.layout is not None:
+        return plan_.layout
     scope, ctx.scope = ctx.scope, "gqa_layout"
     one = ctx.const(np.array([1], np.int64), "one")
     T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
@@ -309,9 +361,8 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
     seqlens = ctx.op("Cast", [ctx.op("Sub", [ctx.op("ReduceSum", [am, one], keepdims=0), ctx.const(np.int64(1), "one")])], to=I32)
     total = ctx.op("Cast", [ctx.op("Squeeze", [T])], to=I32)
     ctx.scope = scope
-    ctx.memo["gqa_layout"] = {"to_packed": to_packed, "to_packed_2d": to_packed_2d, "from_packed": from_packed,
-                              "seqlens_k": seqlens, "total": total}
-    return ctx.memo["gqa_layout"]
+    plan_.layout = PackedLayout(to_packed=to_packed, to_packed_2d=to_packed_2d, from_packed=from_packed, seqlens_k=seqlens, total=total)
+    return plan_.layout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,7 +372,7 @@ def _packed_layout(ctx: Ctx, am: str) -> dict:
 def _rotated_once(ctx: Ctx) -> bool:
     """Every attention node is a GroupQueryAttention: the only position-mixing ops of the stream read
     the packed layout, so the stream is rotated into it once (inputs) and back once (head)."""
-    return ctx.memo.get("kv_cache") == "shared"
+    return _plan(ctx).rotated_once
 
 
 def lower_input(ctx: Ctx, name: str, node: dict) -> str:
@@ -329,12 +380,12 @@ def lower_input(ctx: Ctx, name: str, node: dict) -> str:
     layout with GatherElements along their seq axis; so are the embeddings and RoPE positions read
     from them. The attention mask is not rotated: GroupQueryAttention reads only its row sums."""
     x = portable.lower_input(ctx, name, node)
-    shape = node["settings"]["shape"]
+    shape = list(node["settings"].shape)
     if not _rotated_once(ctx) or "seq" not in shape:
         return x
     lay = _packed_layout(ctx, "attention_mask")  # the graph input's name (its node may come later)
     axis = shape.index("seq")
-    idx = lay["to_packed_2d"]
+    idx = lay.to_packed_2d
     if len(shape) != 2:  # [B,2,S]: the same index for every row
         idx = ctx.op("Expand", [ctx.op("Unsqueeze", [idx, ctx.const(np.array([1], np.int64), "axes")]), ctx.op("Shape", [x])])
     ctx.lowering[name] = "cuda:GatherElements (into GroupQueryAttention's packed layout, once for every layer)"
@@ -345,7 +396,7 @@ def lower_head(ctx: Ctx, name: str, node: dict):
     if not _rotated_once(ctx):
         return portable.lower_head(ctx, name, node)
     lay = _packed_layout(ctx, "attention_mask")
-    x = ctx.op("GatherND", [input_of(ctx, name, "x"), lay["from_packed"]], batch_dims=1)
+    x = ctx.op("GatherND", [input_of(ctx, name, "x"), lay.from_packed], batch_dims=1)
     ctx.lowering[name] = "cuda:GatherND (back from the packed layout, once) + MatMul"
     return portable.lower_head(ctx, name, node, x)
 
@@ -368,12 +419,14 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     p = node["params"]
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
+    act = node["settings"].activation
+    portable.check_activation(name, act)
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
     if "gate.bias" in p:
         y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
     gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
-    h = ctx.op("Mul", [portable.activation(ctx, node["settings"]["activation"], gate), up])
+    h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
     ctx.lowering[name] = "cuda:MatMul (gate|up in one GEMM) + Split"
     return portable.linear(ctx, h, f"{name}.down", p)
 
@@ -383,5 +436,22 @@ def lower_mask(ctx: Ctx, name: str, node: dict):
     return portable.Deferred(portable.lower_mask, name, node)
 
 
-LOWERINGS = {"attention": lower_attention, "residual": lower_residual, "norm": lower_norm, "mask": lower_mask,
-             "input": lower_input, "head": lower_head, "mlp": lower_mlp}
+K = ComponentKind
+LOWERINGS = {K.attention: lower_attention, K.residual: lower_residual, K.norm: lower_norm, K.mask: lower_mask,
+             K.input: lower_input, K.head: lower_head, K.mlp: lower_mlp}
+
+# The kinds this target lowers as the portable lowering does, and why nothing fused serves them better.
+PORTABLE_KINDS = {
+    K.output: "a Cast (and the ArgMax of next_token): nothing to fuse",
+    K.token_embedding: "one Gather: nothing to fuse",
+    K.learned_position: "one Gather (and an Add for the offset): nothing to fuse",
+    K.sinusoidal_position: "elementwise Sin/Cos on the positions: onnxruntime fuses nothing here either way",
+    K.glm2d_position: "two Gathers and an Add: nothing to fuse",
+    K.rotary: "tables only: the cuda attention reads RotaryTables.cache and rotates inside GroupQueryAttention "
+              "or com.microsoft RotaryEmbedding",
+    K.alibi: "the bias tensor itself: MultiHeadAttention or the portable Attention adds it to the scores",
+    K.add: "one Sum: nothing to fuse",
+    K.scale: "one Mul: nothing to fuse",
+}
+assert not set(LOWERINGS) & set(PORTABLE_KINDS) and set(LOWERINGS) | set(PORTABLE_KINDS) == set(ComponentKind), \
+    "every ComponentKind is lowered here or declared portable with a reason"

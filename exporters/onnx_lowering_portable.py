@@ -14,8 +14,12 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from archc.components import ComponentKind, UnknownSetting
 from archc.dtypes import DType
+from archc.spec import Activation, AttentionKernel, MaskKind, NormKind, NormScale, RopeStyle
 from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, WeightLayout, input_of, inputs_of
+
+LOWERING = "portable ONNX lowering"
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 DIMS = {"batch": BATCH, "seq": SEQ, "total": TOTAL}
@@ -36,14 +40,14 @@ def neg_large(ctx: Ctx) -> float:
 
 
 def lower_input(ctx: Ctx, name: str, node: dict) -> str:
-    return ctx.graph_input(name, I64, _dims(node["settings"]["shape"]))
+    return ctx.graph_input(name, I64, _dims(list(node["settings"].shape)))
 
 
 def lower_output(ctx: Ctx, name: str, node: dict) -> str:
     x = input_of(ctx, name, "x")
     y = ctx.op("Cast", [x], to=F32)
-    shape = _dims(node["settings"]["shape"])
-    from_head = ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == "head"
+    shape = _dims(list(node["settings"].shape))
+    from_head = ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == ComponentKind.head.value
     if ctx.logits is Logits.last and from_head:
         shape[1] = 1  # the head computed the last position only (lower_head)
     if from_head and ctx.next_token is NextToken.argmax:
@@ -62,21 +66,21 @@ def lower_token_embedding(ctx: Ctx, name: str, node: dict) -> str:
 
 
 def lower_scale(ctx: Ctx, name: str, node: dict) -> str:
-    return ctx.op("Mul", [input_of(ctx, name, "x"), ctx.fconst(node["settings"]["factor"], "factor")])
+    return ctx.op("Mul", [input_of(ctx, name, "x"), ctx.fconst(node["settings"].factor, "factor")])
 
 
 def lower_learned_position(ctx: Ctx, name: str, node: dict) -> str:
     pos = input_of(ctx, name, "positions")
-    if node["settings"]["offset"]:
-        pos = ctx.op("Add", [pos, ctx.const(np.int64(node["settings"]["offset"]), "offset")])
+    if node["settings"].offset:
+        pos = ctx.op("Add", [pos, ctx.const(np.int64(node["settings"].offset), "offset")])
     return ctx.op("Gather", [ctx.weight(f"{name}.weight"), pos], axis=0)
 
 
 def lower_sinusoidal_position(ctx: Ctx, name: str, node: dict) -> str:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(...), interleaved."""
-    d = ctx.graph.spec.d_model
+    d = ctx.graph.model.d_model
     i = np.arange(0, d, 2, dtype=np.float32)
-    denom = np.power(np.float32(node["settings"]["base"]), i / np.float32(d)).astype(np.float32)
+    denom = np.power(np.float32(node["settings"].base), i / np.float32(d)).astype(np.float32)
     pos = ctx.op("Cast", [input_of(ctx, name, "positions")], to=F32)
     angle = ctx.op("Div", [ctx.op("Unsqueeze", [pos, ctx.const(np.array([-1], np.int64), "axes")]), ctx.const(denom, "denom")])
     axes = ctx.const(np.array([-1], np.int64), "axes")
@@ -111,21 +115,28 @@ def lower_add(ctx: Ctx, name: str, node: dict) -> str:
 
 def norm_scale(ctx: Ctx, name: str, node: dict) -> str:
     w = ctx.weight(f"{name}.weight")
-    if node["settings"]["scale"] == "one_plus_weight":  # Gemma: y = n(x) (1 + w); folded by onnxruntime
-        w = ctx.op("Add", [w, ctx.fconst(1.0, "one")])
-    return w
+    scale = node["settings"].scale
+    if scale is NormScale.weight:
+        return w
+    if scale is NormScale.one_plus_weight:  # Gemma: y = n(x) (1 + w); folded by onnxruntime
+        return ctx.op("Add", [w, ctx.fconst(1.0, "one")])
+    raise UnknownSetting(name, "scale", scale, LOWERING)
 
 
 def lower_norm(ctx: Ctx, name: str, node: dict) -> str:
     s = node["settings"]
+    if s.norm not in (NormKind.layernorm, NormKind.rmsnorm):  # before any op is emitted
+        raise UnknownSetting(name, "norm", s.norm, LOWERING)
     x, w = input_of(ctx, name, "x"), norm_scale(ctx, name, node)
-    if s["norm"] == "layernorm":
-        ins = [x, w] + ([ctx.weight(f"{name}.bias")] if s["bias"] else [])
-        return ctx.op("LayerNormalization", ins, axis=-1, epsilon=float(s["eps"]), stash_type=1)
-    y = ctx.op("RMSNormalization", [x, w], axis=-1, epsilon=float(s["eps"]), stash_type=1)
-    if s["bias"]:
-        y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
-    return y
+    if s.norm is NormKind.layernorm:
+        ins = [x, w] + ([ctx.weight(f"{name}.bias")] if s.bias else [])
+        return ctx.op("LayerNormalization", ins, axis=-1, epsilon=float(s.eps), stash_type=1)
+    if s.norm is NormKind.rmsnorm:
+        y = ctx.op("RMSNormalization", [x, w], axis=-1, epsilon=float(s.eps), stash_type=1)
+        if s.bias:
+            y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
+        return y
+    raise UnknownSetting(name, "norm", s.norm, LOWERING)
 
 
 def linear(ctx: Ctx, x: str, prefix: str, params: dict) -> str:
@@ -136,31 +147,39 @@ def linear(ctx: Ctx, x: str, prefix: str, params: dict) -> str:
     return y
 
 
-def activation(ctx: Ctx, kind: str, x: str) -> str:
-    base = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "reglu": "relu"}.get(kind, kind)
-    if base == "gelu":
+def check_activation(name: str, act: Activation) -> None:
+    """Refuse an activation without a branch in `activation` before any op is emitted."""
+    if act not in (Activation.gelu, Activation.geglu, Activation.gelu_tanh, Activation.geglu_tanh, Activation.relu,
+                   Activation.reglu, Activation.silu, Activation.swiglu):
+        raise UnknownSetting(name, "activation", act, LOWERING)
+
+
+def activation(ctx: Ctx, name: str, act: Activation, x: str) -> str:
+    """The elementwise function of an activation; a gated one's (Shazeer 2020) is its gate's."""
+    if act in (Activation.gelu, Activation.geglu):
         return ctx.op("Gelu", [x], approximate="none")
-    if base == "gelu_tanh":
+    if act in (Activation.gelu_tanh, Activation.geglu_tanh):
         return ctx.op("Gelu", [x], approximate="tanh")
-    if base == "relu":
+    if act in (Activation.relu, Activation.reglu):
         return ctx.op("Relu", [x])
-    if base == "silu":
+    if act in (Activation.silu, Activation.swiglu):
         return ctx.op("Mul", [x, ctx.op("Sigmoid", [x])])
-    raise ValueError(f"unknown activation {kind}")
+    raise UnknownSetting(name, "activation", act, LOWERING)
 
 
 def lower_mlp(ctx: Ctx, name: str, node: dict) -> str:
     """down(act(up(x))), or gated (Shazeer 2020): down(act(gate(x)) * up(x))."""
     x, p = input_of(ctx, name, "x"), node["params"]
+    act = node["settings"].activation
+    check_activation(name, act)
     up = linear(ctx, x, f"{name}.up", p)
-    act = node["settings"]["activation"]
-    h = ctx.op("Mul", [activation(ctx, act, linear(ctx, x, f"{name}.gate", p)), up]) if "gate.weight" in p else activation(ctx, act, up)
+    h = ctx.op("Mul", [activation(ctx, name, act, linear(ctx, x, f"{name}.gate", p)), up]) if "gate.weight" in p else activation(ctx, name, act, up)
     return linear(ctx, h, f"{name}.down", p)
 
 
 def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
     skip, branches = input_of(ctx, name, "skip"), inputs_of(ctx, name, "branch")
-    alpha = node["settings"]["alpha"]
+    alpha = node["settings"].alpha
     if alpha != 1.0:  # DeepNorm (Wang et al. 2022)
         skip = ctx.op("Mul", [skip, ctx.fconst(alpha, "alpha")])
     out = skip
@@ -211,6 +230,8 @@ def key_positions(ctx: Ctx, mask: str) -> str:
 def lower_mask(ctx: Ctx, name: str, node: dict) -> str:
     """Additive mask [B,1,S,T] in the model dtype: 0 where visible, finfo.min elsewhere (contract)."""
     s = node["settings"]
+    if s.mask not in (MaskKind.causal, MaskKind.prefix):  # before any op is emitted
+        raise UnknownSetting(name, "mask", s.mask, LOWERING)
     am = input_of(ctx, name, "attention_mask")
     pos = key_positions(ctx, am)
     T, S = ctx.dim(am, 1), ctx.dim("input_ids", 1)
@@ -218,11 +239,13 @@ def lower_mask(ctx: Ctx, name: str, node: dict) -> str:
     qi = ctx.op("Unsqueeze", [qpos, ctx.const(np.array([1, 3], np.int64), "axes")])  # [B,1,S,1]
     kj = ctx.op("Unsqueeze", [pos, ctx.const(np.array([1, 2], np.int64), "axes")])  # [B,1,1,T]
     visible = ctx.op("LessOrEqual", [kj, qi])
-    if s["mask"] == "prefix":
+    if s.mask is MaskKind.causal:
+        pass
+    elif s.mask is MaskKind.prefix:  # GLM: keys inside the prefix are visible to every query
         plen = ctx.op("Unsqueeze", [input_of(ctx, name, "prefix_len"), ctx.const(np.array([1, 2, 3], np.int64), "axes")])
         visible = ctx.op("Or", [visible, ctx.op("Less", [kj, plen])])
-    if s["sliding_window"] is not None:
-        near = ctx.op("Less", [ctx.op("Sub", [qi, kj]), ctx.const(np.int64(s["sliding_window"]), "window")])
+    if s.sliding_window is not None:
+        near = ctx.op("Less", [ctx.op("Sub", [qi, kj]), ctx.const(np.int64(s.sliding_window), "window")])
         visible = ctx.op("And", [visible, near])
     real = ctx.op("Cast", [ctx.op("Unsqueeze", [am, ctx.const(np.array([1, 2], np.int64), "axes")])], to=BOOL)
     visible = ctx.op("And", [visible, real])
@@ -251,7 +274,7 @@ def lower_alibi(ctx: Ctx, name: str, node: dict) -> str:
                             ctx.const(np.array([1], np.int64), "axes")])
     pos = ctx.op("Sub", [pos, last])
     pos = ctx.op("Unsqueeze", [pos, ctx.const(np.array([1, 2], np.int64), "axes")])  # [B,1,1,T]
-    slopes = ctx.const(np.asarray(node["settings"]["slopes"], np.float32).reshape(1, -1, 1, 1), "slopes")
+    slopes = ctx.const(np.asarray(node["settings"].slopes, np.float32).reshape(1, -1, 1, 1), "slopes")
     return ctx.op("Cast", [ctx.op("Mul", [slopes, pos])], to=ctx.elem)
 
 
@@ -261,15 +284,21 @@ class RotaryTables:
 
     def __init__(self, ctx: Ctx, name: str, node: dict):
         s = node["settings"]
-        self.name, self.dim, self.style, self.head_dim = name, s["rotary_dim"], s["style"], s["head_dim"]
+        self.name, self.dim, self.style, self.head_dim = name, s.rotary_dim, s.style, s.head_dim
+        self.interleaved = self._interleaved(name, s.style)
         self.positions = input_of(ctx, name, "positions")
         i = np.arange(0, self.dim, 2, dtype=np.float32)
-        self.inv_freq = (1.0 / np.power(np.float32(s["theta"]), i / np.float32(self.dim))).astype(np.float32)
+        self.inv_freq = (1.0 / np.power(np.float32(s.theta), i / np.float32(self.dim))).astype(np.float32)
         self._per_token = self._cache = None
 
-    @property
-    def interleaved(self) -> int:
-        return int(self.style == "interleaved")
+    @staticmethod
+    def _interleaved(name: str, style: RopeStyle) -> int:
+        """The `interleaved` attribute of ONNX's and com.microsoft's RotaryEmbedding."""
+        if style is RopeStyle.half:
+            return 0
+        if style is RopeStyle.interleaved:
+            return 1
+        raise UnknownSetting(name, "style", style, LOWERING)
 
     def per_token(self, ctx: Ctx) -> tuple[str, str]:
         if self._per_token is None:
@@ -282,7 +311,7 @@ class RotaryTables:
 
     def cache(self, ctx: Ctx) -> tuple[str, str]:
         if self._cache is None:
-            n = ctx.graph.spec.max_seq_len
+            n = ctx.graph.model.max_seq_len
             angle = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
             self._cache = (ctx.const(np.cos(angle), f"{self.name}/cos_cache", elem=ctx.elem),
                            ctx.const(np.sin(angle), f"{self.name}/sin_cache", elem=ctx.elem))
@@ -308,14 +337,14 @@ def attention_bias(ctx: Ctx, name: str) -> str:
 
 def cache_io(ctx: Ctx, node: dict, past_dim: str = PAST) -> tuple[str, str]:
     s, i = node["settings"], node["cache"]
-    dims = [BATCH, s["kv_heads"], past_dim, s["head_dim"]]
+    dims = [BATCH, s.kv_heads, past_dim, s.head_dim]
     return (ctx.graph_input(f"past_key_values.{i}.key", ctx.elem, dims),
             ctx.graph_input(f"past_key_values.{i}.value", ctx.elem, dims))
 
 
 def cache_out(ctx: Ctx, node: dict, k: str, v: str, dim: str = TOTAL) -> None:
     s, i = node["settings"], node["cache"]
-    dims = [BATCH, s["kv_heads"], dim, s["head_dim"]]
+    dims = [BATCH, s.kv_heads, dim, s.head_dim]
     ctx.graph_output(f"present.{i}.key", k, ctx.elem, dims)
     ctx.graph_output(f"present.{i}.value", v, ctx.elem, dims)
 
@@ -325,40 +354,49 @@ def qkv(ctx: Ctx, name: str, node: dict) -> tuple[str, str, str]:
     return tuple(linear(ctx, x, f"{name}.{w}", p) for w in ("q", "k", "v"))
 
 
+def check_kernel(name: str, kernel: AttentionKernel) -> None:
+    """The spec's attention kernel is a hint to PyTorch's scaled_dot_product_attention; onnxruntime
+    picks its own kernel for every value, so each known value lowers the same and any other is refused."""
+    if kernel not in (AttentionKernel.default, AttentionKernel.memory_efficient, AttentionKernel.flash, AttentionKernel.math):
+        raise UnknownSetting(name, "kernel", kernel, LOWERING)
+
+
 def lower_attention(ctx: Ctx, name: str, node: dict) -> str:
     """ONNX Attention (opset 23) on [B,S,H*hd] inputs with the past cache, GQA via kv_num_heads;
     RoPE through RotaryEmbedding (opset 23) before it, so cached keys are post-rotary (contract)."""
     s, p = node["settings"], node["params"]
+    check_kernel(name, s.kernel)
     q, k, v = qkv(ctx, name, node)
     rot = input_of(ctx, name, "rotary")
     if rot is not None:
         cos, sin = rot.per_token(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim)
-        q = ctx.op("RotaryEmbedding", [q, cos, sin], num_heads=s["n_heads"], **kw)
-        k = ctx.op("RotaryEmbedding", [k, cos, sin], num_heads=s["kv_heads"], **kw)
+        q = ctx.op("RotaryEmbedding", [q, cos, sin], num_heads=s.n_heads, **kw)
+        k = ctx.op("RotaryEmbedding", [k, cos, sin], num_heads=s.kv_heads, **kw)
     past_k, past_v = cache_io(ctx, node)
     y, pk, pv = ctx.op("Attention", [q, k, v, attention_bias(ctx, name), past_k, past_v], 3,
-                       q_num_heads=s["n_heads"], kv_num_heads=s["kv_heads"], scale=float(s["softmax_scale"]))
+                       q_num_heads=s.n_heads, kv_num_heads=s.kv_heads, scale=float(s.softmax_scale))
     cache_out(ctx, node, pk, pv)
     return linear(ctx, y, f"{name}.o", p)
 
 
+K = ComponentKind
 LOWERINGS = {
-    "input": lower_input,
-    "output": lower_output,
-    "token_embedding": lower_token_embedding,
-    "learned_position": lower_learned_position,
-    "sinusoidal_position": lower_sinusoidal_position,
-    "glm2d_position": lower_glm2d_position,
-    "rotary": lower_rotary,
-    "alibi": lower_alibi,
-    "mask": lower_mask,
-    "add": lower_add,
-    "scale": lower_scale,
-    "norm": lower_norm,
-    "attention": lower_attention,
-    "mlp": lower_mlp,
-    "residual": lower_residual,
-    "head": lower_head,
+    K.input: lower_input,
+    K.output: lower_output,
+    K.token_embedding: lower_token_embedding,
+    K.learned_position: lower_learned_position,
+    K.sinusoidal_position: lower_sinusoidal_position,
+    K.glm2d_position: lower_glm2d_position,
+    K.rotary: lower_rotary,
+    K.alibi: lower_alibi,
+    K.mask: lower_mask,
+    K.add: lower_add,
+    K.scale: lower_scale,
+    K.norm: lower_norm,
+    K.attention: lower_attention,
+    K.mlp: lower_mlp,
+    K.residual: lower_residual,
+    K.head: lower_head,
 }
 

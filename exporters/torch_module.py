@@ -24,7 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archc.components import (
+    AlibiSettings,
+    AttentionSettings,
+    LearnedPositionSettings,
+    MaskSettings,
+    MlpSettings,
+    NormSettings,
+    PositionIds,
+    ResidualSettings,
+    RotarySettings,
+    ScaleSettings,
+    SinusoidalPositionSettings,
+    UnknownSetting,
+)
 from archc.graph import ComponentGraph, ComponentKind as K
+from archc.spec import Activation, AttentionKernel, MaskKind, NormKind, NormScale, RopeStyle
+
+EMITTER = "PyTorch emitter"
 
 
 def _param(*shape: int) -> nn.Parameter:
@@ -61,7 +78,8 @@ class TokenEmbedding(nn.Module):
 class Scale(nn.Module):
     def __init__(self, node: dict):
         super().__init__()
-        self.factor = node["settings"]["factor"]
+        s: ScaleSettings = node["settings"]
+        self.factor = s.factor
 
     def forward(self, x):
         return x * self.factor
@@ -70,8 +88,9 @@ class Scale(nn.Module):
 class LearnedPosition(nn.Module):
     def __init__(self, node: dict):
         super().__init__()
+        s: LearnedPositionSettings = node["settings"]
         self.weight = _param(*node["params"]["weight"])
-        self.offset = node["settings"]["offset"]  # OPT looks position p up at row p + 2
+        self.offset = s.offset  # OPT looks position p up at row p + 2
 
     def forward(self, positions):
         return F.embedding(positions + self.offset, self.weight)
@@ -82,7 +101,8 @@ class SinusoidalPosition(nn.Module):
 
     def __init__(self, node: dict, d_model: int):
         super().__init__()
-        self.base, self.d_model = node["settings"]["base"], d_model
+        s: SinusoidalPositionSettings = node["settings"]
+        self.base, self.d_model = s.base, d_model
 
     def forward(self, positions):
         i = torch.arange(0, self.d_model, 2, device=positions.device, dtype=torch.float32)
@@ -114,21 +134,29 @@ class Norm(nn.Module):
     """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), computed in float32;
     scale `weight` (y = n(x) w) or `one_plus_weight` (y = n(x) (1 + w), Gemma)."""
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        s, p = node["settings"], node["params"]
-        self.kind, self.eps, self.one_plus = s["norm"], s["eps"], s["scale"] == "one_plus_weight"
+        s: NormSettings = node["settings"]
+        p = node["params"]
+        if s.norm not in (NormKind.layernorm, NormKind.rmsnorm):
+            raise UnknownSetting(name, "norm", s.norm, EMITTER)
+        if s.scale not in (NormScale.weight, NormScale.one_plus_weight):
+            raise UnknownSetting(name, "scale", s.scale, EMITTER)
+        self.kind, self.eps, self.scale = s.norm, s.eps, s.scale
         self.weight = _param(*p["weight"])
         self.bias = _param(*p["bias"]) if "bias" in p else None
 
     def forward(self, x):
         h = x.float()
-        if self.kind == "layernorm":
+        if self.kind is NormKind.layernorm:
             h = F.layer_norm(h, h.shape[-1:], eps=self.eps)
-        else:
+        elif self.kind is NormKind.rmsnorm:
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         w = self.weight.float()
-        h = h * (1.0 + w if self.one_plus else w)
+        if self.scale is NormScale.weight:
+            h = h * w
+        elif self.scale is NormScale.one_plus_weight:
+            h = h * (1.0 + w)
         if self.bias is not None:
             h = h + self.bias.float()
         return h.to(x.dtype)
@@ -152,16 +180,21 @@ class Mask(nn.Module):
 
     uses_context = True
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        self.kind, self.window = node["settings"]["mask"], node["settings"]["sliding_window"]
+        s: MaskSettings = node["settings"]
+        if s.mask not in (MaskKind.causal, MaskKind.prefix):
+            raise UnknownSetting(name, "mask", s.mask, EMITTER)
+        self.kind, self.window = s.mask, s.sliding_window
 
     def forward(self, attention_mask, prefix_len=None, *, ctx: _Context, dtype=torch.float32):
         pos = _positions(attention_mask)
         kpos, qpos = pos[:, None, :], pos[:, -ctx.seq :, None]
         real = attention_mask[:, None, :].bool()
         visible = kpos <= qpos
-        if self.kind == "prefix" and prefix_len is not None:
+        if self.kind is MaskKind.causal:
+            pass
+        elif self.kind is MaskKind.prefix and prefix_len is not None:
             visible = visible | (kpos < prefix_len.view(-1, 1, 1))
         if self.window is not None:
             visible = visible & (qpos - kpos < self.window)
@@ -177,7 +210,8 @@ class Alibi(nn.Module):
 
     def __init__(self, node: dict):
         super().__init__()
-        self.slopes = node["settings"]["slopes"]
+        s: AlibiSettings = node["settings"]
+        self.slopes = list(s.slopes)
 
     def forward(self, attention_mask):
         slopes = torch.tensor(self.slopes, dtype=torch.float32, device=attention_mask.device)
@@ -188,10 +222,12 @@ class Alibi(nn.Module):
 class Rotary(nn.Module):
     """RoPE (Su et al. 2021) tables: angle p * theta^(-2i/rotary_dim); output [B,S,rotary_dim/2,2] = (cos, sin)."""
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
-        self.theta, self.dim = node["settings"]["theta"], node["settings"]["rotary_dim"]
-        self.style = node["settings"]["style"]
+        s: RotarySettings = node["settings"]
+        if s.style not in (RopeStyle.half, RopeStyle.interleaved):
+            raise UnknownSetting(name, "style", s.style, EMITTER)
+        self.theta, self.dim, self.style = s.theta, s.rotary_dim, s.style
 
     def forward(self, positions):
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=positions.device).float() / self.dim)
@@ -199,18 +235,20 @@ class Rotary(nn.Module):
         return torch.stack((angle.cos(), angle.sin()), dim=-1)
 
 
-def apply_rotary(x, table, style: str):
+def apply_rotary(x, table, style: RopeStyle):
     """Rotate the first rotary_dim dims of x [B,H,S,hd]; the rest pass through (partial rotary, GPT-NeoX).
     half: pairs (i, i + d/2) (GPT-NeoX, HF LLaMA); interleaved: pairs (2i, 2i + 1) (GPT-J, RoFormer)."""
     cos, sin = (t[:, None].to(x.dtype) for t in table.unbind(-1))  # [B,1,S,d/2]
     d = 2 * cos.shape[-1]
     rot, rest = x[..., :d], x[..., d:]
-    if style == "half":
+    if style is RopeStyle.half:
         x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
         rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    else:
+    elif style is RopeStyle.interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        raise UnknownSetting("rotary", "style", style, EMITTER)
     return torch.cat((rot, rest), dim=-1)
 
 
@@ -218,14 +256,21 @@ def apply_rotary(x, table, style: str):
 # Blocks
 
 
-def _sdpa_backends(kernel: str):
+def _sdpa_backends(kernel: AttentionKernel):
     """The spec's attention kernel as an sdpa_kernel context; math stays allowed as the fallback, so a
     kernel the device lacks (memory-efficient on CPU, flash with a float mask) never fails."""
-    if kernel == "default":
+    if kernel is AttentionKernel.default:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    wanted = {"memory_efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}[kernel]
+    if kernel is AttentionKernel.memory_efficient:
+        wanted = SDPBackend.EFFICIENT_ATTENTION
+    elif kernel is AttentionKernel.flash:
+        wanted = SDPBackend.FLASH_ATTENTION
+    elif kernel is AttentionKernel.math:
+        wanted = SDPBackend.MATH
+    else:
+        raise UnknownSetting("attention", "kernel", kernel, EMITTER)
     return sdpa_kernel(list(dict.fromkeys([wanted, SDPBackend.MATH])))
 
 
@@ -235,12 +280,15 @@ class Attention(nn.Module):
 
     uses_context = True
 
-    def __init__(self, node: dict, rotary_style: str | None = None):
+    def __init__(self, name: str, node: dict, rotary_style: RopeStyle | None = None):
         super().__init__()
-        s, p = node["settings"], node["params"]
+        s: AttentionSettings = node["settings"]
+        p = node["params"]
+        if s.kernel not in (AttentionKernel.default, AttentionKernel.memory_efficient, AttentionKernel.flash, AttentionKernel.math):
+            raise UnknownSetting(name, "kernel", s.kernel, EMITTER)
         self.rotary_style = rotary_style  # read off the rotary node feeding this one
-        self.n_heads, self.kv_heads, self.head_dim = s["n_heads"], s["kv_heads"], s["head_dim"]
-        self.scale, self.kernel, self.slot = s["softmax_scale"], s["kernel"], node["cache"]
+        self.n_heads, self.kv_heads, self.head_dim = s.n_heads, s.kv_heads, s.head_dim
+        self.scale, self.kernel, self.slot = s.softmax_scale, s.kernel, node["cache"]
         self.q, self.k, self.v, self.o = (_linear(p, n) for n in ("q", "k", "v", "o"))
 
     def forward(self, x, mask, rotary=None, bias=None, *, ctx: _Context):
@@ -263,30 +311,36 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
 
-_ACT = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swiglu": F.silu,
-    "geglu": F.gelu,
-    "geglu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "reglu": F.relu,
-}
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def activation_fn(name: str, act: Activation):
+    """The elementwise function of an activation; a gated one's (Shazeer 2020) is its gate's."""
+    if act in (Activation.gelu, Activation.geglu):
+        return F.gelu
+    if act in (Activation.gelu_tanh, Activation.geglu_tanh):
+        return _gelu_tanh
+    if act in (Activation.relu, Activation.reglu):
+        return F.relu
+    if act in (Activation.silu, Activation.swiglu):
+        return F.silu
+    raise UnknownSetting(name, "activation", act, EMITTER)
 
 
 class Mlp(nn.Module):
     """down(act(up(x))), or gated (Shazeer 2020): down(act(gate(x)) * up(x))."""
 
-    def __init__(self, node: dict):
+    def __init__(self, name: str, node: dict):
         super().__init__()
+        s: MlpSettings = node["settings"]
         p = node["params"]
-        self.act = node["settings"]["activation"]
+        self.act = activation_fn(name, s.activation)
         self.up, self.down = _linear(p, "up"), _linear(p, "down")
         self.gate = _linear(p, "gate") if "gate.weight" in p else None
 
     def forward(self, x):
-        act = _ACT[self.act]
+        act = self.act
         h = act(self.gate(x)) * self.up(x) if self.gate is not None else act(self.up(x))
         return self.down(h)
 
@@ -296,7 +350,8 @@ class Residual(nn.Module):
 
     def __init__(self, node: dict):
         super().__init__()
-        self.alpha = node["settings"]["alpha"]
+        s: ResidualSettings = node["settings"]
+        self.alpha = s.alpha
 
     def forward(self, skip, branch: list):
         out = skip if self.alpha == 1.0 else self.alpha * skip
@@ -352,22 +407,46 @@ class GraphModel(nn.Module):
 
     @staticmethod
     def _make(name: str, kind: K, node: dict, graph: ComponentGraph) -> nn.Module:
-        simple = {K.token_embedding: TokenEmbedding, K.scale: Scale, K.learned_position: LearnedPosition,
-                  K.glm2d_position: Glm2dPosition, K.norm: Norm, K.mask: Mask, K.alibi: Alibi, K.rotary: Rotary,
-                  K.attention: Attention, K.mlp: Mlp, K.residual: Residual, K.head: Head}
+        """The module of one node; every kind but the graph's inputs and outputs has one."""
+        if kind is K.token_embedding:
+            return TokenEmbedding(node)
+        if kind is K.scale:
+            return Scale(node)
+        if kind is K.learned_position:
+            return LearnedPosition(node)
+        if kind is K.sinusoidal_position:
+            return SinusoidalPosition(node, graph.model.d_model)
+        if kind is K.glm2d_position:
+            return Glm2dPosition(node)
         if kind is K.add:
             return Add()
+        if kind is K.norm:
+            return Norm(name, node)
+        if kind is K.mask:
+            return Mask(name, node)
+        if kind is K.alibi:
+            return Alibi(node)
+        if kind is K.rotary:
+            return Rotary(name, node)
         if kind is K.attention:
             rotary = graph.input_of(name, "rotary")
-            return Attention(node, graph.node(rotary)["settings"]["style"] if rotary else None)
-        if kind is K.sinusoidal_position:
-            return SinusoidalPosition(node, graph.spec.d_model)
-        return simple[kind](node)
+            return Attention(name, node, graph.settings(rotary).style if rotary else None)
+        if kind is K.mlp:
+            return Mlp(name, node)
+        if kind is K.residual:
+            return Residual(node)
+        if kind is K.head:
+            return Head(node)
+        raise UnknownSetting(name, "kind", kind, EMITTER)
 
-    def default_positions(self, attention_mask, seq: int, glm2d: bool):
+    def default_positions(self, attention_mask, seq: int, layout: PositionIds):
         """cumsum(mask) - 1 clamped at 0, last `seq` columns; glm2d adds a block row of zeros."""
         pos = _positions(attention_mask).clamp(min=0)[:, -seq:]
-        return torch.stack((pos, torch.zeros_like(pos)), dim=1) if glm2d else pos
+        if layout is PositionIds.flat:
+            return pos
+        if layout is PositionIds.glm2d:
+            return torch.stack((pos, torch.zeros_like(pos)), dim=1)
+        raise UnknownSetting("position_ids", "layout", layout, EMITTER)
 
     def loss(self, input_ids, targets, chunk: int = 4096):
         """Mean next-token cross-entropy of `targets` [B,S] (-100 skips a position): the head's matmul
@@ -387,8 +466,7 @@ class GraphModel(nn.Module):
         if attention_mask.shape != (B, past_len + S):
             raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}; it must cover past + new tokens: ({B}, {past_len + S})")
         if position_ids is None and "position_ids" in self.input_names:
-            glm2d = self.graph.node("position_ids")["settings"]["shape"][1] == 2
-            position_ids = self.default_positions(attention_mask, S, glm2d)
+            position_ids = self.default_positions(attention_mask, S, self.graph.model.position_ids)
         if prefix_len is None and "prefix_len" in self.input_names:
             prefix_len = torch.zeros(B, dtype=torch.long, device=input_ids.device)  # no prefix: plain causal
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "prefix_len": prefix_len}
@@ -455,7 +533,7 @@ def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list
     bidirectional prefix; GLM 2D positions: prompt tokens (position, 0), the k-th generated token
     (last prompt position, k). Returns the generated ids, one list per prompt."""
     names = graph.graph_inputs()
-    glm2d = "position_ids" in names and graph.node("position_ids")["settings"]["shape"][1] == 2
+    glm2d = graph.model.position_ids is PositionIds.glm2d
     B, L = len(prompts), max(map(len, prompts))
     ids = torch.zeros(B, L, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)

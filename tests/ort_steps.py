@@ -9,6 +9,8 @@ from typing import Iterator
 import numpy as np
 import onnxruntime as ort
 
+from archc.components import PositionIds
+
 
 def session(d) -> ort.InferenceSession:
     so = ort.SessionOptions()
@@ -74,7 +76,7 @@ def run_torch(module, graph, **kw) -> list[tuple[dict, np.ndarray]]:
     import torch
 
     inputs = set(graph.graph_inputs())
-    glm2d = "position_ids" in inputs and graph.node("position_ids")["settings"]["shape"][1] == 2
+    glm2d = graph.model.position_ids is PositionIds.glm2d
     results, past = [], None
     for f in feeds(graph.spec, inputs, glm2d, **kw):
         t = lambda k: torch.tensor(f[k]) if k in f else None  # noqa: E731

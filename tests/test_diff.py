@@ -7,6 +7,7 @@ known features as written in ../shared/ARCHITECTURES.md (FEATURES below), not fr
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -216,7 +217,7 @@ def test_repeated_layers_said_once_and_a_differing_layer_is_named():
     assert len(mlp) == 1 and mlp[0].where == "in all 4 layers"
     # Negative control: make layer 2 of a copy of A differ from its siblings.
     gc = copy.deepcopy(ga)
-    gc.g.nodes["layers.2.mlp"]["settings"] = dict(gc.g.nodes["layers.2.mlp"]["settings"], d_ff=999)
+    gc.g.nodes["layers.2.mlp"]["settings"] = dataclasses.replace(gc.g.nodes["layers.2.mlp"]["settings"], d_ff=999)
     changes = structure_diff(ga, gc)
     assert [(c.where, c.text) for c in changes] == [("in layer 2", "MLP: 999 hidden units instead of 160")]
     assert structure_diff(ga, copy.deepcopy(ga)) == []

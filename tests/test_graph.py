@@ -12,6 +12,7 @@ import archc
 from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind as K, GraphError
 from archc.loader import library_specs, load_spec
+from archc.spec import MaskKind
 from exporters.torch_module import build_module
 from conftest import LIBRARY, SPECS, tiny_spec
 
@@ -36,7 +37,7 @@ def test_library_graph_invariants(name):
     tied = graph.tied()
     assert bool(tied) == (graph.spec.embedding.output.value == "tied")
     assert all(owner in owners for owner in tied.values()) and not set(tied) & set(owners)
-    assert graph.node("head")["settings"]["tied"] == bool(tied)
+    assert graph.settings("head").tied == bool(tied)
     for u, v, d in g.edges(data=True):  # every tensor edge carries a shape and a port
         assert d["port"] and d["shape"]
     assert len(graph.nodes(K.attention)) == graph.spec.n_layers
@@ -74,7 +75,7 @@ def test_duplicate_parameter_owner_is_rejected():
     graph = archc.compile(tiny_spec("llama"))
     g = copy.deepcopy(graph.g)
     # a node "layers.0" owning "attn.q.weight" claims the name layers.0.attn.q.weight a second time
-    g.add_node("layers.0", kind="norm", layer=0, role="x", settings={}, params={"attn.q.weight": [64, 64]}, init={})
+    g.add_node("layers.0", kind="norm", layer=0, role="x", settings=graph.settings("layers.0.attn_norm"), params={"attn.q.weight": [64, 64]}, init={})
     g.graph["order"].append("layers.0")
     with pytest.raises(GraphError, match="owned twice"):
         ComponentGraph(g, graph.spec).check()
@@ -144,7 +145,7 @@ def test_alibi_and_prefix_mask_are_nodes_feeding_attention():
     assert all(bloom.input_of(n, "bias") == "alibi" and bloom.input_of(n, "mask") == "mask" for n in bloom.nodes(K.attention))
     assert "position_ids" not in bloom.graph_inputs() and not bloom.nodes(K.rotary)
     glm = archc.compile(tiny_spec("glm"))
-    assert glm.node("mask")["settings"]["mask"] == "prefix"
+    assert glm.settings("mask").mask is MaskKind.prefix
     assert glm.input_of("mask", "prefix_len") == "prefix_len"
     assert all(glm.input_of(n, "mask") == "mask" for n in glm.nodes(K.attention))
     assert glm.node("pos_embed")["kind"] == K.glm2d_position.value
@@ -166,7 +167,7 @@ def test_pre_and_post_placement_order():
     assert post.input_of("layers.0.attn_norm", "x") == "layers.0.attn_residual"
     assert "final_norm" in pre.nodes() and "final_norm" not in post.nodes()
     deep = archc.compile(tiny_spec("llama", ["norm.placement=deepnorm"]))
-    assert deep.node("layers.0.attn_residual")["settings"]["alpha"] == pytest.approx((2 * 2) ** 0.25)
+    assert deep.settings("layers.0.attn_residual").alpha == pytest.approx((2 * 2) ** 0.25)
     sandwich = archc.compile(tiny_spec("llama", ["norm.placement=sandwich"]))
     assert sandwich.input_of("layers.0.attn_post_norm", "x") == "layers.0.attn"
     assert sandwich.input_of("layers.0.attn_residual", "branch") == "layers.0.attn_post_norm"

@@ -390,7 +390,7 @@ def test_too_few_tuple_values_and_union_alternatives():
 def test_several_missing_fields_counted(tmp_path):
     p = write(tmp_path, "s.yaml", "name: x\nvocab_size: 3\n")
     msg = error(p)
-    assert "d_model: required field is missing" in msg and "(and 3 more problems)" in msg
+    assert "d_model: required field is missing" in msg and "(and 3 more problems;" in msg
 
 
 @pytest.mark.parametrize("content,line", [(b"name: t\nd_model: \x00\n", 2), (b"\x07name: t\n", 1)])

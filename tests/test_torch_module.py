@@ -8,6 +8,7 @@ import torch
 
 import archc
 from archc import spec as S
+from archc.components import PositionIds
 from exporters.torch_module import build_module
 from tests.conftest import LIBRARY, tiny_spec
 
@@ -37,7 +38,7 @@ def assert_decode_matches_full(model, graph, atol=2e-5, rtol=1e-4):
             steps.append(logits)
     inc = torch.cat(steps, dim=1)
     real = mask.bool()
-    assert full.dtype == torch.float32 and full.shape == (B, T, graph.node("head")["settings"]["vocab_size"])
+    assert full.dtype == torch.float32 and full.shape == (B, T, graph.settings("head").vocab_size)
     assert torch.isfinite(full).all(), "padded rows must stay finite too"
     torch.testing.assert_close(inc[real], full[real], atol=atol, rtol=rtol)
     for (k, v), (pk, pv) in zip(present, past):  # cache rows of real tokens ([B,kv,T,hd] -> [real, kv, hd])
@@ -198,7 +199,7 @@ def test_explicit_position_ids_are_used():
         ids = torch.randint(0, 97, (1, 5))
         default, _ = model(ids)
         pos = torch.arange(5)[None]
-        if graph.node("position_ids")["settings"]["shape"][1] == 2:
+        if graph.model.position_ids is PositionIds.glm2d:
             pos = torch.stack((pos, torch.zeros_like(pos)), dim=1)
         same, _ = model(ids, position_ids=pos)
         torch.testing.assert_close(same, default)
@@ -274,7 +275,7 @@ def test_alibi_bias_is_minus_slope_times_distance_up_to_a_row_constant():
     model = build_module(graph)
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     bias = model.alibi(mask)[0, :, 0]  # [H, T]
-    slopes = torch.tensor(graph.node("alibi")["settings"]["slopes"])
+    slopes = torch.tensor(graph.settings("alibi").slopes)
     assert slopes.tolist() == pytest.approx([2 ** (-8 * (h + 1) / 4) for h in range(4)])
     i = 5  # the last query; real keys j = 2..5 have distances 3, 2, 1, 0
     rel = bias[:, 2:] - bias[:, i : i + 1]

@@ -45,7 +45,7 @@ from typing import Callable
 from archc.cost import cost
 from archc.dtypes import SHORT_WORDS, DType
 from archc.errors import UserError
-from archc.graph import ComponentGraph, ComponentKind
+from archc.graph import ComponentGraph, ComponentKind, PositionIds
 from archc.model_dir import MODEL_FILE
 
 BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
@@ -160,7 +160,7 @@ def logits_for(graph: ComponentGraph, shape: Shape) -> str:
     the prefill's [batch, prompt, vocab] logits reach the runner's limit, where only `last` runs."""
     from archc.runner import FULL_LOGITS_LIMIT
 
-    vocab = graph.node("head")["settings"]["vocab_size"]
+    vocab = graph.settings("head").vocab_size
     return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"
 
 
@@ -185,7 +185,7 @@ def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> d
     head_positions = "all"
     if logits_for(graph, shape) == "last":  # the head runs on one position per row
         head_positions = "last"
-        prefill_flops -= B * 2 * graph.spec.d_model * graph.node("head")["settings"]["vocab_size"] * (P - 1)
+        prefill_flops -= B * 2 * graph.spec.d_model * graph.settings("head").vocab_size * (P - 1)
     return {
         "weight_bytes_per_step": w,
         "kv_bytes_per_token": kv,
@@ -274,7 +274,7 @@ class TorchBackend(Backend):
             graph = self.bench.graph
             if "prefix_len" in graph.graph_inputs():  # the prompt is the bidirectional prefix (GLM)
                 kw["prefix_len"] = torch.full((B,), P, dtype=torch.long, device=ids.device)
-            glm2d = "position_ids" in graph.graph_inputs() and graph.node("position_ids")["settings"]["shape"][1] == 2
+            glm2d = graph.model.position_ids is PositionIds.glm2d
 
             def positions(k):  # GLM's 2D positions as the runner feeds them (exporters.torch_module.greedy_generate)
                 if not glm2d:

@@ -86,7 +86,9 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
-    result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits, next_token=next_token)
+    tokenizer_dir = spec if _is_hf_dir(spec) else None
+    result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits,
+                    next_token=next_token, tokenizer_dir=tokenizer_dir)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
@@ -95,6 +97,15 @@ def compile_cmd(
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)
+    if tokenizer_dir is not None:
+        if "tokenizer.json" in result.tokenizer_files:
+            con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
+        else:
+            con.print(f"tokenizer: {escape(spec)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+                      f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
+    if result.genai_unsupported is not None:
+        con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
+                  f"genai_config.json's model type says so and genai refuses it; `archc run` runs it")
 
 
 def _parse_ids(values: list[str]) -> list[list[int]]:
@@ -110,22 +121,49 @@ def _parse_ids(values: list[str]) -> list[list[int]]:
 @app.command("run")
 def run_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Directory made by `archc compile`.")],
-    prompt_ids: Annotated[list[str], typer.Option("--prompt-ids", help="Comma-separated token ids; repeat for a batch.")],
+    prompt_ids: Annotated[Optional[list[str]], typer.Option("--prompt-ids", help="Comma-separated token ids; repeat for a batch.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 16,
     top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature (sampling).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Text (the model directory's tokenizer.json encodes it); "
+                                                        "the completion streams to stdout. Repeat for a batch.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL file, one {\"prompt\": text} per line "
+                                                         "(with --chat also {\"messages\": [...]}); writes one JSON object per line.")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Apply the chat template of tokenizer_config.json to each prompt "
+                                                      "(a user message, with the generation prompt).")] = False,
 ) -> None:
-    """Generate tokens with onnxruntime (greedy unless --top-k/--top-p/--temperature ask for sampling)."""
+    """Generate with onnxruntime from token ids (--prompt-ids) or text (--prompt, --prompts; stops at the
+    model's eos ids). Greedy unless --top-k/--top-p/--temperature ask for sampling."""
     from archc.runner import Session
 
-    prompts = _parse_ids(prompt_ids)
+    given = [name for name, v in (("--prompt-ids", prompt_ids), ("--prompt", prompt), ("--prompts", prompts_file)) if v]
+    if len(given) != 1:
+        raise UserError("archc run: give exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids IDS"
+                        + (f" (got {' and '.join(given)})" if given else ""))
+    if chat and prompt_ids:
+        raise UserError("--chat applies to text prompts (--prompt, --prompts), not --prompt-ids")
+    if prompt_ids:
+        prompts = _parse_ids(prompt_ids)
+    elif not (Path(model_dir) / "tokenizer.json").exists() and Path(model_dir).is_dir():
+        from archc.text import Text
+
+        Text.load(model_dir)  # the one-line "no tokenizer.json: add ..." error, before loading the model
     sess = Session(model_dir, device=device)
     con, err = _console(), _console(stderr=True)
     if sess.note:
         err.print(sess.note)
+    if not prompt_ids:
+        from archc.commands.text_run import run_text
+
+        results = run_text(sess, model_dir, list(prompt or []), prompts_file, chat, max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        for res in results:
+            err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "
+                      f"(batch {len(res.ids)}, {len(res.ids[0])} new tokens)")
+        return
     res = sess.generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     for ids in res.ids:
         con.print(",".join(map(str, ids)))

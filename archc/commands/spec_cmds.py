@@ -106,6 +106,7 @@ def schema_text() -> str:
 def validate(
     files: Annotated[list[str], typer.Argument(help="Spec files, library names (llama) or compiled model folders.")],
     set_: SetOption = None,
+    all_errors: Annotated[bool, typer.Option("--all-errors", help="List every problem of an invalid spec, one line each (default: the first, and how many more).")] = False,
 ) -> None:
     """Check spec files: one line per file; exit 0 only if all are valid (2 otherwise)."""
     # Validation only: the graph is not built here, so a spec with absurd sizes is judged at once
@@ -119,7 +120,9 @@ def validate(
             bad += 1
             from rich.markup import escape
 
-            err.print(f"[bold red]invalid[/] {escape(str(e))}")
+            problems = getattr(e, "problems", None) if all_errors else None
+            for problem in problems or [e]:
+                err.print(f"[bold red]invalid[/] {escape(str(problem))}")
             continue
         a = spec.attention
         out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
@@ -233,9 +236,10 @@ def show(
     compute.add_column("value", justify="right")
     flops = c.flops_per_token(S)
     compute.add_row(f"forward FLOPs at seq len {S}", f"{flops:,} ({human(flops, 'FLOP')})")
+    window = f", window {c.sliding_window}" if c.sliding_window and c.sliding_window < S else ""
     for dtype in (DType.float16, DType.bfloat16, DType.float32):
         b = c.kv_bytes_per_token(dtype)
-        compute.add_row(f"KV cache, {dtype.value}", f"{b:,} B ({human_bytes(b * S)} at {S} tokens)")
+        compute.add_row(f"KV cache, {dtype.value}", f"{b:,} B ({human_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
 
     out = _console()
     out.print(arch)

@@ -1,8 +1,9 @@
-"""Greedy generation with onnxruntime-genai, run by the genai tests in genai's own environment
-(its CPU wheel replaces onnxruntime-gpu's files, so it lives in a separate venv; see .ci/run).
+"""Greedy generation with onnxruntime-genai, run by tests/genai in genai's own environment (its CPU
+wheel replaces onnxruntime-gpu's files, so it lives in a separate venv made by scripts/genai_env.sh).
 Needs only onnxruntime_genai. Reads JSON from stdin:
-  {"model_dir": DIR, "prompts": [[ids], ...], "max_new_tokens": N, "cuda_graph": false}
-and prints {"tokens": [[generated ids], ...]} (one line), or {"error": "..."} when genai refuses."""
+  {"jobs": [{"model_dir": DIR, "prompts": [[ids], ...], "max_new_tokens": N}, ...]}
+and prints {"results": [{"tokens": [[generated ids], ...]} or {"error": "first line of genai's message"}]}.
+genai stops at its config's eos id; the caller compares up to it."""
 
 from __future__ import annotations
 
@@ -10,25 +11,16 @@ import json
 import sys
 
 
-def main() -> None:
-    import onnxruntime_genai as og
-
-    job = json.loads(sys.stdin.read())
+def run_job(og, job: dict) -> dict:
     try:
-        config = og.Config(job["model_dir"])
-        if job.get("provider"):
-            config.clear_providers()
-            config.append_provider(job["provider"])
-            if job.get("cuda_graph"):
-                config.set_provider_option(job["provider"], "enable_cuda_graph", "1")
-        model = og.Model(config)
-    except Exception as e:  # noqa: BLE001 - the message is the answer
-        print(json.dumps({"error": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}))
-        return
+        model = og.Model(job["model_dir"])
+    except Exception as e:  # noqa: BLE001 - genai's refusal is the answer
+        msg = str(e).strip()
+        return {"error": msg.splitlines()[0] if msg else type(e).__name__}
     out = []
     for prompt in job["prompts"]:
         params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(prompt) + job["max_new_tokens"], min_length=0)
+        params.set_search_options(do_sample=False, max_length=len(prompt) + job["max_new_tokens"])
         gen = og.Generator(model, params)
         gen.append_tokens([prompt])
         new: list[int] = []
@@ -36,7 +28,15 @@ def main() -> None:
             gen.generate_next_token()
             new.append(int(gen.get_next_tokens()[0]))
         out.append(new)
-    print(json.dumps({"tokens": out}))
+        del gen
+    return {"tokens": out}
+
+
+def main() -> None:
+    import onnxruntime_genai as og
+
+    jobs = json.loads(sys.stdin.read())["jobs"]
+    print(json.dumps({"version": og.__version__, "results": [run_job(og, j) for j in jobs]}))
 
 
 if __name__ == "__main__":

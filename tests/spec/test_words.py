@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 
 from archc import words
-from archc.diff import activation_words, kernel_words, norm_words
+from archc.components import NormSettings
+from archc.diff import kernel_words, norm_words
 from archc.spec import (
     Activation,
     AttentionKernel,
     MaskKind,
     NormKind,
     NormPlacement,
+    NormScale,
     OptimizerKind,
     PositionKind,
     Sharing,
@@ -40,18 +42,16 @@ def test_every_member_has_words(table, enum, said_elsewhere):
     assert all(named) and len(set(named)) == len(named)  # no empty or repeated words
 
 
-def test_graph_settings_strings_convert_and_unknown_values_raise():
-    assert norm_words({"norm": "rmsnorm", "bias": False, "scale": "one_plus_weight", "eps": 1e-6}) == "RMSNorm, (1 + w) scale, eps 1e-06"
-    assert norm_words({"norm": "layernorm", "bias": False, "eps": 1e-5}) == "LayerNorm, no bias, eps 1e-05"
-    assert activation_words("gelu_tanh") == "GELU (tanh)"
-    assert kernel_words("default") == "backend-default kernel" and kernel_words("flash") == "flash kernel"
+def test_node_settings_in_words_and_unknown_values_raise():
+    assert norm_words(NormSettings(NormKind.rmsnorm, 1e-6, False, NormScale.one_plus_weight)) == "RMSNorm, (1 + w) scale, eps 1e-06"
+    assert norm_words(NormSettings(NormKind.layernorm, 1e-5, False, NormScale.weight)) == "LayerNorm, no bias, eps 1e-05"
+    assert norm_words(NormSettings(NormKind.rmsnorm, 1e-5, True, NormScale.weight)) == "RMSNorm with bias, eps 1e-05"
+    assert kernel_words(AttentionKernel.default) == "backend-default kernel" and kernel_words(AttentionKernel.flash) == "flash kernel"
     # negative controls: a value no enum has is an error, not its raw string in a report
     with pytest.raises(ValueError):
-        activation_words("no_such_activation")
-    with pytest.raises(ValueError):
-        norm_words({"norm": "no_such_norm", "bias": False, "eps": 1e-5})
-    with pytest.raises(ValueError):
-        kernel_words("no_such_kernel")
+        words.norm("no_such_norm", False, NormScale.weight)
+    with pytest.raises(KeyError):
+        words.ACTIVATION["no_such_activation"]
 
 
 def test_sharing_from_head_counts():

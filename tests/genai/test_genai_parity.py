@@ -1,0 +1,92 @@
+"""onnxruntime-genai (CPU, fp32) drives archc's exports of every library family and gives archc's tokens.
+
+genai's CPU wheel replaces onnxruntime-gpu's files, so it lives in its own venv (scripts/genai_env.sh,
+made by .ci/run); these tests run in the main environment, compute archc's greedy tokens with
+`archc.runner.Session` here, and run genai in that venv's python (ARCHC_GENAI_PYTHON) through
+tests/genai/genai_driver.py, one subprocess for every model. Without genai they skip, unless
+ARCHC_REQUIRE_GENAI=1 (CI) makes that a failure. Specs genai cannot drive (GLM: 2-D positions and a
+prefix mask) must be refused by genai with archc's reason. Both logits layouts are checked: genai
+reads the last position of `--logits last`'s [batch, 1, vocab] as well as of the contract's full logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import archc
+from archc.runner import Session
+from conftest import LIBRARY, tiny_spec
+from exporters.onnx_export import export, genai_unsupported
+
+pytestmark = [pytest.mark.genai, pytest.mark.slow]
+
+DRIVER = Path(__file__).with_name("genai_driver.py")
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+N_NEW = 12
+EOS = 2  # genai_config's placeholder eos for a spec without a tokenizer: genai stops there
+
+
+def genai_python() -> str | None:
+    """The python that has onnxruntime_genai: ARCHC_GENAI_PYTHON, else this one if it imports genai."""
+    env = os.environ.get("ARCHC_GENAI_PYTHON")
+    if env:
+        return env
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+@pytest.fixture(scope="module")
+def genai_runs(tmp_path_factory):
+    py = genai_python()
+    if py is None:
+        if os.environ.get("ARCHC_REQUIRE_GENAI") == "1":
+            pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
+        pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
+    root = tmp_path_factory.mktemp("genai")
+    cases = [(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "last")]
+    jobs, want = [], {}
+    for name, logits in cases:
+        graph = archc.compile(tiny_spec(name))
+        d = root / f"{name}-{logits}"
+        export(graph, d, logits=logits)
+        s = Session(d, device="cpu")
+        want[(name, logits)] = ([s.generate([p], N_NEW).ids[0] for p in PROMPTS], genai_unsupported(graph))
+        jobs.append({"model_dir": str(d), "prompts": PROMPTS, "max_new_tokens": N_NEW})
+    proc = subprocess.run([py, str(DRIVER)], input=json.dumps({"jobs": jobs}), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    return {case: (want[case], res) for case, res in zip(cases, got)}
+
+
+def _until_eos(ids: list[int]) -> list[int]:
+    return ids[: ids.index(EOS) + 1] if EOS in ids else ids
+
+
+@pytest.mark.parametrize("case", [(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "last")],
+                         ids=lambda c: f"{c[0]}-logits-{c[1]}")
+def test_genai_gives_archc_tokens(genai_runs, case):
+    (archc_tokens, unsupported), res = genai_runs[case]
+    if unsupported is not None:
+        assert "error" in res, f"genai ran a model archc marks as not drivable ({unsupported})"
+        assert "Unsupported model_type" in res["error"] and unsupported in res["error"]
+        return
+    assert "error" not in res, res.get("error")
+    for want, got in zip(archc_tokens, res["tokens"]):
+        want = _until_eos(want)
+        assert got == want
+        assert len(got) >= 2  # the comparison covers decode steps, not only the prompt step
+
+
+def test_genai_comparison_can_fail(genai_runs):
+    """Negative control: another family's tokens for the same prompts differ, so equality is not vacuous."""
+    (a, _), _ = genai_runs[("llama", "all")]
+    (b, _), _ = genai_runs[("gpt2", "all")]
+    assert a != b
