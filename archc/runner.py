@@ -161,6 +161,9 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     the session is made without. cuda_options: extra CUDA provider options (benchmarks' A/B runs)."""
     d = Path(model_dir)
     path = d / MODEL_FILE if d.is_dir() else d
+    if not d.is_dir() and d.suffix.lower() in (".yaml", ".yml"):
+        raise UserError(f"{model_dir}: this is a spec, not a compiled model; compile it first: "
+                        f"`archc compile {model_dir} -o DIR`, then `archc run DIR`")
     if not path.exists():
         raise UserError(f"{model_dir}: no {MODEL_FILE} here; make one with `archc compile SPEC -o {model_dir}`")
     try:
@@ -179,8 +182,10 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
         opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
         providers = [("CUDAExecutionProvider", opts)] + providers[1:]
     if meta.get(META_DTYPE) == DType.bfloat16.short and providers[0] == "CPUExecutionProvider":
-        raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
-                        + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
+        # the note says "...; running on CPU", which is not what happens here: nothing runs
+        why = f", and CUDA is not usable here: {note.removesuffix('; running on CPU')}" if note else " (--device cpu)"
+        raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16){why}; "
+                        "compile with --dtype fp32 or fp16 to run it on the CPU")
     sess = None
     if cuda_graph and meta.get(META_KV_CACHE) == "shared" and providers[0] != "CPUExecutionProvider":
         try:

@@ -503,7 +503,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         inits = _write_weights(ctx, tmp / DATA_FILE, get)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
+        (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
         copied = []
         if tokenizer_dir is not None:
             from archc.text import copy_tokenizer_files
@@ -526,10 +526,16 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
-def _spec_yaml(graph: ComponentGraph) -> str:
+def _spec_yaml(graph: ComponentGraph, dtype: DType) -> str:
+    """The model directory's spec: the architecture as compiled, so its dtype is the one the tensors
+    and the metadata have (--dtype), not the source spec's (`archc show DIR` reads this file)."""
     import yaml
 
-    return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
+    data = graph.spec.to_yaml_dict()
+    source = data.get("dtype")
+    data["dtype"] = dtype.value
+    head = f"# Written by `archc compile`; dtype is the compiled one (--dtype {dtype.short}; the source spec said {source}).\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def genai_unsupported(graph: ComponentGraph) -> str | None:
