@@ -32,7 +32,7 @@ def test_show_and_diff_report_the_window(capsys):
     rc, out, _ = run_cli(["show", "llama", "--set", "attention.sliding_window=256"], capsys)
     assert rc == 0
     assert "13,348,372,480" in out and "14,287,896,576" not in out
-    assert "128.00 MiB at 2048 tokens" in out
+    assert "128 MiB at 2048 tokens" in out
     rc, out, _ = run_cli(["diff", "llama", "llama", "--set-b", "attention.sliding_window=256", "--format", "json"], capsys)
     rows = {r["metric"]: r for r in json.loads(out)["cost"]["rows"]}
     assert rows["flops_per_token"]["a"] == 14_287_896_576
