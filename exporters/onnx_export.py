@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -39,6 +38,7 @@ from onnx import TensorProto, helper
 
 from archc.dtypes import DType
 from archc.errors import UserError
+from archc.files import guard_model_dir, why, write_manifest
 from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
 from archc.model_dir import (
     DATA_FILE,
@@ -52,6 +52,8 @@ from archc.model_dir import (
     MODEL_FILE,
     SPEC_FILE,
 )
+from archc.room import check_export_room
+from archc.workdir import OWNER, make_work_dir, remove_stale
 
 if TYPE_CHECKING:
     from exporters.onnx_lowering_cuda import CudaPlan
@@ -478,8 +480,11 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
-        raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
+    label = f"-o {out}"
+    # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
+    replacing = guard_model_dir(out, label)
+    check_export_room(graph, out, 2 if ExportDType(dtype) is not ExportDType.fp32 else 4,
+                      whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
     if _fail_after is not None:
@@ -491,11 +496,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
                 raise RuntimeError("simulated interruption")
             return inner(full)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"-o {out}: cannot create the output directory: {e.strerror}") from None
+    remove_stale(out.parent)  # work directories of compiles that were killed (SIGKILL, OOM)
+    tmp = make_work_dir(out.parent, out.name, label)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
@@ -513,13 +515,18 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
         (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
-        if out.exists():  # replace the old model directory: swap in the new one, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.unlink(tmp / OWNER)
+        write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
+        if replacing:  # swap in the new directory, then delete the old one (archc's files only, checked above)
+            old = make_work_dir(out.parent, out.name, label)
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # ENOSPC, EIO, a quota: one line; the work directory goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{label}: cannot write the model: {why(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

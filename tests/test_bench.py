@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import archc
+import archc.weights  # noqa: F401 - _random_state reads archc.weights
 from archc.bench.harness import Bench, Shape, decode_weight_bytes, parse_backends, roofline
-from archc.bench.hf import MAPPERS, build_hf_model, hf_equivalent
+from archc.bench.hf import build_hf_model, hf_equivalent
 from archc.cli import main
 from archc.errors import UserError
 from exporters.torch_module import build_module
@@ -39,7 +40,7 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
     assert code == 0
     data = json.loads(out.read_text())
     assert data["environment"]["torch"] == torch.__version__
-    assert data["limits"]["copy_bytes_per_s"] > 0 and data["limits"]["gemm_flops_per_s"]["fp32"] > 0
+    assert data["limits"] is None  # no roofline on the CPU (tests/bench/test_bench_cpu_cleanup.py)
     assert [r["prompt_len"] for r in data["runs"]] == [12, 20]
     for run in data["runs"]:
         by = {b["backend"]: b for b in run["backends"]}
@@ -47,7 +48,7 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
         for b in by.values():  # figures present (their size is not tested: a busy CI CPU makes them noise)
             assert b["prefill_ms"] > 0 and len(b["generate_runs_ms"]) == 1
             assert b["error"] is None or b["error"].startswith("T(5) <= T(1)")
-            assert (b["decode_tok_s"] is None) == (b["frac_decode_roofline"] is None)
+            assert b["frac_decode_roofline"] is None and b["frac_prefill_floor"] is None
         # fp32, same weights: HF's greedy tokens are archc's, all 5 of them
         assert by["hf-eager"]["tokens_agree"] == 5
     assert "decode tok/s" in capsys.readouterr().out
@@ -61,7 +62,7 @@ def test_backend_that_cannot_run_is_reported_not_fatal():
     run = b.run(Shape(1, 8, 3))
     by = {r["backend"]: r for r in run["backends"]}
     assert by["torch"]["prefill_ms"] > 0 and by["hf-eager"]["prefill_ms"] is None
-    assert "no transformers class reproduces" in by["hf-eager"]["error"]
+    assert "no Hugging Face model type holds" in by["hf-eager"]["error"]
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -109,7 +110,7 @@ def test_tied_head_counts_the_embedding_once_more():
     assert decode_weight_bytes(graph, 4) == decode_weight_bytes(untied, 4)
 
 
-@pytest.mark.parametrize("family, extra", [("llama", []), ("gpt2", []), ("bloom", ["mlp.d_ff=256"])])
+@pytest.mark.parametrize("family, extra", [("llama", []), ("gpt2", []), ("bloom", ["mlp.d_ff=256"]), ("falcon", [])])
 def test_hf_bridge_matches_archc_module(family, extra):
     """The hf backends' model is the archc model: same logits (fp32, left padding) with every
     parameter random."""
@@ -154,7 +155,7 @@ def test_hf_bridge_refuses_what_no_hf_class_computes(family):
     path = SPECS / f"{family}.yaml"
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))
     why = hf_equivalent(graph)
-    assert isinstance(why, str) and all(name in why for name in MAPPERS)
+    assert isinstance(why, str) and "no Hugging Face model type holds" in why and len(why.splitlines()) == 1
 
 
 def test_ort_backend_plumbing_on_cpu(tmp_path):

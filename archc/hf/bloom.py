@@ -12,7 +12,7 @@ imported as a model transformers (and archc) would compute differently from the 
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, dtype, layers, per_head, rows
+from archc.hf.common import Cfg, Family, Rule, dtype, layers, per_head, rows, tied
 
 BLOOM_DEFAULTS = {
     "vocab_size": 250880, "hidden_size": 64, "n_layer": 2, "n_head": 8, "layer_norm_epsilon": 1e-5,
@@ -128,7 +128,29 @@ def mpt_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
+def bloom_config(spec) -> dict:
+    # seq_length: BLOOM has no position table; bloom_spec reads the length back from it
+    return {"vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "n_layer": spec.n_layers,
+            "n_head": spec.attention.n_heads, "layer_norm_epsilon": spec.norm.eps, "seq_length": spec.max_seq_len,
+            "apply_residual_connection_post_layernorm": False, "tie_word_embeddings": tied(spec),
+            "initializer_range": spec.init.std, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+
+
+def mpt_config(spec) -> dict:
+    a = spec.attention
+    attn = {"attn_type": "multihead_attention", "alibi": True, "alibi_bias_max": 8, "clip_qkv": None, "qk_ln": False,
+            "prefix_lm": False,  # attn_pdrop: 0 by default (and typed int in transformers 5)
+            # None: the default 1/sqrt(head_dim), which mpt_spec leaves to the spec to derive
+            "softmax_scale": None if a.softmax_scale == 1.0 / a.head_dim ** 0.5 else a.softmax_scale}
+    return {"d_model": spec.d_model, "n_heads": a.n_heads, "n_layers": spec.n_layers, "expansion_ratio": 4,
+            "max_seq_len": spec.max_seq_len, "vocab_size": spec.vocab_size, "layer_norm_epsilon": spec.norm.eps,
+            "no_bias": True, "norm_type": "low_precision_layernorm", "logit_scale": None, "attn_config": attn,
+            "tie_word_embeddings": tied(spec), "initializer_range": spec.init.std, "resid_pdrop": 0.0, "emb_pdrop": 0.0}
+
+
 BLOOM = Family("bloom", BLOOM_DEFAULTS, bloom_spec, bloom_tensors, aliases=(("", "transformer."),),
-               notes="embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head")
+               notes="embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head",
+               to_config=bloom_config, architecture="BloomForCausalLM")
 MPT = Family("mpt", MPT_DEFAULTS, mpt_spec, mpt_tensors, aliases=(("", "transformer."),),
-             notes="bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head")
+             notes="bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head",
+             to_config=mpt_config, architecture="MptForCausalLM")

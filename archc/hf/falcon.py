@@ -15,7 +15,8 @@ the spec language cannot express, so it is refused.
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, activation, dtype, grouped, layers, per_head, rope, rows
+from archc.hf.common import (Cfg, Family, Rule, activation, dtype, grouped, hf_activation, layers, per_head, rope, rope_config,
+                             rotary_rows, rows, tied)
 
 FALCON_DEFAULTS = {
     "vocab_size": 65024, "hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71,
@@ -88,6 +89,7 @@ def falcon_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
         "mqa": lambda: rows(a.n_heads * a.head_dim, a.head_dim, a.head_dim),
         "per_head": lambda: per_head(a.n_heads, a.head_dim),
     }[layout]()
+    split = rotary_rows(spec, "half", split, which="qkv")
     norm_names = {
         None: {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"},
         "shared": {"input_layernorm": "norm"},
@@ -113,6 +115,26 @@ def falcon_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
+def falcon_config(spec) -> dict:
+    """The block form from the spec's residual layout and K/V heads (see the module docstring)."""
+    a, r = spec.attention, spec.residual
+    parallel = r.layout.value == "parallel"
+    shared = parallel and r.parallel_norms.value == "shared"
+    seven_b = parallel and shared and a.kv_heads == 1  # Falcon-7B: MQA with one shared norm
+    new_arch = parallel and not seven_b
+    return {
+        "vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": a.n_heads, "num_kv_heads": a.kv_heads, "new_decoder_architecture": new_arch,
+        "multi_query": a.kv_heads == 1, "parallel_attn": parallel,
+        "num_ln_in_parallel_attn": (1 if shared else 2) if new_arch else None,
+        "bias": a.qkv_bias, "ffn_hidden_size": spec.mlp.d_ff, "activation": hf_activation(spec),
+        "layer_norm_epsilon": spec.norm.eps, "max_position_embeddings": spec.max_seq_len, **rope_config(spec),
+        "alibi": False, "tie_word_embeddings": tied(spec), "initializer_range": spec.init.std,
+        "hidden_dropout": 0.0, "attention_dropout": 0.0,
+    }
+
+
 FALCON = Family("falcon", FALCON_DEFAULTS, falcon_spec, falcon_tensors, aliases=(("", "transformer."),), ignore=(r"\.rotary_emb\.inv_freq$",),
                 notes="MQA + shared-norm parallel (7B), GQA + two-norm parallel (new_decoder_architecture), "
-                      "or sequential (parallel_attn false); fused qkv in each layout; ALiBi refused")
+                      "or sequential (parallel_attn false); fused qkv in each layout; ALiBi refused",
+                to_config=falcon_config, architecture="FalconForCausalLM", rope_style="half")

@@ -9,7 +9,7 @@ q | k | v with one K/V head; without multi_query its c_attn rows are per-head in
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, activation, dtype, layers, per_head, rows, then, transpose
+from archc.hf.common import Cfg, Family, Rule, activation, dtype, hf_activation, layers, per_head, rows, then, tied, transpose
 
 GPT2_DEFAULTS = {
     "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "n_inner": None,
@@ -94,9 +94,33 @@ def bigcode_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return layers(spec.n_layers, "transformer.h.{i}.", table) | _head_and_embeddings(spec)
 
 
+def _config(spec, tanh_gelu: str) -> dict:
+    a = spec.attention
+    default_scale = a.softmax_scale == 1.0 / a.head_dim ** 0.5
+    return {
+        "vocab_size": spec.vocab_size, "n_positions": spec.max_seq_len, "n_embd": spec.d_model, "n_layer": spec.n_layers,
+        "n_head": a.n_heads, "n_inner": spec.mlp.d_ff,
+        "activation_function": tanh_gelu if spec.mlp.activation.value == "gelu_tanh" else hf_activation(spec),
+        "layer_norm_epsilon": spec.norm.eps, "initializer_range": spec.init.std,
+        # a softmax scale of 1 is scale_attn_weights false; any other non-default scale re-imports as the default
+        "scale_attn_weights": not (a.softmax_scale == 1.0 and not default_scale),
+        "tie_word_embeddings": tied(spec), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+    }
+
+
+def gpt2_config(spec) -> dict:
+    return _config(spec, "gelu_new")
+
+
+def bigcode_config(spec) -> dict:
+    return dict(_config(spec, "gelu_pytorch_tanh"), multi_query=spec.attention.kv_heads == 1)
+
+
 _ALIASES = (("", "transformer."),)  # the original GPT-2 checkpoints were saved from GPT2Model: no prefix
 _IGNORE = (r"\.attn\.bias$", r"\.attn\.masked_bias$")  # causal-mask buffers of older versions
 GPT2 = Family("gpt2", GPT2_DEFAULTS, gpt2_spec, gpt2_tensors, aliases=_ALIASES, ignore=_IGNORE,
-              notes="LayerNorm pre-norm, learned positions, Conv1D weights (transposed), fused c_attn, tied head")
+              notes="LayerNorm pre-norm, learned positions, Conv1D weights (transposed), fused c_attn, tied head",
+              to_config=gpt2_config, architecture="GPT2LMHeadModel")
 GPT_BIGCODE = Family("gpt_bigcode", BIGCODE_DEFAULTS, bigcode_spec, bigcode_tensors, aliases=_ALIASES, ignore=_IGNORE,
-                     notes="GPT-2 layout with nn.Linear; multi_query -> MQA (c_attn rows q | k | v)")
+                     notes="GPT-2 layout with nn.Linear; multi_query -> MQA (c_attn rows q | k | v)",
+                     to_config=bigcode_config, architecture="GPTBigCodeForCausalLM")

@@ -9,7 +9,8 @@ explicit head_dim and tanh-GELU gate.
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, activation, dtype, layers, rope
+from archc.hf.common import (Cfg, Family, Rule, activation, dtype, hf_activation, layers, rope, rope_config, rotary_rows,
+                             tied)
 
 _COMMON_DEFAULTS = {
     "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": False, "rope_theta": 10000.0,
@@ -98,13 +99,15 @@ def llama_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     a, m = spec.attention, spec.mlp
     table: dict = {
         "input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "mlp_norm.weight",
-        "self_attn.q_proj.weight": "attn.q.weight", "self_attn.k_proj.weight": "attn.k.weight",
+        "self_attn.q_proj.weight": Rule(("attn.q.weight",), rotary_rows(spec, "half", which="q")),
+        "self_attn.k_proj.weight": Rule(("attn.k.weight",), rotary_rows(spec, "half", which="k")),
         "self_attn.v_proj.weight": "attn.v.weight", "self_attn.o_proj.weight": "attn.o.weight",
         "mlp.gate_proj.weight": "mlp.gate.weight", "mlp.up_proj.weight": "mlp.up.weight",
         "mlp.down_proj.weight": "mlp.down.weight",
     }
     if a.qkv_bias:
-        table.update({f"self_attn.{p}_proj.bias": f"attn.{p}.bias" for p in "qkv"})
+        table.update({f"self_attn.{p}_proj.bias": Rule((f"attn.{p}.bias",), rotary_rows(spec, "half", which=p) if p != "v" else None)
+                      for p in "qkv"})
     if a.out_bias:
         table["self_attn.o_proj.bias"] = "attn.o.bias"
     if m.bias:
@@ -117,13 +120,50 @@ def llama_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
+def _base_config(spec) -> dict:
+    a, m = spec.attention, spec.mlp
+    return {
+        "vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "intermediate_size": m.d_ff,
+        "num_hidden_layers": spec.n_layers, "num_attention_heads": a.n_heads, "num_key_value_heads": a.kv_heads,
+        "head_dim": a.head_dim, "max_position_embeddings": spec.max_seq_len, "rms_norm_eps": spec.norm.eps,
+        "hidden_act": hf_activation(spec), "tie_word_embeddings": tied(spec), **rope_config(spec),
+        "initializer_range": spec.init.std, "attention_dropout": 0.0,
+    }
+
+
+def llama_config(spec) -> dict:
+    return dict(_base_config(spec), attention_bias=spec.attention.qkv_bias, mlp_bias=spec.mlp.bias)
+
+
+def mistral_config(spec) -> dict:
+    return dict(_base_config(spec), sliding_window=spec.attention.sliding_window)
+
+
+def qwen2_config(spec) -> dict:
+    window = spec.attention.sliding_window
+    kind = "full_attention" if window is None else "sliding_attention"
+    return dict(_base_config(spec), use_sliding_window=window is not None, sliding_window=window, max_window_layers=0,
+                layer_types=[kind] * spec.n_layers)
+
+
+def gemma_config(spec) -> dict:
+    out = dict(_base_config(spec), attention_bias=spec.attention.qkv_bias)
+    if spec.mlp.activation.value == "geglu":  # Gemma reads hidden_act "gelu" as the tanh GELU; the exact one is:
+        out["hidden_act"] = "gelu_python"
+    return out
+
+
 _IGNORE = (r"\.rotary_emb\.inv_freq$",)
 _BASE = (("", "model."),)  # checkpoints saved from the base model (LlamaModel, ...) have no "model." prefix
 LLAMA = Family("llama", LLAMA_DEFAULTS, llama_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="RMSNorm pre-norm, SwiGLU, RoPE (half), GQA; attention_bias -> q/k/v/o biases, mlp_bias")
+               notes="RMSNorm pre-norm, SwiGLU, RoPE (half), GQA; attention_bias -> q/k/v/o biases, mlp_bias",
+               to_config=llama_config, architecture="LlamaForCausalLM", rope_style="half")
 MISTRAL = Family("mistral", MISTRAL_DEFAULTS, mistral_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-                 notes="LLaMA layout + sliding_window on every layer")
+                 notes="LLaMA layout + sliding_window on every layer",
+                 to_config=mistral_config, architecture="MistralForCausalLM", rope_style="half")
 QWEN2 = Family("qwen2", QWEN2_DEFAULTS, qwen2_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="LLaMA layout + q/k/v biases; sliding window only when it covers all layers")
+               notes="LLaMA layout + q/k/v biases; sliding window only when it covers all layers",
+               to_config=qwen2_config, architecture="Qwen2ForCausalLM", rope_style="half")
 GEMMA = Family("gemma", GEMMA_DEFAULTS, gemma_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="(1 + w) RMSNorm, GeGLU (tanh), embeddings x sqrt(d_model), explicit head_dim, tied head")
+               notes="(1 + w) RMSNorm, GeGLU (tanh), embeddings x sqrt(d_model), explicit head_dim, tied head",
+               to_config=gemma_config, architecture="GemmaForCausalLM", rope_style="half")

@@ -11,7 +11,8 @@ StableLM: SwiGLU, partial half RoPE, parallel (shared norm) or sequential blocks
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, activation, dtype, layers, per_head, rope, rotary_fraction
+from archc.hf.common import (Cfg, Family, Rule, activation, dtype, hf_activation, layers, per_head, rope, rope_config,
+                             rotary_fraction, rotary_rows, tied)
 
 NEOX_DEFAULTS = {
     "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44, "num_attention_heads": 64,
@@ -137,7 +138,7 @@ def _norm_names(spec, table_seq: tuple[str, str], table_par: tuple[str, ...]) ->
 
 def neox_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     a = spec.attention
-    split = per_head(a.n_heads, a.head_dim)  # view(..., n_heads, 3 * head_dim).chunk(3)
+    split = rotary_rows(spec, "half", per_head(a.n_heads, a.head_dim), which="qkv")  # view(..., n_heads, 3 * head_dim).chunk(3)
     table = _norm_names(spec, ("input_layernorm", "post_attention_layernorm"), ("input_layernorm", "post_attention_layernorm"))
     table.update({
         "attention.query_key_value.weight": Rule(("attn.q.weight", "attn.k.weight", "attn.v.weight"), split),
@@ -161,7 +162,8 @@ def neox_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 def gptj_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     table = {
         "ln_1.weight": "norm.weight", "ln_1.bias": "norm.bias",
-        "attn.q_proj.weight": "attn.q.weight", "attn.k_proj.weight": "attn.k.weight",
+        "attn.q_proj.weight": Rule(("attn.q.weight",), rotary_rows(spec, "interleaved", which="q")),
+        "attn.k_proj.weight": Rule(("attn.k.weight",), rotary_rows(spec, "interleaved", which="k")),
         "attn.v_proj.weight": "attn.v.weight", "attn.out_proj.weight": "attn.o.weight",
         "mlp.fc_in.weight": "mlp.up.weight", "mlp.fc_in.bias": "mlp.up.bias",
         "mlp.fc_out.weight": "mlp.down.weight", "mlp.fc_out.bias": "mlp.down.bias",
@@ -180,8 +182,9 @@ def phi_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
              "mlp.fc1.weight": "mlp.up.weight", "mlp.fc1.bias": "mlp.up.bias",
              "mlp.fc2.weight": "mlp.down.weight", "mlp.fc2.bias": "mlp.down.bias"}
     for p in "qkv":
-        table[f"self_attn.{p}_proj.weight"] = f"attn.{p}.weight"
-        table[f"self_attn.{p}_proj.bias"] = f"attn.{p}.bias"
+        layout = rotary_rows(spec, "half", which=p) if p != "v" else None
+        table[f"self_attn.{p}_proj.weight"] = Rule((f"attn.{p}.weight",), layout)
+        table[f"self_attn.{p}_proj.bias"] = Rule((f"attn.{p}.bias",), layout)
     out = layers(spec.n_layers, "model.layers.{i}.", table)
     out.update({"model.embed_tokens.weight": Rule(("embed.weight",)),
                 "model.final_layernorm.weight": Rule(("final_norm.weight",)),
@@ -194,13 +197,15 @@ def phi_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
 def stablelm_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     table = _norm_names(spec, ("input_layernorm", "post_attention_layernorm"), ("input_layernorm",))
     table.update({
-        "self_attn.q_proj.weight": "attn.q.weight", "self_attn.k_proj.weight": "attn.k.weight",
+        "self_attn.q_proj.weight": Rule(("attn.q.weight",), rotary_rows(spec, "half", which="q")),
+        "self_attn.k_proj.weight": Rule(("attn.k.weight",), rotary_rows(spec, "half", which="k")),
         "self_attn.v_proj.weight": "attn.v.weight", "self_attn.o_proj.weight": "attn.o.weight",
         "mlp.gate_proj.weight": "mlp.gate.weight", "mlp.up_proj.weight": "mlp.up.weight",
         "mlp.down_proj.weight": "mlp.down.weight",
     })
     if spec.attention.qkv_bias:
-        table.update({f"self_attn.{p}_proj.bias": f"attn.{p}.bias" for p in "qkv"})
+        table.update({f"self_attn.{p}_proj.bias": Rule((f"attn.{p}.bias",), rotary_rows(spec, "half", which=p) if p != "v" else None)
+                      for p in "qkv"})
     out = layers(spec.n_layers, "model.layers.{i}.", table)
     out.update({"model.embed_tokens.weight": Rule(("embed.weight",)), "model.norm.weight": Rule(("final_norm.weight",)),
                 "model.norm.bias": Rule(("final_norm.bias",))})
@@ -209,17 +214,60 @@ def stablelm_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
+def _parallel(spec) -> bool:
+    return spec.residual.layout.value == "parallel"
+
+
+def _hf_sizes(spec) -> dict:
+    a = spec.attention
+    return {"vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "num_hidden_layers": spec.n_layers,
+            "num_attention_heads": a.n_heads, "intermediate_size": spec.mlp.d_ff, "hidden_act": hf_activation(spec),
+            "max_position_embeddings": spec.max_seq_len, "layer_norm_eps": spec.norm.eps,
+            "tie_word_embeddings": tied(spec), "initializer_range": spec.init.std, "attention_dropout": 0.0}
+
+
+def neox_config(spec) -> dict:
+    rope = rope_config(spec, partial=True)
+    rope["rotary_pct"], rope["rotary_emb_base"] = rope.pop("partial_rotary_factor"), rope.pop("rope_theta")  # older names
+    return dict(_hf_sizes(spec), **rope, use_parallel_residual=_parallel(spec), attention_bias=spec.attention.qkv_bias,
+                hidden_dropout=0.0)
+
+
+def gptj_config(spec) -> dict:
+    a = spec.attention
+    return {"vocab_size": spec.vocab_size, "n_positions": spec.max_seq_len, "n_embd": spec.d_model, "n_layer": spec.n_layers,
+            "n_head": a.n_heads, "rotary_dim": spec.position.rotary_dim if spec.position.kind.value == "rope" else a.head_dim,
+            "n_inner": spec.mlp.d_ff, "activation_function": hf_activation(spec), "layer_norm_epsilon": spec.norm.eps,
+            "tie_word_embeddings": tied(spec), "initializer_range": spec.init.std,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def phi_config(spec) -> dict:
+    return dict(_hf_sizes(spec), **rope_config(spec, partial=True), num_key_value_heads=spec.attention.kv_heads,
+                qk_layernorm=False, resid_pdrop=0.0, embd_pdrop=0.0)
+
+
+def stablelm_config(spec) -> dict:
+    return dict(_hf_sizes(spec), **rope_config(spec, partial=True), num_key_value_heads=spec.attention.kv_heads,
+                use_qkv_bias=spec.attention.qkv_bias, qk_layernorm=False, use_parallel_residual=_parallel(spec),
+                hidden_dropout=0.0)
+
+
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
 GPT_NEOX = Family("gpt_neox", NEOX_DEFAULTS, neox_spec, neox_tensors,
                   # checkpoints before transformers 5 named the head embed_out; base-model checkpoints lack "gpt_neox."
                   aliases=(("embed_out.", "lm_head."), ("", "gpt_neox.")),
                   ignore=_ROTARY_BUFFERS + (r"\.attention\.bias$", r"\.attention\.masked_bias$"),
-                  notes="parallel residual, two norms (or sequential); fused per-head qkv; partial half RoPE")
+                  notes="parallel residual, two norms (or sequential); fused per-head qkv; partial half RoPE",
+                  to_config=neox_config, architecture="GPTNeoXForCausalLM", rope_style="half")
 GPTJ = Family("gptj", GPTJ_DEFAULTS, gptj_spec, gptj_tensors, aliases=(("", "transformer."),),
               ignore=(r"\.attn\.bias$", r"\.attn\.masked_bias$", r"\.embed_positions$"),
-              notes="parallel residual, shared norm; interleaved partial RoPE (rotary_dim); biased head")
+              notes="parallel residual, shared norm; interleaved partial RoPE (rotary_dim); biased head",
+              to_config=gptj_config, architecture="GPTJForCausalLM", rope_style="interleaved")
 PHI = Family("phi", PHI_DEFAULTS, phi_spec, phi_tensors, aliases=(("", "model."),), ignore=_ROTARY_BUFFERS,
-             notes="parallel residual, shared norm; partial half RoPE; biases everywhere incl. the head")
+             notes="parallel residual, shared norm; partial half RoPE; biases everywhere incl. the head",
+             to_config=phi_config, architecture="PhiForCausalLM", rope_style="half")
 STABLELM = Family("stablelm", STABLELM_DEFAULTS, stablelm_spec, stablelm_tensors, aliases=(("", "model."),),
                   ignore=_ROTARY_BUFFERS,
-                  notes="LayerNorm + SwiGLU; partial half RoPE; use_parallel_residual -> shared-norm parallel block")
+                  notes="LayerNorm + SwiGLU; partial half RoPE; use_parallel_residual -> shared-norm parallel block",
+                  to_config=stablelm_config, architecture="StableLmForCausalLM", rope_style="half")

@@ -10,7 +10,7 @@ is not expressible.
 
 from __future__ import annotations
 
-from archc.hf.common import Cfg, Family, Rule, activation, dtype, layers
+from archc.hf.common import Cfg, Family, Rule, activation, dtype, hf_activation, layers, tied
 
 OPT_DEFAULTS = {
     "vocab_size": 50272, "hidden_size": 768, "num_hidden_layers": 12, "ffn_dim": 3072, "max_position_embeddings": 2048,
@@ -70,6 +70,18 @@ def opt_tensors(cfg: Cfg, spec) -> dict[str, Rule]:
     return out
 
 
+def opt_config(spec) -> dict:
+    pre = spec.norm.placement.value == "pre"
+    return {"vocab_size": spec.vocab_size, "hidden_size": spec.d_model, "num_hidden_layers": spec.n_layers,
+            "ffn_dim": spec.mlp.d_ff, "max_position_embeddings": spec.max_seq_len, "do_layer_norm_before": pre,
+            "_remove_final_layer_norm": pre and not spec.norm.final, "word_embed_proj_dim": spec.d_model,
+            "num_attention_heads": spec.attention.n_heads, "activation_function": hf_activation(spec),
+            "enable_bias": spec.attention.qkv_bias, "layer_norm_elementwise_affine": True,
+            "tie_word_embeddings": tied(spec), "init_std": spec.init.std, "dropout": 0.0, "attention_dropout": 0.0,
+            "activation_dropout": 0.0, "layerdrop": 0.0}
+
+
 # facebook/opt-* checkpoints were saved from OPTModel ("decoder.*"); older ones without any prefix
 OPT = Family("opt", OPT_DEFAULTS, opt_spec, opt_tensors, aliases=(("decoder.", "model.decoder."), ("", "model.decoder.")),
-             notes="learned positions with offset 2, ReLU, biases; do_layer_norm_before false -> post-norm, no final norm")
+             notes="learned positions with offset 2, ReLU, biases; do_layer_norm_before false -> post-norm, no final norm",
+             to_config=opt_config, architecture="OPTForCausalLM")

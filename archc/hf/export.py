@@ -1,0 +1,404 @@
+"""A spec and its graph weights as a Hugging Face model directory: the inverse of `import_hf`.
+
+    from archc.hf.export import hf_config, export_hf
+    family, config = hf_config(spec)                  # or hf_config(spec, "gpt_neox") to force the type
+    export_hf(graph, "out/", get=lambda full: state[full])
+
+What a model type can hold is decided by the import itself: each family's `to_config` writes the
+config fields from the spec, then the config is imported back (`config_to_spec`) and the two resolved
+specs are compared axis by axis. Any axis that comes back different is one the type cannot hold, and
+the first such axis is the refusal's message. So export and import cannot disagree about what a
+config means, and a family needs no separate list of refusals.
+
+Tensors go through the same per-family table import-hf reads (archc.hf.<family>.<family>_tensors):
+each Rule's layout has a `join` that is the exact inverse of its `split`, so import-hf of the output
+gives back the graph tensors bit for bit. A spec whose RoPE pairs dims differently from the chosen
+type (interleaved vs half) is held through a fixed permutation of the q and k rows (common._RotaryRows).
+
+Axes that do not change what the model computes are not compared: name, description, reference,
+tokenizer, init, training, attention.kernel; dtype is what the checkpoint is written in (--dtype).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from archc.errors import UserError
+from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
+from archc.hf.common import Cfg, Family, Rule
+
+# Top-level spec fields and dotted axes that do not change what the model computes (module docstring).
+_NOT_COMPARED_TOP = {"name", "description", "reference", "tokenizer", "init", "training", "dtype"}
+_NOT_COMPARED = {"attention.kernel",
+                 "position.rotary_fraction",  # rotary_dim is compared; the fraction is the same width rounded
+                 "position.style"}  # any RoPE type holds either style through the q/k row permutation
+
+DTYPES = ("float32", "float16", "bfloat16")
+_SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+# Files of a tokenizer (transformers' AutoTokenizer reads these) copied from a source directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _architecture(resolved: dict) -> dict[str, Any]:
+    flat = _flat({k: v for k, v in resolved.items() if k not in _NOT_COMPARED_TOP})
+    return {k: v for k, v in flat.items() if k not in _NOT_COMPARED}
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else json.dumps(value) if isinstance(value, (bool, list)) else str(value)
+
+
+def _differences(spec, family: Family, config: dict) -> list[str]:
+    """The axes of `spec` that `config` (written by family.to_config) does not hold, as message parts."""
+    from archc.loader import spec_from_dict
+
+    try:
+        back = spec_from_dict(config_to_spec(config, name=spec.name), source=f"{family.model_type} config")
+    except UserError as e:  # a config the import refuses: its message names the field
+        return [str(e)]
+    want, got = _architecture(spec.to_yaml_dict()), _architecture(back.to_yaml_dict())
+    out = []
+    for axis in dict.fromkeys([*want, *got]):
+        if want.get(axis) != got.get(axis):
+            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {_show(got.get(axis))})")
+    return out
+
+
+def _config(spec, family: Family, dtype: str) -> dict:
+    body = family.to_config(spec)
+    return {"model_type": family.model_type, "architectures": [family.architecture], **body, "dtype": dtype}
+
+
+def _reference_type(spec) -> str | None:
+    """The model type a spec imported by import-hf came from ('transformers model_type X' in its reference)."""
+    m = re.search(r"transformers model_type (\w+)", spec.reference or "")
+    return m.group(1) if m and m.group(1) in FAMILIES else None
+
+
+def hf_config(spec, model_type: str | None = None, dtype: str | None = None) -> tuple[Family, dict]:
+    """(family, config.json data) for `spec`; the type is `model_type` or the first in SUPPORTED_TYPES
+    (the type the spec was imported from first) that holds every axis. Refusals are one-line UserErrors."""
+    dtype = dtype or spec.dtype.value
+    if model_type is not None:
+        family = FAMILIES.get(model_type)
+        if family is None:
+            raise UserError(f"--model-type {model_type}: not a supported type; choose one of {', '.join(SUPPORTED_TYPES)}")
+        config = _config(spec, family, dtype)
+        problems = _differences(spec, family, config)
+        if problems:
+            raise UserError(f"--model-type {model_type} cannot hold {spec.name}'s {problems[0]}{_more(len(problems) - 1)}")
+        return family, config
+    order = list(SUPPORTED_TYPES)
+    hint = _reference_type(spec)
+    if hint:
+        order.remove(hint)
+        order.insert(0, hint)
+    misses: list[tuple[int, str, str]] = []
+    for t in order:
+        family = FAMILIES[t]
+        config = _config(spec, family, dtype)
+        problems = _differences(spec, family, config)
+        if not problems:
+            return family, config
+        misses.append((len(problems), t, problems[0]))
+    n, t, first = min(misses, key=lambda m: m[0])  # the closest type, first in order among equals
+    raise UserError(f"{spec.name}: no Hugging Face model type holds this spec; the closest, {t}, cannot hold "
+                    f"{first}{_more(n - 1)}")
+
+
+def _more(n: int) -> str:
+    return "" if n == 0 else f" (and {n} more {'axis' if n == 1 else 'axes'})"
+
+
+def tensor_rules(family: Family, config: dict, spec) -> dict[str, Rule]:
+    """{checkpoint name: Rule} for this config and spec: the table import-hf reads, in checkpoint order."""
+    return family.tensors(Cfg(config, family.defaults, "config.json"), spec)
+
+
+def hf_state(graph, family: Family, config: dict, get: Callable[[str], Any]) -> dict:
+    """{checkpoint name: tensor} (in memory; export_hf streams instead) from graph tensors `get(full)`."""
+    return {name: rule.join(tuple(get(t) for t in rule.targets)) for name, rule in tensor_rules(family, config, graph.spec).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight sources: graph parameter name -> tensor, one at a time
+
+
+def owners(graph) -> dict[str, tuple[str, str]]:
+    """{full parameter name: (owning node, local name)} for every owned parameter."""
+    return {full: (node, full[len(node) + 1:]) for full, _, node in graph.params()}
+
+
+def seeded_source(graph) -> Callable[[str], Any]:
+    """The spec's seeded init (archc.weights), the same numbers every archc backend starts from."""
+    from archc.weights import init_tensor
+
+    own = owners(graph)
+    return lambda full: init_tensor(graph, *own[full])
+
+
+def safetensors_source(graph, path: Path, label: str = "--weights") -> Callable[[str], Any]:
+    """A safetensors file of graph parameter names (archc train's checkpoints, `compile --weights`)."""
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt")
+        keys = set(f.keys())
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
+        raise UserError(f"{label} {path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    shapes = {full: shape for full, shape, _ in graph.params()}
+    missing = sorted(set(shapes) - keys)
+    if missing:
+        raise UserError(f"{label} {path}: missing {len(missing)} parameter(s) of the spec, e.g. {missing[0]}; the file must "
+                        "hold archc's graph parameter names (see `archc show`)")
+
+    def get(full: str):
+        t = f.get_tensor(full)
+        if tuple(t.shape) != tuple(shapes[full]):
+            raise UserError(f"{label} {path}: {full} has shape {list(t.shape)}, the spec needs {list(shapes[full])}")
+        return t
+
+    return get
+
+
+def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
+    """The weights inside an `archc compile` directory: its initializers, mapped back to graph names by
+    lowering the graph again with the options recorded in the model's metadata (which initializer holds
+    which parameters, stacked and transposed how), then reading each one from model.onnx.data."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from exporters.onnx_export import DATA_FILE, MODEL_FILE, build_graph
+
+    try:
+        model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - a damaged file is the user's
+        raise UserError(f"{model_dir / MODEL_FILE}: not a readable ONNX model ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        ctx = build_graph(graph, meta.get("archc.target", "portable"), meta.get("archc.dtype", "fp32"),
+                          logits=meta.get("archc.logits", "all"), next_token=meta.get("archc.next_token", "argmax"))
+    except ValueError as e:
+        raise UserError(f"{model_dir / MODEL_FILE}: metadata this archc cannot read ({e}); compile it again") from None
+    refs = {r.name: r for r in ctx.weights}
+    protos = {p.name: p for p in model.graph.initializer if p.name in refs}
+    if set(protos) != set(refs):
+        raise UserError(f"{model_dir / MODEL_FILE}: its initializers do not match its spec.yaml (missing "
+                        f"{sorted(set(refs) - set(protos))[:3]}); compile it again with this archc")
+    by_source: dict[str, str] = {}
+    for name, ref in refs.items():
+        for full in ref.source if isinstance(ref.source, tuple) else (ref.source,):
+            by_source[full] = name
+    data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
+    np_dtype = {onnx.TensorProto.FLOAT: (np.float32, None), onnx.TensorProto.FLOAT16: (np.float16, None),
+                onnx.TensorProto.BFLOAT16: (np.int16, torch.bfloat16)}
+    shapes = {full: shape for full, shape, _ in graph.params()}
+    cache: dict[str, Any] = {}
+
+    def read(name: str):
+        proto, ref = protos[name], refs[name]
+        ext = {e.key: e.value for e in proto.external_data}
+        off, length = int(ext["offset"]), int(ext["length"])
+        dt, view = np_dtype[proto.data_type]
+        t = torch.from_numpy(np.array(data[off:off + length]).view(dt).reshape(list(proto.dims)))
+        if view is not None:
+            t = t.view(view)
+        if ref.transpose:
+            t = t.t()
+        sources = ref.source if isinstance(ref.source, tuple) else (ref.source,)
+        parts = t.split([shapes[s][0] for s in sources], dim=0) if len(sources) > 1 else (t,)
+        return {s: p.contiguous() for s, p in zip(sources, parts, strict=True)}
+
+    def get(full: str):
+        if full not in cache:
+            cache.update(read(by_source[full]))
+        return cache.pop(full)  # each part is asked for once: memory stays near one initializer
+
+    return get
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing the directory
+
+
+def _dtype_of(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: str,
+                      produce: Callable[[str], Any]) -> int:
+    """A safetensors file written one tensor at a time: the header (every name, shape and offset, known
+    up front) first, then each tensor `produce(name)` cast to `dtype`, so memory stays near one tensor.
+    Same inputs -> same bytes. Returns the data bytes written."""
+    import torch
+
+    item = 4 if dtype == "float32" else 2
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        n = math.prod(shape) * item
+        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    want = _dtype_of(dtype)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for name, shape in entries:
+            t = produce(name).detach().to("cpu", want).contiguous()
+            if tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{name}: produced shape {list(t.shape)}, planned {list(shape)}")
+            fh.write(memoryview((t.view(torch.int16) if want is torch.bfloat16 else t).numpy()).cast("B"))
+    return offset
+
+
+def _regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _read_json(p: Path) -> dict | None:
+    if not _regular(p):
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def special_token_ids(source_dir: Path | None) -> dict[str, int]:
+    """{'bos_token_id': id, 'eos_token_id': id, 'pad_token_id': id} that a tokenizer in `source_dir`
+    names (tokenizer_config.json's token strings, looked up in tokenizer.json); {} without one."""
+    if source_dir is None:
+        return {}
+    conf, tok = _read_json(source_dir / "tokenizer_config.json"), _read_json(source_dir / "tokenizer.json")
+    if conf is None or tok is None:
+        return {}
+    vocab: dict[str, int] = {}
+    model_vocab = (tok.get("model") or {}).get("vocab") if isinstance(tok.get("model"), dict) else None
+    if isinstance(model_vocab, dict):
+        vocab.update({k: v for k, v in model_vocab.items() if isinstance(v, int)})
+    for added in tok.get("added_tokens") or []:
+        if isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int):
+            vocab[added["content"]] = added["id"]
+    out = {}
+    for role in ("bos", "eos", "pad"):
+        value = conf.get(f"{role}_token")
+        text = value.get("content") if isinstance(value, dict) else value
+        if isinstance(text, str) and text in vocab:
+            out[f"{role}_token_id"] = vocab[text]
+    return out
+
+
+def generation_config(source_dir: Path | None, ids: dict[str, int]) -> dict:
+    """The source's generation_config.json when it has one, else one naming the tokenizer's special ids."""
+    if source_dir is not None:
+        given = _read_json(source_dir / "generation_config.json")
+        if given is not None:
+            return given
+    return {"_from_model_config": True, **ids}
+
+
+def _check_space(out: Path, need: int) -> None:
+    """Refuse up front when the checkpoint cannot fit on the output's file system."""
+    where = Path(os.path.abspath(out))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return
+    if need > free:
+        raise UserError(f"-o {out}: the checkpoint needs {need / 2**30:.1f} GiB and {where} has {free / 2**30:.1f} GiB "
+                        "free; free space, choose another disk, or a smaller --dtype")
+
+
+@dataclass
+class ExportHfResult:
+    out_dir: Path
+    model_type: str
+    n_tensors: int
+    data_bytes: int
+    dtype: str
+    copied: list[str]
+
+
+def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, model_type: str | None = None,
+              dtype: str | None = None, force: bool = False, source_dir: Path | None = None,
+              protect: tuple[Path, ...] = (), _fail_after: int | None = None) -> ExportHfResult:
+    """Write config.json, model.safetensors, generation_config.json (and the tokenizer files found in
+    `source_dir`) into `out_dir`, atomically (archc.atomic.write_dir_atomic): refused unless new or empty,
+    or `force`; never onto `protect` (the inputs). `get(full)` gives each graph parameter.
+    `_fail_after` (tests): raise after that many tensors, to prove an interruption leaves nothing."""
+    from archc.atomic import write_dir_atomic
+
+    spec = graph.spec
+    dtype = dtype or spec.dtype.value
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    family, config = hf_config(spec, model_type, dtype)
+    ids = special_token_ids(source_dir)
+    # without a tokenizer the ids are unknown: null, not the config class's defaults (GPT-2's 50256 may
+    # not even be in the vocabulary)
+    config.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}, **ids)
+    rules = tensor_rules(family, config, spec)
+    shapes = {full: shape for full, shape, _ in graph.params()}
+
+    def planned_shape(rule: Rule) -> tuple[int, ...]:
+        import torch
+
+        parts = tuple(torch.empty(shapes[t], device="meta") for t in rule.targets)
+        return tuple(rule.join(parts).shape)
+
+    entries = [(name, planned_shape(rule)) for name, rule in rules.items()]
+    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * (4 if dtype == "float32" else 2))
+    done = [0]
+
+    def produce(name: str):
+        if _fail_after is not None and done[0] >= _fail_after:
+            raise RuntimeError("simulated interruption")
+        done[0] += 1
+        rule = rules[name]
+        return rule.join(tuple(get(t) for t in rule.targets))
+
+    copied: list[str] = []
+    written = [0]
+
+    def fill(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        written[0] = write_safetensors(tmp / "model.safetensors", entries, dtype, produce)
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(source_dir, ids), indent=2) + "\n",
+                                                    encoding="utf-8")
+        for name in TOKENIZER_FILES if source_dir is not None else ():
+            if _regular(source_dir / name):
+                shutil.copyfile(source_dir / name, tmp / name)
+                copied.append(name)
+
+    write_dir_atomic(Path(out_dir), fill, force=force, label=f"-o {out_dir}", protect=protect)
+    return ExportHfResult(Path(out_dir), family.model_type, len(entries), written[0], dtype, copied)
