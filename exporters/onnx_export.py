@@ -483,7 +483,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     label = f"-o {out}"
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
     replacing = guard_model_dir(out, label)
-    check_export_room(graph, out, 2 if ExportDType(dtype) is not ExportDType.fp32 else 4,
+    check_export_room(graph, out, DType.of(dtype).itemsize,
                       whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
