@@ -92,7 +92,8 @@ def _export_source(arg: str, sets: list[str], weights: Optional[Path], seed: Opt
     """(graph, weight getter, source directory or None, the paths that are inputs, what the weights are)."""
     import archc
     from archc.commands.common import load
-    from archc.hf.export import onnx_source, safetensors_source, seeded_source
+    from archc.hf.export import safetensors_source, seeded_source
+    from exporters.onnx_weights import onnx_source
 
     p = Path(arg)
     if p.is_dir():
