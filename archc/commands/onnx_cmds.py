@@ -27,6 +27,17 @@ def _is_hf_dir(arg: str) -> bool:
     return p.is_dir() and (p / "config.json").exists() and not (p / SPEC_FILE).exists()
 
 
+def _tokenizer_source(spec: str, weights: str | None) -> Path | None:
+    """Where compile copies tokenizer files from: the first directory among the spec argument (a Hugging
+    Face directory, a training run folder, a compiled model) and --weights that holds a tokenizer.json;
+    else a Hugging Face directory without one (compile then says the model takes ids only); else None."""
+    dirs = [Path(a) for a in (spec, weights) if a is not None and Path(a).is_dir()]
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            return d
+    return next((d for d in dirs if _is_hf_dir(str(d))), None)
+
+
 def lowering_summary(lowering: dict[str, str]) -> list[str]:
     """One line per distinct lowering: 'cuda:GroupQueryAttention  x2  layers.0.attn, layers.1.attn'."""
     import re
@@ -91,7 +102,7 @@ def compile_cmd(
     graph = archc.compile(s)
     import tempfile
 
-    tokenizer_dir = spec if _is_hf_dir(spec) else None
+    tokenizer_dir = _tokenizer_source(spec, weights)
     with tempfile.TemporaryDirectory(prefix="archc-compile-") as scratch:
         if weights is None:  # a training run folder: its latest checkpoint (a distributed one is consolidated here)
             from archc.parallel.checkpoint import run_weights_file
@@ -112,7 +123,7 @@ def compile_cmd(
         if "tokenizer.json" in result.tokenizer_files:
             con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
         else:
-            con.print(f"tokenizer: {escape(spec)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+            con.print(f"tokenizer: {escape(str(tokenizer_dir))} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
                       f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
     if result.genai_unsupported is not None:
         con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
