@@ -45,7 +45,6 @@ def measure(spec, mode: str, batch: int, seq_len: int, dtype: str, device: str) 
 
     import archc
     from archc.training import build_optimizer, build_scheduler, clip_gradients
-    from exporters.torch_module import build_module
 
     dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     graph = archc.compile(spec)
@@ -53,7 +52,16 @@ def measure(spec, mode: str, batch: int, seq_len: int, dtype: str, device: str) 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if device == "cuda" else 0
-    model = build_module(graph, dtype=dt, device=device)
+    # Random weights drawn on the device (the seeded init draws 1.1 B numbers on the host: slow, and
+    # memory does not depend on the values); norm scales 1 so activations stay finite.
+    from exporters.torch_module import GraphModel
+
+    with torch.device("meta"):
+        model = GraphModel(graph).to(dt)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0) if p.dim() == 1 and "norm" in name else p.normal_(0.0, 0.02)
     out: dict = {}
     g = torch.Generator(device="cpu").manual_seed(0)
     if mode == "train":
