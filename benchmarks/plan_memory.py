@@ -24,6 +24,9 @@ CASES = [
     ("palm-1.2b train b2x1024 (Adafactor, MQA)", "palm", [], "train", 2, 1024),
     ("llama-1.1b generate b8 to 2048", "llama", [], "generate", 8, 2048),
     ("bloom-1.3b generate b4 to 1024 (ALiBi)", "bloom", [], "generate", 4, 1024),
+    ("llama-1.1b generate b4 to 1024", "llama", [], "generate", 4, 1024),
+    ("llama-1.1b generate b2 to 4096", "llama", [], "generate", 2, 4096),
+    ("llama-1.1b train b2x4096", "llama", [], "train", 2, 4096),
 ]
 NEW_TOKENS = 32
 
