@@ -130,6 +130,40 @@ class Add(nn.Module):
         return out
 
 
+def _layer_norm(h, eps: float):
+    return F.layer_norm(h, h.shape[-1:], eps=eps)
+
+
+def _rms_norm(h, eps: float):
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def norm_fn(name: str, kind: NormKind):
+    """The normalisation of a norm kind, before its scale and bias."""
+    if kind is NormKind.layernorm:
+        return _layer_norm
+    if kind is NormKind.rmsnorm:
+        return _rms_norm
+    raise UnknownSetting(name, "norm", kind, EMITTER)
+
+
+def _weight(w):
+    return w
+
+
+def _one_plus(w):
+    return 1.0 + w
+
+
+def scale_fn(name: str, scale: NormScale):
+    """The factor a norm's weight makes: w, or 1 + w (Gemma)."""
+    if scale is NormScale.weight:
+        return _weight
+    if scale is NormScale.one_plus_weight:
+        return _one_plus
+    raise UnknownSetting(name, "scale", scale, EMITTER)
+
+
 class Norm(nn.Module):
     """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), computed in float32;
     scale `weight` (y = n(x) w) or `one_plus_weight` (y = n(x) (1 + w), Gemma)."""
@@ -138,25 +172,12 @@ class Norm(nn.Module):
         super().__init__()
         s: NormSettings = node["settings"]
         p = node["params"]
-        if s.norm not in (NormKind.layernorm, NormKind.rmsnorm):
-            raise UnknownSetting(name, "norm", s.norm, EMITTER)
-        if s.scale not in (NormScale.weight, NormScale.one_plus_weight):
-            raise UnknownSetting(name, "scale", s.scale, EMITTER)
-        self.kind, self.eps, self.scale = s.norm, s.eps, s.scale
+        self.norm, self.scale, self.eps = norm_fn(name, s.norm), scale_fn(name, s.scale), s.eps
         self.weight = _param(*p["weight"])
         self.bias = _param(*p["bias"]) if "bias" in p else None
 
     def forward(self, x):
-        h = x.float()
-        if self.kind is NormKind.layernorm:
-            h = F.layer_norm(h, h.shape[-1:], eps=self.eps)
-        elif self.kind is NormKind.rmsnorm:
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        w = self.weight.float()
-        if self.scale is NormScale.weight:
-            h = h * w
-        elif self.scale is NormScale.one_plus_weight:
-            h = h * (1.0 + w)
+        h = self.norm(x.float(), self.eps) * self.scale(self.weight.float())
         if self.bias is not None:
             h = h + self.bias.float()
         return h.to(x.dtype)
@@ -183,18 +204,20 @@ class Mask(nn.Module):
     def __init__(self, name: str, node: dict):
         super().__init__()
         s: MaskSettings = node["settings"]
-        if s.mask not in (MaskKind.causal, MaskKind.prefix):
+        if s.mask is MaskKind.causal:
+            self.bidirectional_prefix = False
+        elif s.mask is MaskKind.prefix:  # GLM: keys inside the prefix are visible to every query
+            self.bidirectional_prefix = True
+        else:
             raise UnknownSetting(name, "mask", s.mask, EMITTER)
-        self.kind, self.window = s.mask, s.sliding_window
+        self.window = s.sliding_window
 
     def forward(self, attention_mask, prefix_len=None, *, ctx: _Context, dtype=torch.float32):
         pos = _positions(attention_mask)
         kpos, qpos = pos[:, None, :], pos[:, -ctx.seq :, None]
         real = attention_mask[:, None, :].bool()
         visible = kpos <= qpos
-        if self.kind is MaskKind.causal:
-            pass
-        elif self.kind is MaskKind.prefix and prefix_len is not None:
+        if self.bidirectional_prefix and prefix_len is not None:
             visible = visible | (kpos < prefix_len.view(-1, 1, 1))
         if self.window is not None:
             visible = visible & (qpos - kpos < self.window)
@@ -225,9 +248,7 @@ class Rotary(nn.Module):
     def __init__(self, name: str, node: dict):
         super().__init__()
         s: RotarySettings = node["settings"]
-        if s.style not in (RopeStyle.half, RopeStyle.interleaved):
-            raise UnknownSetting(name, "style", s.style, EMITTER)
-        self.theta, self.dim, self.style = s.theta, s.rotary_dim, s.style
+        self.theta, self.dim = s.theta, s.rotary_dim
 
     def forward(self, positions):
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=positions.device).float() / self.dim)
@@ -235,28 +256,41 @@ class Rotary(nn.Module):
         return torch.stack((angle.cos(), angle.sin()), dim=-1)
 
 
-def apply_rotary(x, table, style: RopeStyle):
-    """Rotate the first rotary_dim dims of x [B,H,S,hd]; the rest pass through (partial rotary, GPT-NeoX).
-    half: pairs (i, i + d/2) (GPT-NeoX, HF LLaMA); interleaved: pairs (2i, 2i + 1) (GPT-J, RoFormer)."""
+def _rotate_half(rot, cos, sin):
+    """Pairs (i, i + d/2) (GPT-NeoX, HF LLaMA)."""
+    d = rot.shape[-1]
+    x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _rotate_interleaved(rot, cos, sin):
+    """Pairs (2i, 2i + 1) (GPT-J, RoFormer)."""
+    x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+def rotate_fn(name: str, style: RopeStyle):
+    """How a RoPE style pairs the rotated dims."""
+    if style is RopeStyle.half:
+        return _rotate_half
+    if style is RopeStyle.interleaved:
+        return _rotate_interleaved
+    raise UnknownSetting(name, "style", style, EMITTER)
+
+
+def apply_rotary(x, table, rotate):
+    """Rotate the first rotary_dim dims of x [B,H,S,hd] with `rotate` (rotate_fn); the rest pass
+    through (partial rotary, GPT-NeoX)."""
     cos, sin = (t[:, None].to(x.dtype) for t in table.unbind(-1))  # [B,1,S,d/2]
     d = 2 * cos.shape[-1]
-    rot, rest = x[..., :d], x[..., d:]
-    if style is RopeStyle.half:
-        x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
-        rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    elif style is RopeStyle.interleaved:
-        x1, x2 = rot[..., 0::2], rot[..., 1::2]
-        rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-    else:
-        raise UnknownSetting("rotary", "style", style, EMITTER)
-    return torch.cat((rot, rest), dim=-1)
+    return torch.cat((rotate(x[..., :d], cos, sin), x[..., d:]), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------
 # Blocks
 
 
-def _sdpa_backends(kernel: AttentionKernel):
+def _sdpa_backends(name: str, kernel: AttentionKernel):
     """The spec's attention kernel as an sdpa_kernel context; math stays allowed as the fallback, so a
     kernel the device lacks (memory-efficient on CPU, flash with a float mask) never fails."""
     if kernel is AttentionKernel.default:
@@ -270,7 +304,7 @@ def _sdpa_backends(kernel: AttentionKernel):
     elif kernel is AttentionKernel.math:
         wanted = SDPBackend.MATH
     else:
-        raise UnknownSetting("attention", "kernel", kernel, EMITTER)
+        raise UnknownSetting(name, "kernel", kernel, EMITTER)
     return sdpa_kernel(list(dict.fromkeys([wanted, SDPBackend.MATH])))
 
 
@@ -280,15 +314,14 @@ class Attention(nn.Module):
 
     uses_context = True
 
-    def __init__(self, name: str, node: dict, rotary_style: RopeStyle | None = None):
+    def __init__(self, name: str, node: dict, rotate=None):
         super().__init__()
         s: AttentionSettings = node["settings"]
         p = node["params"]
-        if s.kernel not in (AttentionKernel.default, AttentionKernel.memory_efficient, AttentionKernel.flash, AttentionKernel.math):
-            raise UnknownSetting(name, "kernel", s.kernel, EMITTER)
-        self.rotary_style = rotary_style  # read off the rotary node feeding this one
+        _sdpa_backends(name, s.kernel)  # refuses a kernel without a branch when the model is built
+        self.rotate = rotate  # rotate_fn of the rotary node feeding this one
         self.n_heads, self.kv_heads, self.head_dim = s.n_heads, s.kv_heads, s.head_dim
-        self.scale, self.kernel, self.slot = s.softmax_scale, s.kernel, node["cache"]
+        self.name, self.scale, self.kernel, self.slot = name, s.softmax_scale, s.kernel, node["cache"]
         self.q, self.k, self.v, self.o = (_linear(p, n) for n in ("q", "k", "v", "o"))
 
     def forward(self, x, mask, rotary=None, bias=None, *, ctx: _Context):
@@ -297,7 +330,7 @@ class Attention(nn.Module):
         k = self.k(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
         if rotary is not None:
-            q, k = apply_rotary(q, rotary, self.rotary_style), apply_rotary(k, rotary, self.rotary_style)
+            q, k = apply_rotary(q, rotary, self.rotate), apply_rotary(k, rotary, self.rotate)
         past = ctx.past[self.slot] if ctx.past else None
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
@@ -306,7 +339,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
         attn_mask = mask if bias is None else mask + bias
-        with _sdpa_backends(self.kernel):
+        with _sdpa_backends(self.name, self.kernel):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.scale)
         return self.o(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
@@ -430,7 +463,7 @@ class GraphModel(nn.Module):
             return Rotary(name, node)
         if kind is K.attention:
             rotary = graph.input_of(name, "rotary")
-            return Attention(name, node, graph.settings(rotary).style if rotary else None)
+            return Attention(name, node, rotate_fn(rotary, graph.settings(rotary).style) if rotary else None)
         if kind is K.mlp:
             return Mlp(name, node)
         if kind is K.residual:
