@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from archc.dtypes import DType
 from archc.graph import ComponentGraph, ComponentKind
 
 # How `show` and `diff` group parameters.
@@ -29,9 +30,6 @@ GROUPS = {
     ComponentKind.norm.value: "norm",
     ComponentKind.head.value: "head",
 }
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
 
 @dataclass(frozen=True)
 class Cost:
@@ -53,12 +51,12 @@ class Cost:
         attn = sum(f * self._positions(w, seq_len) for f, _, w in self.attention_by_window)
         return 2 * self.matmul_params + attn
 
-    def kv_bytes_per_token(self, dtype: str = "float16") -> int:
-        return self.kv_elements_per_token * DTYPE_BYTES[dtype]
+    def kv_bytes_per_token(self, dtype: DType = DType.float16) -> int:
+        return self.kv_elements_per_token * dtype.itemsize
 
-    def kv_bytes_at(self, seq_len: int, dtype: str = "float16") -> int:
+    def kv_bytes_at(self, seq_len: int, dtype: DType = DType.float16) -> int:
         """KV-cache bytes a context of seq_len tokens needs: a windowed layer keeps its last `window`."""
-        return sum(kv * self._positions(w, seq_len) for _, kv, w in self.attention_by_window) * DTYPE_BYTES[dtype]
+        return sum(kv * self._positions(w, seq_len) for _, kv, w in self.attention_by_window) * dtype.itemsize
 
     @property
     def sliding_window(self) -> int | None:

@@ -20,10 +20,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from archc.cost import GROUPS, cost
+from archc import words
 from archc.components import MaskSettings, NormSettings, settings_to_json
+from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind
-from archc.spec import MaskKind, NormKind, NormScale, Spec
+from archc.spec import AttentionKernel, MaskKind, Spec
 
 # --------------------------------------------------------------------------------------------
 # 1. Spec axes
@@ -105,11 +106,6 @@ ROLE_OUTPUT = {
     "attn_residual": "the residual stream after attention", "mlp_residual": "the residual stream after the MLP",
     "residual": "the residual stream after the layer",
 }
-NORM_NAME = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
-ACTIVATION_NAME = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "relu": "ReLU", "silu": "SiLU", "swiglu": "SwiGLU",
-                   "geglu": "GeGLU", "geglu_tanh": "GeGLU (tanh)", "reglu": "ReGLU"}
-KERNEL_NAME = {"default": "backend-default kernel", "memory_efficient": "memory-efficient kernel", "flash": "flash kernel",
-               "math": "math (reference) kernel"}
 LAYER_INPUT = "the layer input (residual stream)"
 
 
@@ -118,22 +114,12 @@ def role_name(role: str) -> str:
 
 
 def norm_words(settings: NormSettings) -> str:
-    words = NORM_NAME.get(settings.norm.value, settings.norm.value)
-    if settings.norm is NormKind.layernorm and not settings.bias:
-        words += ", no bias"
-    elif settings.norm is not NormKind.layernorm and settings.bias:
-        words += " with bias"
-    if settings.scale is NormScale.one_plus_weight:
-        words += ", (1 + w) scale"
-    return f"{words}, eps {settings.eps:g}"
+    """A norm node's settings in words, with its eps."""
+    return f"{words.norm(settings.norm, settings.bias, settings.scale)}, eps {settings.eps:g}"
 
 
-def sharing_words(n_heads: int, kv_heads: int) -> str:
-    if kv_heads == n_heads:
-        return "multi-head"
-    if kv_heads == 1:
-        return "multi-query"
-    return "grouped-query"
+def kernel_words(kernel: AttentionKernel) -> str:
+    return f"{'backend-default' if kernel is AttentionKernel.default else words.KERNEL[kernel]} kernel"
 
 
 @dataclass
@@ -253,11 +239,11 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("attn.mask", "attention", [mask.mask.value, mask.sliding_window], _mask_words(mask), (role,))
             put("attn.n_heads", "attention", s.n_heads, f"{s.n_heads} query heads", (role,))
             put("attn.kv_heads", "attention", s.kv_heads,
-                f"{s.kv_heads} head{'s' if s.kv_heads != 1 else ''} ({sharing_words(s.n_heads, s.kv_heads)})", (role,))
+                f"{s.kv_heads} head{'s' if s.kv_heads != 1 else ''} ({words.sharing(s.n_heads, s.kv_heads)})", (role,))
             put("attn.head_dim", "attention", s.head_dim, f"head size {s.head_dim}", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("attn.bias", "attention", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
-            put("attn.kernel", "attention", s.kernel.value, KERNEL_NAME.get(s.kernel.value, s.kernel.value), (role,))
+            put("attn.kernel", "attention", s.kernel.value, kernel_words(s.kernel), (role,))
             # Only said when it is not the default 1/sqrt(head_dim) (a head-size change already says that).
             default = abs(s.softmax_scale * s.head_dim ** 0.5 - 1) < 1e-9
             put("attn.softmax_scale", "attention", None if default else s.softmax_scale,
@@ -268,7 +254,7 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             gated = "gate.weight" in params
             act = s.activation.value
             put("mlp.activation", "MLP", [act, gated],
-                f"{ACTIVATION_NAME.get(act, act)} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
+                f"{words.ACTIVATION[s.activation]} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
             put("mlp.d_ff", "MLP", s.d_ff, f"{s.d_ff} hidden units", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("mlp.bias", "MLP", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
@@ -285,17 +271,17 @@ def _init_words(rules: dict) -> str:
     for local, r in rules.items():
         if r["dist"] in ("zeros", "ones"):
             continue
-        words = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
+        rule = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
             if r["dist"] == "xavier" else r["dist"]
-        groups.setdefault(words, []).append(local.split(".")[0])
+        groups.setdefault(rule, []).append(local.split(".")[0])
     return "; ".join(f"{w} on {', '.join(ps)}" for w, ps in groups.items()) or "no weights"
 
 
 def _mask_words(mask: MaskSettings) -> str:
-    words = "prefix mask (bidirectional over the prefix, causal after it)" if mask.mask is MaskKind.prefix else "causal mask"
+    text = "prefix mask (bidirectional over the prefix, causal after it)" if mask.mask is MaskKind.prefix else "causal mask"
     if mask.sliding_window:
-        words += f", sliding window {mask.sliding_window}"
-    return words
+        text += f", sliding window {mask.sliding_window}"
+    return text
 
 
 POSITION_TABLE_WORDS = {
@@ -576,7 +562,7 @@ def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int) -> list[Cost
     rows.append(CostRow("flops_per_token", f"FLOPs per token (forward, context {seq_len})",
                         ca.flops_per_token(seq_len), cb.flops_per_token(seq_len)))
     rows.append(CostRow("kv_cache_bytes_per_token", "KV-cache bytes per token",
-                        ca.kv_bytes_per_token(ga.spec.dtype.value), cb.kv_bytes_per_token(gb.spec.dtype.value)))
+                        ca.kv_bytes_per_token(ga.spec.dtype), cb.kv_bytes_per_token(gb.spec.dtype)))
     return rows
 
 

@@ -13,6 +13,7 @@ import typer
 from archc.cli import app
 from archc.commands.common import SetOption, load
 from archc.errors import UserError
+from archc.model_dir import MODEL_FILE, SPEC_FILE
 
 
 def _console(stderr: bool = False):
@@ -23,7 +24,7 @@ def _console(stderr: bool = False):
 
 def _is_hf_dir(arg: str) -> bool:
     p = Path(arg)
-    return p.is_dir() and (p / "config.json").exists() and not (p / "spec.yaml").exists()
+    return p.is_dir() and (p / "config.json").exists() and not (p / SPEC_FILE).exists()
 
 
 def _tokenizer_source(spec: str, weights: str | None) -> Path | None:
@@ -70,7 +71,8 @@ def compile_cmd(
     from rich.markup import escape
 
     import archc
-    from exporters.onnx_export import ExportDType, Logits, NextToken, Target, export
+    from archc.dtypes import SHORT_WORDS, DType
+    from exporters.onnx_export import Logits, NextToken, Target, export
 
     if target not in {t.value for t in Target}:
         raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
@@ -78,9 +80,9 @@ def compile_cmd(
         raise UserError(f"--logits {logits}: choose one of {', '.join(v.value for v in Logits)}")
     if next_token not in {v.value for v in NextToken}:
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
-    if dtype not in {d.value for d in ExportDType}:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
-    if out.is_dir() and (out / "model.onnx").exists() and not force:
+    if dtype not in SHORT_WORDS:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(SHORT_WORDS)}")
+    if out.is_dir() and (out / MODEL_FILE).exists() and not force:
         raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
     if seed is not None:
@@ -120,7 +122,7 @@ def compile_cmd(
 
             found = run_weights_file(Path(spec), graph, Path(scratch))
             weights = str(found) if found is not None else None
-        result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
+        result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits, next_token=next_token,
                         tokenizer_dir=tokenizer_dir)
     con = _console()
     mb = result.data_bytes / 2**20
