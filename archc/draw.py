@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archc.atomic import write_atomic
-from archc.diff import ACTIVATION_NAME, norm_position, norm_words, role_name, sharing_words
+from archc import words
+from archc.diff import norm_position, norm_words, role_name
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind
 
@@ -88,11 +89,11 @@ def label(cg: ComponentGraph, name: str) -> str:
     if k == ComponentKind.attention.value:
         pos = "RoPE on q/k" if cg.input_of(name, "rotary") else "ALiBi bias" if cg.input_of(name, "bias") else "no position signal"
         mask = cg.settings(cg.input_of(name, "mask")).mask.value
-        return (f"attention, {sharing_words(s.n_heads, s.kv_heads)}\n{s.n_heads} q heads, "
+        return (f"attention, {words.sharing(s.n_heads, s.kv_heads)}\n{s.n_heads} q heads, "
                 f"{s.kv_heads} K/V head{'s' if s.kv_heads != 1 else ''}, head {s.head_dim}\n{pos}, {mask} mask")
     if k == ComponentKind.mlp.value:
         D = d["params"]["down.weight"][0]
-        return f"MLP, {ACTIVATION_NAME.get(s.activation.value, s.activation.value)}\n{D} → {s.d_ff} → {D}"
+        return f"MLP, {words.ACTIVATION[s.activation]}\n{D} → {s.d_ff} → {D}"
     if k == ComponentKind.mask.value:
         return f"{s.mask.value} mask" + (f"\nwindow {s.sliding_window}" if s.sliding_window else "")
     if k == ComponentKind.rotary.value:

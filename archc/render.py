@@ -13,7 +13,8 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from archc.compare import Comparison, human, human_bytes
+from archc.compare import Comparison
+from archc.words import human, human_bytes
 from archc.diff import Diff, SpecRow
 
 

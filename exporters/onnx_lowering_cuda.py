@@ -37,9 +37,10 @@ import numpy as np
 from onnx import TensorProto
 
 from archc.components import ComponentKind, NormSettings, UnknownSetting
+from archc.dtypes import DType
 from archc.spec import MaskKind, NormKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import Ctx, ExportDType, KvCache, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import Ctx, KvCache, WeightLayout, input_of, inputs_of
 
 LOWERING = "cuda ONNX lowering"
 
@@ -209,7 +210,7 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
         mask_reason = "prefix mask (the op is always causal)"
     else:
         raise UnknownSetting(mask, "mask", kind, LOWERING)
-    if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
+    if ctx.dtype is DType.float32 and not ctx.fused_fp32:
         return "fp32 (its CUDA kernels take fp16/bf16)"
     if g.settings(name).head_dim % 16:
         return "head_size % 16 != 0"
@@ -230,7 +231,7 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     if reason is not None:
         # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
         # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
-        if ctx.dtype is ExportDType.bf16:
+        if ctx.dtype is DType.bfloat16:
             why_not = "no bf16 CUDA kernel"
         elif node["settings"].kv_heads < node["settings"].n_heads:
             why_not = "kv_heads < n_heads"

@@ -15,6 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from archc.components import ComponentKind, UnknownSetting
+from archc.dtypes import DType
 from archc.spec import Activation, AttentionKernel, MaskKind, NormKind, NormScale, RopeStyle
 from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, WeightLayout, input_of, inputs_of
 
@@ -30,8 +31,8 @@ def _dims(shape: list) -> list:
 
 def neg_large(ctx: Ctx) -> float:
     """finfo(dtype).min of the model dtype: large, finite (padded query rows stay finite)."""
-    return {"fp32": float(np.finfo(np.float32).min), "fp16": float(np.finfo(np.float16).min),
-            "bf16": -3.3895313892515355e38}[ctx.dtype.value]
+    return {DType.float32: float(np.finfo(np.float32).min), DType.float16: float(np.finfo(np.float16).min),
+            DType.bfloat16: -3.3895313892515355e38}[ctx.dtype]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import typer
 
 from archc.cli import app
 from archc.commands.common import SetOption, load
+from archc.dtypes import DType
+from archc.words import human
 
 # LLaMA's axes at a size a laptop CPU compiles and runs in seconds; any --set overrides these.
 DEMO_SETS = ["n_layers=4", "d_model=256", "attention.n_heads=8", "mlp.d_ff=688", "vocab_size=512", "max_seq_len=128",
@@ -48,8 +50,8 @@ def demo_cmd(
         s = load_spec(path)
         c = cost(archc.compile(s))
         a = s.attention
-        table.add_row(path.stem, _human(c.params), str(s.n_layers), str(s.d_model), f"{a.sharing.value} {a.n_heads}/{a.kv_heads}",
-                      s.position.kind.value, s.residual.layout.value, f"{c.kv_bytes_per_token('float16'):,}")
+        table.add_row(path.stem, human(c.params), str(s.n_layers), str(s.d_model), f"{a.sharing.value} {a.n_heads}/{a.kv_heads}",
+                      s.position.kind.value, s.residual.layout.value, f"{c.kv_bytes_per_token(DType.float16):,}")
     con.print(table)
     con.print(f"all {len(library_specs())} library specs valid\n")
 
@@ -64,10 +66,6 @@ def demo_cmd(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _human(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
 def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) -> None:
