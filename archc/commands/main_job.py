@@ -42,7 +42,8 @@ def demo_cmd(
     from archc.cost import cost
     from archc.loader import library_specs, load_spec
 
-    con = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    # markup=False: spec names are user text, printed as written
+    con = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 120)
     table = Table(title="spec library (specs/)", title_justify="left")
     for col in ("spec", "parameters", "layers", "d_model", "attention", "position", "residual", "KV B/token fp16"):
         table.add_column(col, justify="right" if col in ("parameters", "layers", "d_model", "KV B/token fp16") else "left")
@@ -92,7 +93,9 @@ def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) ->
         from archc.errors import UserError
 
         raise UserError("onnxruntime and PyTorch generated different tokens; please report this spec")
-    con.print("[green]onnxruntime and PyTorch agree token for token[/]")
+    from rich.text import Text
+
+    con.print(Text("onnxruntime and PyTorch agree token for token", style="green"))
 
 
 def _torch_greedy(graph, prompt: list[int], n: int) -> list[int]:
