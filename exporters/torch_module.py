@@ -188,6 +188,8 @@ class Norm(nn.Module):
             h = F.layer_norm(x, shape, w, self.bias if post is None else None, eps=self.eps)
         elif self.kind is NormKind.rmsnorm:
             h = F.rms_norm(x, shape, w, eps=self.eps)
+            if self.bias is not None and post is None:  # rms_norm takes no bias
+                h = h + self.bias
         else:
             raise UnknownSetting(self.name, "norm", self.kind, EMITTER)
         if post is not None:

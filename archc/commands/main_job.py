@@ -17,6 +17,8 @@ import typer
 
 from archc.cli import app
 from archc.commands.common import SetOption, load
+from archc.dtypes import DType
+from archc.words import human
 
 # LLaMA's axes at a size a laptop CPU compiles and runs in seconds; any --set overrides these.
 DEMO_SETS = ["n_layers=4", "d_model=256", "attention.n_heads=8", "mlp.d_ff=688", "vocab_size=512", "max_seq_len=128",
@@ -40,7 +42,8 @@ def demo_cmd(
     from archc.cost import cost
     from archc.loader import library_specs, load_spec
 
-    con = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    # markup=False: spec names are user text, printed as written
+    con = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 120)
     table = Table(title="spec library (specs/)", title_justify="left")
     for col in ("spec", "parameters", "layers", "d_model", "attention", "position", "residual", "KV B/token fp16"):
         table.add_column(col, justify="right" if col in ("parameters", "layers", "d_model", "KV B/token fp16") else "left")
@@ -48,8 +51,8 @@ def demo_cmd(
         s = load_spec(path)
         c = cost(archc.compile(s))
         a = s.attention
-        table.add_row(path.stem, _human(c.params), str(s.n_layers), str(s.d_model), f"{a.sharing.value} {a.n_heads}/{a.kv_heads}",
-                      s.position.kind.value, s.residual.layout.value, f"{c.kv_bytes_per_token('float16'):,}")
+        table.add_row(path.stem, human(c.params), str(s.n_layers), str(s.d_model), f"{a.sharing.value} {a.n_heads}/{a.kv_heads}",
+                      s.position.kind.value, s.residual.layout.value, f"{c.kv_bytes_per_token(DType.float16):,}")
     con.print(table)
     con.print(f"all {len(library_specs())} library specs valid\n")
 
@@ -64,10 +67,6 @@ def demo_cmd(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _human(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
 def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) -> None:
@@ -94,7 +93,9 @@ def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) ->
         from archc.errors import UserError
 
         raise UserError("onnxruntime and PyTorch generated different tokens; please report this spec")
-    con.print("[green]onnxruntime and PyTorch agree token for token[/]")
+    from rich.text import Text
+
+    con.print(Text("onnxruntime and PyTorch agree token for token", style="green"))
 
 
 def _torch_greedy(graph, prompt: list[int], n: int) -> list[int]:
