@@ -89,7 +89,11 @@ def compile_cmd(
     graph = archc.compile(s)
     import tempfile
 
+    from archc.train.loop import is_run_dir
+
     tokenizer_dir = spec if _is_hf_dir(spec) else None
+    if is_run_dir(Path(spec)) and (Path(spec) / "tokenizer.json").is_file():
+        tokenizer_dir = spec  # a training run on text: the tokenizer it was trained with
     with tempfile.TemporaryDirectory(prefix="archc-compile-") as scratch:
         if weights is None:  # a training run folder: its latest checkpoint (a distributed one is consolidated here)
             from archc.parallel.checkpoint import run_weights_file
