@@ -34,7 +34,6 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CASES = ("archc-eager", "archc-compile", "hf-eager", "hf-compile")
 DECODE_CASES = ("archc-decode", "hf-decode")
 
@@ -210,7 +209,6 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="benchmarks/standard.py TINY shapes (CPU orchestration check)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     import torch
 
     import archc

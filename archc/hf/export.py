@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from archc.dtypes import DType
 from archc.errors import UserError
 from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
 from archc.hf.common import Cfg, Family, Rule
@@ -41,8 +42,8 @@ _NOT_COMPARED = {"attention.kernel",
                  "position.rotary_fraction",  # rotary_dim is compared; the fraction is the same width rounded
                  "position.style"}  # any RoPE type holds either style through the q/k row permutation
 
-DTYPES = ("float32", "float16", "bfloat16")
-_SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+DTYPES = tuple(d.value for d in DType)  # the checkpoint's dtype, spelled as in config.json ("float16")
+_SAFETENSORS_DTYPE = {DType.float32: "F32", DType.float16: "F16", DType.bfloat16: "BF16"}
 
 # Files of a tokenizer (transformers' AutoTokenizer reads these) copied from a source directory.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -180,71 +181,8 @@ def safetensors_source(graph, path: Path, label: str = "--weights") -> Callable[
     return get
 
 
-def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
-    """The weights inside an `archc compile` directory: its initializers, mapped back to graph names by
-    lowering the graph again with the options recorded in the model's metadata (which initializer holds
-    which parameters, stacked and transposed how), then reading each one from model.onnx.data."""
-    import numpy as np
-    import onnx
-    import torch
-
-    from exporters.onnx_export import DATA_FILE, MODEL_FILE, build_graph
-
-    try:
-        model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - a damaged file is the user's
-        raise UserError(f"{model_dir / MODEL_FILE}: not a readable ONNX model ({type(e).__name__})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    try:
-        ctx = build_graph(graph, meta.get("archc.target", "portable"), meta.get("archc.dtype", "fp32"),
-                          logits=meta.get("archc.logits", "all"), next_token=meta.get("archc.next_token", "argmax"))
-    except ValueError as e:
-        raise UserError(f"{model_dir / MODEL_FILE}: metadata this archc cannot read ({e}); compile it again") from None
-    refs = {r.name: r for r in ctx.weights}
-    protos = {p.name: p for p in model.graph.initializer if p.name in refs}
-    if set(protos) != set(refs):
-        raise UserError(f"{model_dir / MODEL_FILE}: its initializers do not match its spec.yaml (missing "
-                        f"{sorted(set(refs) - set(protos))[:3]}); compile it again with this archc")
-    by_source: dict[str, str] = {}
-    for name, ref in refs.items():
-        for full in ref.source if isinstance(ref.source, tuple) else (ref.source,):
-            by_source[full] = name
-    data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
-    np_dtype = {onnx.TensorProto.FLOAT: (np.float32, None), onnx.TensorProto.FLOAT16: (np.float16, None),
-                onnx.TensorProto.BFLOAT16: (np.int16, torch.bfloat16)}
-    shapes = {full: shape for full, shape, _ in graph.params()}
-    cache: dict[str, Any] = {}
-
-    def read(name: str):
-        proto, ref = protos[name], refs[name]
-        ext = {e.key: e.value for e in proto.external_data}
-        off, length = int(ext["offset"]), int(ext["length"])
-        dt, view = np_dtype[proto.data_type]
-        t = torch.from_numpy(np.array(data[off:off + length]).view(dt).reshape(list(proto.dims)))
-        if view is not None:
-            t = t.view(view)
-        if ref.transpose:
-            t = t.t()
-        sources = ref.source if isinstance(ref.source, tuple) else (ref.source,)
-        parts = t.split([shapes[s][0] for s in sources], dim=0) if len(sources) > 1 else (t,)
-        return {s: p.contiguous() for s, p in zip(sources, parts, strict=True)}
-
-    def get(full: str):
-        if full not in cache:
-            cache.update(read(by_source[full]))
-        return cache.pop(full)  # each part is asked for once: memory stays near one initializer
-
-    return get
-
-
 # ------------------------------------------------------------------------------------------------
 # Writing the directory
-
-
-def _dtype_of(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: str,
@@ -254,16 +192,16 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dt
     Same inputs -> same bytes. Returns the data bytes written."""
     import torch
 
-    item = 4 if dtype == "float32" else 2
+    item = DType(dtype).itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in entries:
         n = math.prod(shape) * item
-        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPE[DType(dtype)], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    want = _dtype_of(dtype)
+    want = DType(dtype).to_torch()
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
@@ -377,7 +315,7 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
         return tuple(rule.join(parts).shape)
 
     entries = [(name, planned_shape(rule)) for name, rule in rules.items()]
-    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * (4 if dtype == "float32" else 2))
+    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * DType(dtype).itemsize)
     done = [0]
 
     def produce(name: str):
