@@ -468,3 +468,25 @@ def test_hf_checkpoint_survives_import_then_export(tmp_path):
         with torch.no_grad():
             ref = original(ids).logits.float()
         assert float((_hf_logits(tmp_path / case / "out", ids) - ref).abs().max()) <= ATOL, case
+
+
+def test_hf_directory_compiled_then_exported_keeps_weights_and_tokenizer(tmp_path, capsys):
+    """HF dir (with a tokenizer) -> `archc compile` -> `archc export-hf`: the same tensors, the same
+    tokenizer files and generation config, and the model type the spec was imported from."""
+    from safetensors.torch import load_file
+
+    graph = archc.compile(spec_from_dict(CASES["mistral"]))
+    state = randomised_state(graph, seed=9)
+    export_hf(graph, tmp_path / "src", state.__getitem__)
+    run, _ = _train_dir(tmp_path, CASES["mistral"])  # borrow its tokenizer files
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "src" / name).write_bytes((run / name).read_bytes())
+    (tmp_path / "src" / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 3], "bos_token_id": 1}))
+    assert run_cli(["compile", str(tmp_path / "src"), "-o", str(tmp_path / "c")], capsys)[0] == 0
+    rc, out, err = run_cli(["export-hf", str(tmp_path / "c"), "-o", str(tmp_path / "back")], capsys)
+    assert rc == 0, err
+    assert "model_type mistral" in out
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes(), name
+    a, b = load_file(str(tmp_path / "src" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
