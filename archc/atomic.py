@@ -4,7 +4,8 @@ The data goes to a temporary file in the destination's folder (same file system,
 is atomic), may be checked there (e.g. loaded as a spec), gets ordinary permissions, and only then
 takes the destination's name. Every OSError becomes one UserError line naming the path.
 
-Used by `schema -o`, `new`, `import-hf -o`, `diff/compare -o` and the diagram writers. The ONNX
+Every destination passes `files.guard_output` first: a FIFO, a device or an input of the command is
+never replaced. Used by `schema -o`, `new`, `import-hf -o`, `diff/compare -o` and the diagram writers. The ONNX
 exporter writes a whole model directory and swaps directories instead (exporters/onnx_export.py).
 """
 
@@ -16,6 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from archc.errors import UserError
+from archc.files import guard_output, why
+
+
+def temp_prefix(name: str) -> str:
+    """A hidden temporary name beside `name` that stays within the 255-byte name limit whatever
+    `name` is (mkstemp adds 8 characters and the suffix)."""
+    return f".archc.{name[:32]}."
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Callable[[Path], None] | None = None,
@@ -29,19 +37,20 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
     """
     shown = label or str(path)
     folder = path.parent
+    guard_output(path, shown)  # not a FIFO or device, not one of this command's inputs, a name the system takes
     if make_folder:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"{shown}: cannot create folder {folder}: {e.strerror}") from None
+            raise UserError(f"{shown}: cannot create folder {folder}: {why(e)}") from None
     if not folder.is_dir():
         raise UserError(f"{shown}: folder {folder} does not exist; create it first")
     if path.is_dir():
         raise UserError(f"{shown}: is a directory; give a file name")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=folder)
     except OSError as e:
-        raise UserError(f"{shown}: cannot write in {folder}: {e.strerror}") from None
+        raise UserError(f"{shown}: cannot write in {folder}: {why(e)}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -65,7 +74,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
                     raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
                 os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"{shown}: cannot write: {e.strerror}") from None
+        raise UserError(f"{shown}: cannot write: {why(e)}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Modules that register commands, in the order `archc --help` lists them.
-COMMAND_MODULES = ["spec_cmds", "hf_cmds", "onnx_cmds", "train_cmds", "diff_cmds", "bench_cmds", "main_job"]
+COMMAND_MODULES = ["spec_cmds", "hf_cmds", "onnx_cmds", "train_cmds", "diff_cmds", "bench_cmds", "main_job", "clean_cmds"]
 
 
 def _register() -> None:
@@ -34,10 +34,37 @@ def _register() -> None:
                 raise
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that every `finally` and
+    `except BaseException` cleanup (the exporter's temporary directory) runs."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    from archc.errors import UserError
+    import signal
+    import threading
+
+    from archc.files import reset_inputs
 
     _register()
+    reset_inputs()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(argv)
+    finally:
+        if previous is not None:  # in-process callers (tests) get their own handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    from archc.errors import UserError
+    from archc.files import why
+
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)
@@ -49,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         raise SystemExit(_print_error("interrupted", 130))
+    except Terminated:
+        raise SystemExit(_print_error("terminated", 143))
+    except OSError as e:  # a file system refusal no command anticipated (ENOSPC, EIO, a name too long)
+        where = f"{e.filename}: " if e.filename else ""
+        raise SystemExit(_print_error(f"{where}{why(e)}", 2))
+    except MemoryError:
+        raise SystemExit(_print_error("out of memory; the model or input is too large for this machine", 2))
     except Exception as e:  # click's usage errors
         families = _click_exception_modules()
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from archc.errors import SpecError, UserError
+from archc.files import read_bytes, stat_path
 from archc.spec import OptimizerKind, PositionKind, ScheduleKind, Spec
 
 Path_ = tuple[str, ...]
@@ -47,47 +48,66 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap, loader: _Loader) -> Any:
+# A spec is a few hundred values. Aliases let a small file expand into a huge tree (9 levels of 9
+# aliases each is 9^9 values: "billion laughs"), and an alias inside its own anchor is a cycle; both
+# are refused while the tree is built, long before memory grows.
+MAX_NODES = 100_000
+MAX_SPEC_BYTES = 4 * 2**20  # the largest library spec is a few KB
+MAX_EXTENDS = 64  # files in one extends chain
+
+
+class _Budget:
+    """Values built so far from one document, shared by the whole walk."""
+
+    def __init__(self, file: str):
+        self.file, self.left = file, MAX_NODES
+
+    def spend(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise SpecError(f"the YAML expands to more than {MAX_NODES} values (aliases that repeat aliases?); "
+                            "write the values out or use fewer aliases", self.file, node.start_mark.line + 1)
+
+
+def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap, loader: _Loader,
+               budget: _Budget | None = None, open_: frozenset = frozenset()) -> Any:
     """Plain data from a composed node, recording each path's line; `loader` builds the scalars
-    (one per file: its constructor caches by node, and nodes are not shared)."""
+    (one per file: its constructor caches by node, and nodes are not shared). `budget` bounds the
+    expanded size; `open_` holds the ids of the collections being built above (an alias back to one
+    of them is a cycle)."""
+    budget = budget or _Budget(file)
+    budget.spend(node)
     lines[path] = (file, node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in open_:
+            raise SpecError("a YAML alias refers to a value that contains it (a cycle); remove the alias",
+                            file, node.start_mark.line + 1, ".".join(path) or None)
+        open_ = open_ | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("keys must be plain names, not a list or mapping (a YAML complex key `? ...`)",
+                                file, key_node.start_mark.line + 1, ".".join(path) or None)
             key = loader.construct_object(key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SpecError(f"keys must be plain names, got {key_node.value!r}", file, key_node.start_mark.line + 1)
             key = str(key)
             if key in out:
                 raise SpecError(f"key '{key}' appears twice", file, key_node.start_mark.line + 1, ".".join(path + (key,)))
-            out[key] = _construct(value_node, file, path + (key,), lines, loader)
+            out[key] = _construct(value_node, file, path + (key,), lines, loader, budget, open_)
             lines[path + (key,)] = (file, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, file, path + (str(i),), lines, loader) for i, v in enumerate(node.value)]
+        return [_construct(v, file, path + (str(i),), lines, loader, budget, open_) for i, v in enumerate(node.value)]
     return loader.construct_object(node)
 
 
-def read_yaml(path: Path) -> tuple[dict, LineMap]:
-    """Parse one file into (data, line map), with every failure as a SpecError naming the file."""
-    shown = _display(path)
-    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero, a FIFO: reading would not end
-        raise SpecError("not a regular file; give a spec file", shown)
+def _compose(text: str, shown: str) -> yaml.Node | None:
+    """One YAML document as nodes (aliases stay shared nodes, nothing is expanded yet), with every
+    parse failure as a SpecError naming `shown`."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("no such file; check the path", shown) from None
-    except IsADirectoryError:
-        raise SpecError("is a directory, not a spec file", shown) from None
-    except OSError as e:
-        raise SpecError(f"cannot read: {e.strerror}", shown) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise SpecError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", shown, line) from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
+        return yaml.compose(text, Loader=_Loader)
     except RecursionError:
         raise SpecError("YAML nested too deeply", shown) from None
     except yaml.reader.ReaderError as e:  # a control character (NUL, ...) that YAML does not allow
@@ -103,18 +123,40 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
         raise SpecError(f"YAML syntax error: {e.problem or e.context}", shown, line) from None
     except yaml.YAMLError as e:
         raise SpecError(f"YAML error: {e}", shown) from None
-    if node is None:
-        raise SpecError("empty file; a spec needs at least name, sizes and attention.n_heads (see `archc new`)", shown)
-    if not isinstance(node, yaml.MappingNode):
-        raise SpecError("a spec must be a mapping of fields (key: value), not a list or a scalar", shown, node.start_mark.line + 1)
-    lines: LineMap = {}
+
+
+def _build(node: yaml.Node, shown: str, lines: LineMap) -> Any:
+    """`_construct` with YAML's own value errors as a SpecError naming `shown`."""
     try:
-        data = _construct(node, shown, (), lines, _Loader(""))
+        return _construct(node, shown, (), lines, _Loader(""))
+    except RecursionError:
+        raise SpecError("YAML nested too deeply", shown) from None
     except yaml.MarkedYAMLError as e:  # e.g. an unknown tag (!!python/object) or a bad !!int
         mark = e.problem_mark or e.context_mark
         raise SpecError(f"YAML error: {e.problem or e.context}", shown, mark.line + 1 if mark else None) from None
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
         raise SpecError(f"YAML value cannot be read: {e}", shown) from None
+
+
+def read_yaml(path: Path) -> tuple[dict, LineMap]:
+    """Parse one file into (data, line map), with every failure as a SpecError naming the file."""
+    shown = _display(path)
+    try:  # a regular file only: a FIFO or /dev/zero is refused before reading
+        raw = read_bytes(path, shown, limit=MAX_SPEC_BYTES)
+    except UserError as e:
+        raise SpecError(str(e).removeprefix(f"{shown}: "), shown) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(f"not UTF-8 text (byte {e.start}); save the file as UTF-8", shown, line) from None
+    node = _compose(text, shown)
+    if node is None:
+        raise SpecError("empty file; a spec needs at least name, sizes and attention.n_heads (see `archc new`)", shown)
+    if not isinstance(node, yaml.MappingNode):
+        raise SpecError("a spec must be a mapping of fields (key: value), not a list or a scalar", shown, node.start_mark.line + 1)
+    lines: LineMap = {}
+    data = _build(node, shown, lines)
     return data, lines
 
 
@@ -174,19 +216,26 @@ def merge(base: dict, over: dict, base_lines: LineMap, over_lines: LineMap, pref
     return out
 
 
+LABELS_NOT_INHERITED = ("reference", "description")
+
+
 def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]:
-    real = path.resolve()
+    real = Path(os.path.realpath(path))  # os.path: a symlink loop is reported by the read, not raised here
     if real in seen:
         chain = " -> ".join(_display(p) for p in seen + (real,))
         raise SpecError(f"extends cycle: {chain}; remove one of the extends", _display(path))
+    if len(seen) >= MAX_EXTENDS:
+        raise SpecError(f"extends chain longer than {MAX_EXTENDS} files (from {_display(seen[0])}); "
+                        "merge some of the files", _display(path))
     data, lines = read_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data, lines
     if not isinstance(parent, str) or not parent.strip():
         raise SpecError("extends must be a relative path to another spec file", _display(path), lines.get(("extends",), (None, None))[1], "extends")
-    target = (path.parent / parent).resolve()
-    if not target.exists():
+    target = Path(os.path.realpath(path.parent / parent))
+    where = f"{_display(path)}:{lines[('extends',)][1]}: extends"
+    if stat_path(target, where) is None:
         # Library specs may be named without a path ("extends: llama").
         lib = library_spec(parent)
         if lib is None:
@@ -196,6 +245,11 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]
             )
         target = lib
     base, base_lines = _resolve_extends(target, seen + (real,))
+    # Labels that describe the base file itself (its paper, its published parameter count) are not
+    # inherited: an 8-layer spec that extends llama is not LLaMA-7B. A file states its own.
+    for label in LABELS_NOT_INHERITED:
+        base.pop(label, None)
+        base_lines.pop((label,), None)
     lines.pop(("extends",), None)
     return merge(base, data, base_lines, lines), base_lines
 
@@ -212,10 +266,15 @@ def parse_set(expr: str) -> tuple[Path_, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {expr!r}: the field path is empty; write e.g. --set n_layers=2")
-    try:
-        parsed = yaml.load(value, Loader=_Loader) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
+    parsed: Any = ""
+    if value.strip():
+        try:  # the same bounded walk as a file: aliases in a --set value cannot expand without limit
+            node = _compose(value, f"--set {expr}")
+            parsed = None if node is None else _build(node, f"--set {expr}", {})
+        except SpecError as e:
+            if "YAML syntax error" not in e.message and "not allowed in YAML" not in e.message:
+                raise
+            parsed = value
     return tuple(key.split(".")), parsed
 
 

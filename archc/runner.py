@@ -41,6 +41,8 @@ kernels index such a tensor with 32-bit offsets (the likely cause of an illegal 
 from __future__ import annotations
 
 import json
+import math
+import stat
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +51,8 @@ from typing import Callable
 
 import numpy as np
 
-from archc.errors import UserError
+from archc.errors import UserError, one_line
+from archc.files import kind_of, stat_path
 
 MODEL_FILE = "model.onnx"
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
@@ -161,8 +164,15 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     the session is made without. cuda_options: extra CUDA provider options (benchmarks' A/B runs)."""
     d = Path(model_dir)
     path = d / MODEL_FILE if d.is_dir() else d
-    if not path.exists():
+    if not d.is_dir() and d.suffix.lower() in (".yaml", ".yml"):
+        raise UserError(f"{model_dir}: this is a spec, not a compiled model; compile it first: "
+                        f"`archc compile {model_dir} -o DIR`, then `archc run DIR`")
+    if stat_path(path, str(path)) is None:
         raise UserError(f"{model_dir}: no {MODEL_FILE} here; make one with `archc compile SPEC -o {model_dir}`")
+    for f in (path, path.parent / (path.name + ".data")):  # a FIFO would make onnx or onnxruntime wait forever
+        st = stat_path(f, str(f))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{f}: is {kind_of(st.st_mode)}, not a model file; re-run `archc compile`")
     try:
         import onnx
 
@@ -179,8 +189,10 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
         opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
         providers = [("CUDAExecutionProvider", opts)] + providers[1:]
     if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
-        raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16)"
-                        + (f"; {note}" if note else "") + "; compile with --dtype fp32 or fp16 for the CPU")
+        # the note says "...; running on CPU", which is not what happens here: nothing runs
+        why = f", and CUDA is not usable here: {note.removesuffix('; running on CPU')}" if note else " (--device cpu)"
+        raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16){why}; "
+                        "compile with --dtype fp32 or fp16 to run it on the CPU")
     sess = None
     if cuda_graph and meta.get("archc.kv_cache") == "shared" and providers[0] != "CPUExecutionProvider":
         try:
@@ -259,10 +271,32 @@ class Session:
         self.max_seq_len = self._context_length()
 
     def _context_length(self) -> int:
-        cfg = self.model_dir / "genai_config.json"
-        if cfg.exists():
-            return int(json.loads(cfg.read_text())["model"]["context_length"])
-        return 1 << 30
+        """The longest sequence the model takes, known before anything is allocated: max_seq_len of the
+        spec.yaml the exporter wrote beside the model (a learned position table has exactly that many
+        rows past its offset); genai_config.json, which a user may edit, can only lower it. A damaged
+        genai_config.json is one line, not a traceback."""
+        from archc.files import read_json
+        from archc.loader import read_yaml
+
+        limits = []
+        folder = self.model_dir if self.model_dir.is_dir() else self.model_dir.parent
+        spec = folder / "spec.yaml"
+        if stat_path(spec) is not None:
+            try:
+                n = read_yaml(spec)[0].get("max_seq_len")
+            except UserError:
+                n = None  # a damaged spec.yaml does not stop a model that runs; the model's own limits apply
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                limits.append(n)
+        cfg = folder / "genai_config.json"
+        if stat_path(cfg) is not None:
+            data = read_json(cfg, limit=16 * 2**20)
+            n = data.get("model", {}).get("context_length") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+            if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+                raise UserError(one_line(f"{cfg}: model.context_length must be a positive integer (got {json.dumps(n)[:40]}); "
+                                         "fix it or delete genai_config.json"))
+            limits.append(n)
+        return min(limits) if limits else 1 << 30
 
     # ---- one step ------------------------------------------------------------------------------
     def _empty_past(self, batch: int) -> dict:
@@ -430,8 +464,8 @@ class Sampler:
     """Temperature, then top-k, then top-p (nucleus, Holtzman et al. 2020), from a seeded numpy Generator."""
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0):
-        if temperature <= 0:
-            raise UserError("--temperature must be > 0 (omit the sampling options for greedy decoding)")
+        if not (math.isfinite(temperature) and temperature > 0):  # nan passes `<= 0`
+            raise UserError(f"--temperature {temperature}: must be a finite number > 0 (omit the sampling options for greedy decoding)")
         if top_k is not None and top_k < 1:
             raise UserError("--top-k must be >= 1")
         if top_p is not None and not 0 < top_p <= 1:

@@ -15,7 +15,7 @@ import math
 from enum import Enum
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 class SpecConflict(PydanticCustomError):
@@ -157,7 +157,7 @@ class ScheduleKind(str, Enum):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -199,9 +199,14 @@ def _belongs_to_other_kind(cls: type, key: str) -> str | None:
     return None
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-UnitFloat = Annotated[float, Field(gt=0, le=1)]
+# Strict scalars: YAML `true` is not 1 layer, "64" is not a number, "yes" is not a boolean. A float
+# field takes an int (`theta: 10000`); every float must be finite (ConfigDict allow_inf_nan=False).
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+UnitFloat = Annotated[float, Strict(), Field(gt=0, le=1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,11 +216,11 @@ UnitFloat = Annotated[float, Field(gt=0, le=1)]
 class NormSpec(StrictModel):
     section_name: ClassVar[str] = "norm"
     kind: NormKind = NormKind.layernorm
-    bias: bool | None = Field(None, description="Default: true for layernorm, false for rmsnorm.")
+    bias: Bool | None = Field(None, description="Default: true for layernorm, false for rmsnorm.")
     eps: PositiveFloat = 1e-5
     scale: NormScale = NormScale.weight
     placement: NormPlacement = NormPlacement.pre
-    final: bool | None = Field(
+    final: Bool | None = Field(
         None, description="Norm after the last layer. Default: present for pre and sandwich placement, absent for post."
     )
     deepnorm_alpha: PositiveFloat | None = Field(None, description="Residual scale; default (2N)^(1/4) (DeepNet, decoder-only).")
@@ -226,7 +231,7 @@ class MlpSpec(StrictModel):
     section_name: ClassVar[str] = "mlp"
     activation: Activation = Activation.gelu
     d_ff: PositiveInt | None = Field(None, description="Hidden width; default 4 * d_model.")
-    bias: bool = True
+    bias: Bool = True
 
 
 class _PositionBase(StrictModel):
@@ -240,7 +245,7 @@ class _PositionBase(StrictModel):
 class LearnedPosition(_PositionBase):
     kind: Literal[PositionKind.learned] = PositionKind.learned
     max_positions: PositiveInt | None = Field(None, description="Table rows; default max_seq_len + offset.")
-    offset: Annotated[int, Field(ge=0)] = Field(0, description="Added to every position id before the look-up (OPT: 2).")
+    offset: Annotated[int, Strict(), Field(ge=0)] = Field(0, description="Added to every position id before the look-up (OPT: 2).")
 
 
 class SinusoidalPosition(_PositionBase):
@@ -283,8 +288,8 @@ class AttentionSpec(StrictModel):
     kv_heads: PositiveInt | None = Field(None, description="K/V heads; derived from sharing when omitted.")
     sharing: Sharing | None = Field(None, description="mha | mqa | gqa; derived from kv_heads when omitted.")
     head_dim: PositiveInt | None = Field(None, description="Derived as d_model / n_heads unless given.")
-    qkv_bias: bool = False
-    out_bias: bool = False
+    qkv_bias: Bool = False
+    out_bias: Bool = False
     mask: MaskKind = MaskKind.causal
     sliding_window: PositiveInt | None = Field(None, description="Keys further back than this are masked (Mistral).")
     softmax_scale: PositiveFloat | None = Field(None, description="Default 1 / sqrt(head_dim).")
@@ -302,7 +307,7 @@ class EmbeddingSpec(StrictModel):
     output: OutputHead = OutputHead.untied
     norm: EmbeddingNorm = EmbeddingNorm.none
     multiplier: PositiveFloat | Literal["sqrt_d_model"] = Field(1.0, description="Scale on the token embedding (Gemma: sqrt_d_model).")
-    head_bias: bool = False
+    head_bias: Bool = False
     head_vocab_size: PositiveInt | None = Field(None, description="Rows of the output head; default vocab_size.")
 
 
@@ -310,7 +315,7 @@ class InitSpec(StrictModel):
     section_name: ClassVar[str] = "init"
     scheme: InitScheme = InitScheme.normal
     std: PositiveFloat = 0.02
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Strict(), Field(ge=0)] = 0
 
 
 class _OptimizerBase(StrictModel):
@@ -326,7 +331,7 @@ class AdamWOptimizer(_OptimizerBase):
     lr: PositiveFloat = 3e-4
     betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.95)
     eps: PositiveFloat = 1e-8
-    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    weight_decay: Annotated[float, Strict(), Field(ge=0)] = 0.1
 
 
 class AdamOptimizer(_OptimizerBase):
@@ -339,10 +344,10 @@ class AdamOptimizer(_OptimizerBase):
 class AdafactorOptimizer(_OptimizerBase):
     kind: Literal[OptimizerKind.adafactor] = OptimizerKind.adafactor
     lr: PositiveFloat = 1e-2
-    beta2_decay: float = Field(-0.8, lt=0, description="Second-moment decay exponent (Shazeer & Stern 2018; PaLM).")
+    beta2_decay: Float = Field(-0.8, lt=0, description="Second-moment decay exponent (Shazeer & Stern 2018; PaLM).")
     eps: tuple[PositiveFloat, PositiveFloat] = (1e-30, 1e-3)
     clip_threshold: PositiveFloat = 1.0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Strict(), Field(ge=0)] = 0.0
 
 
 OPTIMIZER_KINDS = (AdamWOptimizer, AdamOptimizer, AdafactorOptimizer)
@@ -351,7 +356,7 @@ OptimizerSpec = Annotated[Union[AdamWOptimizer, AdamOptimizer, AdafactorOptimize
 
 class _ScheduleBase(StrictModel):
     section_name: ClassVar[str] = "schedule"
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: Annotated[int, Strict(), Field(ge=0)] = 0
 
     @staticmethod
     def _family():
@@ -361,7 +366,7 @@ class _ScheduleBase(StrictModel):
 class CosineSchedule(_ScheduleBase):
     kind: Literal[ScheduleKind.cosine] = ScheduleKind.cosine
     total_steps: PositiveInt = 100_000
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    min_lr_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 0.1
 
 
 class ConstantSchedule(_ScheduleBase):
@@ -371,7 +376,7 @@ class ConstantSchedule(_ScheduleBase):
 class LinearSchedule(_ScheduleBase):
     kind: Literal[ScheduleKind.linear] = ScheduleKind.linear
     total_steps: PositiveInt = 100_000
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_lr_ratio: Annotated[float, Strict(), Field(ge=0, le=1)] = 0.0
 
 
 SCHEDULE_KINDS = (CosineSchedule, ConstantSchedule, LinearSchedule)
@@ -393,9 +398,9 @@ class Spec(StrictModel):
     """A decoder-only language model architecture."""
 
     section_name: ClassVar[str] = "the spec"
-    name: str = Field(..., min_length=1, description="Short identifier, e.g. llama-7b.")
-    description: str = ""
-    reference: str = Field("", description="Paper or released config this spec follows.")
+    name: Str = Field(..., min_length=1, description="Short identifier, e.g. llama-7b.")
+    description: Str = ""
+    reference: Str = Field("", description="Paper or released config this spec follows.")
 
     vocab_size: PositiveInt
     d_model: PositiveInt

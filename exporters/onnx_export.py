@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -38,7 +37,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from archc.errors import UserError
+from archc.files import guard_model_dir, why, write_manifest
 from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
+from archc.room import check_export_room
+from archc.workdir import OWNER, make_work_dir, remove_stale
 
 if TYPE_CHECKING:
     from exporters.onnx_lowering_cuda import CudaPlan
@@ -474,8 +476,11 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and ((out / MODEL_FILE).exists() or not any(out.iterdir()))):
-        raise UserError(f"-o {out}: exists and is not an archc model directory; choose another path")
+    label = f"-o {out}"
+    # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
+    replacing = guard_model_dir(out, label)
+    check_export_room(graph, out, 2 if ExportDType(dtype) is not ExportDType.fp32 else 4,
+                      whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
     if _fail_after is not None:
@@ -487,11 +492,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
                 raise RuntimeError("simulated interruption")
             return inner(full)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"-o {out}: cannot create the output directory: {e.strerror}") from None
+    remove_stale(out.parent)  # work directories of compiles that were killed (SIGKILL, OOM)
+    tmp = make_work_dir(out.parent, out.name, label)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
@@ -499,7 +501,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
         inits = _write_weights(ctx, tmp / DATA_FILE, get)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph))
+        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
         copied = []
         if tokenizer_dir is not None:
             from archc.text import copy_tokenizer_files
@@ -509,23 +511,38 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
-        if out.exists():  # replace the old model directory: swap in the new one, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.unlink(tmp / OWNER)
+        write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
+        if replacing:  # swap in the new directory, then delete the old one (archc's files only, checked above)
+            old = make_work_dir(out.parent, out.name, label)
             os.replace(out, old / "x")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # ENOSPC, EIO, a quota: one line; the work directory goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{label}: cannot write the model: {why(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
-def _spec_yaml(graph: ComponentGraph) -> str:
+# The spec's dtype names of each compiled dtype.
+SPEC_DTYPE = {ExportDType.fp32: "float32", ExportDType.fp16: "float16", ExportDType.bf16: "bfloat16"}
+
+
+def _spec_yaml(graph: ComponentGraph, dtype: ExportDType) -> str:
+    """The model directory's spec: the architecture as compiled, so its dtype is the one the tensors
+    and the metadata have (--dtype), not the source spec's (`archc show DIR` reads this file)."""
     import yaml
 
-    return yaml.safe_dump(graph.spec.to_yaml_dict(), sort_keys=False)
+    data = graph.spec.to_yaml_dict()
+    source = data.get("dtype")
+    data["dtype"] = SPEC_DTYPE[dtype]
+    head = f"# Written by `archc compile`; dtype is the compiled one (--dtype {dtype.value}; the source spec said {source}).\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
 
 
 def genai_unsupported(graph: ComponentGraph) -> str | None:

@@ -40,7 +40,7 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
     assert code == 0
     data = json.loads(out.read_text())
     assert data["environment"]["torch"] == torch.__version__
-    assert data["limits"]["copy_bytes_per_s"] > 0 and data["limits"]["gemm_flops_per_s"]["fp32"] > 0
+    assert data["limits"] is None  # no roofline on the CPU (tests/bench/test_bench_cpu_cleanup.py)
     assert [r["prompt_len"] for r in data["runs"]] == [12, 20]
     for run in data["runs"]:
         by = {b["backend"]: b for b in run["backends"]}
@@ -48,7 +48,7 @@ def test_bench_cli_writes_json_and_table(tmp_path, capsys):
         for b in by.values():  # figures present (their size is not tested: a busy CI CPU makes them noise)
             assert b["prefill_ms"] > 0 and len(b["generate_runs_ms"]) == 1
             assert b["error"] is None or b["error"].startswith("T(5) <= T(1)")
-            assert (b["decode_tok_s"] is None) == (b["frac_decode_roofline"] is None)
+            assert b["frac_decode_roofline"] is None and b["frac_prefill_floor"] is None
         # fp32, same weights: HF's greedy tokens are archc's, all 5 of them
         assert by["hf-eager"]["tokens_agree"] == 5
     assert "decode tok/s" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -106,6 +107,15 @@ def diff_cmd(
     d = D.diff(spec_a, spec_b, source_a=_source(a, list(sets or []), "--set-a", set_a),
                source_b=_source(b, list(sets or []), "--set-b", set_b), seq_len=seq_len)
     name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html"))
+    draw_fmt = None
+    if draw is not None:  # every output is checked before any is written: a bad --draw leaves no -o file
+        from archc import draw as W
+        from archc.files import guard_output
+
+        draw_fmt = W.format_for(draw, None)
+        guard_output(draw, f"--draw {draw}")
+        if output is not None and os.path.realpath(draw) == os.path.realpath(output):
+            raise UserError(f"--draw {draw}: is also the -o file; give two paths")
     rep = R.diff_report(d, show_all=show_all)
     _emit({
         "terminal": lambda console: R.print_terminal(rep, console),
@@ -114,10 +124,8 @@ def diff_cmd(
         "json": lambda: json.dumps(D.to_json_data(d, include_unchanged=show_all), indent=2, ensure_ascii=False) + "\n",
     }, name, output)
     if draw is not None:
-        from archc import draw as W
-
         dia = W.layers_diagram(d.a.graph, d.b.graph, D.changed_roles(d.structure), (d.a.name, d.b.name))
-        W.write_diagram(dia, draw, W.format_for(draw, None))
+        W.write_diagram(dia, draw, draw_fmt)
     raise typer.Exit(0 if d.identical else 1)
 
 

@@ -53,6 +53,7 @@ def compile_cmd(
                                              "the head runs on the last position only, for generation).")] = "all",
     next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
                                                  "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     from rich.markup import escape
@@ -68,6 +69,8 @@ def compile_cmd(
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in {d.value for d in ExportDType}:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
+    if out.is_dir() and (out / "model.onnx").exists() and not force:
+        raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
     if seed is not None:
         sets.append(f"init.seed={seed}")
@@ -123,7 +126,8 @@ def run_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 16,
     top_k: Annotated[Optional[int], typer.Option(help="Sample from the k most likely tokens.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (sampling).")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option(help="Sample at this softmax temperature (1.0 samples from the "
+                                                             "model's distribution as it is). Default: greedy, unless --top-k/--top-p.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Text (the model directory's tokenizer.json encodes it); "
@@ -137,6 +141,9 @@ def run_cmd(
     model's eos ids). Greedy unless --top-k/--top-p/--temperature ask for sampling."""
     from archc.runner import Session
 
+    # An explicit --temperature samples, 1.0 included; without any sampling option the pick is greedy.
+    sampling = {"temperature": 1.0 if temperature is None else temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+                "greedy": None if temperature is None else False}
     given = [name for name, v in (("--prompt-ids", prompt_ids), ("--prompt", prompt), ("--prompts", prompts_file)) if v]
     if len(given) != 1:
         raise UserError("archc run: give exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids IDS"
@@ -156,13 +163,12 @@ def run_cmd(
     if not prompt_ids:
         from archc.commands.text_run import run_text
 
-        results = run_text(sess, model_dir, list(prompt or []), prompts_file, chat, max_new_tokens,
-                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        results = run_text(sess, model_dir, list(prompt or []), prompts_file, chat, max_new_tokens, **sampling)
         for res in results:
             err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "
                       f"(batch {len(res.ids)}, {len(res.ids[0])} new tokens)")
         return
-    res = sess.generate(prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    res = sess.generate(prompts, max_new_tokens, **sampling)
     for ids in res.ids:
         con.print(",".join(map(str, ids)))
     err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "

@@ -13,10 +13,11 @@ Nothing here imports torch or transformers at module level.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from archc.errors import SpecError, UserError
+from archc.errors import SpecError, UserError, one_line
 from archc.hf import bloom, falcon, gpt2, llama, neox, opt
 from archc.hf.checkpoint import read_config, read_tensors
 from archc.hf.common import Cfg, Family
@@ -34,6 +35,9 @@ def family_of(config: dict, source: str = "config.json") -> Family:
     model_type = config.get("model_type")
     if not model_type:
         raise UserError(f"{source}: no model_type; supported model types: {', '.join(SUPPORTED_TYPES)}")
+    if not isinstance(model_type, str):
+        raise UserError(one_line(f"{source}: model_type must be a string such as \"llama\", got {json.dumps(model_type)[:60]}; "
+                                 f"supported model types: {', '.join(SUPPORTED_TYPES)}"))
     family = FAMILIES.get(model_type)
     if family is None:
         raise UserError(f"{source}: model_type '{model_type}' is not supported; supported model types: "

@@ -8,24 +8,27 @@ model.safetensors, any other *.safetensors, pytorch_model.bin.index.json, pytorc
 from __future__ import annotations
 
 import json
+import math
+import stat
+import warnings
 from pathlib import Path
 
-from archc.errors import UserError
+from archc.errors import UserError, one_line
+from archc.files import note_input, read_json, stat_path
+
+MAX_JSON = 64 * 2**20  # config.json and index files are KBs to a few MB
+MAX_ELEMENTS = 2**48  # no real tensor has more values; a header claiming more is corrupt
 
 
 def read_config(model_dir: str | Path) -> dict:
     d = Path(model_dir)
-    if not d.is_dir():
+    st = stat_path(d, str(model_dir))
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise UserError(f"{model_dir}: not a directory; give a Hugging Face model directory (with config.json)")
     path = d / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file; a Hugging Face model directory has a config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    if stat_path(path) is None:
+        raise UserError(f"{path}: no such file; a Hugging Face model directory has a config.json")
+    data = read_json(path, limit=MAX_JSON)  # a regular file only: a FIFO or /dev/zero is refused, not read
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
@@ -42,10 +45,13 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         p = d / index
         if p.exists():
-            try:
-                weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise UserError(f"{p}: not a checkpoint index (needs a 'weight_map' object): {e}") from None
+            index_data = read_json(p, limit=MAX_JSON)
+            weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) and v and "/" not in v and v not in (".", "..")
+                    for k, v in weight_map.items()):
+                raise UserError(f"{p}: not a checkpoint index (needs a 'weight_map' object of tensor name -> "
+                                "shard file name in this directory)")
             files = [d / f for f in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.exists()]
             if missing:
@@ -69,16 +75,59 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 
 
 def _safetensors_header(f: Path) -> dict:
-    """{name: (dtype, shape)} from a safetensors file's JSON header, without reading the data."""
+    """{name: (dtype, shape)} from a safetensors file's JSON header, without reading the data; every
+    entry is checked (a known dtype, a shape of non-negative ints of sane size) before torch sees it."""
     try:
+        st = f.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{f}: not a regular file")
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or n > 100_000_000:
+            if n <= 0 or n > 100_000_000 or n > st.st_size - 8:
                 raise ValueError(f"header length {n}")
             header = json.loads(fh.read(n))
-        return {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{f}: cannot read safetensors header: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(one_line(f"{f}: cannot read safetensors header: {e}")) from None
+    note_input(f)
+    if not isinstance(header, dict):
+        raise UserError(f"{f}: safetensors header is not a JSON object")
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        dt = v.get("dtype") if isinstance(v, dict) else None
+        shape = v.get("shape") if isinstance(v, dict) else None
+        if dt not in _SAFETENSORS_DTYPES:
+            raise UserError(one_line(f"{f}: tensor {k!r}: dtype {dt!r} is not a safetensors dtype"))
+        if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
+            raise UserError(one_line(f"{f}: tensor {k!r}: shape {shape!r} is not a list of non-negative integers"))
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise UserError(one_line(f"{f}: tensor {k!r}: shape {shape} has more values than any checkpoint"))
+        out[k] = (dt, shape)
+    return out
+
+
+def _torch_load(f: Path, mmap: bool):
+    """torch.load with weights_only=True (no code from the file runs); its multi-line refusals and
+    warnings become one line."""
+    import torch
+
+    note_input(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(str(f), map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - pickle errors come in many types
+            if mmap and isinstance(e, RuntimeError):
+                return _torch_load(f, mmap=False)  # pre-zip format: no mmap
+            text = str(e)
+            if "WeightsUnpickler error:" in text:  # torch's refusal: its reason, not its advice to disable the check
+                reason = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+                raise UserError(one_line(f"{f}: not a checkpoint archc loads safely (torch.load weights_only refused it: "
+                                         f"{reason[:200]}); no code from the file ran")) from None
+            first = " ".join(text.split())[:200] or type(e).__name__
+            raise UserError(one_line(f"{f}: cannot read PyTorch checkpoint ({type(e).__name__}: {first}); "
+                                     "archc loads state dicts of tensors only")) from None
 
 
 def read_tensors(model_dir: str | Path, meta: bool = False) -> dict:
@@ -97,20 +146,13 @@ def read_tensors(model_dir: str | Path, meta: bool = False) -> dict:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
 
+            _safetensors_header(f)  # checked first: safetensors itself may fail on a hostile header with anything
             try:
                 part = load_file(str(f))
-            except (SafetensorError, OSError) as e:
-                raise UserError(f"{f}: cannot read safetensors file: {e}") from None
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise UserError(one_line(f"{f}: cannot read safetensors file: {e}")) from None
         else:
-            try:
-                try:
-                    part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=meta)
-                except RuntimeError:
-                    if not meta:
-                        raise
-                    part = torch.load(str(f), map_location="cpu", weights_only=True)  # pre-zip format: no mmap
-            except Exception as e:  # pickle errors come in many types
-                raise UserError(f"{f}: cannot read PyTorch checkpoint: {e}") from None
+            part = _torch_load(f, mmap=meta)
             if not isinstance(part, dict) or not all(isinstance(t, torch.Tensor) for t in part.values()):
                 raise UserError(f"{f}: expected a state dict (name -> tensor)")
             if meta:
