@@ -46,7 +46,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 # Files of a tokenizer copied from a source directory: what `archc compile` copies (archc.text; its
-# generation_config.json is handled by generation_config below) and the files of transformers' slow
+# generation_config.json is copied or written by export_hf) and the files of transformers' slow
 # tokenizers (SentencePiece model, BPE vocab and merges), which a Hugging Face directory may carry instead.
 SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt")
 TOKENIZER_FILES = tuple(n for n in _text.TOKENIZER_FILES if n != _text.GENERATION_CONFIG) + SLOW_TOKENIZER_FILES
@@ -286,7 +286,8 @@ def _regular(p: Path) -> bool:
 
 
 def _read_json(p: Path) -> dict | None:
-    if not _regular(p):
+    """A side file's JSON object, or None when it is absent, not a regular file, too large or not an object."""
+    if not _regular(p) or p.stat().st_size > _text.MAX_SIDE_FILE:
         return None
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
