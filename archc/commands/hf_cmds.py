@@ -91,7 +91,7 @@ def _export_source(arg: str, sets: list[str], weights: Optional[Path], seed: Opt
     """(graph, weight getter, source directory or None, the paths that are inputs, what the weights are)."""
     import archc
     from archc.commands.common import load
-    from archc.hf.export import onnx_source, safetensors_source, seeded_source
+    from archc.hf.export import safetensors_source, seeded_source
 
     p = Path(arg)
     if p.is_dir():
@@ -109,7 +109,9 @@ def _export_source(arg: str, sets: list[str], weights: Optional[Path], seed: Opt
         if weights is not None:
             return graph, safetensors_source(graph, weights), p, (p, weights), str(weights)
         if (p / "model.onnx").is_file():
-            return graph, onnx_source(graph, p), p, (p,), f"{p / 'model.onnx'}'s initializers"
+            from exporters.onnx_read import onnx_weights
+
+            return graph, onnx_weights(graph, p), p, (p,), f"{p / 'model.onnx'}'s initializers"
         ckpt = _train_checkpoint(p)
         if ckpt is None:
             raise UserError(f"{arg}: has a spec.yaml but no weights (model.onnx, checkpoints/, model.safetensors); "

@@ -490,3 +490,13 @@ def test_hf_directory_compiled_then_exported_keeps_weights_and_tokenizer(tmp_pat
         assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes(), name
     a, b = load_file(str(tmp_path / "src" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_damaged_compiled_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(json.dumps(CASES["gpt2"]))
+    assert run_cli(["compile", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "c")], capsys)[0] == 0
+    data = tmp_path / "c" / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])  # truncated
+    rc, _, err = run_cli(["export-hf", str(tmp_path / "c"), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "compile it again" in err, err
+    assert not (tmp_path / "o").exists()
