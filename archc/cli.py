@@ -22,7 +22,8 @@ app = typer.Typer(
 )
 
 # Modules that register commands, in the order `archc --help` lists them.
-COMMAND_MODULES = ["spec_cmds", "hf_cmds", "onnx_cmds", "train_cmds", "diff_cmds", "bench_cmds", "main_job", "clean_cmds"]
+COMMAND_MODULES = ["spec_cmds", "plan_cmds", "hf_cmds", "onnx_cmds", "train_cmds", "parallel_cmds", "diff_cmds", "bench_cmds", "main_job",
+                   "clean_cmds"]
 
 
 def _register() -> None:

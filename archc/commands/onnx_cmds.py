@@ -87,9 +87,17 @@ def compile_cmd(
     else:
         s = load(spec, sets)
     graph = archc.compile(s)
+    import tempfile
+
     tokenizer_dir = spec if _is_hf_dir(spec) else None
-    result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
-                    tokenizer_dir=tokenizer_dir)
+    with tempfile.TemporaryDirectory(prefix="archc-compile-") as scratch:
+        if weights is None:  # a training run folder: its latest checkpoint (a distributed one is consolidated here)
+            from archc.parallel.checkpoint import run_weights_file
+
+            found = run_weights_file(Path(spec), graph, Path(scratch))
+            weights = str(found) if found is not None else None
+        result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
+                        tokenizer_dir=tokenizer_dir)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"

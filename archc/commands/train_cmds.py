@@ -32,6 +32,8 @@ def train_cmd(
     data_dtype: Annotated[str, typer.Option("--data-dtype", help="Token file id width: auto (uint16 when vocab_size <= 65536) | uint16 | uint32.")] = "auto",
     tokenizer: Annotated[Optional[Path], typer.Option(help="Hugging Face tokenizer.json for text data; default: bytes (256 ids).")] = None,
     checkpoint_layers: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute each layer in backward (less memory).")] = False,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help="fsdp | tp | fsdp+tp across the processes of torchrun (archc.parallel); --batch is then the global batch.")] = None,
+    tp: Annotated[Optional[int], typer.Option("--tp", help="Tensor-parallel degree for --parallel fsdp+tp (tp uses every process).")] = None,
     sets: SetOption = None,
 ) -> None:
     """Train a spec on a token file or text, with checkpoints that `archc compile DIR` turns into ONNX."""
@@ -48,6 +50,29 @@ def train_cmd(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if parallel is not None:
+        from archc.memory_plan import ParallelKind
+
+        try:
+            kind = ParallelKind(parallel)
+        except ValueError:
+            raise UserError(f"--parallel {parallel!r}: choose fsdp, tp or fsdp+tp") from None
+        from archc.parallel.train import finish, train_parallel
+
+        try:
+            result = train_parallel(cfg, kind, tp)
+        except TrainInterrupted as stop:
+            err.print(f"{stop.signame}: stopped at step {stop.result.step}; checkpoint {stop.result.checkpoint}; continue with --resume")
+            raise typer.Exit(130) from None
+        finally:
+            rank0 = __import__("os").environ.get("RANK", "0") == "0"
+            finish()
+        if rank0:
+            err.print(f"trained {s.name} to step {result.step} ({result.tokens:,} tokens, --parallel {parallel}): "
+                      f"loss {result.train_loss:.4f}; checkpoint {result.checkpoint}")
+        return
+    elif tp is not None:
+        raise UserError("--tp needs --parallel tp or fsdp+tp")
     try:
         result = train(cfg)
     except TrainInterrupted as stop:

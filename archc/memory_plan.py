@@ -1,0 +1,294 @@
+"""`archc plan`: per-GPU memory of a spec under each way of spreading it over GPUs, in closed form.
+
+Every figure is read off the component graph of ONE layer of the spec (its parameters by node and
+their tensor-parallel rules, archc.parallel.sharding; its attention settings) and multiplied by
+n_layers, so the planner's work and memory do not grow with n_layers or vocab_size.
+
+Per GPU, for a strategy with data-parallel degree dp (FSDP2 shards every parameter dp ways) and
+tensor-parallel degree tp (Megatron layout, archc.parallel.sharding):
+
+- weights      sum over parameters of local elements x itemsize of --dtype (with --compute-dtype
+               bfloat16 and --dtype float32, as `archc train` runs on CUDA: float32 master weights,
+               gradients and optimizer state, bf16 activations and autocast's bf16 weight copies);
+- gradients    the same (torch keeps .grad in the parameter's dtype);
+- optimizer    torch.optim's state, in the parameter dtype: AdamW/Adam two moments (2 x weights);
+               Adafactor (Shazeer & Stern 2018) factored second moments, rows + columns of every
+               matrix and the whole of every vector, no first moment;
+- activations  what autograd saves for backward, per layer (below), x n_layers, plus the tensors
+               outside the layers; with --checkpointing only each layer's input is kept, plus one
+               layer's saved tensors while it is recomputed;
+- KV cache     2 x kv_heads x head_dim x itemsize per token and layer (kv heads split by tp when
+               kv_heads >= tp, whole on every rank for multi-query attention).
+
+Peak for training = weights + optimizer + max(activations + loss transient, gradients): during
+backward, gradients appear as activations are freed (layer by layer), so the two never both peak.
+FSDP adds the all-gathered weights and gradients of the layer in flight and the prefetched next one.
+Peak for generation = weights + KV cache at --seq-len tokens + the prefill's largest transient.
+
+Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
+nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
+q = n_heads/tp x head_dim, kv = kv heads per rank x head_dim, f = d_ff/tp), in --dtype:
+  norm            its input (D); torch's fused norms keep only float32 statistics besides
+  attention       its input (D, once when a shared norm also feeds the MLP); q, and k before RoPE
+                  (q + kv) when rotary; SDPA's q, k, v and output (q + 2 kv, or q + 2 q when K/V
+                  heads are expanded for GQA/MQA because a mask tensor or the kernel setting keeps
+                  flash attention out); o's input (q)
+  mlp             its input (D, once when shared); gated: gate and up outputs, act(gate), their
+                  product (4 f); otherwise up's output and act(up) (2 f)
+  once            the additive mask in --dtype when one is built: [b, heads, S, S] with ALiBi,
+                  [b, 1, S, S] for a prefix mask or a sliding window, none for plain causal
+  outside         embedding norm and final norm inputs (D each); the loss keeps d loss/d h (D) and
+                  d loss/d W of the head in float32 (vocab x D x 4 bytes)
+Loss transient: one chunk of 4096 rows x vocab of logits (in --dtype and float32, softmax in float32).
+Optimizer step: foreach AdamW / Adafactor make one weights-sized temporary while the gradients and
+the state are alive, so training peak is also at least weights + gradients + optimizer + weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from archc.errors import UserError
+from archc.graph import ComponentGraph, ComponentKind as K
+from archc.parallel.sharding import ShardRule, explain, local_elements, make_plan
+from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, AttentionKernel, DType, MaskKind, Spec
+
+# ---- what the emitted module (exporters/torch_module.py) saves for backward --------------------
+LOSS_CHUNK = 4096  # rows per chunk of GraphModel.loss's linear cross-entropy (exporters/torch_loss.py)
+
+
+class ParallelKind(str, Enum):
+    single = "single"
+    fsdp = "fsdp"
+    tp = "tp"
+    fsdp_tp = "fsdp+tp"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    kind: ParallelKind
+    dp: int
+    tp: int
+
+    @property
+    def label(self) -> str:
+        if self.kind is ParallelKind.fsdp_tp:
+            return f"fsdp {self.dp} x tp {self.tp}"
+        if self.kind is ParallelKind.fsdp:
+            return f"fsdp {self.dp}"
+        if self.kind is ParallelKind.tp:
+            return f"tp {self.tp}"
+        if self.kind is ParallelKind.single:
+            return "single"
+        raise ValueError(f"unknown parallel kind {self.kind}")
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    strategy: Strategy
+    local_batch: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # without checkpointing
+    activations_ckpt: int  # with per-layer activation checkpointing
+    fsdp_transient: int
+    loss_transient: int
+    kv_cache: int
+    prefill_transient: int
+    checkpointing: bool
+
+    @property
+    def train_peak(self) -> int:
+        act = self.activations_ckpt if self.checkpointing else self.activations
+        backward = self.weights + self.optimizer + self.fsdp_transient + max(act + self.loss_transient, self.gradients)
+        step = self.weights + self.gradients + self.optimizer + self.weights  # foreach optimizer temporaries
+        return max(backward, step)
+
+    @property
+    def infer_peak(self) -> int:
+        return self.weights + self.kv_cache + self.prefill_transient + self.fsdp_transient
+
+
+# ---- sizes --------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, option: str = "--gpu-memory") -> int:
+    m = _SIZE.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(f"{option} {text!r}: give a positive size with a unit, e.g. 141GiB, 80GB or 24576MiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+# ---- the graph of one layer ---------------------------------------------------------------------
+
+
+def one_layer_graph(spec: Spec) -> ComponentGraph:
+    """The spec's graph with one layer: every layer of the stack is built the same, so per-layer
+    figures x n_layers are the whole stack's, at a cost independent of n_layers."""
+    from archc.graph import compile as compile_graph
+
+    return compile_graph(spec.model_copy(update={"n_layers": 1}))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Per-rank widths and counts read off the one-layer graph at one tp degree."""
+
+    layer_params: list[tuple[tuple[int, ...], ShardRule]]  # (shape, rule) of one layer's parameters
+    outside_params: list[tuple[tuple[int, ...], ShardRule]]
+    saved_d: int  # D-wide tensors kept per layer (norm inputs, distinct attention/MLP inputs)
+    saved_q: int  # q-wide tensors kept per layer
+    saved_kv: int  # kv-wide tensors kept per layer
+    saved_f: int  # d_ff-wide tensors kept per layer
+    q_local: int
+    kv_local: int
+    f_local: int
+    mask_heads: int  # heads of the one additive mask tensor (ALiBi: local heads; prefix / window: 1; causal: 0)
+    outside_d: int  # D-wide tensors kept outside the layers (embedding norm, final norm inputs)
+    head_rows: int  # vocabulary rows of the output head
+
+
+def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
+    plan = make_plan(graph, tp)
+    layer, outside = [], []
+    for full, shape, node in graph.params():
+        (layer if graph.node(node)["layer"] is not None else outside).append((shape, plan.rule(full)))
+    saved = {"d": 0, "q": 0, "kv": 0, "f": 0}
+    q = kv = f = mask_heads = outside_d = 0
+    seen_inputs: set[str] = set()
+    has_mask_tensor = False
+    for n in graph.nodes(K.mask):
+        ms = graph.settings(n)
+        has_mask_tensor = ms.mask is MaskKind.prefix or ms.sliding_window is not None
+    alibi = graph.nodes(K.alibi)
+    for n in graph.nodes():
+        d = graph.node(n)
+        kind = K(d["kind"])
+        if kind is K.norm:
+            if d["layer"] is not None:
+                saved["d"] += 1
+            else:
+                outside_d += 1
+        elif kind is K.attention:
+            s = graph.settings(n)
+            q = s.n_heads // tp * s.head_dim
+            kv = (s.kv_heads // tp if plan.kv_split else s.kv_heads) * s.head_dim
+            x = graph.input_of(n, "x")
+            saved["d"] += x not in seen_inputs
+            seen_inputs.add(x)
+            rotary = graph.input_of(n, "rotary") is not None
+            # flash attention takes GQA/MQA unexpanded only on CUDA, without a mask tensor, kernel default or flash
+            flash = cuda and not (has_mask_tensor or alibi) and s.kernel in (AttentionKernel.default, AttentionKernel.flash)
+            kv_heads_local = kv // s.head_dim
+            # K/V expanded to q's heads: a copy, except from one head, where expand + reshape stays a view
+            copied = s.kv_heads != s.n_heads and not flash and kv_heads_local > 1
+            saved["q"] += 3 + rotary + (2 if copied else 0)  # [q pre-RoPE], q, output, o's input, [k, v expanded]
+            saved["kv"] += rotary + (0 if copied else 2)  # [k pre-RoPE], k, v
+        elif kind is K.mlp:
+            f = graph.settings(n).d_ff // tp
+            x = graph.input_of(n, "x")
+            saved["d"] += x not in seen_inputs
+            seen_inputs.add(x)
+            saved["f"] += 4 if graph.settings(n).activation.gated else 2
+        elif kind is K.alibi:
+            mask_heads = graph.settings(n).n_heads // tp
+    if not alibi and has_mask_tensor:
+        mask_heads = 1
+    head = graph.settings(graph.nodes(K.head)[0]).vocab_size
+    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
+
+
+def _optimizer_elements(spec: Spec, shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int, dp: int) -> int:
+    """Optimizer-state elements per rank for parameters of these shapes (FSDP2 shards dim 0 by dp)."""
+    opt = spec.training.optimizer
+    total = 0
+    for shape, rule in shapes:
+        local = list(shape)
+        if rule is ShardRule.colwise or rule is ShardRule.heads:
+            local[0] //= tp
+        elif rule is ShardRule.rowwise:
+            local[-1] //= tp
+        local[0] = math.ceil(local[0] / dp)
+        if isinstance(opt, (AdamWOptimizer, AdamOptimizer)):
+            total += 2 * math.prod(local)
+        elif isinstance(opt, AdafactorOptimizer):
+            total += (local[0] + local[-1]) if len(local) >= 2 else math.prod(local)
+        else:
+            raise TypeError(f"unknown optimizer section {type(opt).__name__}")
+    return total
+
+
+def _param_elements(shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int) -> int:
+    return sum(local_elements(shape, rule, tp) for shape, rule in shapes)
+
+
+def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch: int, seq_len: int,
+               dtype: DType, checkpointing: bool, cuda: bool = True, compute_dtype: DType | None = None) -> MemoryRow:
+    """Per-GPU bytes for `strategy`; `graph1` is one_layer_graph(spec)."""
+    compute = compute_dtype or dtype
+    L, D, p_bytes, w = spec.n_layers, spec.d_model, dtype.itemsize, compute.itemsize
+    dp, tp = strategy.dp, strategy.tp
+    sh = _shape(graph1, tp, cuda)
+    b = math.ceil(batch / dp)
+    bs = b * seq_len
+    layer_elems = _param_elements(sh.layer_params, tp)
+    outside_elems = _param_elements(sh.outside_params, tp)
+    param_elems = L * layer_elems + outside_elems
+    fsdp = strategy.kind in (ParallelKind.fsdp, ParallelKind.fsdp_tp)
+    shard = dp if fsdp else 1
+    weights = math.ceil(param_elems / shard) * p_bytes
+    opt = (L * _optimizer_elements(spec, sh.layer_params, tp, shard) + _optimizer_elements(spec, sh.outside_params, tp, shard)) * p_bytes
+    # autocast (weights in float32, compute in bf16/fp16) keeps a compute-dtype copy of every weight it casts
+    autocast_copies = math.ceil(param_elems / shard) * w if compute is not dtype else 0
+
+    per_layer = bs * (sh.saved_d * D + sh.saved_q * sh.q_local + sh.saved_kv * sh.kv_local + sh.saved_f * sh.f_local) * w
+    mask_bytes = b * sh.mask_heads * seq_len * seq_len * w  # one additive mask tensor shared by every layer
+    V = sh.head_rows
+    outside = bs * (sh.outside_d + 1) * D * w + V * D * 4 + mask_bytes  # norms' inputs, dloss/dh, dloss/dW (float32)
+    activations = int(L * per_layer + outside + autocast_copies)
+    activations_ckpt = int(L * bs * D * w + per_layer + outside + autocast_copies)  # each layer's input, one layer recomputed
+    loss = int(min(bs, LOSS_CHUNK) * V * (2 * w + 8))
+    # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
+    fsdp_transient = 2 * 2 * layer_elems * p_bytes if fsdp else 0
+    kv = L * 2 * sh.kv_local * b * seq_len * w
+    # Prefill at seq_len (no graph kept): one layer's tensors at a time, the mask, and the logits of every
+    # position in --dtype and float32 (the emitter's forward returns float32 logits).
+    prefill = int(per_layer + mask_bytes + bs * V * (4 + w))
+    return MemoryRow(strategy, b, weights, weights, int(opt), activations, activations_ckpt, fsdp_transient, loss,
+                     int(kv), prefill, checkpointing)
+
+
+def strategies(graph1: ComponentGraph, gpus: int, kinds: list[ParallelKind]) -> list[tuple[Strategy, str | None]]:
+    """Every strategy of the requested kinds on `gpus` GPUs: (strategy, why it cannot be used or None)."""
+    out: list[tuple[Strategy, str | None]] = []
+    for kind in kinds:
+        if kind is ParallelKind.single:
+            out.append((Strategy(kind, 1, 1), None))
+        elif kind is ParallelKind.fsdp:
+            if gpus > 1:
+                out.append((Strategy(kind, gpus, 1), None))
+        elif kind is ParallelKind.tp:
+            if gpus > 1:
+                out.append((Strategy(kind, 1, gpus), explain(graph1, gpus)))
+        elif kind is ParallelKind.fsdp_tp:
+            for tp in range(2, gpus):
+                if gpus % tp == 0:
+                    out.append((Strategy(kind, gpus // tp, tp), explain(graph1, tp)))
+        else:
+            raise ValueError(f"unknown parallel kind {kind}")
+    return out
