@@ -20,10 +20,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from archc.cost import GROUPS, cost
+from archc import words
 from archc.components import MaskSettings, NormSettings, settings_to_json
+from archc.cost import cost
 from archc.graph import ComponentGraph, ComponentKind
-from archc.spec import MaskKind, NormKind, NormScale, Spec
+from archc.spec import AttentionKernel, MaskKind, Spec
 
 # --------------------------------------------------------------------------------------------
 # 1. Spec axes
@@ -105,11 +106,6 @@ ROLE_OUTPUT = {
     "attn_residual": "the residual stream after attention", "mlp_residual": "the residual stream after the MLP",
     "residual": "the residual stream after the layer",
 }
-NORM_NAME = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
-ACTIVATION_NAME = {"gelu": "GELU", "gelu_tanh": "GELU (tanh)", "relu": "ReLU", "silu": "SiLU", "swiglu": "SwiGLU",
-                   "geglu": "GeGLU", "geglu_tanh": "GeGLU (tanh)", "reglu": "ReGLU"}
-KERNEL_NAME = {"default": "backend-default kernel", "memory_efficient": "memory-efficient kernel", "flash": "flash kernel",
-               "math": "math (reference) kernel"}
 LAYER_INPUT = "the layer input (residual stream)"
 
 
@@ -118,22 +114,12 @@ def role_name(role: str) -> str:
 
 
 def norm_words(settings: NormSettings) -> str:
-    words = NORM_NAME.get(settings.norm.value, settings.norm.value)
-    if settings.norm is NormKind.layernorm and not settings.bias:
-        words += ", no bias"
-    elif settings.norm is not NormKind.layernorm and settings.bias:
-        words += " with bias"
-    if settings.scale is NormScale.one_plus_weight:
-        words += ", (1 + w) scale"
-    return f"{words}, eps {settings.eps:g}"
+    """A norm node's settings in words, with its eps."""
+    return f"{words.norm(settings.norm, settings.bias, settings.scale)}, eps {settings.eps:g}"
 
 
-def sharing_words(n_heads: int, kv_heads: int) -> str:
-    if kv_heads == n_heads:
-        return "multi-head"
-    if kv_heads == 1:
-        return "multi-query"
-    return "grouped-query"
+def kernel_words(kernel: AttentionKernel) -> str:
+    return f"{'backend-default' if kernel is AttentionKernel.default else words.KERNEL[kernel]} kernel"
 
 
 @dataclass
@@ -253,11 +239,11 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             put("attn.mask", "attention", [mask.mask.value, mask.sliding_window], _mask_words(mask), (role,))
             put("attn.n_heads", "attention", s.n_heads, f"{s.n_heads} query heads", (role,))
             put("attn.kv_heads", "attention", s.kv_heads,
-                f"{s.kv_heads} head{'s' if s.kv_heads != 1 else ''} ({sharing_words(s.n_heads, s.kv_heads)})", (role,))
+                f"{s.kv_heads} head{'s' if s.kv_heads != 1 else ''} ({words.sharing(s.n_heads, s.kv_heads)})", (role,))
             put("attn.head_dim", "attention", s.head_dim, f"head size {s.head_dim}", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("attn.bias", "attention", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
-            put("attn.kernel", "attention", s.kernel.value, KERNEL_NAME.get(s.kernel.value, s.kernel.value), (role,))
+            put("attn.kernel", "attention", s.kernel.value, kernel_words(s.kernel), (role,))
             # Only said when it is not the default 1/sqrt(head_dim) (a head-size change already says that).
             default = abs(s.softmax_scale * s.head_dim ** 0.5 - 1) < 1e-9
             put("attn.softmax_scale", "attention", None if default else s.softmax_scale,
@@ -268,7 +254,7 @@ def layer_facts(cg: ComponentGraph, layer: int) -> dict[str, Fact]:
             gated = "gate.weight" in params
             act = s.activation.value
             put("mlp.activation", "MLP", [act, gated],
-                f"{ACTIVATION_NAME.get(act, act)} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
+                f"{words.ACTIVATION[s.activation]} ({'gated, 3 matrices' if gated else '2 matrices'})", (role,))
             put("mlp.d_ff", "MLP", s.d_ff, f"{s.d_ff} hidden units", (role,))
             biases = [p.split(".")[0] for p in params if p.endswith("bias")]
             put("mlp.bias", "MLP", biases, ("biases on " + "/".join(biases)) if biases else "no biases", (role,))
@@ -285,17 +271,17 @@ def _init_words(rules: dict) -> str:
     for local, r in rules.items():
         if r["dist"] in ("zeros", "ones"):
             continue
-        words = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
+        rule = f"N(0, {r['std']:.3g})" if r["dist"] == "normal" else f"Xavier-normal gain {r['gain']:.3g}" \
             if r["dist"] == "xavier" else r["dist"]
-        groups.setdefault(words, []).append(local.split(".")[0])
+        groups.setdefault(rule, []).append(local.split(".")[0])
     return "; ".join(f"{w} on {', '.join(ps)}" for w, ps in groups.items()) or "no weights"
 
 
 def _mask_words(mask: MaskSettings) -> str:
-    words = "prefix mask (bidirectional over the prefix, causal after it)" if mask.mask is MaskKind.prefix else "causal mask"
+    text = "prefix mask (bidirectional over the prefix, causal after it)" if mask.mask is MaskKind.prefix else "causal mask"
     if mask.sliding_window:
-        words += f", sliding window {mask.sliding_window}"
-    return words
+        text += f", sliding window {mask.sliding_window}"
+    return text
 
 
 POSITION_TABLE_WORDS = {
@@ -313,7 +299,7 @@ def model_facts(cg: ComponentGraph) -> dict[str, Fact]:
         facts[key] = Fact(key, component, value, phrase, roles)
 
     g = cg
-    L = sum(1 for n in g.nodes(ComponentKind.attention))
+    L = g.n_layers  # one attention per layer; a light graph builds only the first few
     put("stack.layers", "stack", L, f"{L} layers")
     embed = g.nodes(ComponentKind.token_embedding)[0]
     V, D = g.node(embed)["params"]["weight"]
@@ -447,7 +433,9 @@ def _where(layers: list[int], n_a: int, n_b: int, uniform: bool) -> str:
     return ("in layer " if len(layers) == 1 else "in layers ") + _ranges(layers)
 
 
-def _ranges(xs: list[int]) -> str:
+def _ranges(xs: list[int] | range) -> str:
+    if isinstance(xs, range) and len(xs) > 1:  # the layers past a light graph's: one range, not a walk
+        return f"{xs[0]}-{xs[-1]}"
     out, start = [], None
     for i, x in enumerate(xs):
         if start is None:
@@ -478,21 +466,30 @@ def structure_diff(ga: ComponentGraph, gb: ComponentGraph) -> list[Change]:
                                   fb.phrase if fb else "absent", f"{f.component}: {f.phrase} (only in {side})", list(f.roles)))
 
     n_a, n_b = ga.n_layers, gb.n_layers
-    la = [layer_facts(ga, i) for i in range(n_a)]
-    lb = [layer_facts(gb, i) for i in range(n_b)]
+    la = [layer_facts(ga, i) for i in range(ga.built_layers)]
+    lb = [layer_facts(gb, i) for i in range(gb.built_layers)]
     uniform = len({_layer_signature(f) for f in la}) <= 1 and len({_layer_signature(f) for f in lb}) <= 1
     # Compare layer i with layer i; collect each change's layers so that a repeated change is said once.
+    # Layers past what a light graph built are the same as its last one: compared once, they stand for
+    # the rest as one range (no per-layer work for a million layers).
+    n = min(n_a, n_b)
+    compared = min(n, max(ga.built_layers, gb.built_layers))
     found: dict[tuple, list[int]] = {}
     order: list[tuple] = []
-    for i in range(min(n_a, n_b)):
-        rows = [("components", comp, a, b, text, roles) for comp, a, b, text, roles in _presence_changes(ga, gb, i, i, la[i], lb[i])]
-        rows += _compare_facts(la[i], lb[i])
+    for i in range(compared):
+        fa, fb = la[min(i, len(la) - 1)], lb[min(i, len(lb) - 1)]
+        rows = [("components", comp, a, b, text, roles) for comp, a, b, text, roles in _presence_changes(ga, gb, i, i, fa, fb)]
+        rows += _compare_facts(fa, fb)
         for row in rows:
             key = (row[0], row[1], row[2], row[3], row[4], tuple(row[5]))
             if key not in found:
                 found[key] = []
                 order.append(key)
             found[key].append(i)
+    if compared < n:
+        for key, layers in found.items():
+            if layers[-1] == compared - 1:
+                found[key] = range(layers[0], n) if layers == list(range(layers[0], compared)) else layers + list(range(compared, n))
     order = _merge_norm_positions(order, found)
     for key in order:
         aspect, component, a, b, text, roles = key
@@ -510,7 +507,7 @@ def _merge_norm_positions(order: list[tuple], found: dict[tuple, list[int]]) -> 
         if not aspect.endswith("_norm.position") or aspect.startswith("embed"):
             out.append(key)
             continue
-        group = (a, b, tuple(found[key]))
+        group = (a, b, found[key] if isinstance(found[key], range) else tuple(found[key]))
         if group not in merged:
             merged[group] = len(out)
             out.append(key)
@@ -565,7 +562,7 @@ def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int) -> list[Cost
     rows.append(CostRow("flops_per_token", f"FLOPs per token (forward, context {seq_len})",
                         ca.flops_per_token(seq_len), cb.flops_per_token(seq_len)))
     rows.append(CostRow("kv_cache_bytes_per_token", "KV-cache bytes per token",
-                        ca.kv_bytes_per_token(ga.spec.dtype.value), cb.kv_bytes_per_token(gb.spec.dtype.value)))
+                        ca.kv_bytes_per_token(ga.spec.dtype), cb.kv_bytes_per_token(gb.spec.dtype)))
     return rows
 
 
@@ -597,10 +594,10 @@ class Diff:
 
 def diff(a: Spec, b: Spec, *, source_a: str = "A", source_b: str = "B", seq_len: int = 2048,
          graph_a: ComponentGraph | None = None, graph_b: ComponentGraph | None = None) -> Diff:
-    from archc.graph import compile as compile_graph
+    from archc.cost import light_graph
 
-    ga = graph_a or compile_graph(a)
-    gb = graph_b or compile_graph(b)
+    ga = graph_a or light_graph(a)  # a few layers built; the rest in closed form
+    gb = graph_b or light_graph(b)
     return Diff(Side(a.name, source_a, a, ga), Side(b.name, source_b, b, gb), spec_diff(a, b),
                 structure_diff(ga, gb), cost_rows(ga, gb, seq_len), seq_len)
 
@@ -623,7 +620,7 @@ def to_json_data(d: Diff, *, include_unchanged: bool = False) -> dict:
             "unchanged_count": len(d.spec.unchanged),
             "unchanged": [row(r) for r in d.spec.unchanged] if include_unchanged else None,
         },
-        "structure": [asdict(c) for c in d.structure],
+        "structure": [dict(asdict(c), layers=None if c.layers is None else list(c.layers)) for c in d.structure],
         "cost": {
             "seq_len": d.seq_len,
             "rows": [{"metric": r.metric, "label": r.label.strip(), "a": r.a, "b": r.b, "diff": r.diff, "ratio": r.ratio}

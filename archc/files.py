@@ -25,6 +25,7 @@ import stat
 from pathlib import Path
 
 from archc.errors import UserError, one_line
+from archc.model_dir import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, SPEC_FILE
 
 MAX_READ = 256 * 2**20  # no spec, config or index file is this large; a larger one is not what it claims to be
 
@@ -179,7 +180,7 @@ def guard_output(path: str | os.PathLike, label: str | None = None, *, directory
 
 MANIFEST = ".archc-manifest.json"
 # What the exporter wrote before it kept a manifest: such a directory is still recognised as archc's
-LEGACY_MODEL_FILES = frozenset({"model.onnx", "model.onnx.data", "spec.yaml", "genai_config.json"})
+LEGACY_MODEL_FILES = frozenset({MODEL_FILE, DATA_FILE, SPEC_FILE, GENAI_CONFIG_FILE})
 
 
 def write_manifest(folder: Path, names: list[str]) -> None:
@@ -223,11 +224,11 @@ def guard_model_dir(path: str | os.PathLike, label: str | None = None) -> bool:
         return False
     allowed = _manifest(p)
     if allowed is None:
-        allowed = LEGACY_MODEL_FILES if "model.onnx" in entries else frozenset()
+        allowed = LEGACY_MODEL_FILES if MODEL_FILE in entries else frozenset()
     foreign = [e for e in entries if e not in allowed or not os.path.isfile(p / e) or os.path.islink(p / e)]
     if foreign:
         names = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        if set(entries) & {"model.onnx", MANIFEST}:
+        if set(entries) & {MODEL_FILE, MANIFEST}:
             raise UserError(one_line(f"{shown}: holds {names}, which archc did not write there; "
                                      "move them or choose another path"))
         raise UserError(one_line(f"{shown}: exists and is not an archc model directory (it holds {names}); "

@@ -51,10 +51,10 @@ from typing import Callable
 
 import numpy as np
 
+from archc.dtypes import DType
 from archc.errors import UserError, one_line
 from archc.files import kind_of, stat_path
-
-MODEL_FILE = "model.onnx"
+from archc.model_dir import GENAI_CONFIG_FILE, META_DTYPE, META_KV_CACHE, META_LOGITS, META_LOWERING, MODEL_FILE, SPEC_FILE
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
 # CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
 # cache): flash (1) | memory-efficient (2) | unfused (16), without cuDNN flash attention (8), which plans
@@ -184,17 +184,17 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     providers, note = choose_providers(device)
     if providers[0] != "CPUExecutionProvider":
         opts = dict(providers[0][1])
-        if meta.get("archc.kv_cache", "concat") != "shared":
+        if meta.get(META_KV_CACHE, "concat") != "shared":
             opts["sdpa_kernel"] = str(CONCAT_CACHE_SDPA_KERNEL)
         opts.update({k: str(v) for k, v in (cuda_options or {}).items()})
         providers = [("CUDAExecutionProvider", opts)] + providers[1:]
-    if meta.get("archc.dtype") == "bf16" and providers[0] == "CPUExecutionProvider":
+    if meta.get(META_DTYPE) == DType.bfloat16.short and providers[0] == "CPUExecutionProvider":
         # the note says "...; running on CPU", which is not what happens here: nothing runs
         why = f", and CUDA is not usable here: {note.removesuffix('; running on CPU')}" if note else " (--device cpu)"
         raise UserError(f"{path}: a bf16 model runs on CUDA only (onnxruntime's CPU kernels lack bfloat16){why}; "
                         "compile with --dtype fp32 or fp16 to run it on the CPU")
     sess = None
-    if cuda_graph and meta.get("archc.kv_cache") == "shared" and providers[0] != "CPUExecutionProvider":
+    if cuda_graph and meta.get(META_KV_CACHE) == "shared" and providers[0] != "CPUExecutionProvider":
         try:
             sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:])
         except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
@@ -251,9 +251,9 @@ class Session:
         self._graph_ids = 0
         self._slicer = None
         meta = self.sess.get_modelmeta().custom_metadata_map
-        self.lowering = json.loads(meta.get("archc.lowering", "{}"))
-        self.kv_cache = meta.get("archc.kv_cache", "concat")
-        self.logits = meta.get("archc.logits", "all")  # "last": logits [B, 1, V] (models before the option: all)
+        self.lowering = json.loads(meta.get(META_LOWERING, "{}"))
+        self.kv_cache = meta.get(META_KV_CACHE, "concat")
+        self.logits = meta.get(META_LOGITS, "all")  # "last": logits [B, 1, V] (models before the option: all)
         ins = {i.name: i for i in self.sess.get_inputs()}
         self.input_names = list(ins)
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -280,7 +280,7 @@ class Session:
 
         limits = []
         folder = self.model_dir if self.model_dir.is_dir() else self.model_dir.parent
-        spec = folder / "spec.yaml"
+        spec = folder / SPEC_FILE
         if stat_path(spec) is not None:
             try:
                 n = read_yaml(spec)[0].get("max_seq_len")
@@ -288,7 +288,7 @@ class Session:
                 n = None  # a damaged spec.yaml does not stop a model that runs; the model's own limits apply
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 limits.append(n)
-        cfg = folder / "genai_config.json"
+        cfg = folder / GENAI_CONFIG_FILE
         if stat_path(cfg) is not None:
             data = read_json(cfg, limit=16 * 2**20)
             n = data.get("model", {}).get("context_length") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None

@@ -18,6 +18,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
+from archc.dtypes import DType  # noqa: F401  (the spec's `dtype` field; one vocabulary for every dtype)
+
 class SpecConflict(PydanticCustomError):
     """A cross-field rule failed. `fields` (comma-separated dotted paths) lets the loader point at a line."""
 
@@ -122,16 +124,6 @@ class Tokenizer(str, Enum):
     wordpiece = "wordpiece"
     bpe = "bpe"  # character-level BPE (Sennrich et al. 2016; GPT-1)
     unspecified = "unspecified"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-    @property
-    def itemsize(self) -> int:
-        return 4 if self is DType.float32 else 2
 
 
 class InitScheme(str, Enum):

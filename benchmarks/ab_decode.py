@@ -44,6 +44,7 @@ def child(args) -> dict:
     from benchmarks import standard
 
     import archc
+    from archc.model_dir import MODEL_FILE
     from archc.runner import Session
     from exporters.onnx_export import export
 
@@ -52,7 +53,7 @@ def child(args) -> dict:
     d = Path(args.work) / (f"{args.family}-{args.dtype}-" + "".join(c if c.isalnum() else "_" for c in v["name"]))
     kw = {"next_token": v["opts"]["next_token"]} if "next_token" in v["opts"] else {}
     t0 = time.perf_counter()
-    if not (d / "model.onnx").exists():
+    if not (d / MODEL_FILE).exists():
         export(graph, d, target="cuda", dtype=args.dtype, fused_fp32=args.dtype == "fp32", **kw)
     export_s = time.perf_counter() - t0
     cuda_options = {k: v["opts"][k] for k in ("sdpa_kernel",) if k in v["opts"]}

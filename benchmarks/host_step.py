@@ -45,12 +45,13 @@ def main() -> int:
     from benchmarks import standard
 
     import archc
+    from archc.model_dir import MODEL_FILE
     from archc.runner import Session
     from exporters.onnx_export import export
 
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
     d = Path(args.work_dir) / f"{graph.spec.name}-{args.dtype}"
-    if not (d / "model.onnx").exists():
+    if not (d / MODEL_FILE).exists():
         export(graph, d, target="cuda", dtype=args.dtype, fused_fp32=args.dtype == "fp32")
     s = Session(d, device=args.device, io_binding=None if args.device == "cuda" else "static")
     rng = np.random.default_rng(0)

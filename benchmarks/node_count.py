@@ -56,6 +56,8 @@ def ort_cpu_nodes(family: str, layers: int, tmp: Path) -> collections.Counter:
     import archc
     import onnx
     import onnxruntime as ort
+
+    from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
 
     d = tmp / f"{family}-{layers}"
@@ -66,7 +68,7 @@ def ort_cpu_nodes(family: str, layers: int, tmp: Path) -> collections.Counter:
     so.optimized_model_filepath = str(d / "optimized.onnx")
     so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
     so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(d / MODEL_FILE), so, providers=["CPUExecutionProvider"])
     m = onnx.load(str(d / "optimized.onnx"), load_external_data=False)
     return collections.Counter(n.op_type for n in m.graph.node)
 

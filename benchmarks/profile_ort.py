@@ -50,6 +50,7 @@ def main() -> int:
     from benchmarks import standard
     from archc import runner
     from archc.bench.harness import measure_limits, roofline, Shape
+    from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def main() -> int:
     target = "cuda" if cuda else "portable"
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
     model_dir = Path(args.work_dir) / f"{graph.spec.name}-{target}-{args.dtype}"
-    if not (model_dir / "model.onnx").exists():
+    if not (model_dir / MODEL_FILE).exists():
         t = time.time()
         export(graph, model_dir, target=target, dtype=args.dtype)
         print(f"exported {model_dir} in {time.time() - t:.1f} s")

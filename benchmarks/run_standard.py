@@ -421,6 +421,7 @@ def run_export(job_path: Path) -> int:
     import torch
 
     from archc.bench.harness import Shape, logits_for, ort_model_dir
+    from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
 
     torch.set_num_threads(4)
@@ -434,7 +435,7 @@ def run_export(job_path: Path) -> int:
             continue
         logits = logits_for(graph, Shape(c["batch"], c["prompt"], 2))
         d = ort_model_dir(Path(job["work_dir"]), graph, target, dtype, logits)
-        if not (d / "model.onnx").exists():
+        if not (d / MODEL_FILE).exists():
             t = time.perf_counter()
             export(graph, d, target=target, dtype=dtype, logits=logits)
             print(f"exported {d.name} in {time.perf_counter() - t:.1f} s", flush=True)

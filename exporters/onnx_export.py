@@ -36,9 +36,22 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from archc.dtypes import DType
 from archc.errors import UserError
 from archc.files import guard_model_dir, why, write_manifest
 from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
+from archc.model_dir import (
+    DATA_FILE,
+    GENAI_CONFIG_FILE,
+    META_DTYPE,
+    META_KV_CACHE,
+    META_LOGITS,
+    META_LOWERING,
+    META_NEXT_TOKEN,
+    META_TARGET,
+    MODEL_FILE,
+    SPEC_FILE,
+)
 from archc.room import check_export_room
 from archc.workdir import OWNER, make_work_dir, remove_stale
 
@@ -48,8 +61,6 @@ if TYPE_CHECKING:
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
 IR_VERSION = 11  # opset 23 needs IR 11; onnxruntime 1.2x/1.3x reads up to IR 13
-DATA_FILE = "model.onnx.data"
-MODEL_FILE = "model.onnx"
 ALIGN = 64
 
 
@@ -88,14 +99,7 @@ class KvCache(str, Enum):
     shared = "shared"  # past and present may be one max-length buffer (GroupQueryAttention, cuda target)
 
 
-class ExportDType(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-ELEM = {ExportDType.fp32: TensorProto.FLOAT, ExportDType.fp16: TensorProto.FLOAT16, ExportDType.bf16: TensorProto.BFLOAT16}
-NP_FLOAT = {ExportDType.fp32: np.float32, ExportDType.fp16: np.float16}  # bf16 goes through torch
+ELEM = {DType.float32: TensorProto.FLOAT, DType.float16: TensorProto.FLOAT16, DType.bfloat16: TensorProto.BFLOAT16}
 
 # Symbolic dimension names (also read by the runner).
 BATCH, SEQ, TOTAL, PAST = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
@@ -119,7 +123,7 @@ class Ctx:
 
     graph: ComponentGraph
     target: Target
-    dtype: ExportDType
+    dtype: DType
     fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
@@ -252,11 +256,11 @@ def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
     return table
 
 
-def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: ExportDType | str = ExportDType.fp32,
+def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: DType | str = DType.float32,
                 *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
                 next_token: NextToken | str = NextToken.argmax) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), ExportDType(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
+    ctx = Ctx(graph, Target(target), DType.of(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -289,18 +293,18 @@ def input_of(ctx: Ctx, name: str, port: str):
 # Weights
 
 
-def _tensor_bytes(t, dtype: ExportDType, transpose: bool) -> memoryview:
+def _tensor_bytes(t, dtype: DType, transpose: bool) -> memoryview:
     """The tensor's bytes in the export dtype. The cast runs first, in torch (vectorised, multi-threaded,
     round-to-nearest-even like numpy's astype), so the transpose copies half the bytes; the result is
     a view of the tensor's own buffer (no tobytes copy)."""
     import torch
 
     t = t.detach().to("cpu")
-    t = t.to({ExportDType.fp32: torch.float32, ExportDType.fp16: torch.float16, ExportDType.bf16: torch.bfloat16}[dtype])
+    t = t.to(dtype.to_torch())
     if transpose:
         t = t.t()
     t = t.contiguous()
-    if dtype is ExportDType.bf16:
+    if dtype is DType.bfloat16:
         t = t.view(torch.int16)
     return memoryview(t.numpy()).cast("B")
 
@@ -370,7 +374,7 @@ def _hf_source(graph: ComponentGraph, path: Path):
     return get
 
 
-def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
+def _write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) -> list:
     """Stream every initializer into data_path; returns TensorProtos pointing into it.
 
     The next two initializers are drawn (seeded init or read) on worker threads while the current one
@@ -392,11 +396,17 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
 
         return torch.cat(parts, 0)
 
+    import math
+
+    from archc.progress import TensorProgress
+
     protos = []
     offset = 0
     refs = list(ctx.weights)
     ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
-    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
+    total = sum(math.prod(r.shape) for r in refs) * ctx.dtype.itemsize
+    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool, \
+            TensorProgress("writing weights", len(refs), total, enabled=progress) as bar:
         pending = [submit(r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
             t = joined(pending.pop(0))
@@ -415,6 +425,7 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
                 e.key, e.value = k, v
             protos.append(proto)
             offset += len(raw)
+            bar.advance(len(raw))
             del raw
     return protos
 
@@ -443,12 +454,12 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
     m = helper.make_model(g, opset_imports=opsets, ir_version=IR_VERSION, producer_name="archc", producer_version=_version())
     meta = {
-        "archc.lowering": json.dumps(ctx.lowering, sort_keys=True),
-        "archc.target": ctx.target.value,
-        "archc.dtype": ctx.dtype.value,
-        "archc.kv_cache": ctx.kv_cache.value,
-        "archc.logits": ctx.logits.value,
-        "archc.next_token": ctx.next_token.value,
+        META_LOWERING: json.dumps(ctx.lowering, sort_keys=True),
+        META_TARGET: ctx.target.value,
+        META_DTYPE: ctx.dtype.short,
+        META_KV_CACHE: ctx.kv_cache.value,
+        META_LOGITS: ctx.logits.value,
+        META_NEXT_TOKEN: ctx.next_token.value,
     }
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -463,10 +474,10 @@ def _version() -> str:
 
 
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
-           dtype: ExportDType | str = ExportDType.fp32, weights: str | os.PathLike | None = None,
+           dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-           _fail_after: int | None = None) -> ExportResult:
+           progress: bool | None = None, _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
@@ -474,12 +485,13 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
+    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
     label = f"-o {out}"
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
     replacing = guard_model_dir(out, label)
-    check_export_room(graph, out, 2 if ExportDType(dtype) is not ExportDType.fp32 else 4,
+    check_export_room(graph, out, DType.of(dtype).itemsize,
                       whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
@@ -498,10 +510,10 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
     try:
-        inits = _write_weights(ctx, tmp / DATA_FILE, get)
+        inits = _write_weights(ctx, tmp / DATA_FILE, get, progress)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
-        (tmp / "spec.yaml").write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
+        (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
         copied = []
         if tokenizer_dir is not None:
             from archc.text import copy_tokenizer_files
@@ -509,7 +521,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
             copied = copy_tokenizer_files(tokenizer_dir, tmp)
         from archc.text import special_token_ids
 
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
+        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
         os.unlink(tmp / OWNER)
         write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
@@ -529,19 +541,15 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 
-# The spec's dtype names of each compiled dtype.
-SPEC_DTYPE = {ExportDType.fp32: "float32", ExportDType.fp16: "float16", ExportDType.bf16: "bfloat16"}
-
-
-def _spec_yaml(graph: ComponentGraph, dtype: ExportDType) -> str:
+def _spec_yaml(graph: ComponentGraph, dtype: DType) -> str:
     """The model directory's spec: the architecture as compiled, so its dtype is the one the tensors
     and the metadata have (--dtype), not the source spec's (`archc show DIR` reads this file)."""
     import yaml
 
     data = graph.spec.to_yaml_dict()
     source = data.get("dtype")
-    data["dtype"] = SPEC_DTYPE[dtype]
-    head = f"# Written by `archc compile`; dtype is the compiled one (--dtype {dtype.value}; the source spec said {source}).\n"
+    data["dtype"] = dtype.value
+    head = f"# Written by `archc compile`; dtype is the compiled one (--dtype {dtype.short}; the source spec said {source}).\n"
     return head + yaml.safe_dump(data, sort_keys=False)
 
 

@@ -37,9 +37,10 @@ import numpy as np
 from onnx import TensorProto
 
 from archc.components import ComponentKind, NormSettings, UnknownSetting
+from archc.dtypes import DType
 from archc.spec import MaskKind, NormKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import Ctx, ExportDType, KvCache, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import Ctx, KvCache, WeightLayout, input_of, inputs_of
 
 LOWERING = "cuda ONNX lowering"
 
@@ -203,19 +204,19 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     g = ctx.graph
     mask = g.input_of(name, "mask")
     kind = g.settings(mask).mask
-    if kind not in (MaskKind.causal, MaskKind.prefix):  # refused whatever the other reasons say
+    if kind is MaskKind.causal:  # sliding windows too: local_window_size
+        mask_reason = None
+    elif kind is MaskKind.prefix:
+        mask_reason = "prefix mask (the op is always causal)"
+    else:
         raise UnknownSetting(mask, "mask", kind, LOWERING)
-    if ctx.dtype is ExportDType.fp32 and not ctx.fused_fp32:
+    if ctx.dtype is DType.float32 and not ctx.fused_fp32:
         return "fp32 (its CUDA kernels take fp16/bf16)"
     if g.settings(name).head_dim % 16:
         return "head_size % 16 != 0"
     if g.input_of(name, "bias") is not None:
         return "ALiBi bias"
-    if kind is MaskKind.prefix:
-        return "prefix mask (the op is always causal)"
-    if kind is MaskKind.causal:  # sliding windows too: local_window_size
-        return None
-    raise UnknownSetting(mask, "mask", kind, LOWERING)
+    return mask_reason
 
 
 def lower_attention(ctx: Ctx, name: str, node: dict):
@@ -230,7 +231,7 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     if reason is not None:
         # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
         # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
-        if ctx.dtype is ExportDType.bf16:
+        if ctx.dtype is DType.bfloat16:
             why_not = "no bf16 CUDA kernel"
         elif node["settings"].kv_heads < node["settings"].n_heads:
             why_not = "kv_heads < n_heads"
@@ -419,7 +420,6 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
-    portable.check_activation(name, act)
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
     if "gate.bias" in p:

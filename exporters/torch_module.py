@@ -1,16 +1,28 @@
-"""PyTorch emitter: the component graph as one readable nn.Module.
+"""PyTorch emitter: the component graph as one readable, fast nn.Module.
 
 One small nn.Module per component kind (archc.graph.ComponentKind). `build_module` places each
 node's module at the path given by the node's name (`embed`, `layers.0.attn`, `final_norm`,
 `head`, ...), so `state_dict()` keys are exactly the graph's parameter names; `forward` walks
 `graph.nodes()` in order and feeds every node the tensors on its in-edges, by port. Nothing here
-reads the spec's axes: a parallel-residual layer runs in parallel because its graph says so.
+reads the spec's axes: a parallel-residual layer runs in parallel because its graph says so. The
+model holds no parallelism; q/k/v/o and gate/up/down are separate nn.Linear modules, the layout
+tensor parallelism shards (archc.dist, torchtitan's plan).
 
 Contract (notes/contract.md): forward(input_ids [B,S], attention_mask [B,past+S] (1 real, 0 left
 padding), position_ids [B,S] or [B,2,S] (glm2d), prefix_len [B], past_key_values [(k, v)] with
 k, v [B, kv_heads, past, head_dim]) -> (logits float32 [B,S,V], present), keys cached after RoPE.
+With `cache=StaticKVCache` (model.static_cache) the keys and values go into max-length buffers in
+place at `cache_position` and attention_mask covers the whole buffer [B, max_len], so every decode
+step has the same shapes: torch.compile traces it once (CUDA graphs replay it).
 
-Precision: norms, RoPE tables and the logits are computed in float32 whatever the weight dtype.
+Speed (issue 11): compute runs in the weight dtype, the head's matmul included; only norm
+statistics (F.rms_norm / F.layer_norm upcast inside), softmax (SDPA) and the loss (loss(), chunked,
+exporters/torch_loss.py) go to float32. The mask, ALiBi bias and rotary cos/sin are built once per
+forward; without padding or a cache the mask is not built at all and SDPA runs `is_causal` (flash
+attention), GQA through `enable_gqa` where that kernel takes it. `torch.compile(fullgraph=True)`
+traces every library spec without a graph break (tests/emit_torch). set_activation_checkpointing
+recomputes each layer in backward.
+
 A tied head owns no parameter: it reads `embed.weight` at call time, so `state_dict()` has no
 `head.weight` for tied specs (weights given for a tied name are checked equal to the owner and dropped).
 """
@@ -53,13 +65,30 @@ def _linear(params: dict, local: str) -> nn.Linear:
     return nn.Linear(in_f, out_f, bias=f"{local}.bias" in params)
 
 
+class StaticKVCache:
+    """Max-length key/value buffers, one pair per attention node, written in place (static shapes)."""
+
+    def __init__(self, keys: list, values: list):
+        self.keys, self.values = keys, values
+        self.max_len = keys[0].shape[2] if keys else 0
+
+
 @dataclass
 class _Context:
-    """Per-call state shared by the mask and attention nodes."""
+    """Per-call state shared by the mask and attention nodes.
+
+    seq: new tokens this call; causal: no padding, past or cache, so the mask is implicit (is_causal);
+    dtype: the compute dtype (the weights', or autocast's); memo: tensors built once per forward and
+    shared by every layer (the mask combined with the ALiBi bias, cast to the compute dtype)."""
 
     seq: int
     past: list | None
+    dtype: torch.dtype
+    causal: bool = False
+    cache: StaticKVCache | None = None
+    cache_position: torch.Tensor | None = None
     present: list = field(default_factory=list)
+    memo: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,8 +160,9 @@ class Add(nn.Module):
 
 
 class Norm(nn.Module):
-    """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019), computed in float32;
-    scale `weight` (y = n(x) w) or `one_plus_weight` (y = n(x) (1 + w), Gemma)."""
+    """LayerNorm (Ba et al. 2016) or RMSNorm (Zhang & Sennrich 2019) through torch's fused kernels,
+    which compute the statistics in float32 whatever the input dtype; scale `weight` (y = n(x) w) or
+    `one_plus_weight` (y = n(x) (1 + w), Gemma)."""
 
     def __init__(self, name: str, node: dict):
         super().__init__()
@@ -142,24 +172,32 @@ class Norm(nn.Module):
             raise UnknownSetting(name, "norm", s.norm, EMITTER)
         if s.scale not in (NormScale.weight, NormScale.one_plus_weight):
             raise UnknownSetting(name, "scale", s.scale, EMITTER)
-        self.kind, self.eps, self.scale = s.norm, s.eps, s.scale
+        self.name, self.kind, self.eps, self.scale = name, s.norm, s.eps, s.scale
         self.weight = _param(*p["weight"])
         self.bias = _param(*p["bias"]) if "bias" in p else None
 
     def forward(self, x):
-        h = x.float()
-        if self.kind is NormKind.layernorm:
-            h = F.layer_norm(h, h.shape[-1:], eps=self.eps)
-        elif self.kind is NormKind.rmsnorm:
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        w = self.weight.float()
+        shape = x.shape[-1:]
         if self.scale is NormScale.weight:
-            h = h * w
-        elif self.scale is NormScale.one_plus_weight:
-            h = h * (1.0 + w)
-        if self.bias is not None:
-            h = h + self.bias.float()
-        return h.to(x.dtype)
+            w, post = self.weight, None
+        elif self.scale is NormScale.one_plus_weight:  # (1 + w) in float32, applied after the normalisation
+            w, post = None, 1.0 + self.weight.float()
+        else:
+            raise UnknownSetting(self.name, "scale", self.scale, EMITTER)
+        if self.kind is NormKind.layernorm:
+            h = F.layer_norm(x, shape, w, self.bias if post is None else None, eps=self.eps)
+        elif self.kind is NormKind.rmsnorm:
+            h = F.rms_norm(x, shape, w, eps=self.eps)
+            if self.bias is not None and post is None:  # rms_norm takes no bias
+                h = h + self.bias
+        else:
+            raise UnknownSetting(self.name, "norm", self.kind, EMITTER)
+        if post is not None:
+            h = h.float() * post
+            if self.bias is not None:
+                h = h + self.bias.float()
+            h = h.to(x.dtype)
+        return h
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,11 +209,20 @@ def _positions(attention_mask):
     return attention_mask.long().cumsum(-1) - 1
 
 
+def _query_positions(pos, ctx: _Context):
+    """The positions of this call's tokens: the last `seq` columns, or the cache slots being written."""
+    if ctx.cache_position is not None:
+        return pos[:, ctx.cache_position]
+    return pos[:, -ctx.seq:]
+
+
 class Mask(nn.Module):
     """Additive mask [B,1,S,T]: 0 where key j is visible to query i, a large finite negative elsewhere.
 
     Visible iff mask[j] and (pos(j) <= pos(i) (causal) or pos(j) < prefix_len (prefix, GLM)) and
     pos(i) - pos(j) < sliding_window when set. Never -inf, so all-padding query rows stay finite.
+    Without padding, past or cache (ctx.causal, training) a plain causal mask is returned as None:
+    attention then asks SDPA for is_causal, which flash attention serves without any mask tensor.
     """
 
     uses_context = True
@@ -185,42 +232,54 @@ class Mask(nn.Module):
         s: MaskSettings = node["settings"]
         if s.mask not in (MaskKind.causal, MaskKind.prefix):
             raise UnknownSetting(name, "mask", s.mask, EMITTER)
-        self.kind, self.window = s.mask, s.sliding_window
+        self.name, self.kind, self.window = name, s.mask, s.sliding_window
 
-    def forward(self, attention_mask, prefix_len=None, *, ctx: _Context, dtype=torch.float32):
-        pos = _positions(attention_mask)
-        kpos, qpos = pos[:, None, :], pos[:, -ctx.seq :, None]
-        real = attention_mask[:, None, :].bool()
-        visible = kpos <= qpos
+    def forward(self, attention_mask, prefix_len=None, *, ctx: _Context):
         if self.kind is MaskKind.causal:
-            pass
-        elif self.kind is MaskKind.prefix and prefix_len is not None:
-            visible = visible | (kpos < prefix_len.view(-1, 1, 1))
+            prefix = None
+        elif self.kind is MaskKind.prefix:
+            prefix = prefix_len
+        else:
+            raise UnknownSetting(self.name, "mask", self.kind, EMITTER)
+        if ctx.causal and prefix is None and self.window is None:
+            return None
+        pos = _positions(attention_mask)
+        kpos, qpos = pos[:, None, :], _query_positions(pos, ctx)[:, :, None]
+        visible = kpos <= qpos
+        if prefix is not None:
+            visible = visible | (kpos < prefix.view(-1, 1, 1))
         if self.window is not None:
             visible = visible & (qpos - kpos < self.window)
-        visible = visible & real
-        return torch.zeros(visible.shape, dtype=dtype, device=pos.device).masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+        visible = visible & attention_mask[:, None, :].bool()
+        mask = torch.zeros(visible.shape, dtype=ctx.dtype, device=pos.device)
+        return mask.masked_fill(~visible, torch.finfo(ctx.dtype).min)[:, None]
 
 
 class Alibi(nn.Module):
     """Press et al. 2021: bias slope_h * pos(j) on every score; equal to -slope_h * (i - j) up to a
-    per-row constant, which softmax ignores. Shape [B, H, 1, T]. We also subtract the row's last
+    per-row constant, which softmax ignores. Shape [B, H, 1, T]. We also subtract the last query's
     position (another per-row constant) so the bias is <= 0 and near 0 for recent keys: added to
     fp16/bf16 scores, a bias of slope * 4000 would swamp them."""
+
+    uses_context = True
 
     def __init__(self, node: dict):
         super().__init__()
         s: AlibiSettings = node["settings"]
-        self.slopes = list(s.slopes)
+        self.slopes = list(s.slopes)  # plain floats: build_module makes modules on the meta device
 
-    def forward(self, attention_mask):
+    def forward(self, attention_mask, *, ctx: _Context | None = None):
         slopes = torch.tensor(self.slopes, dtype=torch.float32, device=attention_mask.device)
         pos = _positions(attention_mask).float()
-        return slopes[None, :, None, None] * (pos - pos[:, -1:])[:, None, None, :]
+        last = pos[:, -1:] if ctx is None else _query_positions(pos, ctx)[:, -1:]
+        return slopes[None, :, None, None] * (pos - last)[:, None, None, :]
 
 
 class Rotary(nn.Module):
-    """RoPE (Su et al. 2021) tables: angle p * theta^(-2i/rotary_dim); output [B,S,rotary_dim/2,2] = (cos, sin)."""
+    """RoPE (Su et al. 2021) tables: angle p * theta^(-2i/rotary_dim), made in float32 once per forward
+    and cast to the compute dtype (as the published models do); output (cos, sin), each [B,1,S,rotary_dim/2]."""
+
+    uses_context = True
 
     def __init__(self, name: str, node: dict):
         super().__init__()
@@ -229,27 +288,27 @@ class Rotary(nn.Module):
             raise UnknownSetting(name, "style", s.style, EMITTER)
         self.theta, self.dim, self.style = s.theta, s.rotary_dim, s.style
 
-    def forward(self, positions):
+    def forward(self, positions, *, ctx: _Context):
         inv_freq = 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=positions.device).float() / self.dim)
-        angle = positions.float()[..., None] * inv_freq
-        return torch.stack((angle.cos(), angle.sin()), dim=-1)
+        angle = positions.float()[:, None, :, None] * inv_freq
+        return angle.cos().to(ctx.dtype), angle.sin().to(ctx.dtype)
 
 
 def apply_rotary(x, table, style: RopeStyle):
     """Rotate the first rotary_dim dims of x [B,H,S,hd]; the rest pass through (partial rotary, GPT-NeoX).
     half: pairs (i, i + d/2) (GPT-NeoX, HF LLaMA); interleaved: pairs (2i, 2i + 1) (GPT-J, RoFormer)."""
-    cos, sin = (t[:, None].to(x.dtype) for t in table.unbind(-1))  # [B,1,S,d/2]
+    cos, sin = table
     d = 2 * cos.shape[-1]
-    rot, rest = x[..., :d], x[..., d:]
+    rot, rest = (x, None) if d == x.shape[-1] else (x[..., :d], x[..., d:])
     if style is RopeStyle.half:
-        x1, x2 = rot[..., : d // 2], rot[..., d // 2 :]
+        x1, x2 = rot[..., : d // 2], rot[..., d // 2:]
         rot = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     elif style is RopeStyle.interleaved:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         rot = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
     else:
         raise UnknownSetting("rotary", "style", style, EMITTER)
-    return torch.cat((rot, rest), dim=-1)
+    return rot if rest is None else torch.cat((rot, rest), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,8 +334,10 @@ def _sdpa_backends(kernel: AttentionKernel):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with MQA/GQA (kv heads repeated to the query heads), RoPE on q and k,
-    an additive mask (+ ALiBi bias), and a KV cache slot; runs scaled_dot_product_attention."""
+    """Multi-head attention with MQA/GQA, RoPE on q and k, an additive mask (+ ALiBi bias), and a KV
+    cache slot; runs scaled_dot_product_attention. GQA: SDPA's enable_gqa where flash attention can
+    take the call (no mask tensor, CUDA, half precision, a kernel setting that allows flash); other
+    calls fall back to the math kernel under enable_gqa, so they get kv heads expanded instead."""
 
     uses_context = True
 
@@ -291,6 +352,19 @@ class Attention(nn.Module):
         self.scale, self.kernel, self.slot = s.softmax_scale, s.kernel, node["cache"]
         self.q, self.k, self.v, self.o = (_linear(p, n) for n in ("q", "k", "v", "o"))
 
+    def _mask(self, mask, bias, ctx: _Context):
+        """The additive mask + ALiBi bias in the compute dtype, made once per forward (memo) for all layers."""
+        if mask is None and bias is None:
+            return None
+        if "attn_mask" not in ctx.memo:
+            if mask is None:  # causal without a mask tensor, but ALiBi needs one: build it once here
+                S = ctx.seq
+                causal = torch.ones(S, S, dtype=torch.bool, device=bias.device).tril()
+                mask = torch.zeros(S, S, dtype=torch.float32, device=bias.device).masked_fill(~causal, torch.finfo(torch.float32).min)
+            combined = mask.float() if bias is None else mask.float() + bias
+            ctx.memo["attn_mask"] = combined.to(ctx.dtype)
+        return ctx.memo["attn_mask"]
+
     def forward(self, x, mask, rotary=None, bias=None, *, ctx: _Context):
         B, S, _ = x.shape
         q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
@@ -298,16 +372,26 @@ class Attention(nn.Module):
         v = self.v(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, rotary, self.rotary_style), apply_rotary(k, rotary, self.rotary_style)
-        past = ctx.past[self.slot] if ctx.past else None
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        ctx.present[self.slot] = (k, v)
-        if self.kv_heads != self.n_heads:  # head h reads kv head h // (n_heads / kv_heads)
-            k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
-        attn_mask = mask if bias is None else mask + bias
+        if ctx.cache is not None:  # write this call's keys into the static buffers in place, attend over all of them
+            k_buf, v_buf = ctx.cache.keys[self.slot], ctx.cache.values[self.slot]
+            k_buf.index_copy_(2, ctx.cache_position, k.to(k_buf.dtype))
+            v_buf.index_copy_(2, ctx.cache_position, v.to(v_buf.dtype))
+            k, v = k_buf, v_buf
+        else:
+            past = ctx.past[self.slot] if ctx.past else None
+            if past is not None:
+                k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+            ctx.present[self.slot] = (k, v)
+        attn_mask = self._mask(mask, bias, ctx)
+        gqa = self.kv_heads != self.n_heads
+        flash_ok = attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self.kernel in (AttentionKernel.default, AttentionKernel.flash)
+        if gqa and not flash_ok:  # head h reads kv head h // (n_heads / kv_heads)
+            rep = self.n_heads // self.kv_heads
+            k = k[:, :, None].expand(-1, -1, rep, -1, -1).reshape(B, self.n_heads, k.shape[2], self.head_dim)
+            v = v[:, :, None].expand(-1, -1, rep, -1, -1).reshape(B, self.n_heads, v.shape[2], self.head_dim)
         with _sdpa_backends(self.kernel):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.scale)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and S > 1,
+                                               scale=self.scale, enable_gqa=gqa and flash_ok)
         return self.o(y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
 
 
@@ -361,7 +445,8 @@ class Residual(nn.Module):
 
 
 class Head(nn.Module):
-    """logits = x W^T (+ b) in float32; a tied head borrows the embedding matrix (`tied_to`)."""
+    """logits = x W^T (+ b), the matmul in the weight dtype, the result float32; a tied head borrows
+    the embedding matrix (`tied_to`)."""
 
     def __init__(self, node: dict):
         super().__init__()
@@ -380,6 +465,16 @@ class Head(nn.Module):
 
 
 _MULTI_PORTS = {"x": (K.add,), "branch": (K.residual,)}  # ports that take a list of inputs
+
+
+@dataclass
+class _Segment:
+    """A run of consecutive steps: one layer (checkpointable) or the nodes outside the stack."""
+
+    layer: int | None
+    steps: list
+    inputs: list  # values the segment reads from outside it
+    outputs: list  # values it makes that later steps read
 
 
 class GraphModel(nn.Module):
@@ -404,6 +499,28 @@ class GraphModel(nn.Module):
                     setattr(self, name, module)
             self._steps.append((name, kind, graph.inputs(name), module))
         self.input_names = graph.graph_inputs()
+        self.position_ids = graph.model.position_ids
+        self.glm2d = self.position_ids is PositionIds.glm2d
+        self._segments = self._split_segments(graph)
+        self.activation_checkpointing = False
+
+    def _split_segments(self, graph: ComponentGraph) -> list[_Segment]:
+        segs: list[_Segment] = []
+        for step in self._steps:
+            layer = graph.node(step[0])["layer"]
+            if not segs or segs[-1].layer != layer:
+                segs.append(_Segment(layer, [], [], []))
+            segs[-1].steps.append(step)
+        for i, seg in enumerate(segs):
+            own = {name for name, *_ in seg.steps}
+            seg.inputs = list(dict.fromkeys(src for _, _, ins, _ in seg.steps for src, _ in ins if src not in own))
+            later = {src for s in segs[i + 1:] for _, _, ins, _ in s.steps for src, _ in ins}
+            seg.outputs = [name for name, *_ in seg.steps if name in later or name == "logits"]
+        return segs
+
+    def set_activation_checkpointing(self, on: bool = True) -> None:
+        """Recompute each layer's activations in backward (torch.utils.checkpoint, non-reentrant)."""
+        self.activation_checkpointing = on
 
     @staticmethod
     def _make(name: str, kind: K, node: dict, graph: ComponentGraph) -> nn.Module:
@@ -448,32 +565,91 @@ class GraphModel(nn.Module):
             return torch.stack((pos, torch.zeros_like(pos)), dim=1)
         raise UnknownSetting("position_ids", "layout", layout, EMITTER)
 
+    def _layout_positions(self, pos):
+        if self.position_ids is PositionIds.flat:
+            return pos
+        if self.position_ids is PositionIds.glm2d:
+            return torch.stack((pos, torch.zeros_like(pos)), dim=1)
+        raise UnknownSetting("position_ids", "layout", self.position_ids, EMITTER)
+
+    def static_cache(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None, device=None) -> StaticKVCache:
+        """Zeroed key/value buffers [batch, kv_heads, max_len, head_dim] per attention node, allocated once;
+        marked static for torch.compile, so CUDA graphs may hold their addresses."""
+        ref = self.get_submodule("embed").weight
+        dtype, device = dtype or ref.dtype, device or ref.device
+        keys, values = [None] * self.n_cache, [None] * self.n_cache
+        for _, kind, _, module in self._steps:
+            if kind is K.attention:
+                for store in (keys, values):
+                    buf = torch.zeros(batch, module.kv_heads, max_len, module.head_dim, dtype=dtype, device=device)
+                    torch._dynamo.mark_static_address(buf)
+                    store[module.slot] = buf
+        return StaticKVCache(keys, values)
+
     def loss(self, input_ids, targets, chunk: int = 4096):
         """Mean next-token cross-entropy of `targets` [B,S] (-100 skips a position): the head's matmul
         runs chunk by chunk in the weight dtype, never holding float32 logits for the whole batch."""
         from exporters.torch_loss import linear_cross_entropy
 
-        h, head = self(input_ids, return_hidden=True)
+        h = self(input_ids, return_hidden=True)
+        head = self.get_submodule("head")
         weight = self.get_parameter(head.tied_to) if head.tied_to else head.weight
-        return linear_cross_entropy(h.flatten(0, 1), weight, head.bias, targets.flatten())
+        return linear_cross_entropy(h.flatten(0, 1), weight, head.bias, targets.flatten(), chunk)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past_key_values=None,
-                return_hidden: bool = False):
+                cache: StaticKVCache | None = None, cache_position=None, return_hidden: bool = False):
         B, S = input_ids.shape
-        past_len = next((kv[0].shape[2] for kv in past_key_values or [] if kv is not None), 0)
-        if attention_mask is None:
-            attention_mask = torch.ones(B, past_len + S, dtype=torch.long, device=input_ids.device)
-        if attention_mask.shape != (B, past_len + S):
+        device = input_ids.device
+        past_len = 0
+        for kv in past_key_values or []:
+            if kv is not None:
+                past_len = kv[0].shape[2]
+                break
+        causal = attention_mask is None and not past_len and cache is None
+        if cache is not None:
+            if attention_mask is None or cache_position is None:
+                raise ValueError("a static cache needs attention_mask [B, max_len] and cache_position [S]")
+            if attention_mask.shape != (B, cache.max_len):
+                raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}; with a static cache it covers the buffers: ({B}, {cache.max_len})")
+        elif attention_mask is None:
+            attention_mask = torch.ones(B, past_len + S, dtype=torch.long, device=device)
+        elif attention_mask.shape != (B, past_len + S):
             raise ValueError(f"attention_mask is {tuple(attention_mask.shape)}; it must cover past + new tokens: ({B}, {past_len + S})")
         if position_ids is None and "position_ids" in self.input_names:
-            position_ids = self.default_positions(attention_mask, S, self.graph.model.position_ids)
-        if prefix_len is None and "prefix_len" in self.input_names:
-            prefix_len = torch.zeros(B, dtype=torch.long, device=input_ids.device)  # no prefix: plain causal
+            if causal:
+                position_ids = self._layout_positions(torch.arange(S, device=device).expand(B, S))
+            elif cache is not None:
+                position_ids = self._layout_positions(_positions(attention_mask).clamp(min=0)[:, cache_position])
+            else:
+                position_ids = self.default_positions(attention_mask, S, self.position_ids)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "prefix_len": prefix_len}
-        ctx = _Context(seq=S, past=past_key_values, present=[None] * self.n_cache)
-        dtype = self.get_submodule("embed").weight.dtype
+        weight_dtype = self.get_submodule("embed").weight.dtype
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight_dtype
+        ctx = _Context(seq=S, past=past_key_values, dtype=dtype, causal=causal, cache=cache, cache_position=cache_position,
+                       present=[None] * self.n_cache)
         values: dict = {}
-        for name, kind, ins, module in self._steps:
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for seg in self._segments:
+            if checkpointing and seg.layer is not None:
+                from torch.utils.checkpoint import checkpoint
+
+                outs = checkpoint(self._run_segment, seg, ctx, feeds, return_hidden, *[values[n] for n in seg.inputs],
+                                  use_reentrant=False)
+                values.update(zip(seg.outputs, outs))
+                continue
+            done = self._run_steps(seg.steps, values, ctx, feeds, return_hidden)
+            if done is not None:
+                return done
+        return values["logits"], ctx.present
+
+    def _run_segment(self, seg: _Segment, ctx: _Context, feeds: dict, return_hidden: bool, *inputs):
+        values = dict(zip(seg.inputs, inputs))
+        self._run_steps(seg.steps, values, ctx, feeds, return_hidden)
+        return tuple(values[n] for n in seg.outputs)
+
+    def _run_steps(self, steps: list, values: dict, ctx: _Context, feeds: dict, return_hidden: bool):
+        """Run `steps` into `values`; returns the head's input instead when return_hidden reaches the head."""
+        for name, kind, ins, module in steps:
             if kind is K.input:
                 values[name] = feeds[name]
                 continue
@@ -486,14 +662,12 @@ class GraphModel(nn.Module):
                     kw.setdefault(port, []).append(values[src])
                 else:
                     kw[port] = values[src]
-            if kind is K.mask:
-                kw["dtype"] = dtype
             if kind is K.head and return_hidden:
-                return kw["x"], module
+                return kw["x"]
             if kind is K.head and module.tied_to:
                 kw["weight"] = self.get_parameter(module.tied_to)
             values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)
-        return values["logits"], ctx.present
+        return None
 
 
 def build_module(graph: ComponentGraph, *, weights: dict[str, torch.Tensor] | None = None,
@@ -555,3 +729,32 @@ def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list
         cur = tok[:, None]
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
     return torch.stack(out, 1).tolist()
+
+
+def static_greedy(model: GraphModel, prompt_ids, attention_mask, n_new: int, *, step=None, prefill=None):
+    """Greedy decoding through a static KV cache: prompts [B,P] left-padded (attention_mask), buffers of
+    P + n_new positions allocated once, every decode step the same shapes (`step`, e.g. the model under
+    torch.compile with CUDA graphs, runs each of them; `prefill` the prompt). Feeds as greedy_generate:
+    a prefix-mask model's prompt is its bidirectional prefix; GLM 2D positions: prompt tokens
+    (position, 0), the k-th generated token (last prompt position, k). Returns ids [B, n_new]."""
+    B, P = prompt_ids.shape
+    device = prompt_ids.device
+    cache = model.static_cache(B, P + n_new)
+    full = torch.zeros(B, P + n_new, dtype=torch.long, device=device)
+    full[:, :P] = attention_mask
+    lens = attention_mask.sum(1)
+    kw = {"prefix_len": lens} if "prefix_len" in model.input_names else {}
+    prefill = model if prefill is None else prefill
+    step = model if step is None else step
+    logits, _ = prefill(prompt_ids, full, cache=cache, cache_position=torch.arange(P, device=device), **kw)
+    tok = logits[:, -1].argmax(-1, keepdim=True)
+    out = [tok]
+    slots = torch.arange(P, P + n_new, device=device)  # made once: a host-to-device copy per step would sync
+    for k in range(1, n_new):
+        full[:, P + k - 1] = 1
+        if model.glm2d:
+            kw["position_ids"] = torch.stack(((lens - 1)[:, None], torch.full((B, 1), k, device=device)), 1)
+        logits, _ = step(tok, full, cache=cache, cache_position=slots[k - 1:k], **kw)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(tok)
+    return torch.cat(out, 1)

@@ -77,6 +77,8 @@ def probe_torch(graph: ComponentGraph, weights: dict, feeds: dict, names: list[s
             continue
 
         def hook(_module, _args, result, n=n):
+            if isinstance(result, tuple):  # rotary: (cos, sin) [B,1,S,d/2] -> the graph's [B,S,d/2,2] table
+                result = torch.stack([t[:, 0] for t in result], dim=-1)
             out[n] = result.detach().float().numpy()
 
         hooks.append(model.get_submodule(n).register_forward_hook(hook))

@@ -9,7 +9,7 @@ import torch
 import archc
 from archc import spec as S
 from archc.components import PositionIds
-from exporters.torch_module import build_module
+from exporters.torch_module import _Context, build_module
 from tests.conftest import LIBRARY, tiny_spec
 
 B, T, CHUNK = 2, 9, 4  # batch, total length, first (prompt) chunk before token-by-token decode
@@ -284,7 +284,7 @@ def test_alibi_bias_is_minus_slope_times_distance_up_to_a_row_constant():
 
 def test_mask_values():
     graph = archc.compile(tiny_spec("llama", ["attention.sliding_window=2"]))
-    m = build_module(graph).mask(torch.tensor([[0, 1, 1, 1, 1]]), ctx=type("C", (), {"seq": 3})())[0, 0]
+    m = build_module(graph).mask(torch.tensor([[0, 1, 1, 1, 1]]), ctx=_Context(seq=3, past=None, dtype=torch.float32))[0, 0]
     visible = (m == 0).int().tolist()
     # queries are the last 3 columns (positions 1, 2, 3); key 0 is padding; window 2
     assert visible == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]

@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Callable
 
 from archc.cost import cost
+from archc.dtypes import SHORT_WORDS, DType
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind, PositionIds
+from archc.model_dir import MODEL_FILE
 
 BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
 ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"), "all": tuple(b for b in BACKENDS if b != "ort-nograph")}
-DTYPES = ("fp16", "bf16", "fp32")
-DTYPE_NAME = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def parse_backends(text: str) -> list[str]:
@@ -64,12 +64,6 @@ def parse_backends(text: str) -> list[str]:
     if not out:
         raise UserError("--backends: name at least one backend")
     return out
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def _sync(device) -> None:
@@ -125,7 +119,7 @@ def measure_limits(device="cuda", dtypes=("fp16", "bf16"), *, copy_bytes: int | 
     out = {"copy_bytes_per_s": 2 * src.numel() * 2 / t, "copy_buffer_bytes": src.numel() * 2, "gemm_n": gemm_n, "gemm_flops_per_s": {}}
     del src, dst
     for name in dtypes:
-        dt = _torch_dtype(name) if cuda or name == "fp32" else torch.float32  # CPU: fp32 only is meaningful
+        dt = DType.from_short(name).to_torch() if cuda or name == "fp32" else torch.float32  # CPU: fp32 only is meaningful
         a = torch.randn(gemm_n, gemm_n, dtype=dt, device=device, generator=g)
         b = torch.randn(gemm_n, gemm_n, dtype=dt, device=device, generator=g)
         t = _event_median(lambda: a @ b, device, reps=10)
@@ -177,11 +171,10 @@ def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str
 
 def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
     c = cost(graph)
-    itemsize = 4 if dtype == "fp32" else 2
     bw, rate = limits["copy_bytes_per_s"], limits["gemm_flops_per_s"][dtype]
     B, P, N = shape.batch, shape.prompt_len, shape.new_tokens
-    w = decode_weight_bytes(graph, itemsize)
-    kv = c.kv_bytes_per_token(DTYPE_NAME[dtype])
+    w = decode_weight_bytes(graph, DType.from_short(dtype).itemsize)
+    kv = c.kv_bytes_per_token(DType.from_short(dtype))
     # decode step j (1..N-1) runs the token at position P+j-1 against a context of P+j tokens
     steps = []
     for j in range(1, max(N, 2)):
@@ -377,7 +370,7 @@ class OrtBackend(Backend):
         target = "cuda" if b.cuda else "portable"
         self.logits = logits_for(b.graph, b.shape)
         model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits)
-        if not (model_dir / "model.onnx").exists():
+        if not (model_dir / MODEL_FILE).exists():
             t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits), "cpu")
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
         self.model_dir = model_dir
@@ -440,13 +433,13 @@ class Bench:
                  seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None):
         import torch
 
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+        if dtype not in SHORT_WORDS:
+            raise UserError(f"--dtype: '{dtype}' is not one of {', '.join(SHORT_WORDS)}")
         self.graph, self.dtype, self.device = graph, dtype, torch.device(device)
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
             raise UserError("--device cuda: torch sees no CUDA device here; use --device cpu")
-        self.torch_dtype = _torch_dtype(dtype)
+        self.torch_dtype = DType.from_short(dtype).to_torch()
         self.backend_names = list(backends)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
         self.backend_repeats = dict(backend_repeats or {})  # timed generate runs per backend name, overriding `repeats`
@@ -651,11 +644,12 @@ def _f(x, fmt="{:.1f}"):
 
 def render(run: dict, limits: dict | None, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if Console().is_terminal else 150)
     roof = run["roofline"]
-    t = Table(title=f"{run['spec']}  {run['dtype']}  batch {run['batch']}  prompt {run['prompt_len']}  +{run['new_tokens']} tokens"
+    t = Table(title=f"{escape(run['spec'])}  {run['dtype']}  batch {run['batch']}  prompt {run['prompt_len']}  +{run['new_tokens']} tokens"
                     f"  ({roof['params'] / 1e9:.2f} B params)")
     for col in ("backend", "prefill ms", "% floor", "decode tok/s", "ms/token", "% roofline", "peak GiB", "tokens =", "note"):
         t.add_column(col, justify="left" if col in ("backend", "note") else "right")
@@ -668,7 +662,7 @@ def render(run: dict, limits: dict | None, console=None) -> None:
                   _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
                   _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
                   "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
-                  (b["error"] or (f"logits {b['logits']}" if b.get("logits") else
+                  escape(b["error"] or (f"logits {b['logits']}" if b.get("logits") else
                                   "head: last position" if b.get("head_positions") == "last" else ""))[:60])
     console.print(t)
     if not limits:

@@ -18,6 +18,7 @@ from archc.atomic import write_text_atomic
 from archc.cli import app
 from archc.commands.common import SetOption
 from archc.errors import UserError
+from archc.model_dir import MODEL_FILE, SPEC_FILE
 
 
 def spec_yaml(data: dict, source: str) -> str:
@@ -46,10 +47,11 @@ def import_hf_cmd(
     checked = ""
     if check_weights and has_checkpoint(model_dir):
         import archc
-        from archc.hf import load_weights
+        from archc.hf import check_layer_count, load_weights
         from archc.loader import spec_from_dict
 
-        state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
+        check_layer_count(model_dir, data["n_layers"])  # before a graph of n_layers is built
+        state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True, progress=None)
         checked = f"; checkpoint matches ({len(state)} graph tensors)"
     from archc.loader import load_spec
 
@@ -92,10 +94,11 @@ def _export_source(arg: str, sets: list[str], weights: Optional[Path], seed: Opt
     import archc
     from archc.commands.common import load
     from archc.hf.export import safetensors_source, seeded_source
+    from exporters.onnx_weights import onnx_source
 
     p = Path(arg)
     if p.is_dir():
-        if not (p / "spec.yaml").is_file():
+        if not (p / SPEC_FILE).is_file():
             if (p / "config.json").exists():
                 raise UserError(f"{arg}: a Hugging Face model directory already (config.json, no spec.yaml); "
                                 "export-hf takes a spec, an `archc compile` directory or an `archc train` directory")
@@ -105,13 +108,11 @@ def _export_source(arg: str, sets: list[str], weights: Optional[Path], seed: Opt
             raise UserError(f"--set/--seed do not apply to a directory ({arg}): its spec.yaml and weights decide the model")
         from archc.loader import load_spec
 
-        graph = archc.compile(load_spec(p / "spec.yaml"))
+        graph = archc.compile(load_spec(p / SPEC_FILE))
         if weights is not None:
             return graph, safetensors_source(graph, weights), p, (p, weights), str(weights)
-        if (p / "model.onnx").is_file():
-            from exporters.onnx_read import onnx_weights
-
-            return graph, onnx_weights(graph, p), p, (p,), f"{p / 'model.onnx'}'s initializers"
+        if (p / MODEL_FILE).is_file():
+            return graph, onnx_source(graph, p), p, (p,), f"{p / 'model.onnx'}'s initializers"
         ckpt = _train_checkpoint(p)
         if ckpt is None:
             raise UserError(f"{arg}: has a spec.yaml but no weights (model.onnx, checkpoints/, model.safetensors); "

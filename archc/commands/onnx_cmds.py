@@ -13,17 +13,30 @@ import typer
 from archc.cli import app
 from archc.commands.common import SetOption, load
 from archc.errors import UserError
+from archc.model_dir import MODEL_FILE, SPEC_FILE
 
 
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # markup=False: spec names and paths are user text ('[/]' is not a rich tag here)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def _is_hf_dir(arg: str) -> bool:
     p = Path(arg)
-    return p.is_dir() and (p / "config.json").exists() and not (p / "spec.yaml").exists()
+    return p.is_dir() and (p / "config.json").exists() and not (p / SPEC_FILE).exists()
+
+
+def _tokenizer_source(spec: str, weights: str | None) -> Path | None:
+    """Where compile copies tokenizer files from: the first directory among the spec argument (a Hugging
+    Face directory, a training run folder, a compiled model) and --weights that holds a tokenizer.json;
+    else a Hugging Face directory without one (compile then says the model takes ids only); else None."""
+    dirs = [Path(a) for a in (spec, weights) if a is not None and Path(a).is_dir()]
+    for d in dirs:
+        if (d / "tokenizer.json").is_file():
+            return d
+    return next((d for d in dirs if _is_hf_dir(str(d))), None)
 
 
 def lowering_summary(lowering: dict[str, str]) -> list[str]:
@@ -56,10 +69,9 @@ def compile_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
-    from rich.markup import escape
-
     import archc
-    from exporters.onnx_export import ExportDType, Logits, NextToken, Target, export
+    from archc.dtypes import SHORT_WORDS, DType
+    from exporters.onnx_export import Logits, NextToken, Target, export
 
     if target not in {t.value for t in Target}:
         raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
@@ -67,9 +79,9 @@ def compile_cmd(
         raise UserError(f"--logits {logits}: choose one of {', '.join(v.value for v in Logits)}")
     if next_token not in {v.value for v in NextToken}:
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
-    if dtype not in {d.value for d in ExportDType}:
-        raise UserError(f"--dtype {dtype}: choose one of {', '.join(d.value for d in ExportDType)}")
-    if out.is_dir() and (out / "model.onnx").exists() and not force:
+    if dtype not in SHORT_WORDS:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(SHORT_WORDS)}")
+    if out.is_dir() and (out / MODEL_FILE).exists() and not force:
         raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
     if seed is not None:
@@ -86,34 +98,47 @@ def compile_cmd(
         weights = weights or spec
     else:
         s = load(spec, sets)
+    from archc.cost import light_graph
+    from archc.files import guard_model_dir
+    from archc.room import check_export_room
+
+    # Before the full graph is built (a million layers take minutes and gigabytes): an -o that must not
+    # be replaced, and a model that cannot fit in memory or on disk, are refused from a light graph.
+    guard_model_dir(out, f"-o {out}")
+    check_export_room(light_graph(s), out, 4 if dtype == "fp32" else 2, label=f"-o {out}",
+                      whole_in_memory=weights is not None and Path(weights).is_dir())
+    if _is_hf_dir(spec):
+        from archc.hf import check_layer_count
+
+        check_layer_count(spec, s.n_layers)
     graph = archc.compile(s)
     import tempfile
 
-    tokenizer_dir = spec if _is_hf_dir(spec) else None
+    tokenizer_dir = _tokenizer_source(spec, weights)
     with tempfile.TemporaryDirectory(prefix="archc-compile-") as scratch:
         if weights is None:  # a training run folder: its latest checkpoint (a distributed one is consolidated here)
             from archc.parallel.checkpoint import run_weights_file
 
             found = run_weights_file(Path(spec), graph, Path(scratch))
             weights = str(found) if found is not None else None
-        result = export(graph, out, target=target, dtype=dtype, weights=weights, logits=logits, next_token=next_token,
+        result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits, next_token=next_token,
                         tokenizer_dir=tokenizer_dir)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
-    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {escape(shape)}, "
+    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {shape}, "
               f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)
     if tokenizer_dir is not None:
         if "tokenizer.json" in result.tokenizer_files:
-            con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
+            con.print(f"tokenizer: {', '.join(result.tokenizer_files)} (`archc run {str(out)} --prompt TEXT`)")
         else:
-            con.print(f"tokenizer: {escape(spec)} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
-                      f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
+            con.print(f"tokenizer: {tokenizer_dir} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+                      f"copy the checkpoint's tokenizer.json into {out} for text")
     if result.genai_unsupported is not None:
-        con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
+        con.print(f"onnxruntime-genai: cannot drive this model ({result.genai_unsupported}); "
                   f"genai_config.json's model type says so and genai refuses it; `archc run` runs it")
 
 

@@ -18,8 +18,10 @@ import typer
 from archc.atomic import write_text_atomic
 from archc.cli import app
 from archc.commands.common import SetOption, load, resolve_spec_path
+from archc.dtypes import DType
 from archc.errors import UserError
 from archc.loader import apply_sets, library_dir, library_spec, library_specs, load_spec
+from archc.words import human, human_bytes
 
 SCHEMA_FILE = "archc-spec.schema.json"
 
@@ -32,7 +34,9 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     # soft_wrap: a message stays one line however narrow the terminal (scripts grep these lines).
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # markup=False: names, references and file names are user text, printed as written ('[/]' in a
+    # name is not a rich tag); colour comes from Text styles.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def spec_json_schema() -> dict:
@@ -96,24 +100,6 @@ def schema_text() -> str:
     return json.dumps(spec_json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-def _fmt_short(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:g}"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 # ------------------------------------------------------------------------------------------------
 # validate
 
@@ -134,15 +120,17 @@ def validate(
             spec = load(arg, set_)
         except UserError as e:
             bad += 1
-            from rich.markup import escape
+            from rich.text import Text
 
             problems = getattr(e, "problems", None) if all_errors else None
             for problem in problems or [e]:
-                err.print(f"[bold red]invalid[/] {escape(str(problem))}")
+                err.print(Text.assemble(("invalid", "bold red"), " ", str(problem)))
             continue
+        from rich.text import Text
+
         a = spec.attention
-        out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
-                  f"{a.n_heads} heads / {a.kv_heads} kv, {spec.position.kind.value}, {spec.norm.placement.value}-{spec.norm.kind.value})")
+        out.print(Text.assemble(("ok", "green"), f" {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
+                  f"{a.n_heads} heads / {a.kv_heads} kv, {spec.position.kind.value}, {spec.norm.placement.value}-{spec.norm.kind.value})"))
     if bad:
         raise typer.Exit(2)
 
@@ -224,11 +212,10 @@ def show(
     """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token."""
     from rich.table import Table
 
-    from archc import compile as compile_graph
-    from archc.cost import cost
+    from archc.cost import cost, light_graph
 
     spec = load(file, set_)
-    c = cost(compile_graph(spec))
+    c = cost(light_graph(spec))  # a few layers built, the rest in closed form
     S = seq_len or spec.max_seq_len
 
     arch = Table(title=f"{spec.name} ({file})", title_justify="left", show_header=False, box=None, pad_edge=False)
@@ -244,18 +231,18 @@ def show(
     params.add_column("count", justify="right")
     params.add_column("share", justify="right")
     for group, n in c.params_by_group.items():
-        params.add_row(group, _fmt_int(n), f"{100 * n / c.params:.1f}%")
-    params.add_row("total", _fmt_int(c.params), f"({_fmt_short(c.params)})", style="bold")
+        params.add_row(group, f"{n:,}", f"{100 * n / c.params:.1f}%")
+    params.add_row("total", f"{c.params:,}", f"({human(c.params)})", style="bold")
 
     compute = Table(title="per token", title_justify="left", box=None, pad_edge=False)
     compute.add_column("quantity", style="bold")
     compute.add_column("value", justify="right")
     flops = c.flops_per_token(S)
-    compute.add_row(f"forward FLOPs at seq len {S}", f"{_fmt_int(flops)} ({_fmt_short(flops)})")
+    compute.add_row(f"forward FLOPs at seq len {S}", f"{flops:,} ({human(flops, 'FLOP')})")
     window = f", window {c.sliding_window}" if c.sliding_window and c.sliding_window < S else ""
-    for dtype in ("float16", "bfloat16", "float32"):
+    for dtype in (DType.float16, DType.bfloat16, DType.float32):
         b = c.kv_bytes_per_token(dtype)
-        compute.add_row(f"KV cache, {dtype}", f"{_fmt_int(b)} B ({_fmt_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
+        compute.add_row(f"KV cache, {dtype.value}", f"{b:,} B ({human_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
 
     out = _console()
     out.print(arch)

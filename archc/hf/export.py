@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from archc import text as _text
+from archc.dtypes import DType
 from archc.errors import UserError
 from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
 from archc.hf.common import Cfg, Family, Rule
@@ -42,8 +43,8 @@ _NOT_COMPARED = {"attention.kernel",
                  "position.rotary_fraction",  # rotary_dim is compared; the fraction is the same width rounded
                  "position.style"}  # any RoPE type holds either style through the q/k row permutation
 
-DTYPES = ("float32", "float16", "bfloat16")
-_SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+DTYPES = tuple(d.value for d in DType)  # the checkpoint's dtype, spelled as in config.json ("float16")
+_SAFETENSORS_DTYPE = {DType.float32: "F32", DType.float16: "F16", DType.bfloat16: "BF16"}
 
 # Files of a tokenizer copied from a source directory: what `archc compile` copies (archc.text; its
 # generation_config.json is copied or written by export_hf) and the files of transformers' slow
@@ -187,12 +188,6 @@ def safetensors_source(graph, path: Path, label: str = "--weights") -> Callable[
 # Writing the directory
 
 
-def _dtype_of(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
 def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: str,
                       produce: Callable[[str], Any]) -> int:
     """A safetensors file written one tensor at a time: the header (every name, shape and offset, known
@@ -200,16 +195,16 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dt
     Same inputs -> same bytes. Returns the data bytes written."""
     import torch
 
-    item = 4 if dtype == "float32" else 2
+    item = DType(dtype).itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in entries:
         n = math.prod(shape) * item
-        header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": _SAFETENSORS_DTYPE[DType(dtype)], "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    want = _dtype_of(dtype)
+    want = DType(dtype).to_torch()
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
@@ -327,7 +322,7 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
         return tuple(rule.join(parts).shape)
 
     entries = [(name, planned_shape(rule)) for name, rule in rules.items()]
-    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * (4 if dtype == "float32" else 2))
+    _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * DType(dtype).itemsize)
     done = [0]
 
     def produce(name: str):

@@ -1,7 +1,8 @@
 """The package layers (README "Layout"): the core (spec, loader, graph, cost, diff, compare, draw,
 render) imports neither the emitters (exporters/) nor onnxruntime nor the benchmark code; only the
-command modules, the two runners (archc/runner.py for onnxruntime, archc/train/ for the PyTorch
-module) and archc.bench reach the emitters; nothing edits sys.path.
+command modules, the runners (archc/runner.py for onnxruntime; archc/train/ and archc/parallel/,
+which train and generate with the PyTorch module) and archc.bench reach the emitters; nothing edits
+sys.path.
 
 Two checks, because each misses what the other sees: a fresh interpreter that imports the core and
 lists what came with it (catches an import pulled in transitively through a module outside the

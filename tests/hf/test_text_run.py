@@ -71,6 +71,37 @@ def test_compile_copies_tokenizer_files(text_dirs):
     assert cfg["eos_token_id"] == stop and cfg["bos_token_id"] == 1 and cfg["pad_token_id"] == 0
 
 
+def test_compile_spec_with_hf_weights_copies_tokenizer(text_dirs, tmp_path, capsys):
+    """import-hf then compile the spec with --weights HF_DIR: the tokenizer travels with the checkpoint."""
+    hf, out, _ = text_dirs
+    rc, _, err = run_cli(["import-hf", str(hf), "-o", str(tmp_path / "m.yaml")], capsys)
+    assert rc == 0, err
+    rc, stdout, err = run_cli(["compile", str(tmp_path / "m.yaml"), "--weights", str(hf), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "o" / "tokenizer.json").read_bytes() == (hf / "tokenizer.json").read_bytes()
+    assert "tokenizer: tokenizer.json" in stdout
+
+
+def test_compile_run_folder_carries_its_tokenizer(tmp_path, capsys):
+    """A directory with spec.yaml + tokenizer.json (what `archc train` writes for text data) compiles
+    with its tokenizer, and `archc run --prompt` then works on the result."""
+    import yaml
+
+    from conftest import tiny_spec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    tok = byte_bpe()
+    spec = tiny_spec("llama", [f"vocab_size={tok.get_vocab_size()}"])
+    (run / "spec.yaml").write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
+    tok.save(str(run / "tokenizer.json"))
+    rc, stdout, err = run_cli(["compile", str(run), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "o" / "tokenizer.json").read_bytes() == (run / "tokenizer.json").read_bytes()
+    rc, stdout, err = run_cli(["run", str(tmp_path / "o"), "--prompt", "hello", "--max-new-tokens", "4", "--device", "cpu"], capsys)
+    assert rc == 0 and stdout.endswith("\n"), err
+
+
 def test_encode_matches_transformers(text_dirs):
     from archc.text import Text
 
@@ -259,8 +290,6 @@ def test_prompt_source_usage(bare_model, capsys, argv, needle):
 
 
 def test_chat_without_template(tmp_path, capsys):
-    from archc.text import save_tokenizer
-
     hf = hf_text_model(tmp_path, chat_template=None)
     d = tmp_path / "out"
     rc, _, err = run_cli(["compile", str(hf), "-o", str(d)], capsys)
@@ -269,7 +298,6 @@ def test_chat_without_template(tmp_path, capsys):
         assert not (d / name).exists()
     rc, _, err = run_cli(["run", str(d), "--prompt", "hi", "--chat", "--device", "cpu"], capsys)
     assert rc == 2 and "chat template" in err and len(err.strip().splitlines()) == 1
-    assert save_tokenizer  # the hook module imports without a chat template too
 
 
 @pytest.mark.parametrize("line,needle", [("not json", "p.jsonl:2: not JSON"), ('{"text": 1}', "p.jsonl:2: give"), ("[1]", "JSON object")])

@@ -9,6 +9,7 @@ import json
 
 import archc
 from archc.cost import cost
+from archc.dtypes import DType
 from tests.conftest import run_cli
 
 L, H, HD, S = 32, 32, 128, 2048
@@ -22,16 +23,16 @@ def test_flops_and_kv_with_a_window():
     assert windowed.flops_per_token(S) == MATMUL + L * 4 * H * HD * 256 == 13_348_372_480  # "about 13.35"
     # below the window nothing changes
     assert windowed.flops_per_token(100) == full.flops_per_token(100)
-    assert windowed.kv_bytes_at(S, "float16") == L * 2 * H * HD * 2 * 256
-    assert full.kv_bytes_at(S, "float16") == L * 2 * H * HD * 2 * S
-    assert windowed.kv_bytes_per_token("float16") == full.kv_bytes_per_token("float16")
+    assert windowed.kv_bytes_at(S, DType.float16) == L * 2 * H * HD * 2 * 256
+    assert full.kv_bytes_at(S, DType.float16) == L * 2 * H * HD * 2 * S
+    assert windowed.kv_bytes_per_token(DType.float16) == full.kv_bytes_per_token(DType.float16)
 
 
 def test_show_and_diff_report_the_window(capsys):
     rc, out, _ = run_cli(["show", "llama", "--set", "attention.sliding_window=256"], capsys)
     assert rc == 0
     assert "13,348,372,480" in out and "14,287,896,576" not in out
-    assert "128.00 MiB at 2048 tokens" in out
+    assert "128 MiB at 2048 tokens" in out
     rc, out, _ = run_cli(["diff", "llama", "llama", "--set-b", "attention.sliding_window=256", "--format", "json"], capsys)
     rows = {r["metric"]: r for r in json.loads(out)["cost"]["rows"]}
     assert rows["flops_per_token"]["a"] == 14_287_896_576

@@ -1,10 +1,6 @@
-"""Reading the weights of an `archc compile` directory back as graph parameters (`archc export-hf DIR`).
-
-The exporter writes each initializer as one graph parameter, its transpose (`name.T`), or several
-parameters stacked along dim 0 (q|k|v, gate|up), all in model.onnx.data. Which is which follows from
-lowering the same graph with the same options, which the model's metadata records (target, dtype,
-logits, next_token): build_graph's WeightRefs name each initializer's sources, so this reader inverts
-exactly what _write_weights wrote, for whatever layout a target chose.
+"""Reading the weights back out of an `archc compile` directory (`archc export-hf DIR`): the inverse
+of the exporter's weight streaming. It lives beside the exporter because it must lower the graph
+again to know which initializer holds which parameters; archc/ itself does not import exporters/.
 """
 
 from __future__ import annotations
@@ -13,9 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from archc.errors import UserError
+from archc.model_dir import DATA_FILE, META_DTYPE, META_LOGITS, META_NEXT_TOKEN, META_TARGET, MODEL_FILE
 
 
-def onnx_weights(graph, model_dir: Path) -> Callable[[str], Any]:
+def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
     """The weights inside an `archc compile` directory: its initializers, mapped back to graph names by
     lowering the graph again with the options recorded in the model's metadata (which initializer holds
     which parameters, stacked and transposed how), then reading each one from model.onnx.data."""
@@ -23,7 +20,7 @@ def onnx_weights(graph, model_dir: Path) -> Callable[[str], Any]:
     import onnx
     import torch
 
-    from exporters.onnx_export import DATA_FILE, MODEL_FILE, build_graph
+    from exporters.onnx_export import build_graph
 
     try:
         model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)
@@ -31,8 +28,8 @@ def onnx_weights(graph, model_dir: Path) -> Callable[[str], Any]:
         raise UserError(f"{model_dir / MODEL_FILE}: not a readable ONNX model ({type(e).__name__})") from None
     meta = {p.key: p.value for p in model.metadata_props}
     try:
-        ctx = build_graph(graph, meta.get("archc.target", "portable"), meta.get("archc.dtype", "fp32"),
-                          logits=meta.get("archc.logits", "all"), next_token=meta.get("archc.next_token", "argmax"))
+        ctx = build_graph(graph, meta.get(META_TARGET, "portable"), meta.get(META_DTYPE, "fp32"),
+                          logits=meta.get(META_LOGITS, "all"), next_token=meta.get(META_NEXT_TOKEN, "argmax"))
     except ValueError as e:
         raise UserError(f"{model_dir / MODEL_FILE}: metadata this archc cannot read ({e}); compile it again") from None
     refs = {r.name: r for r in ctx.weights}

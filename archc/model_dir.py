@@ -1,0 +1,19 @@
+"""A compiled model directory's layout: its file names, and the metadata keys that the ONNX
+exporter writes into model.onnx and the runner reads back. Light (no onnx, no onnxruntime), so
+the light commands can recognise a model directory too.
+"""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.onnx"  # the graph; onnxruntime-genai's genai_config.json names it as well
+DATA_FILE = "model.onnx.data"  # every weight, external data, 64-byte aligned
+SPEC_FILE = "spec.yaml"  # the resolved spec the model was compiled from (also in a training run's folder)
+GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's model description
+
+# metadata_props of model.onnx
+META_LOWERING = "archc.lowering"  # JSON {node: lowering that emitted it}
+META_TARGET = "archc.target"  # portable | cuda
+META_DTYPE = "archc.dtype"  # DType.short: fp32 | fp16 | bf16
+META_KV_CACHE = "archc.kv_cache"  # concat | shared (absent in older models: concat)
+META_LOGITS = "archc.logits"  # all | last (absent in older models: all)
+META_NEXT_TOKEN = "archc.next_token"  # argmax | none
