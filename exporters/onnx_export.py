@@ -8,7 +8,7 @@ operators and falls back to the portable lowering, per node, where an operator's
 the node; which lowering each node got is written to the model's metadata (`archc.lowering`).
 
 One model serves prefill and decode: the past length is a dynamic dimension (0 at prefill).
-I/O contract (notes/contract.md): inputs input_ids, attention_mask, [position_ids], [prefix_len],
+I/O contract (README "I/O contract"): inputs input_ids, attention_mask, [position_ids], [prefix_len],
 past_key_values.{i}.key/.value [B, kv_heads, past, head_dim]; outputs logits (float32) and
 present.{i}.key/.value, plus (export option `next_token`, default `argmax`) next_token int64
 [B, 1], the greedy pick at the last position, so a greedy decoder need not copy logits to the host.
@@ -327,10 +327,6 @@ def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> C
         raise UserError(f"--weights {path}: no such file or directory")
     if path.is_file():
         return _safetensors_source(graph, path)
-    try:
-        from archc import hf  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"--weights {path}: reading a Hugging Face directory needs archc.hf ({e})") from None
     return _hf_source(graph, path)
 
 
