@@ -71,9 +71,11 @@ class UnknownSetting(GraphError):
     """An emitter met a setting value it has no branch for."""
 
     def __init__(self, node: str, setting: str, value: Any, emitter: str):
-        valid = f"; valid: {', '.join(m.value for m in type(value))}" if isinstance(value, Enum) else ""
-        shown = value.value if isinstance(value, Enum) else value
-        super().__init__(f"{node}: the {emitter} has no branch for {setting}={shown!r}{valid}")
+        if isinstance(value, Enum):  # a member added to its enum but to no branch of this emitter
+            said = f"{value.value!r} ({type(value).__name__}.{value.name} has no branch here yet)"
+        else:
+            said = repr(value)
+        super().__init__(f"{node}: the {emitter} has no branch for {setting}={said}")
         self.node, self.setting, self.value, self.emitter = node, setting, value, emitter
 
 

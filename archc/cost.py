@@ -66,26 +66,31 @@ class Cost:
 
 
 def cost(graph: ComponentGraph) -> Cost:
+    """The totals over every node. A light graph (built_layers < n_layers) holds the first layers
+    only; the layers are identical, so the last built layer's nodes count for it and for every layer
+    not built: the same totals as the full graph, in closed form."""
     by_group: dict[str, int] = {}
     total = matmul = attn_per_pos = kv = 0
     by_window: dict[int | None, list[int]] = {}
+    last, missing = graph.built_layers - 1, graph.n_layers - graph.built_layers
     for name in graph.nodes():
         d = graph.node(name)
         kind = d["kind"]
-        n_params = sum(math.prod(shape) for shape in d["params"].values())
+        times = 1 + missing if d["layer"] == last else 1
+        n_params = times * sum(math.prod(shape) for shape in d["params"].values())
         total += n_params
         if n_params:
             group = GROUPS.get(kind, kind)
             by_group[group] = by_group.get(group, 0) + n_params
         if kind in (ComponentKind.attention.value, ComponentKind.mlp.value, ComponentKind.head.value):
-            matmul += sum(math.prod(s) for local, s in d["params"].items() if local.endswith("weight"))
-        if kind == ComponentKind.head.value and d.get("tied"):
+            matmul += times * sum(math.prod(s) for local, s in d["params"].items() if local.endswith("weight"))
+        if kind == ComponentKind.head.value and d.get("tied"):  # the head is outside the layers (times 1)
             matmul += math.prod(next(iter(d["tied_shapes"].values())))
         if kind == ComponentKind.attention.value:
             s = d["settings"]
             mask = graph.input_of(name, "mask")
             window = graph.settings(mask).sliding_window if mask else None
-            layer_flops, layer_kv = 2 * 2 * s.n_heads * s.head_dim, 2 * s.kv_heads * s.head_dim
+            layer_flops, layer_kv = times * 2 * 2 * s.n_heads * s.head_dim, times * 2 * s.kv_heads * s.head_dim
             attn_per_pos += layer_flops
             kv += layer_kv
             acc = by_window.setdefault(window, [0, 0])
@@ -93,3 +98,15 @@ def cost(graph: ComponentGraph) -> Cost:
             acc[1] += layer_kv
     groups = tuple((f, k, w) for w, (f, k) in by_window.items())
     return Cost(total, by_group, matmul, attn_per_pos, kv, groups)
+
+
+# Layers a light command builds: every layer is the same, so a few show all there is to show.
+LIGHT_LAYERS = 4
+
+
+def light_graph(spec) -> ComponentGraph:
+    """The graph `show`, `diff`, `compare`, `draw` and compile's size check read: at most
+    LIGHT_LAYERS layers built (archc.graph.compile(layers=...)), costs in closed form."""
+    from archc.graph import compile as compile_graph
+
+    return compile_graph(spec, layers=LIGHT_LAYERS)

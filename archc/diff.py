@@ -299,7 +299,7 @@ def model_facts(cg: ComponentGraph) -> dict[str, Fact]:
         facts[key] = Fact(key, component, value, phrase, roles)
 
     g = cg
-    L = sum(1 for n in g.nodes(ComponentKind.attention))
+    L = g.n_layers  # one attention per layer; a light graph builds only the first few
     put("stack.layers", "stack", L, f"{L} layers")
     embed = g.nodes(ComponentKind.token_embedding)[0]
     V, D = g.node(embed)["params"]["weight"]
@@ -433,7 +433,9 @@ def _where(layers: list[int], n_a: int, n_b: int, uniform: bool) -> str:
     return ("in layer " if len(layers) == 1 else "in layers ") + _ranges(layers)
 
 
-def _ranges(xs: list[int]) -> str:
+def _ranges(xs: list[int] | range) -> str:
+    if isinstance(xs, range) and len(xs) > 1:  # the layers past a light graph's: one range, not a walk
+        return f"{xs[0]}-{xs[-1]}"
     out, start = [], None
     for i, x in enumerate(xs):
         if start is None:
@@ -464,21 +466,30 @@ def structure_diff(ga: ComponentGraph, gb: ComponentGraph) -> list[Change]:
                                   fb.phrase if fb else "absent", f"{f.component}: {f.phrase} (only in {side})", list(f.roles)))
 
     n_a, n_b = ga.n_layers, gb.n_layers
-    la = [layer_facts(ga, i) for i in range(n_a)]
-    lb = [layer_facts(gb, i) for i in range(n_b)]
+    la = [layer_facts(ga, i) for i in range(ga.built_layers)]
+    lb = [layer_facts(gb, i) for i in range(gb.built_layers)]
     uniform = len({_layer_signature(f) for f in la}) <= 1 and len({_layer_signature(f) for f in lb}) <= 1
     # Compare layer i with layer i; collect each change's layers so that a repeated change is said once.
+    # Layers past what a light graph built are the same as its last one: compared once, they stand for
+    # the rest as one range (no per-layer work for a million layers).
+    n = min(n_a, n_b)
+    compared = min(n, max(ga.built_layers, gb.built_layers))
     found: dict[tuple, list[int]] = {}
     order: list[tuple] = []
-    for i in range(min(n_a, n_b)):
-        rows = [("components", comp, a, b, text, roles) for comp, a, b, text, roles in _presence_changes(ga, gb, i, i, la[i], lb[i])]
-        rows += _compare_facts(la[i], lb[i])
+    for i in range(compared):
+        fa, fb = la[min(i, len(la) - 1)], lb[min(i, len(lb) - 1)]
+        rows = [("components", comp, a, b, text, roles) for comp, a, b, text, roles in _presence_changes(ga, gb, i, i, fa, fb)]
+        rows += _compare_facts(fa, fb)
         for row in rows:
             key = (row[0], row[1], row[2], row[3], row[4], tuple(row[5]))
             if key not in found:
                 found[key] = []
                 order.append(key)
             found[key].append(i)
+    if compared < n:
+        for key, layers in found.items():
+            if layers[-1] == compared - 1:
+                found[key] = range(layers[0], n) if layers == list(range(layers[0], compared)) else layers + list(range(compared, n))
     order = _merge_norm_positions(order, found)
     for key in order:
         aspect, component, a, b, text, roles = key
@@ -496,7 +507,7 @@ def _merge_norm_positions(order: list[tuple], found: dict[tuple, list[int]]) -> 
         if not aspect.endswith("_norm.position") or aspect.startswith("embed"):
             out.append(key)
             continue
-        group = (a, b, tuple(found[key]))
+        group = (a, b, found[key] if isinstance(found[key], range) else tuple(found[key]))
         if group not in merged:
             merged[group] = len(out)
             out.append(key)
@@ -583,10 +594,10 @@ class Diff:
 
 def diff(a: Spec, b: Spec, *, source_a: str = "A", source_b: str = "B", seq_len: int = 2048,
          graph_a: ComponentGraph | None = None, graph_b: ComponentGraph | None = None) -> Diff:
-    from archc.graph import compile as compile_graph
+    from archc.cost import light_graph
 
-    ga = graph_a or compile_graph(a)
-    gb = graph_b or compile_graph(b)
+    ga = graph_a or light_graph(a)  # a few layers built; the rest in closed form
+    gb = graph_b or light_graph(b)
     return Diff(Side(a.name, source_a, a, ga), Side(b.name, source_b, b, gb), spec_diff(a, b),
                 structure_diff(ga, gb), cost_rows(ga, gb, seq_len), seq_len)
 
@@ -609,7 +620,7 @@ def to_json_data(d: Diff, *, include_unchanged: bool = False) -> dict:
             "unchanged_count": len(d.spec.unchanged),
             "unchanged": [row(r) for r in d.spec.unchanged] if include_unchanged else None,
         },
-        "structure": [asdict(c) for c in d.structure],
+        "structure": [dict(asdict(c), layers=None if c.layers is None else list(c.layers)) for c in d.structure],
         "cost": {
             "seq_len": d.seq_len,
             "rows": [{"metric": r.metric, "label": r.label.strip(), "a": r.a, "b": r.b, "diff": r.diff, "ratio": r.ratio}

@@ -54,6 +54,15 @@ class Diagram:
     clusters: dict[str, str] = field(default_factory=dict)  # cluster id -> label, in drawing order
 
 
+def mask_words(s) -> str:
+    """The mask in the same words on the mask node and on every attention node that reads it."""
+    return f"{s.mask.value} mask" + (f", window {s.sliding_window}" if s.sliding_window else "")
+
+
+# What a highlighted node means; drawn as a legend whenever a diagram highlights anything.
+LEGEND = "highlighted: a component that differs between the two specs"
+
+
 def dot_id(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
@@ -88,14 +97,14 @@ def label(cg: ComponentGraph, name: str) -> str:
         return f"{role_name(role)}{where}\n{norm_words(s)}"
     if k == ComponentKind.attention.value:
         pos = "RoPE on q/k" if cg.input_of(name, "rotary") else "ALiBi bias" if cg.input_of(name, "bias") else "no position signal"
-        mask = cg.settings(cg.input_of(name, "mask")).mask.value
+        mask = mask_words(cg.settings(cg.input_of(name, "mask")))
         return (f"attention, {words.sharing(s.n_heads, s.kv_heads)}\n{s.n_heads} q heads, "
-                f"{s.kv_heads} K/V head{'s' if s.kv_heads != 1 else ''}, head {s.head_dim}\n{pos}, {mask} mask")
+                f"{s.kv_heads} K/V head{'s' if s.kv_heads != 1 else ''}, head {s.head_dim}\n{pos}, {mask}")
     if k == ComponentKind.mlp.value:
         D = d["params"]["down.weight"][0]
         return f"MLP, {words.ACTIVATION[s.activation]}\n{D} → {s.d_ff} → {D}"
     if k == ComponentKind.mask.value:
-        return f"{s.mask.value} mask" + (f"\nwindow {s.sliding_window}" if s.sliding_window else "")
+        return mask_words(s)
     if k == ComponentKind.rotary.value:
         return f"rotary tables\nθ {s.theta:g}, {s.rotary_dim}/{s.head_dim} dims, {s.style.value}"
     if k == ComponentKind.alibi.value:
@@ -228,6 +237,8 @@ def to_dot(dia: Diagram) -> str:
         out.append(f"    label={_q(text)}; style=\"rounded,dashed\"; color=\"#888888\"; fontsize=12;")
         out += [node_line(n, "    ") for n in dia.nodes if n.cluster == cid]
         out.append("  }")
+    if any(n.highlight for n in dia.nodes):
+        out.append(f"  legend [label={_q(LEGEND)}, shape=note, fillcolor={_q(HIGHLIGHT)}, penwidth=2.5, color=\"#d9480f\"];")
     for e in dia.edges:
         attrs = []
         if e.label:
@@ -267,8 +278,9 @@ def to_mermaid(dia: Diagram) -> str:
         out.append(f"  {e.src} {arrow}" + (f"|{_mq(e.label)}|" if e.label else "") + f" {e.dst}")
     hl = [n.id for n in dia.nodes if n.highlight]
     if hl:
+        out.append(f"  legend[{_mq(LEGEND)}]")
         out.append(f"  classDef changed fill:{HIGHLIGHT},stroke:#d9480f,stroke-width:3px")
-        out.append(f"  class {','.join(hl)} changed")
+        out.append(f"  class {','.join(hl + ['legend'])} changed")
     return "\n".join(out) + "\n"
 
 

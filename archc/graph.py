@@ -142,6 +142,11 @@ class ComponentGraph:
     def n_layers(self) -> int:
         return self.spec.n_layers
 
+    @property
+    def built_layers(self) -> int:
+        """Layers present as nodes: n_layers, or fewer in a light graph (compile(spec, layers=k))."""
+        return self.g.graph.get("built_layers", self.spec.n_layers)
+
     # ---- persistence ---------------------------------------------------------------------------
     def to_json(self) -> str:
         data = nx.node_link_data(self.g, edges="edges")
@@ -470,14 +475,22 @@ def _build_head(b: _Builder, h: str) -> None:
     b.edge("head", "logits", "x")
 
 
-def compile(spec: Spec) -> ComponentGraph:  # noqa: A001 - the public verb is archc.compile
-    """Build the component graph of a validated spec."""
+def compile(spec: Spec, *, layers: int | None = None) -> ComponentGraph:  # noqa: A001 - the public verb is archc.compile
+    """Build the component graph of a validated spec.
+
+    `layers` (light commands: show, diff, compare, draw): build at most this many of the spec's
+    identical layers; `built_layers` says how many, `n_layers` stays the spec's, and readers that
+    count per layer (archc.cost, archc.diff) scale the last built layer to the rest. A spec of a
+    million layers is then judged from a few, in constant time and memory."""
     b = _Builder(spec)
     _build_inputs(b)
     h = _build_embedding(b)
-    layers = _LayerBuilder(b, _build_side_inputs(b))
-    for i in range(spec.n_layers):
-        h = layers.layer(i, h)
+    builder = _LayerBuilder(b, _build_side_inputs(b))
+    built = spec.n_layers if layers is None else max(1, min(layers, spec.n_layers))
+    if built < spec.n_layers:  # recorded only on a light graph (a full graph's JSON stays as it was)
+        b.g.graph["built_layers"] = built
+    for i in range(built):
+        h = builder.layer(i, h)
     _build_head(b, h)
     # Init gains ride on the parameters' nodes so that every backend initialises identically.
     _annotate_init(b.g, spec)

@@ -199,9 +199,9 @@ def print_terminal(rep: Report, console=None) -> None:
         console.print(f"[{style}]{escape(line)}[/]" if style else escape(line))
     for t in rep.tables:
         if t.rows:
-            rt = RichTable(title=t.title or None, title_justify="left", show_lines=False)
+            rt = RichTable(title=escape(t.title) or None, title_justify="left", show_lines=False)
             for c in t.columns:
-                rt.add_column(c, overflow="fold")
+                rt.add_column(escape(c), overflow="fold")  # compare's columns are spec names
             for row in t.rows:
                 rt.add_row(*[escape(c) for c in row])
             console.print(rt)

@@ -50,12 +50,12 @@ def available_memory() -> int | None:
 def check_export_room(graph, out: Path, itemsize: int, *, whole_in_memory: bool, label: str) -> None:
     """Refuse an export that cannot fit: the weights file needs sum(params) * itemsize on disk; memory
     holds a few float32 tensors at a time (the exporter streams), or all of them when the weights
-    come from a checkpoint that is read whole (`whole_in_memory`)."""
-    total = largest = 0
-    for _, shape, _ in graph.params():
-        n = math.prod(shape)
-        total += n
-        largest = max(largest, n)
+    come from a checkpoint that is read whole (`whole_in_memory`). `graph` may be a light graph
+    (archc.cost.light_graph): compile checks it before building a graph of a million layers."""
+    from archc.cost import cost
+
+    total = cost(graph).params  # closed form on a light graph (a few layers built)
+    largest = max((math.prod(shape) for _, shape, _ in graph.params()), default=0)
     spec = graph.spec
     tables = 2 * spec.max_seq_len * spec.attention.head_dim * 4  # cos/sin caches some lowerings build
     disk_need = total * itemsize

@@ -204,7 +204,11 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     g = ctx.graph
     mask = g.input_of(name, "mask")
     kind = g.settings(mask).mask
-    if kind not in (MaskKind.causal, MaskKind.prefix):  # refused whatever the other reasons say
+    if kind is MaskKind.causal:  # sliding windows too: local_window_size
+        mask_reason = None
+    elif kind is MaskKind.prefix:
+        mask_reason = "prefix mask (the op is always causal)"
+    else:
         raise UnknownSetting(mask, "mask", kind, LOWERING)
     if ctx.dtype is DType.float32 and not ctx.fused_fp32:
         return "fp32 (its CUDA kernels take fp16/bf16)"
@@ -212,11 +216,7 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
         return "head_size % 16 != 0"
     if g.input_of(name, "bias") is not None:
         return "ALiBi bias"
-    if kind is MaskKind.prefix:
-        return "prefix mask (the op is always causal)"
-    if kind is MaskKind.causal:  # sliding windows too: local_window_size
-        return None
-    raise UnknownSetting(mask, "mask", kind, LOWERING)
+    return mask_reason
 
 
 def lower_attention(ctx: Ctx, name: str, node: dict):
@@ -420,7 +420,6 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
-    portable.check_activation(name, act)
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
     if "gate.bias" in p:

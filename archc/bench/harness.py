@@ -644,11 +644,12 @@ def _f(x, fmt="{:.1f}"):
 
 def render(run: dict, limits: dict | None, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if Console().is_terminal else 150)
     roof = run["roofline"]
-    t = Table(title=f"{run['spec']}  {run['dtype']}  batch {run['batch']}  prompt {run['prompt_len']}  +{run['new_tokens']} tokens"
+    t = Table(title=f"{escape(run['spec'])}  {run['dtype']}  batch {run['batch']}  prompt {run['prompt_len']}  +{run['new_tokens']} tokens"
                     f"  ({roof['params'] / 1e9:.2f} B params)")
     for col in ("backend", "prefill ms", "% floor", "decode tok/s", "ms/token", "% roofline", "peak GiB", "tokens =", "note"):
         t.add_column(col, justify="left" if col in ("backend", "note") else "right")
@@ -661,7 +662,7 @@ def render(run: dict, limits: dict | None, console=None) -> None:
                   _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
                   _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
                   "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
-                  (b["error"] or (f"logits {b['logits']}" if b.get("logits") else
+                  escape(b["error"] or (f"logits {b['logits']}" if b.get("logits") else
                                   "head: last position" if b.get("head_positions") == "last" else ""))[:60])
     console.print(t)
     if not limits:

@@ -140,10 +140,10 @@ def compare_cmd(
     """The architecture comparison table: one column per spec, one row per axis, plus cost rows."""
     from archc import compare as C
     from archc import render as R
-    from archc.graph import compile as compile_graph
+    from archc.cost import light_graph
 
     loaded = [load(s, list(sets or [])) for s in specs]
-    c = C.comparison(loaded, [compile_graph(s) for s in loaded], [_source(s, list(sets or [])) for s in specs], seq_len)
+    c = C.comparison(loaded, [light_graph(s) for s in loaded], [_source(s, list(sets or [])) for s in specs], seq_len)
     rep = R.compare_report(c)
     name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html", "csv"))
     _emit({
@@ -167,9 +167,9 @@ def draw_cmd(
     svg/png need Graphviz's `dot`; without it the DOT text is written to FILE.dot, the message says how to install Graphviz, and the exit status is 2 (the requested file was not made).
     """
     from archc import draw as W
-    from archc.graph import compile as compile_graph
+    from archc.cost import light_graph
 
     kind = W.format_for(output, fmt)
-    graph = compile_graph(load(spec, list(sets or [])))
+    graph = light_graph(load(spec, list(sets or [])))  # layer 0 opened up and "x N": a few layers suffice
     W.write_diagram(W.model_diagram(graph), output, kind)
     typer.echo(f"wrote {output}", err=True)

@@ -47,9 +47,10 @@ def import_hf_cmd(
     checked = ""
     if check_weights and has_checkpoint(model_dir):
         import archc
-        from archc.hf import load_weights
+        from archc.hf import check_layer_count, load_weights
         from archc.loader import spec_from_dict
 
+        check_layer_count(model_dir, data["n_layers"])  # before a graph of n_layers is built
         state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
         checked = f"; checkpoint matches ({len(state)} graph tensors)"
     from archc.loader import load_spec

@@ -19,7 +19,8 @@ from archc.model_dir import MODEL_FILE, SPEC_FILE
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # markup=False: spec names and paths are user text ('[/]' is not a rich tag here)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def _is_hf_dir(arg: str) -> bool:
@@ -68,8 +69,6 @@ def compile_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
-    from rich.markup import escape
-
     import archc
     from archc.dtypes import SHORT_WORDS, DType
     from exporters.onnx_export import Logits, NextToken, Target, export
@@ -99,6 +98,19 @@ def compile_cmd(
         weights = weights or spec
     else:
         s = load(spec, sets)
+    from archc.cost import light_graph
+    from archc.files import guard_model_dir
+    from archc.room import check_export_room
+
+    # Before the full graph is built (a million layers take minutes and gigabytes): an -o that must not
+    # be replaced, and a model that cannot fit in memory or on disk, are refused from a light graph.
+    guard_model_dir(out, f"-o {out}")
+    check_export_room(light_graph(s), out, 4 if dtype == "fp32" else 2, label=f"-o {out}",
+                      whole_in_memory=weights is not None and Path(weights).is_dir())
+    if _is_hf_dir(spec):
+        from archc.hf import check_layer_count
+
+        check_layer_count(spec, s.n_layers)
     graph = archc.compile(s)
     import tempfile
 
@@ -114,19 +126,19 @@ def compile_cmd(
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
-    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {escape(shape)}, "
+    con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {shape}, "
               f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)
     if tokenizer_dir is not None:
         if "tokenizer.json" in result.tokenizer_files:
-            con.print(f"tokenizer: {escape(', '.join(result.tokenizer_files))} (`archc run {escape(str(out))} --prompt TEXT`)")
+            con.print(f"tokenizer: {', '.join(result.tokenizer_files)} (`archc run {str(out)} --prompt TEXT`)")
         else:
-            con.print(f"tokenizer: {escape(str(tokenizer_dir))} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
-                      f"copy the checkpoint's tokenizer.json into {escape(str(out))} for text")
+            con.print(f"tokenizer: {tokenizer_dir} has no tokenizer.json, so the model takes token ids only (--prompt-ids); "
+                      f"copy the checkpoint's tokenizer.json into {out} for text")
     if result.genai_unsupported is not None:
-        con.print(f"onnxruntime-genai: cannot drive this model ({escape(result.genai_unsupported)}); "
+        con.print(f"onnxruntime-genai: cannot drive this model ({result.genai_unsupported}); "
                   f"genai_config.json's model type says so and genai refuses it; `archc run` runs it")
 
 

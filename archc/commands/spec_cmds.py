@@ -34,7 +34,9 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     # soft_wrap: a message stays one line however narrow the terminal (scripts grep these lines).
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # markup=False: names, references and file names are user text, printed as written ('[/]' in a
+    # name is not a rich tag); colour comes from Text styles.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def spec_json_schema() -> dict:
@@ -118,15 +120,17 @@ def validate(
             spec = load(arg, set_)
         except UserError as e:
             bad += 1
-            from rich.markup import escape
+            from rich.text import Text
 
             problems = getattr(e, "problems", None) if all_errors else None
             for problem in problems or [e]:
-                err.print(f"[bold red]invalid[/] {escape(str(problem))}")
+                err.print(Text.assemble(("invalid", "bold red"), " ", str(problem)))
             continue
+        from rich.text import Text
+
         a = spec.attention
-        out.print(f"[green]ok[/] {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
-                  f"{a.n_heads} heads / {a.kv_heads} kv, {spec.position.kind.value}, {spec.norm.placement.value}-{spec.norm.kind.value})")
+        out.print(Text.assemble(("ok", "green"), f" {arg}: {spec.name} (d_model {spec.d_model}, {spec.n_layers} layers, "
+                  f"{a.n_heads} heads / {a.kv_heads} kv, {spec.position.kind.value}, {spec.norm.placement.value}-{spec.norm.kind.value})"))
     if bad:
         raise typer.Exit(2)
 
@@ -208,11 +212,10 @@ def show(
     """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token."""
     from rich.table import Table
 
-    from archc import compile as compile_graph
-    from archc.cost import cost
+    from archc.cost import cost, light_graph
 
     spec = load(file, set_)
-    c = cost(compile_graph(spec))
+    c = cost(light_graph(spec))  # a few layers built, the rest in closed form
     S = seq_len or spec.max_seq_len
 
     arch = Table(title=f"{spec.name} ({file})", title_justify="left", show_header=False, box=None, pad_edge=False)

@@ -49,7 +49,7 @@ def train_cmd(
                       tokenizer=tokenizer, activation_checkpointing=checkpoint_layers)
     from rich.console import Console
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # names and paths as written
     if parallel is not None:
         from archc.memory_plan import ParallelKind
 

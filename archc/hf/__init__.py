@@ -45,6 +45,23 @@ def family_of(config: dict, source: str = "config.json") -> Family:
     return family
 
 
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+
+
+def check_layer_count(model_dir: str | Path, n_layers: int) -> None:
+    """Refuse a checkpoint whose layer count differs from its config's, from the tensor names alone,
+    before a graph of config.json's n_layers is built (a config claiming a million layers beside a
+    two-layer checkpoint is then one line, at once)."""
+    from archc.hf.checkpoint import has_checkpoint
+
+    if not has_checkpoint(model_dir):
+        return
+    indices = {int(m.group(1)) for name in read_tensors(model_dir, meta=True) for m in [_LAYER_INDEX.search(name)] if m}
+    if indices and max(indices) + 1 != n_layers:
+        raise UserError(f"{model_dir}: config.json says {n_layers} layers, the checkpoint has {max(indices) + 1}; "
+                        "the checkpoint does not match its config.json")
+
+
 def config_to_spec(config: dict, name: str | None = None, source: str = "config.json") -> dict:
     """Spec data (name first, then the architecture) equivalent to a transformers config.json."""
     from archc.loader import spec_from_dict

@@ -39,8 +39,10 @@ class Layout:
 
     @classmethod
     def on(cls, kind: ParallelKind, mesh, dp: int, tp: int) -> "Layout":
-        """The layout on a 2-D ("dp", "tp") mesh; a degree of 1 uses no mesh dimension."""
-        return cls(kind, dp, tp, mesh["dp"] if dp > 1 else None, mesh["tp"] if tp > 1 else None)
+        """The layout on a 2-D ("dp", "tp") mesh; a degree of 1 uses no mesh dimension, except FSDP's dp
+        (fully_shard over one rank still needs the named dimension to compose with tp)."""
+        fsdp = kind in (ParallelKind.fsdp, ParallelKind.fsdp_tp)
+        return cls(kind, dp, tp, mesh["dp"] if dp > 1 or fsdp else None, mesh["tp"] if tp > 1 else None)
 
     @property
     def dp_rank(self) -> int:

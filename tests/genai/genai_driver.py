@@ -13,7 +13,10 @@ import sys
 
 def run_job(og, job: dict) -> dict:
     try:
-        model = og.Model(job["model_dir"])
+        config = og.Config(job["model_dir"])
+        if job.get("cpu"):  # a cuda-target export names the CUDA provider; the CPU wheel runs it on the CPU
+            config.clear_providers()
+        model = og.Model(config)
     except Exception as e:  # noqa: BLE001 - genai's refusal is the answer
         msg = str(e).strip()
         return {"error": msg.splitlines()[0] if msg else type(e).__name__}

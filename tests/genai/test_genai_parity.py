@@ -5,8 +5,9 @@ made by .ci/run); these tests run in the main environment, compute archc's greed
 `archc.runner.Session` here, and run genai in that venv's python (ARCHC_GENAI_PYTHON) through
 tests/genai/genai_driver.py, one subprocess for every model. Without genai they skip, unless
 ARCHC_REQUIRE_GENAI=1 (CI) makes that a failure. Specs genai cannot drive (GLM: 2-D positions and a
-prefix mask) must be refused by genai with archc's reason. Both logits layouts are checked: genai
-reads the last position of `--logits last`'s [batch, 1, vocab] as well as of the contract's full logits."""
+prefix mask) must be refused by genai with archc's reason. Both logits layouts are checked (genai
+reads the last position of `--logits last`'s [batch, 1, vocab] as well as of the contract's full
+logits), and cuda-target exports with genai's shared past/present buffer, on genai's CPU provider."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ DRIVER = Path(__file__).with_name("genai_driver.py")
 PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
 N_NEW = 12
 EOS = 2  # genai_config's placeholder eos for a spec without a tokenizer: genai stops there
+# (family, variant): every library spec with the contract's full logits; --logits last; and the cuda
+# target (GroupQueryAttention's packed layout, one shared past/present buffer: genai's
+# past_present_share_buffer) for the GQA families, run by genai on the CPU
+CASES = ([(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "last")]
+         + [("llama", "cuda"), ("mistral", "cuda"), ("palm", "cuda")])
 
 
 def genai_python() -> str | None:
@@ -51,15 +57,18 @@ def genai_runs(tmp_path_factory):
             pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
         pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
     root = tmp_path_factory.mktemp("genai")
-    cases = [(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "last")]
     jobs, want = [], {}
-    for name, logits in cases:
+    for name, variant in CASES:
         graph = archc.compile(tiny_spec(name))
-        d = root / f"{name}-{logits}"
-        export(graph, d, logits=logits)
+        d = root / f"{name}-{variant}"
+        if variant == "cuda":  # the cuda target's fused ops in fp32 (their CPU kernels), past = present shared
+            export(graph, d, target="cuda", fused_fp32=True)
+        else:
+            export(graph, d, logits=variant)
         s = Session(d, device="cpu")
-        want[(name, logits)] = ([s.generate([p], N_NEW).ids[0] for p in PROMPTS], genai_unsupported(graph))
-        jobs.append({"model_dir": str(d), "prompts": PROMPTS, "max_new_tokens": N_NEW})
+        want[(name, variant)] = ([s.generate([p], N_NEW).ids[0] for p in PROMPTS], genai_unsupported(graph))
+        jobs.append({"model_dir": str(d), "prompts": PROMPTS, "max_new_tokens": N_NEW, "cpu": True})
+    cases = CASES
     proc = subprocess.run([py, str(DRIVER)], input=json.dumps({"jobs": jobs}), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
@@ -70,8 +79,7 @@ def _until_eos(ids: list[int]) -> list[int]:
     return ids[: ids.index(EOS) + 1] if EOS in ids else ids
 
 
-@pytest.mark.parametrize("case", [(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "last")],
-                         ids=lambda c: f"{c[0]}-logits-{c[1]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_genai_gives_archc_tokens(genai_runs, case):
     (archc_tokens, unsupported), res = genai_runs[case]
     if unsupported is not None:
