@@ -325,17 +325,18 @@ def _version() -> str:
 def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-           next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None
-           ) -> ExportResult:
+           next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
+           progress: bool | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
     TOKENIZER_FILES), and genai_config.json takes its bos/eos/pad ids from them.
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
-    `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken)."""
+    `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
+    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal)."""
     return _export(graph, out_dir, target=target, dtype=dtype, weights=weights, spec_yaml=spec_yaml, fused_fp32=fused_fp32,
-                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir)
+                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress)
 
 
 def _export_interrupted_after(n: int, graph: ComponentGraph, out_dir: str | os.PathLike, **options) -> ExportResult:
@@ -359,7 +360,7 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
             dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
             spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
             next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-            wrap_source: Callable | None = None) -> ExportResult:
+            progress: bool | None = None, wrap_source: Callable | None = None) -> ExportResult:
     out = Path(out_dir)
     label = f"-o {out}"
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
@@ -371,7 +372,7 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
     if wrap_source is not None:
         get = wrap_source(get)
     with staged_model_dir(out, label, replacing) as tmp:
-        inits = write_weights(ctx, tmp / DATA_FILE, get)
+        inits = write_weights(ctx, tmp / DATA_FILE, get, progress)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))

@@ -110,7 +110,7 @@ def _hf_source(graph: ComponentGraph, path: Path):
     return get
 
 
-def write_weights(ctx: Ctx, data_path: Path, get) -> list:
+def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) -> list:
     """Stream every initializer into data_path; returns TensorProtos pointing into it.
 
     The next two initializers are drawn (seeded init or read) on worker threads while the current one
@@ -132,11 +132,17 @@ def write_weights(ctx: Ctx, data_path: Path, get) -> list:
 
         return torch.cat(parts, 0)
 
+    import math
+
+    from archc.progress import TensorProgress
+
     protos = []
     offset = 0
     refs = list(ctx.weights)
     ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
-    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
+    total = sum(math.prod(r.shape) for r in refs) * ctx.dtype.itemsize
+    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool, \
+            TensorProgress("writing weights", len(refs), total, enabled=progress) as bar:
         pending = [submit(r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
             t = joined(pending.pop(0))
@@ -155,6 +161,7 @@ def write_weights(ctx: Ctx, data_path: Path, get) -> list:
                 e.key, e.value = k, v
             protos.append(proto)
             offset += len(raw)
+            bar.advance(len(raw))
             del raw
     return protos
 
