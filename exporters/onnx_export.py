@@ -374,7 +374,7 @@ def _hf_source(graph: ComponentGraph, path: Path):
     return get
 
 
-def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
+def _write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) -> list:
     """Stream every initializer into data_path; returns TensorProtos pointing into it.
 
     The next two initializers are drawn (seeded init or read) on worker threads while the current one
@@ -396,11 +396,17 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
 
         return torch.cat(parts, 0)
 
+    import math
+
+    from archc.progress import TensorProgress
+
     protos = []
     offset = 0
     refs = list(ctx.weights)
     ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
-    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
+    total = sum(math.prod(r.shape) for r in refs) * ctx.dtype.itemsize
+    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool, \
+            TensorProgress("writing weights", len(refs), total, enabled=progress) as bar:
         pending = [submit(r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
             t = joined(pending.pop(0))
@@ -419,6 +425,7 @@ def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
                 e.key, e.value = k, v
             protos.append(proto)
             offset += len(raw)
+            bar.advance(len(raw))
             del raw
     return protos
 
@@ -470,7 +477,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-           _fail_after: int | None = None) -> ExportResult:
+           progress: bool | None = None, _fail_after: int | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
@@ -478,6 +485,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
+    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal).
     `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
     out = Path(out_dir)
     label = f"-o {out}"
@@ -502,7 +510,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
     try:
-        inits = _write_weights(ctx, tmp / DATA_FILE, get)
+        inits = _write_weights(ctx, tmp / DATA_FILE, get, progress)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
