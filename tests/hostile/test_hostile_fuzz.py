@@ -145,8 +145,6 @@ def test_types_and_non_finite_values(field, value, capsys):
             assert type(got) is bool
 
 
-@pytest.mark.xfail(strict=False, reason="6.3 (user text printed escaped) is engineer i13defects' fix, not landed "
-                                      "when this suite was written; remove this mark once it is")
 @FAST
 @given(text=MARKUP, where=st.sampled_from(["name", "reference", "description", "file"]),
        command=st.sampled_from(["validate", "show", "diff", "compare"]))
