@@ -32,7 +32,7 @@ from hostile_util import T, child, deadline, in_process
 
 IN_PROCESS_GROWTH = 400 * 2**20  # bytes of peak RSS growth allowed over one test's examples
 
-FAST = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+FAST = settings(max_examples=8, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SLOW = settings(max_examples=3, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
