@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from archc.errors import UserError
-from archc.model_dir import DATA_FILE, META_DTYPE, META_LOGITS, META_NEXT_TOKEN, META_TARGET, MODEL_FILE
+from archc.model_dir import DATA_FILE, META_DTYPE, META_LOGITS, META_NEXT_TOKEN, META_QUANT, META_TARGET, MODEL_FILE
 
 
 def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
@@ -27,6 +27,9 @@ def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
     except Exception as e:  # noqa: BLE001 - a damaged file is the user's
         raise UserError(f"{model_dir / MODEL_FILE}: not a readable ONNX model ({type(e).__name__})") from None
     meta = {p.key: p.value for p in model.metadata_props}
+    if META_QUANT in meta:  # the rounded weights are not the model's weights: read them from what was compiled
+        raise UserError(f"{model_dir / MODEL_FILE}: its weights are quantized (--quant); export the unquantized "
+                        f"compile, or the checkpoint it was compiled from")
     try:
         ctx = build_graph(graph, meta.get(META_TARGET, "portable"), meta.get(META_DTYPE, "fp32"),
                           logits=meta.get(META_LOGITS, "all"), next_token=meta.get(META_NEXT_TOKEN, "argmax"))
