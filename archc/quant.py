@@ -87,11 +87,75 @@ class QuantSettings:
         d = json.loads(text)
         return cls(QuantKind(d["kind"]), int(d["block_size"]), QuantScheme(d["scheme"]), int(d["accuracy_level"]), bool(d["head"]))
 
+    def short(self) -> str:
+        """A few words for a table cell: `int4 sym b32`, `int8 asym b64 +head`, `dense`."""
+        if not self.active:
+            return "dense"
+        scheme = {QuantScheme.symmetric: "sym", QuantScheme.asymmetric: "asym"}[self.scheme]
+        return f"{self.kind.value} {scheme} b{self.block_size}{' +head' if self.head else ''}"
+
     def describe(self) -> str:
         if not self.active:
             return "none"
         return (f"{self.kind.value} {self.scheme.value}, block {self.block_size}, accuracy_level {self.accuracy_level}"
                 f"{', head too' if self.head else ''} (round-to-nearest, MatMulNBits)")
+
+
+def model_dir_quant(path) -> QuantSettings | None:
+    """The quantization a compiled model directory was built with (its model.onnx metadata), or None
+    when `path` is not a compiled model directory. Light: the metadata is read straight off the
+    protobuf wire format (no onnx import; the graph field is skipped, the weights are external)."""
+    from pathlib import Path
+
+    from archc.model_dir import META_QUANT, MODEL_FILE
+
+    model = Path(path) / MODEL_FILE
+    if not Path(path).is_dir() or not model.is_file():
+        return None
+    try:
+        meta = _metadata_props(model.read_bytes())
+        return QuantSettings.from_json(meta.get(META_QUANT))
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise UserError(f"{model}: cannot read its archc metadata ({META_QUANT}); compile it again") from None
+
+
+def _metadata_props(buf: bytes) -> dict[str, str]:
+    """ModelProto.metadata_props (field 14: StringStringEntryProto, key = 1, value = 2) of a serialized model."""
+
+    def varint(b: bytes, i: int) -> tuple[int, int]:
+        shift = value = 0
+        while True:
+            byte = b[i]
+            value |= (byte & 0x7F) << shift
+            i += 1
+            if byte < 0x80:
+                return value, i
+            shift += 7
+
+    def fields(b: bytes):
+        i = 0
+        while i < len(b):
+            tag, i = varint(b, i)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                value, i = varint(b, i)
+            elif wire == 1:
+                value, i = b[i:i + 8], i + 8
+            elif wire == 2:
+                n, i = varint(b, i)
+                value, i = b[i:i + n], i + n
+            elif wire == 5:
+                value, i = b[i:i + 4], i + 4
+            else:
+                raise ValueError(f"protobuf wire type {wire}")
+            yield number, value
+
+    meta = {}
+    for number, value in fields(buf):
+        if number == 14:
+            entry = dict(fields(value))
+            meta[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
+    return meta
 
 
 def quantized_matrix_bytes(n: int, k: int, q: QuantSettings, dtype: DType) -> int:

@@ -260,9 +260,10 @@ def rel_max_err(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max() / np.abs(ref).max())
 
 
-# Measured on the CPU (onnxruntime 1.31, this trained model, 4 prompts x 32 tokens), then given a margin:
-# max |logits - fp32 logits| / max |fp32 logits|
-LOGIT_BOUNDS = {"fp16": 0.01, "int8": 0.02, "int4": 0.15, "int4-asym": 0.15}
+# max |logits - fp32 logits| / max |fp32 logits| over 4 prompts x 32 positions. Measured on the CPU
+# (onnxruntime 1.31, 120 training steps, block 32): fp16 2.1e-4, int8 1.7e-3, int4 2.6e-2, int4
+# asymmetric 2.5e-2; asserted with a 3x margin.
+LOGIT_BOUNDS = {"fp16": 6e-4, "int8": 6e-3, "int4": 8e-2, "int4-asym": 8e-2}
 
 
 def test_logits_error_is_bounded(trained):
@@ -296,7 +297,8 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-# Greedy steps (of NEW_TOKENS, per prompt) that agree with the fp32 export, measured, asserted as a floor.
+# Greedy steps (of NEW_TOKENS, per prompt) that agree with the fp32 export. Measured: all 24 of 24 for
+# every prompt, for fp16, int8, int4 and int4 asymmetric; asserted in full.
 AGREE_FLOOR = {"fp16": NEW_TOKENS, "int8": NEW_TOKENS, "int4": NEW_TOKENS, "int4-asym": NEW_TOKENS}
 
 
