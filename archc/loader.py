@@ -258,6 +258,9 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]
 # --set overrides
 
 
+_FIELD_NAME = __import__("re").compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")  # a key, or a list index
+
+
 def parse_set(expr: str) -> tuple[Path_, Any]:
     """'attention.kv_heads=8' -> (('attention', 'kv_heads'), 8), the value read as YAML."""
     if "=" not in expr:
@@ -266,6 +269,10 @@ def parse_set(expr: str) -> tuple[Path_, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {expr!r}: the field path is empty; write e.g. --set n_layers=2")
+    bad = next((part for part in key.split(".") if not _FIELD_NAME.fullmatch(part)), None)
+    if bad is not None:  # e.g. 'n_layers: 2\nvocab_size': `new` would write it as two keys
+        raise UserError(f"--set {expr!r}: {bad!r} is not a field name (letters, digits and _, dotted for a section: "
+                        "attention.kv_heads); give one FIELD=VALUE per --set")
     parsed: Any = ""
     if value.strip():
         try:  # the same bounded walk as a file: aliases in a --set value cannot expand without limit

@@ -18,12 +18,14 @@ tensor-parallel degree tp (Megatron layout, archc.parallel.sharding):
                outside the layers; with --checkpointing only each layer's input is kept, plus one
                layer's saved tensors while it is recomputed;
 - KV cache     2 x kv_heads x head_dim x itemsize per token and layer (kv heads split by tp when
-               kv_heads >= tp, whole on every rank for multi-query attention).
+               kv_heads >= tp; one K/V head per rank when kv_heads < tp).
 
 Peak for training = weights + optimizer + max(activations + loss transient, gradients): during
 backward, gradients appear as activations are freed (layer by layer), so the two never both peak.
 FSDP adds the all-gathered weights and gradients of the layer in flight and the prefetched next one.
-Peak for generation = weights + KV cache at --seq-len tokens + the prefill's largest transient.
+Peak for generation = weights + KV cache at --seq-len tokens + the prefill's transient: the graph
+walk's held node outputs (every layer's norm, attention, MLP and residual outputs, [b, S, D] each)
+plus the larger of one layer's temporaries and the logits of every position.
 
 Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
 nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
@@ -160,6 +162,8 @@ class _Shape:
     f_local: int
     mask_heads: int  # heads of the one additive mask tensor (ALiBi: local heads; prefix / window: 1; causal: 0)
     outside_d: int  # D-wide tensors kept outside the layers (embedding norm, final norm inputs)
+    stream_nodes_per_layer: int  # nodes of a layer whose output is [b, S, D] (norm, attention, mlp, residual)
+    stream_nodes_outside: int  # likewise outside the layers (embeddings, position add, scale, norms)
     head_rows: int  # vocabulary rows of the output head
 
 
@@ -169,6 +173,7 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     for full, shape, node in graph.params():
         (layer if graph.node(node)["layer"] is not None else outside).append((shape, plan.rule(full)))
     saved = {"d": 0, "q": 0, "kv": 0, "f": 0}
+    stream = {True: 0, False: 0}  # D-wide node outputs, in a layer / outside
     q = kv = f = mask_heads = outside_d = 0
     seen_inputs: set[str] = set()
     has_mask_tensor = False
@@ -176,9 +181,13 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
         ms = graph.settings(n)
         has_mask_tensor = ms.mask is MaskKind.prefix or ms.sliding_window is not None
     alibi = graph.nodes(K.alibi)
+    d_wide = (K.norm, K.attention, K.mlp, K.residual, K.token_embedding, K.learned_position, K.sinusoidal_position,
+              K.glm2d_position, K.add, K.scale)
     for n in graph.nodes():
         d = graph.node(n)
         kind = K(d["kind"])
+        if kind in d_wide:
+            stream[d["layer"] is not None] += 1
         if kind is K.norm:
             if d["layer"] is not None:
                 saved["d"] += 1
@@ -187,7 +196,7 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
         elif kind is K.attention:
             s = graph.settings(n)
             q = s.n_heads // tp * s.head_dim
-            kv = (s.kv_heads // tp if plan.kv_split else s.kv_heads) * s.head_dim
+            kv = (s.kv_heads // tp if plan.kv_split else 1) * s.head_dim
             x = graph.input_of(n, "x")
             saved["d"] += x not in seen_inputs
             seen_inputs.add(x)
@@ -210,7 +219,8 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     if not alibi and has_mask_tensor:
         mask_heads = 1
     head = graph.settings(graph.nodes(K.head)[0]).vocab_size
-    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
+    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d,
+                  stream[True], stream[False], head)
 
 
 def _optimizer_elements(spec: Spec, shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int, dp: int) -> int:
@@ -266,9 +276,12 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
     # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
     fsdp_transient = 2 * 2 * layer_elems * p_bytes if fsdp else 0
     kv = L * 2 * sh.kv_local * b * seq_len * w
-    # Prefill at seq_len (no graph kept): one layer's tensors at a time, the mask, and the logits of every
-    # position in --dtype and float32 (the emitter's forward returns float32 logits).
-    prefill = int(per_layer + mask_bytes + bs * V * (4 + w))
+    # Prefill at seq_len (no graph kept). The emitter's graph walk holds every node's output until the
+    # forward returns (each layer's norm, attention, MLP and residual outputs: measured on the H200,
+    # benchmarks/prefill_probe.py), then the head makes the logits of every position in --dtype and
+    # float32; one layer's own temporaries (about what it saves in training) come and go before that.
+    held = (L * sh.stream_nodes_per_layer + sh.stream_nodes_outside) * bs * D * w
+    prefill = int(held + mask_bytes + max(per_layer, bs * V * (4 + w)))
     return MemoryRow(strategy, b, weights, weights, int(opt), activations, activations_ckpt, fsdp_transient, loss,
                      int(kv), prefill, checkpointing)
 

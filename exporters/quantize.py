@@ -122,6 +122,6 @@ def matmul_nbits(ctx, x: str, fulls: list[str], concat_name: str | None = None) 
 
 
 def _owner(graph, full: str):
-    from exporters.onnx_export import _owner as owner
+    from exporters.onnx_weights import param_owner
 
-    return owner(graph, full)
+    return param_owner(graph, full)

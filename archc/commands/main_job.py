@@ -26,6 +26,11 @@ DEMO_SETS = ["n_layers=4", "d_model=256", "attention.n_heads=8", "mlp.d_ff=688",
 DEMO_PROMPT = [1, 17, 42, 99, 7, 300]
 
 
+def demo_prompt(vocab_size: int) -> list[int]:
+    """DEMO_PROMPT's ids taken modulo the vocabulary, so `--set vocab_size=10` still has a valid prompt."""
+    return [t % vocab_size for t in DEMO_PROMPT]
+
+
 @app.command("demo")
 def demo_cmd(
     spec: Annotated[str, typer.Argument(help="Spec to compile and run (file or library name).")] = "llama",
@@ -76,16 +81,22 @@ def _compile_and_run(con, graph, out: Path, device: str, max_new_tokens: int) ->
     from exporters.onnx_export import export
 
     s = graph.spec
+    prompt = demo_prompt(s.vocab_size)
+    if len(prompt) + max_new_tokens > s.max_seq_len:  # checked here: the runner's message names --prompt-ids
+        from archc.errors import UserError
+
+        raise UserError(f"demo: its {len(prompt)}-token prompt + --max-new-tokens {max_new_tokens} exceeds max_seq_len "
+                        f"{s.max_seq_len}; lower --max-new-tokens or --set max_seq_len={len(prompt) + max_new_tokens}")
     t0 = time.perf_counter()
     export(graph, out, target="portable", dtype="fp32")
     con.print(f"compiled {s.name} ({s.n_layers} layers, d_model {s.d_model}) -> {out} in {time.perf_counter() - t0:.2f} s")
     sess = Session(out, device=device)
     if sess.note:
         con.print(sess.note)
-    res = sess.generate([DEMO_PROMPT], max_new_tokens)
+    res = sess.generate([prompt], max_new_tokens)
     ort_ids = res.ids[0]
-    torch_ids = _torch_greedy(graph, DEMO_PROMPT, max_new_tokens)
-    con.print(f"prompt ids        {DEMO_PROMPT}")
+    torch_ids = _torch_greedy(graph, prompt, max_new_tokens)
+    con.print(f"prompt ids        {prompt}")
     con.print(f"onnxruntime ({res.device}) {ort_ids}")
     con.print(f"pytorch           {torch_ids}")
     con.print(f"timing: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s")

@@ -88,12 +88,14 @@ def rope(cfg: Cfg, theta_key: str = "rope_theta", fraction_key: str | None = "pa
          default_fraction: float = 1.0) -> tuple[float, float]:
     """(theta, partial rotary fraction); only the unscaled ('default') RoPE is expressible."""
     # transformers' convert_rope_params_to_dict: a legacy rope_scaling wins over rope_parameters
-    params = cfg.data.get("rope_scaling") or cfg.data.get("rope_parameters") or {}
-    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
-        raise cfg.fail("rope_parameters", "(per-layer-type RoPE) is not expressible; one RoPE for all layers is")
+    key = "rope_scaling" if cfg.data.get("rope_scaling") else "rope_parameters"  # the field the message names
+    params = cfg.data.get(key) or {}
+    if not isinstance(params, dict):
+        raise cfg.fail(key, 'is not a mapping; write e.g. {"rope_type": "default", "rope_theta": 10000.0}, or remove it')
+    if any(isinstance(v, dict) for v in params.values()):
+        raise cfg.fail(key, "holds one RoPE per layer type, which archc cannot express: a spec has one RoPE for all layers")
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
-        key = "rope_scaling" if cfg.data.get("rope_scaling") else "rope_parameters"
         raise cfg.fail(key, f"asks for RoPE scaling '{kind}', which the spec language cannot express "
                             "(only unscaled RoPE: rope_type 'default')")
     theta = next((v for v in (params.get("rope_theta"), cfg.data.get("rope_theta"), cfg.data.get(theta_key)) if v is not None),
@@ -165,7 +167,6 @@ class Family:
     aliases: tuple[tuple[str, str], ...] = ()  # (legacy prefix, current prefix) of older checkpoints
     ignore: tuple[str, ...] = ()  # regexes of non-parameter buffers older checkpoints carry
     tied_head: str = "lm_head.weight"  # dropped when the head is tied (transformers re-ties it on load)
-    notes: str = ""  # what the family maps to, in one line
     # export-hf: resolved Spec -> config.json fields (best effort; archc.hf.export checks by re-import that
     # the config holds every axis) and the transformers class the config names in "architectures"
     to_config: Callable[[Any], dict] | None = None

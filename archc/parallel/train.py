@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +39,7 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
     from archc.parallel.apply import Layout, clip_grad_norm, degrees, init_from_env, make_mesh, parallelize
     from archc.parallel.optim import build_optimizer
     from archc.parallel.sharding import make_plan
-    from archc.train.checkpoint import checkpoint_dir, latest_checkpoint
+    from archc.train.checkpoint import KEEP, checkpoint_dir, latest_checkpoint
     from archc.train.data import DataPosition, open_data
     from archc.training import build_scheduler
 
@@ -136,6 +137,9 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
         if rank == 0:
             write_text_atomic(checkpoint_dir(cfg.out) / "latest", name + "\n")
             _write_plot(cfg.out, records)
+            olds = sorted(p for p in checkpoint_dir(cfg.out).iterdir() if p.is_dir() and p.name.startswith("step-") and p.name < name)
+            for old in olds[: max(0, len(olds) - (KEEP - 1))]:  # as archc.train keeps them: the newest KEEP
+                shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return path
 
@@ -147,6 +151,7 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
 
     last_loss, val_loss, ckpt_path = None, None, None
     t_start, step0 = time.perf_counter(), step
+    cpu_group = dist.new_group(backend="gloo")  # the stop flag lives on the CPU whatever the device
     with stop_on_signals() as stop:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -181,6 +186,12 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
                 if rank == 0:
                     print(f"step {step}/{cfg.steps}  loss {last_loss:.4f}" + (f"  val {val_loss:.4f}" if val_loss is not None else "")
                           + f"  {(step - step0) * tokens_per_step / (time.perf_counter() - t_start):,.0f} tok/s", flush=True)
+            # A signal reaches the ranks at different moments: they agree (any rank stopped -> all stop) before
+            # the collective save, so none is left waiting in another step's collectives.
+            stopped = torch.tensor([1 if stop["signal"] else 0])
+            dist.all_reduce(stopped, op=dist.ReduceOp.MAX, group=cpu_group)
+            if stopped.item() and not stop["signal"]:
+                stop["signal"] = "SIGTERM"
             saving = step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and evaluating)
             if saving or stop["signal"]:
                 ckpt_path = save()

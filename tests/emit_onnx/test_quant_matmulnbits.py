@@ -99,7 +99,7 @@ def ort_dequantized(b, scales, zp, attrs) -> np.ndarray:
 def source_weights(graph, name: str, n: int) -> np.ndarray:
     """The float32 weight a MatMulNBits node was quantized from (its initializer name without .qN; a
     stacked q|k|v or gate|up is the parts concatenated), from the seeded init."""
-    from exporters.onnx_export import weight_source
+    from exporters.onnx_weights import weight_source
 
     get = weight_source(graph, None)
     base = name.rsplit(".q", 1)[0]
