@@ -266,6 +266,7 @@ def rel_max_err(a: np.ndarray, ref: np.ndarray) -> float:
 LOGIT_BOUNDS = {"fp16": 6e-4, "int8": 6e-3, "int4": 8e-2, "int4-asym": 8e-2}
 
 
+@pytest.mark.slow
 def test_logits_error_is_bounded(trained):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 97, (4, 32)).astype(np.int64)
@@ -302,6 +303,7 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
 AGREE_FLOOR = {"fp16": NEW_TOKENS, "int8": NEW_TOKENS, "int4": NEW_TOKENS, "int4-asym": NEW_TOKENS}
 
 
+@pytest.mark.slow
 def test_greedy_tokens_agree(trained, capsys):
     ref = greedy(trained["fp32"], capsys)
     assert all(len(r) == NEW_TOKENS for r in ref)
