@@ -259,6 +259,7 @@ class _Builder:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.g = nx.DiGraph(order=[])
+        self.view = ComponentGraph(self.g, spec)  # the graph so far, for output_shape
         self.edge_seq = 0
 
     def add(self, name: str, settings: Settings, *, layer: int | None = None, role: str | None = None,
@@ -271,8 +272,7 @@ class _Builder:
         return name
 
     def edge(self, src: str, dst: str, port: str) -> None:
-        tmp = ComponentGraph(self.g, self.spec)
-        self.g.add_edge(src, dst, port=port, shape=output_shape(tmp, src), seq=self.edge_seq)
+        self.g.add_edge(src, dst, port=port, shape=output_shape(self.view, src), seq=self.edge_seq)
         self.edge_seq += 1
 
 

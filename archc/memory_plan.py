@@ -18,7 +18,7 @@ tensor-parallel degree tp (Megatron layout, archc.parallel.sharding):
                outside the layers; with --checkpointing only each layer's input is kept, plus one
                layer's saved tensors while it is recomputed;
 - KV cache     2 x kv_heads x head_dim x itemsize per token and layer (kv heads split by tp when
-               kv_heads >= tp, whole on every rank for multi-query attention).
+               kv_heads >= tp; one K/V head per rank when kv_heads < tp).
 
 Peak for training = weights + optimizer + max(activations + loss transient, gradients): during
 backward, gradients appear as activations are freed (layer by layer), so the two never both peak.
@@ -196,7 +196,7 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
         elif kind is K.attention:
             s = graph.settings(n)
             q = s.n_heads // tp * s.head_dim
-            kv = (s.kv_heads // tp if plan.kv_split else s.kv_heads) * s.head_dim
+            kv = (s.kv_heads // tp if plan.kv_split else 1) * s.head_dim
             x = graph.input_of(n, "x")
             saved["d"] += x not in seen_inputs
             seen_inputs.add(x)

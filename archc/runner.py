@@ -55,6 +55,7 @@ from archc.dtypes import DType
 from archc.errors import UserError, one_line
 from archc.files import kind_of, stat_path
 from archc.model_dir import GENAI_CONFIG_FILE, META_DTYPE, META_KV_CACHE, META_LOGITS, META_LOWERING, MODEL_FILE, SPEC_FILE
+ORT_DEFAULT_LOG_SEVERITY = 2  # onnxruntime's own default for its process-wide logger (warning)
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
 # CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
 # cache): flash (1) | memory-efficient (2) | unfused (16), without cuDNN flash attention (8), which plans
@@ -127,13 +128,15 @@ def _session(path: Path, providers: list, quiet: bool = True, profile_prefix: st
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    ort.set_default_logger_severity(4 if quiet else 2)  # provider-load failures log at error level
+    # provider-load failures log at error level on the process-wide logger; onnxruntime has no getter
+    # for its level, so it goes back to onnxruntime's own default (warning) rather than staying silenced
+    ort.set_default_logger_severity(4 if quiet else ORT_DEFAULT_LOG_SEVERITY)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ort.InferenceSession(str(path), so, providers=providers)
     finally:
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
 
 
 def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tuple[str, str]]:

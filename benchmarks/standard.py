@@ -47,8 +47,3 @@ def load_family(name: str, root=None, tiny: bool = False, extra: list[str] | tup
     root = Path(root) if root else Path(__file__).resolve().parent.parent
     return load_spec(root / path, sets + (TINY[name] if tiny else []) + list(extra))
 
-
-def set_args(name: str) -> list[str]:
-    """The family as `archc` command-line arguments."""
-    path, sets = FAMILIES[name]
-    return [path] + [a for s in sets for a in ("--set", s)]

@@ -8,7 +8,7 @@ operators and falls back to the portable lowering, per node, where an operator's
 the node; which lowering each node got is written to the model's metadata (`archc.lowering`).
 
 One model serves prefill and decode: the past length is a dynamic dimension (0 at prefill).
-I/O contract (notes/contract.md): inputs input_ids, attention_mask, [position_ids], [prefix_len],
+I/O contract (README "I/O contract"): inputs input_ids, attention_mask, [position_ids], [prefix_len],
 past_key_values.{i}.key/.value [B, kv_heads, past, head_dim]; outputs logits (float32) and
 present.{i}.key/.value, plus (export option `next_token`, default `argmax`) next_token int64
 [B, 1], the greedy pick at the last position, so a greedy decoder need not copy logits to the host.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -37,8 +36,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from archc.dtypes import DType
-from archc.errors import UserError
-from archc.files import guard_model_dir, why, write_manifest
+from archc.files import guard_model_dir
 from archc.graph import ComponentGraph, ComponentKind, PositionIds, UnknownSetting
 from archc.model_dir import (
     DATA_FILE,
@@ -53,7 +51,9 @@ from archc.model_dir import (
     SPEC_FILE,
 )
 from archc.room import check_export_room
-from archc.workdir import OWNER, make_work_dir, remove_stale
+from exporters.onnx_weights import param_owner as _owner
+from exporters.onnx_weights import weight_source, write_weights
+from exporters.staging import staged_model_dir
 
 if TYPE_CHECKING:
     from exporters.onnx_lowering_cuda import CudaPlan
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 OPSET = 23  # Attention, RMSNormalization, RotaryEmbedding
 MS_OPSET = 1
 IR_VERSION = 11  # opset 23 needs IR 11; onnxruntime 1.2x/1.3x reads up to IR 13
-ALIGN = 64
 
 
 class Target(str, Enum):
@@ -229,15 +228,6 @@ class Ctx:
         return self.memo[key]
 
 
-def _owner(graph: ComponentGraph, full: str) -> tuple[str, str]:
-    for name in graph.nodes():
-        if full.startswith(name + "."):
-            local = full[len(name) + 1 :]
-            if local in graph.node(name)["params"]:
-                return name, local
-    raise KeyError(full)
-
-
 # ------------------------------------------------------------------------------------------------
 # Building the graph
 
@@ -290,140 +280,6 @@ def input_of(ctx: Ctx, name: str, port: str):
 
 
 # ------------------------------------------------------------------------------------------------
-# Weights
-
-
-def _tensor_bytes(t, dtype: DType, transpose: bool) -> memoryview:
-    """The tensor's bytes in the export dtype. The cast runs first, in torch (vectorised, multi-threaded,
-    round-to-nearest-even like numpy's astype), so the transpose copies half the bytes; the result is
-    a view of the tensor's own buffer (no tobytes copy)."""
-    import torch
-
-    t = t.detach().to("cpu")
-    t = t.to(dtype.to_torch())
-    if transpose:
-        t = t.t()
-    t = t.contiguous()
-    if dtype is DType.bfloat16:
-        t = t.view(torch.int16)
-    return memoryview(t.numpy()).cast("B")
-
-
-def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> Callable[[str], Any]:
-    """A getter name -> float tensor, reading one tensor at a time.
-
-    None: the seeded init (archc.weights, identical numbers to the PyTorch emitter). A safetensors
-    file of archc's own names, or a Hugging Face directory (archc.hf)."""
-    if weights is None:
-        from archc.weights import init_tensor
-
-        def seeded(full: str):
-            node, local = _owner(graph, full)
-            return init_tensor(graph, node, local)
-
-        return seeded
-    path = Path(weights)
-    if not path.exists():
-        raise UserError(f"--weights {path}: no such file or directory")
-    if path.is_file():
-        return _safetensors_source(graph, path)
-    try:
-        from archc import hf  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"--weights {path}: reading a Hugging Face directory needs archc.hf ({e})") from None
-    return _hf_source(graph, path)
-
-
-def _safetensors_source(graph: ComponentGraph, path: Path):
-    from safetensors import safe_open
-
-    try:
-        f = safe_open(str(path), framework="pt")
-        keys = set(f.keys())
-    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-        raise UserError(f"--weights {path}: not a readable safetensors file ({e})") from None
-    expected = {full for full, _, _ in graph.params()}
-    missing = sorted(expected - keys)
-    if missing:
-        raise UserError(f"--weights {path}: missing {len(missing)} parameter(s), e.g. {missing[0]}; "
-                        f"the file must use archc's parameter names (see `archc show`)")
-
-    def get(full: str):
-        t = f.get_tensor(full)
-        node, local = _owner(graph, full)
-        want = tuple(graph.node(node)["params"][local])
-        if tuple(t.shape) != want:
-            raise UserError(f"--weights {path}: {full} has shape {tuple(t.shape)}, the spec needs {want}")
-        return t.float()
-
-    return get
-
-
-def _hf_source(graph: ComponentGraph, path: Path):
-    from archc import hf
-
-    if not (path / "config.json").exists():
-        raise UserError(f"--weights {path}: a directory must be a Hugging Face model (config.json + safetensors/bin files)")
-    state = hf.load_weights(graph, path)  # {archc name: float32 tensor}, checked against the graph
-
-    def get(full: str):
-        if full not in state:
-            raise UserError(f"--weights {path}: the checkpoint gives no {full}")
-        return state.pop(full).float()  # drop each tensor once written: memory stays near one copy
-
-    return get
-
-
-def _write_weights(ctx: Ctx, data_path: Path, get) -> list:
-    """Stream every initializer into data_path; returns TensorProtos pointing into it.
-
-    The next two initializers are drawn (seeded init or read) on worker threads while the current one
-    is cast and written: torch releases the GIL, so drawing overlaps writing and each other. Each
-    source parameter is its own task (a concatenated q|k|v or gate|up initializer is drawn part by part
-    in parallel, then joined here). Only the initializers in flight are alive, so memory stays near one
-    copy of the weights; each tensor's values depend only on its own name, and they are written in
-    order, so the file is the same byte for byte."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def submit(ref):
-        return [pool.submit(get, src) for src in (ref.source if isinstance(ref.source, tuple) else (ref.source,))]
-
-    def joined(futures):
-        parts = [f.result() for f in futures]
-        if len(parts) == 1:
-            return parts[0]
-        import torch
-
-        return torch.cat(parts, 0)
-
-    protos = []
-    offset = 0
-    refs = list(ctx.weights)
-    ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
-    with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool:
-        pending = [submit(r) for r in refs[:ahead]]
-        for i, ref in enumerate(refs):
-            t = joined(pending.pop(0))
-            if i + ahead < len(refs):
-                pending.append(submit(refs[i + ahead]))
-            raw = _tensor_bytes(t, ctx.dtype, ref.transpose)
-            del t
-            pad = (-offset) % ALIGN
-            fh.write(b"\0" * pad)
-            offset += pad
-            fh.write(raw)
-            proto = TensorProto(name=ref.name, data_type=ctx.elem, dims=list(ref.shape))
-            proto.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
-                e = proto.external_data.add()
-                e.key, e.value = k, v
-            protos.append(proto)
-            offset += len(raw)
-            del raw
-    return protos
-
-
-# ------------------------------------------------------------------------------------------------
 # Export
 
 
@@ -470,7 +326,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-           _fail_after: int | None = None) -> ExportResult:
+           progress: bool | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
@@ -478,7 +334,33 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
-    `_fail_after` (tests): raise after that many weights were written, to prove no half-written output."""
+    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal)."""
+    return _export(graph, out_dir, target=target, dtype=dtype, weights=weights, spec_yaml=spec_yaml, fused_fp32=fused_fp32,
+                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress)
+
+
+def _export_interrupted_after(n: int, graph: ComponentGraph, out_dir: str | os.PathLike, **options) -> ExportResult:
+    """Tests: `export` that raises after n weights were drawn, to prove an interruption leaves nothing."""
+
+    def wrap(inner):
+        seen = [0]
+
+        def get(full):
+            seen[0] += 1
+            if seen[0] > n:
+                raise RuntimeError("simulated interruption")
+            return inner(full)
+
+        return get
+
+    return _export(graph, out_dir, wrap_source=wrap, **options)
+
+
+def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target | str = Target.portable,
+            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
+            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
+            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
+            progress: bool | None = None, wrap_source: Callable | None = None) -> ExportResult:
     out = Path(out_dir)
     label = f"-o {out}"
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
@@ -487,22 +369,10 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
                       whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
     get = weight_source(graph, weights)
-    if _fail_after is not None:
-        inner, seen = get, [0]
-
-        def get(full):  # noqa: F811 - test hook wraps the source
-            seen[0] += 1
-            if seen[0] > _fail_after:
-                raise RuntimeError("simulated interruption")
-            return inner(full)
-
-    remove_stale(out.parent)  # work directories of compiles that were killed (SIGKILL, OOM)
-    tmp = make_work_dir(out.parent, out.name, label)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
-    try:
-        inits = _write_weights(ctx, tmp / DATA_FILE, get)
+    if wrap_source is not None:
+        get = wrap_source(get)
+    with staged_model_dir(out, label, replacing) as tmp:
+        inits = write_weights(ctx, tmp / DATA_FILE, get, progress)
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
@@ -515,21 +385,6 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
         (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
-        os.unlink(tmp / OWNER)
-        write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
-        if replacing:  # swap in the new directory, then delete the old one (archc's files only, checked above)
-            old = make_work_dir(out.parent, out.name, label)
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as e:  # ENOSPC, EIO, a quota: one line; the work directory goes
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{label}: cannot write the model: {why(e)}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 
 

@@ -8,7 +8,7 @@ reads the spec's axes: a parallel-residual layer runs in parallel because its gr
 model holds no parallelism; q/k/v/o and gate/up/down are separate nn.Linear modules, the layout
 tensor parallelism shards (archc.dist, torchtitan's plan).
 
-Contract (notes/contract.md): forward(input_ids [B,S], attention_mask [B,past+S] (1 real, 0 left
+Contract (README "I/O contract"): forward(input_ids [B,S], attention_mask [B,past+S] (1 real, 0 left
 padding), position_ids [B,S] or [B,2,S] (glm2d), prefix_len [B], past_key_values [(k, v)] with
 k, v [B, kv_heads, past, head_dim]) -> (logits float32 [B,S,V], present), keys cached after RoPE.
 With `cache=StaticKVCache` (model.static_cache) the keys and values go into max-length buffers in

@@ -93,7 +93,9 @@ def probe_onnx(graph: ComponentGraph, weights: dict, feeds: dict, names: list[st
                fused_fp32: bool = False) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    from exporters.onnx_export import DATA_FILE, MODEL_FILE, _write_weights, build_graph, make_model
+    from archc.model_dir import DATA_FILE, MODEL_FILE
+    from exporters.onnx_export import build_graph, make_model
+    from exporters.onnx_weights import write_weights
     from exporters.onnx_lowering_portable import Deferred
 
     ctx = build_graph(graph, target, "fp32", fused_fp32=fused_fp32, next_token="none")
@@ -113,7 +115,7 @@ def probe_onnx(graph: ComponentGraph, weights: dict, feeds: dict, names: list[st
         ctx.op("Identity", [value], out=[probes[n]])
         ctx.outputs.append(helper.make_tensor_value_info(probes[n], TensorProto.FLOAT, None))
     with tempfile.TemporaryDirectory() as tmp:
-        inits = _write_weights(ctx, Path(tmp) / DATA_FILE, lambda full: torch.from_numpy(weights[full]))
+        inits = write_weights(ctx, Path(tmp) / DATA_FILE, lambda full: torch.from_numpy(weights[full]))
         model = make_model(ctx, inits)
         onnx.save(model, str(Path(tmp) / MODEL_FILE))
         so = ort.SessionOptions()

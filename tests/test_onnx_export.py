@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 import archc  # noqa: E402
 from conftest import LIBRARY, tiny_spec  # noqa: E402
-from exporters.onnx_export import export  # noqa: E402
+from exporters.onnx_export import _export_interrupted_after, export  # noqa: E402
 from exporters.torch_module import build_module  # noqa: E402
 from ort_steps import positions, real_positions, rel_err, run_ort, run_torch, session  # noqa: E402
 
@@ -203,13 +203,13 @@ def test_weights_from_a_safetensors_file_of_archc_names(tmp_path):
 def test_interrupted_export_leaves_nothing(tmp_path):
     graph = archc.compile(tiny_spec("llama"))
     with pytest.raises(RuntimeError, match="simulated"):
-        export(graph, tmp_path / "m", _fail_after=3)
+        _export_interrupted_after(3, graph, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
     # over an existing model: the old one stays whole
     export(graph, tmp_path / "m")
     before = {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()}
     with pytest.raises(RuntimeError, match="simulated"):
-        export(archc.compile(tiny_spec("llama", ["init.seed=5"])), tmp_path / "m", _fail_after=3)
+        _export_interrupted_after(3, archc.compile(tiny_spec("llama", ["init.seed=5"])), tmp_path / "m")
     assert {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 

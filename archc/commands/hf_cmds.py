@@ -51,7 +51,7 @@ def import_hf_cmd(
         from archc.loader import spec_from_dict
 
         check_layer_count(model_dir, data["n_layers"])  # before a graph of n_layers is built
-        state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True)
+        state = load_weights(archc.compile(spec_from_dict(data, source=source)), model_dir, meta=True, progress=None)
         checked = f"; checkpoint matches ({len(state)} graph tensors)"
     from archc.loader import load_spec
 

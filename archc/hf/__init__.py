@@ -102,13 +102,14 @@ def _listing(names: list[str], limit: int = 6) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(graph, model_dir: str | Path, dtype=None, *, meta: bool = False) -> dict:
+def load_weights(graph, model_dir: str | Path, dtype=None, *, meta: bool = False, progress: bool | None = False) -> dict:
     """{graph parameter name: tensor} from the checkpoint in `model_dir`, re-laid out for the graph.
 
     The graph must come from this directory's config (config_to_spec); shapes are checked against it.
     Unknown or missing checkpoint tensors are UserErrors naming them. Tensors are cast to `dtype`
     (default float32). A tied head's checkpoint copy is dropped: transformers re-ties it on load too.
     meta=True checks names and shapes only (tensors on the meta device, safetensors headers only).
+    progress: a progress bar on stderr (None: when stderr is a terminal; `archc import-hf` passes None).
     """
     import torch
 
@@ -141,25 +142,36 @@ def load_weights(graph, model_dir: str | Path, dtype=None, *, meta: bool = False
     if missing:
         raise UserError(f"{model_dir}: checkpoint lacks tensors the {family.model_type} config implies: {_listing(missing)}")
 
+    from archc.progress import TensorProgress
+
     expected = {full: shape for full, shape, _ in graph.params()}
     state: dict = {}
-    for canon, rule in rules.items():
-        src = tensors[found[canon]]
-        try:
-            parts = rule.apply(src)
-        except (RuntimeError, ValueError, UserError) as e:
-            raise UserError(f"{model_dir}: {found[canon]} {list(src.shape)} does not fit the config's layout: {e}") from None
-        for target, t in zip(rule.targets, parts, strict=True):
-            if target not in expected:
-                raise UserError(f"{found[canon]} maps to {target}, which the graph of this spec does not have")
-            if tuple(t.shape) != tuple(expected[target]):
-                raise UserError(f"{model_dir}: {found[canon]} gives {target} shape {list(t.shape)}, the spec needs "
-                                f"{list(expected[target])}; the checkpoint does not match its config.json")
-            state[target] = t.to(dtype).contiguous()
+    nbytes = {canon: tensors[found[canon]].numel() * tensors[found[canon]].element_size() for canon in rules}
+    bar = TensorProgress("checking checkpoint" if meta else "reading checkpoint", len(rules), sum(nbytes.values()),
+                         enabled=progress)
+    with bar:
+        for canon, rule in rules.items():
+            _place(canon, rule, tensors[found[canon]], found, expected, state, dtype, model_dir)
+            bar.advance(nbytes[canon])
     left = sorted(set(expected) - set(state))
     if left:
         raise UserError(f"{model_dir}: no checkpoint tensor gives {_listing(left)}")
     return state
+
+
+def _place(canon, rule, src, found, expected, state, dtype, model_dir) -> None:
+    """One checkpoint tensor re-laid out into the graph tensors it gives, shapes checked."""
+    try:
+        parts = rule.apply(src)
+    except (RuntimeError, ValueError, UserError) as e:
+        raise UserError(f"{model_dir}: {found[canon]} {list(src.shape)} does not fit the config's layout: {e}") from None
+    for target, t in zip(rule.targets, parts, strict=True):
+        if target not in expected:
+            raise UserError(f"{found[canon]} maps to {target}, which the graph of this spec does not have")
+        if tuple(t.shape) != tuple(expected[target]):
+            raise UserError(f"{model_dir}: {found[canon]} gives {target} shape {list(t.shape)}, the spec needs "
+                            f"{list(expected[target])}; the checkpoint does not match its config.json")
+        state[target] = t.to(dtype).contiguous()
 
 
 def import_hf(model_dir: str | Path, name: str | None = None):

@@ -148,9 +148,9 @@ def mpt_config(spec) -> dict:
             "tie_word_embeddings": tied(spec), "initializer_range": spec.init.std, "resid_pdrop": 0.0, "emb_pdrop": 0.0}
 
 
+# embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head
 BLOOM = Family("bloom", BLOOM_DEFAULTS, bloom_spec, bloom_tensors, aliases=(("", "transformer."),),
-               notes="embedding LayerNorm, ALiBi, fused per-head qkv, tanh-GELU, biases, tied head",
                to_config=bloom_config, architecture="BloomForCausalLM")
+# bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head
 MPT = Family("mpt", MPT_DEFAULTS, mpt_spec, mpt_tensors, aliases=(("", "transformer."),),
-             notes="bias-free LayerNorm and linears, ALiBi, Wqkv q | k | v, exact GELU, tied head",
              to_config=mpt_config, architecture="MptForCausalLM")

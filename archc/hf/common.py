@@ -167,7 +167,6 @@ class Family:
     aliases: tuple[tuple[str, str], ...] = ()  # (legacy prefix, current prefix) of older checkpoints
     ignore: tuple[str, ...] = ()  # regexes of non-parameter buffers older checkpoints carry
     tied_head: str = "lm_head.weight"  # dropped when the head is tied (transformers re-ties it on load)
-    notes: str = ""  # what the family maps to, in one line
     # export-hf: resolved Spec -> config.json fields (best effort; archc.hf.export checks by re-import that
     # the config holds every axis) and the transformers class the config names in "architectures"
     to_config: Callable[[Any], dict] | None = None

@@ -134,7 +134,7 @@ def falcon_config(spec) -> dict:
     }
 
 
+# MQA + shared-norm parallel (7B), GQA + two-norm parallel (new_decoder_architecture), or sequential
+# (parallel_attn false); fused qkv in each layout; ALiBi refused
 FALCON = Family("falcon", FALCON_DEFAULTS, falcon_spec, falcon_tensors, aliases=(("", "transformer."),), ignore=(r"\.rotary_emb\.inv_freq$",),
-                notes="MQA + shared-norm parallel (7B), GQA + two-norm parallel (new_decoder_architecture), "
-                      "or sequential (parallel_attn false); fused qkv in each layout; ALiBi refused",
                 to_config=falcon_config, architecture="FalconForCausalLM", rope_style="half")

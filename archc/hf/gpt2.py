@@ -118,9 +118,9 @@ def bigcode_config(spec) -> dict:
 
 _ALIASES = (("", "transformer."),)  # the original GPT-2 checkpoints were saved from GPT2Model: no prefix
 _IGNORE = (r"\.attn\.bias$", r"\.attn\.masked_bias$")  # causal-mask buffers of older versions
+# LayerNorm pre-norm, learned positions, Conv1D weights (transposed), fused c_attn, tied head
 GPT2 = Family("gpt2", GPT2_DEFAULTS, gpt2_spec, gpt2_tensors, aliases=_ALIASES, ignore=_IGNORE,
-              notes="LayerNorm pre-norm, learned positions, Conv1D weights (transposed), fused c_attn, tied head",
               to_config=gpt2_config, architecture="GPT2LMHeadModel")
+# GPT-2 layout with nn.Linear; multi_query -> MQA (c_attn rows q | k | v)
 GPT_BIGCODE = Family("gpt_bigcode", BIGCODE_DEFAULTS, bigcode_spec, bigcode_tensors, aliases=_ALIASES, ignore=_IGNORE,
-                     notes="GPT-2 layout with nn.Linear; multi_query -> MQA (c_attn rows q | k | v)",
                      to_config=bigcode_config, architecture="GPTBigCodeForCausalLM")

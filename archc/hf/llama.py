@@ -155,15 +155,15 @@ def gemma_config(spec) -> dict:
 
 _IGNORE = (r"\.rotary_emb\.inv_freq$",)
 _BASE = (("", "model."),)  # checkpoints saved from the base model (LlamaModel, ...) have no "model." prefix
+# RMSNorm pre-norm, SwiGLU, RoPE (half), GQA; attention_bias -> q/k/v/o biases, mlp_bias
 LLAMA = Family("llama", LLAMA_DEFAULTS, llama_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="RMSNorm pre-norm, SwiGLU, RoPE (half), GQA; attention_bias -> q/k/v/o biases, mlp_bias",
                to_config=llama_config, architecture="LlamaForCausalLM", rope_style="half")
+# LLaMA layout + sliding_window on every layer
 MISTRAL = Family("mistral", MISTRAL_DEFAULTS, mistral_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-                 notes="LLaMA layout + sliding_window on every layer",
                  to_config=mistral_config, architecture="MistralForCausalLM", rope_style="half")
+# LLaMA layout + q/k/v biases; sliding window only when it covers all layers
 QWEN2 = Family("qwen2", QWEN2_DEFAULTS, qwen2_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="LLaMA layout + q/k/v biases; sliding window only when it covers all layers",
                to_config=qwen2_config, architecture="Qwen2ForCausalLM", rope_style="half")
+# (1 + w) RMSNorm, GeGLU (tanh), embeddings x sqrt(d_model), explicit head_dim, tied head
 GEMMA = Family("gemma", GEMMA_DEFAULTS, gemma_spec, llama_tensors, aliases=_BASE, ignore=_IGNORE,
-               notes="(1 + w) RMSNorm, GeGLU (tanh), embeddings x sqrt(d_model), explicit head_dim, tied head",
                to_config=gemma_config, architecture="GemmaForCausalLM", rope_style="half")

@@ -254,20 +254,20 @@ def stablelm_config(spec) -> dict:
 
 
 _ROTARY_BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+# parallel residual, two norms (or sequential); fused per-head qkv; partial half RoPE
 GPT_NEOX = Family("gpt_neox", NEOX_DEFAULTS, neox_spec, neox_tensors,
                   # checkpoints before transformers 5 named the head embed_out; base-model checkpoints lack "gpt_neox."
                   aliases=(("embed_out.", "lm_head."), ("", "gpt_neox.")),
                   ignore=_ROTARY_BUFFERS + (r"\.attention\.bias$", r"\.attention\.masked_bias$"),
-                  notes="parallel residual, two norms (or sequential); fused per-head qkv; partial half RoPE",
                   to_config=neox_config, architecture="GPTNeoXForCausalLM", rope_style="half")
+# parallel residual, shared norm; interleaved partial RoPE (rotary_dim); biased head
 GPTJ = Family("gptj", GPTJ_DEFAULTS, gptj_spec, gptj_tensors, aliases=(("", "transformer."),),
               ignore=(r"\.attn\.bias$", r"\.attn\.masked_bias$", r"\.embed_positions$"),
-              notes="parallel residual, shared norm; interleaved partial RoPE (rotary_dim); biased head",
               to_config=gptj_config, architecture="GPTJForCausalLM", rope_style="interleaved")
+# parallel residual, shared norm; partial half RoPE; biases everywhere incl. the head
 PHI = Family("phi", PHI_DEFAULTS, phi_spec, phi_tensors, aliases=(("", "model."),), ignore=_ROTARY_BUFFERS,
-             notes="parallel residual, shared norm; partial half RoPE; biases everywhere incl. the head",
              to_config=phi_config, architecture="PhiForCausalLM", rope_style="half")
+# LayerNorm + SwiGLU; partial half RoPE; use_parallel_residual -> shared-norm parallel block
 STABLELM = Family("stablelm", STABLELM_DEFAULTS, stablelm_spec, stablelm_tensors, aliases=(("", "model."),),
                   ignore=_ROTARY_BUFFERS,
-                  notes="LayerNorm + SwiGLU; partial half RoPE; use_parallel_residual -> shared-norm parallel block",
                   to_config=stablelm_config, architecture="StableLmForCausalLM", rope_style="half")

@@ -82,6 +82,6 @@ def opt_config(spec) -> dict:
 
 
 # facebook/opt-* checkpoints were saved from OPTModel ("decoder.*"); older ones without any prefix
+# learned positions with offset 2, ReLU, biases; do_layer_norm_before false -> post-norm, no final norm
 OPT = Family("opt", OPT_DEFAULTS, opt_spec, opt_tensors, aliases=(("decoder.", "model.decoder."), ("", "model.decoder.")),
-             notes="learned positions with offset 2, ReLU, biases; do_layer_norm_before false -> post-norm, no final norm",
              to_config=opt_config, architecture="OPTForCausalLM")

@@ -6,9 +6,10 @@ The model code knows nothing of this. What changes on the module after `parallel
 - q/k/v, gate/up are ColwiseParallel, o/down RowwiseParallel (torch.distributed.tensor.parallel);
   their outputs stay local tensors, so each attention module now sees n_heads / tp query heads,
   and its head counts are set to the local ones;
-- K/V of multi-query attention (kv_heads == 1 < tp) stay whole on every rank; their output passes
-  through `_sum_grad_over_tp` (identity forward, gradient summed over the tp ranks in backward:
-  Megatron's "f"), because each rank's query heads contribute only part of K/V's gradient;
+- K/V with fewer heads than ranks (multi-query attention, or GQA with kv_heads < tp) stay whole on
+  every rank; their output passes through `_sum_grad_over_tp` (identity forward, gradient summed
+  over the tp ranks in backward: Megatron's "f"), because each rank's query heads contribute only
+  part of K/V's gradient, and is then cut to the one K/V head this rank's query heads read;
 - per-head state (ALiBi slopes) is cut to this rank's heads, in the same contiguous blocks as q's rows;
 - FSDP2 `fully_shard` groups the modules of each layer (they are called one by one by the graph
   walk, so the group is a list of modules, not the layer container), then the root.
@@ -105,6 +106,13 @@ def _sum_grad_over_tp(t: torch.Tensor, tp_mesh) -> torch.Tensor:
     return DTensor.from_local(t, tp_mesh, [Replicate()], run_check=False).to_local(grad_placements=[Partial()])
 
 
+def _kv_columns(kv_heads: int, head_dim: int, tp: int, rank: int) -> slice:
+    """Output columns of a whole K or V projection that rank `rank`'s query heads read (kv_heads < tp,
+    tp a multiple of kv_heads: query heads [r n/tp, (r+1) n/tp) all map to K/V head r kv/tp)."""
+    head = rank * kv_heads // tp
+    return slice(head * head_dim, (head + 1) * head_dim)
+
+
 def _head_slice(n_heads: int, tp: int, rank: int, split: HeadSplit) -> list[int]:
     per = n_heads // tp
     if split is HeadSplit.contiguous:
@@ -148,12 +156,15 @@ def apply_tp(model: nn.Module, graph: ComponentGraph, plan: TpPlan, tp_mesh) -> 
                 else:
                     raise ValueError(f"{n}.{local}: rule {rule} does not apply to a projection")
             parallelize_module(module, tp_mesh, layout)
-            for proj in replicated:  # whole K/V of multi-query attention: sum their gradient over tp
-                module.get_submodule(proj).register_forward_hook(lambda _m, _i, out: _sum_grad_over_tp(out, tp_mesh))
             if kind is K.attention:
                 s = graph.settings(n)
+                # whole K/V (kv_heads < tp): the K/V head this rank's query heads read, r * kv_heads // tp
+                kv_cols = _kv_columns(s.kv_heads, s.head_dim, plan.tp, rank)
+                for proj in replicated:
+                    module.get_submodule(proj).register_forward_hook(
+                        lambda _m, _i, out, cols=kv_cols: _sum_grad_over_tp(out, tp_mesh)[..., cols])
                 for attr, value in (("n_heads", s.n_heads // plan.tp),
-                                    ("kv_heads", s.kv_heads // plan.tp if plan.kv_split else s.kv_heads)):
+                                    ("kv_heads", s.kv_heads // plan.tp if plan.kv_split else 1)):
                     if hasattr(module, attr):
                         setattr(module, attr, value)
         elif kind is K.alibi:

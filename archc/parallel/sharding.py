@@ -5,7 +5,8 @@ Every component kind declares how its parameters and per-head state shard across
 
 - attention: q, k, v column-wise (each rank owns n_heads / tp query heads and their K/V heads),
   o row-wise (its output is summed across ranks); K/V are split when kv_heads >= tp and
-  replicated when kv_heads == 1 (multi-query attention: every rank needs the one K/V head).
+  replicated otherwise (multi-query attention, or GQA with fewer K/V heads than ranks: each rank
+  then uses the one K/V head its query heads read, r * kv_heads // tp).
 - mlp: gate and up column-wise (d_ff / tp each), down row-wise.
 - token embedding, position tables, head: replicated (every rank holds the whole table).
 - norms: replicated.
@@ -48,7 +49,7 @@ class TpPlan:
     tp: int
     params: dict[str, ShardRule]  # full parameter name -> rule
     state: dict[str, ShardRule]  # node name -> rule for its per-head state (ALiBi)
-    kv_split: bool  # K/V projections column-wise (True) or replicated (False, kv_heads == 1 < tp)
+    kv_split: bool  # K/V projections column-wise (True) or replicated (False, kv_heads < tp)
     head_split: HeadSplit = HeadSplit.contiguous
 
     def rule(self, name: str) -> ShardRule:
@@ -112,9 +113,11 @@ def _problem(graph: ComponentGraph, tp: int) -> str | None:
         s = graph.settings(name)
         if s.n_heads % tp:
             return f"attention.n_heads={s.n_heads} is not divisible by --tp {tp}"
-        if s.kv_heads % tp and s.kv_heads != 1:
-            return (f"attention.kv_heads={s.kv_heads} is not divisible by --tp {tp} (K/V heads are split "
-                    f"when kv_heads >= tp, replicated only when kv_heads is 1)")
+        if s.kv_heads >= tp and s.kv_heads % tp:
+            return f"attention.kv_heads={s.kv_heads} is not divisible by --tp {tp}"
+        if s.kv_heads < tp and tp % s.kv_heads:
+            return (f"attention.kv_heads={s.kv_heads} does not divide --tp {tp} (with fewer K/V heads than ranks, "
+                    f"each rank's query heads must read one K/V head)")
     for name in graph.nodes(K.mlp)[:1]:
         d_ff = graph.settings(name).d_ff
         if d_ff % tp:

@@ -195,6 +195,11 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
             for name, layout in layouts.items():
                 results["losses"][family][name] = parallel_losses(spec, layout)
         results["negative_alibi_strided"] = parallel_losses(spec_of("bloom"), layouts["tp"], HeadSplit.strided)
+        # GQA with fewer K/V heads than ranks: llama's 2 K/V heads on tp 4 (all four processes)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        tp4 = init_device_mesh("cpu", (4,), mesh_dim_names=("tp",))
+        results["gqa_tp4"] = parallel_losses(spec_of("llama"), Layout(ParallelKind.tp, 1, 4, None, tp4))
         results["generate"] = generate_check(mesh["tp"])
         results["resume"] = resume_check(mesh, layouts, Path(out_path).parent)
     except Exception as e:  # reported to the test instead of hanging the other ranks

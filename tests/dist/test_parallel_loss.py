@@ -40,6 +40,12 @@ def test_parallel_loss_equals_one_process(results, family, mode):
 
 
 @pytest.mark.slow
+def test_gqa_with_fewer_kv_heads_than_ranks(results):
+    single = results["losses"]["llama"]["single"]  # 4 query heads, 2 K/V heads, on tp 4: K/V whole, one head per rank
+    assert max(abs(a - b) for a, b in zip(single, results["gqa_tp4"])) < TOL, (single, results["gqa_tp4"])
+
+
+@pytest.mark.slow
 def test_negative_control_alibi_slopes_split_wrongly_fail(results):
     single, wrong = results["losses"]["bloom"]["single"], results["negative_alibi_strided"]
     assert max(abs(a - b) for a, b in zip(single, wrong)) > 10 * TOL  # the comparison above would fail it
