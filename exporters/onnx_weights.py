@@ -215,7 +215,10 @@ def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
     for name, ref in refs.items():
         for full in ref.source if isinstance(ref.source, tuple) else (ref.source,):
             by_source[full] = name
-    data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
+    try:
+        data = np.memmap(model_dir / DATA_FILE, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_dir / DATA_FILE}: cannot read the weights ({e}); compile the directory again") from None
     np_dtype = {onnx.TensorProto.FLOAT: (np.float32, None), onnx.TensorProto.FLOAT16: (np.float16, None),
                 onnx.TensorProto.BFLOAT16: (np.int16, torch.bfloat16)}
     shapes = {full: shape for full, shape, _ in graph.params()}
@@ -225,6 +228,9 @@ def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
         proto, ref = protos[name], refs[name]
         ext = {e.key: e.value for e in proto.external_data}
         off, length = int(ext["offset"]), int(ext["length"])
+        if off + length > data.size or proto.data_type not in np_dtype:
+            raise UserError(f"{model_dir / DATA_FILE}: {name} lies outside the file or has an unknown type; "
+                            "the directory is damaged: compile it again")
         dt, view = np_dtype[proto.data_type]
         t = torch.from_numpy(np.array(data[off:off + length]).view(dt).reshape(list(proto.dims)))
         if view is not None:
