@@ -12,7 +12,8 @@ if ! command -v dot >/dev/null 2>&1; then
     echo "note: graphviz's dot not found; install the 'graphviz' package to run the diagram tests"
   fi
 fi
-# torch pinned to a release whose CPU wheel is small; see README "Installing".
+# torch pinned to the release the tests use. From PyPI on Linux that is the CUDA build (several GB);
+# machines with a pip index or find-links that carry the CPU wheel get that. See README "Installing".
 python3 -m pip install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
 # pytest exits 5 when it collects no tests; that (and any failure) fails this script.
 python3 -m pytest -q "$@"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from archc import text as _text
 from archc.dtypes import DType
 from archc.errors import UserError
 from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
@@ -45,9 +46,11 @@ _NOT_COMPARED = {"attention.kernel",
 DTYPES = tuple(d.value for d in DType)  # the checkpoint's dtype, spelled as in config.json ("float16")
 _SAFETENSORS_DTYPE = {DType.float32: "F32", DType.float16: "F16", DType.bfloat16: "BF16"}
 
-# Files of a tokenizer (transformers' AutoTokenizer reads these) copied from a source directory.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+# Files of a tokenizer copied from a source directory: what `archc compile` copies (archc.text; its
+# generation_config.json is copied or written by export_hf) and the files of transformers' slow
+# tokenizers (SentencePiece model, BPE vocab and merges), which a Hugging Face directory may carry instead.
+SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt")
+TOKENIZER_FILES = tuple(n for n in _text.TOKENIZER_FILES if n != _text.GENERATION_CONFIG) + SLOW_TOKENIZER_FILES
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -221,7 +224,8 @@ def _regular(p: Path) -> bool:
 
 
 def _read_json(p: Path) -> dict | None:
-    if not _regular(p):
+    """A side file's JSON object, or None when it is absent, not a regular file, too large or not an object."""
+    if not _regular(p) or p.stat().st_size > _text.MAX_SIDE_FILE:
         return None
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
@@ -230,14 +234,27 @@ def _read_json(p: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def special_token_ids(source_dir: Path | None) -> dict[str, int]:
-    """{'bos_token_id': id, 'eos_token_id': id, 'pad_token_id': id} that a tokenizer in `source_dir`
-    names (tokenizer_config.json's token strings, looked up in tokenizer.json); {} without one."""
+def _ids_value(value: Any) -> bool:
+    """A token id (non-negative int) or a non-empty list of them, as generation_config.json holds."""
+    if isinstance(value, list):
+        return bool(value) and all(not isinstance(v, list) and _ids_value(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
+    """{'bos_token_id': ..., 'eos_token_id': ..., 'pad_token_id': ...} of the source directory: its
+    generation_config.json's, else the ids its tokenizer names (tokenizer_config.json's token strings
+    looked up in tokenizer.json); {} without either."""
     if source_dir is None:
         return {}
+    out: dict[str, Any] = {}
+    gen = _read_json(source_dir / "generation_config.json")
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if gen is not None and _ids_value(gen.get(key)):
+            out[key] = gen[key]
     conf, tok = _read_json(source_dir / "tokenizer_config.json"), _read_json(source_dir / "tokenizer.json")
     if conf is None or tok is None:
-        return {}
+        return out
     vocab: dict[str, int] = {}
     model_vocab = (tok.get("model") or {}).get("vocab") if isinstance(tok.get("model"), dict) else None
     if isinstance(model_vocab, dict):
@@ -245,22 +262,12 @@ def special_token_ids(source_dir: Path | None) -> dict[str, int]:
     for added in tok.get("added_tokens") or []:
         if isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int):
             vocab[added["content"]] = added["id"]
-    out = {}
     for role in ("bos", "eos", "pad"):
         value = conf.get(f"{role}_token")
         text = value.get("content") if isinstance(value, dict) else value
         if isinstance(text, str) and text in vocab:
-            out[f"{role}_token_id"] = vocab[text]
+            out.setdefault(f"{role}_token_id", vocab[text])
     return out
-
-
-def generation_config(source_dir: Path | None, ids: dict[str, int]) -> dict:
-    """The source's generation_config.json when it has one, else one naming the tokenizer's special ids."""
-    if source_dir is not None:
-        given = _read_json(source_dir / "generation_config.json")
-        if given is not None:
-            return given
-    return {"_from_model_config": True, **ids}
 
 
 def _check_space(out: Path, need: int) -> None:
@@ -331,8 +338,13 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
     def fill(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         written[0] = write_safetensors(tmp / "model.safetensors", entries, dtype, produce)
-        (tmp / "generation_config.json").write_text(json.dumps(generation_config(source_dir, ids), indent=2) + "\n",
-                                                    encoding="utf-8")
+        given = source_dir / "generation_config.json" if source_dir is not None else None
+        if given is not None and _read_json(given) is not None:  # the source's, byte for byte
+            shutil.copyfile(given, tmp / "generation_config.json")
+            copied.append("generation_config.json")
+        else:  # one naming the tokenizer's special ids, as transformers derives it from config.json
+            (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2) + "\n",
+                                                        encoding="utf-8")
         for name in TOKENIZER_FILES if source_dir is not None else ():
             if _regular(source_dir / name):
                 shutil.copyfile(source_dir / name, tmp / name)

@@ -447,3 +447,56 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_hf_checkpoint_survives_import_then_export(tmp_path):
+    """Every configuration of tests/test_hf_parity.py (26 variants of the 14 types: Falcon's three block
+    forms, BigCode MHA and MQA, OPT post-norm and bias-free, sliding windows, ...): a transformers model
+    saved, imported with import_hf and exported again is the same model type and gives the original
+    model's logits, with nothing but the written config.json and safetensors in between."""
+    from test_hf_parity import CASES as HF_CASES
+    from test_hf_parity import _build_hf
+
+    ids = torch.randint(0, 96, (1, 11), generator=torch.Generator().manual_seed(5))
+    for case in sorted(HF_CASES):
+        original = _build_hf(case)
+        original.save_pretrained(tmp_path / case / "src", safe_serialization=True)
+        spec, state = import_hf(tmp_path / case / "src")
+        result = export_hf(archc.compile(spec), tmp_path / case / "out", state.__getitem__)
+        assert result.model_type == original.config.model_type, case
+        with torch.no_grad():
+            ref = original(ids).logits.float()
+        assert float((_hf_logits(tmp_path / case / "out", ids) - ref).abs().max()) <= ATOL, case
+
+
+def test_hf_directory_compiled_then_exported_keeps_weights_and_tokenizer(tmp_path, capsys):
+    """HF dir (with a tokenizer) -> `archc compile` -> `archc export-hf`: the same tensors, the same
+    tokenizer files and generation config, and the model type the spec was imported from."""
+    from safetensors.torch import load_file
+
+    graph = archc.compile(spec_from_dict(CASES["mistral"]))
+    state = randomised_state(graph, seed=9)
+    export_hf(graph, tmp_path / "src", state.__getitem__)
+    run, _ = _train_dir(tmp_path, CASES["mistral"])  # borrow its tokenizer files
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "src" / name).write_bytes((run / name).read_bytes())
+    (tmp_path / "src" / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 3], "bos_token_id": 1}))
+    assert run_cli(["compile", str(tmp_path / "src"), "-o", str(tmp_path / "c")], capsys)[0] == 0
+    rc, out, err = run_cli(["export-hf", str(tmp_path / "c"), "-o", str(tmp_path / "back")], capsys)
+    assert rc == 0, err
+    assert "model_type mistral" in out
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes(), name
+    a, b = load_file(str(tmp_path / "src" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_damaged_compiled_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(json.dumps(CASES["gpt2"]))
+    assert run_cli(["compile", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "c")], capsys)[0] == 0
+    data = tmp_path / "c" / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])  # truncated
+    rc, _, err = run_cli(["export-hf", str(tmp_path / "c"), "-o", str(tmp_path / "o")], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "compile it again" in err, err
+    assert not (tmp_path / "o").exists()
