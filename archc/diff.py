@@ -23,6 +23,7 @@ from typing import Any
 from archc import words
 from archc.components import MaskSettings, NormSettings, settings_to_json
 from archc.cost import cost
+from archc.quant import QuantSettings, weight_bytes
 from archc.graph import ComponentGraph, ComponentKind
 from archc.spec import AttentionKernel, MaskKind, Spec
 
@@ -552,7 +553,8 @@ class CostRow:
         return self.b / self.a if self.a else None
 
 
-def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int) -> list[CostRow]:
+def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int,
+              quant: tuple[QuantSettings, QuantSettings] = (QuantSettings(), QuantSettings())) -> list[CostRow]:
     ca, cb = cost(ga), cost(gb)
     rows = [CostRow("params", "parameters", ca.params, cb.params)]
     groups = [g for g in COST_GROUP_ORDER if g in ca.params_by_group or g in cb.params_by_group]
@@ -563,6 +565,9 @@ def cost_rows(ga: ComponentGraph, gb: ComponentGraph, seq_len: int) -> list[Cost
                         ca.flops_per_token(seq_len), cb.flops_per_token(seq_len)))
     rows.append(CostRow("kv_cache_bytes_per_token", "KV-cache bytes per token",
                         ca.kv_bytes_per_token(ga.spec.dtype), cb.kv_bytes_per_token(gb.spec.dtype)))
+    qa, qb = quant
+    rows.append(CostRow("weight_bytes", f"weight bytes ({ga.spec.dtype.value} {qa.short()} / {gb.spec.dtype.value} {qb.short()})",
+                        weight_bytes(ga, ga.spec.dtype, qa), weight_bytes(gb, gb.spec.dtype, qb)))
     return rows
 
 
@@ -593,13 +598,14 @@ class Diff:
 
 
 def diff(a: Spec, b: Spec, *, source_a: str = "A", source_b: str = "B", seq_len: int = 2048,
-         graph_a: ComponentGraph | None = None, graph_b: ComponentGraph | None = None) -> Diff:
+         graph_a: ComponentGraph | None = None, graph_b: ComponentGraph | None = None,
+         quant: tuple[QuantSettings, QuantSettings] = (QuantSettings(), QuantSettings())) -> Diff:
     from archc.cost import light_graph
 
     ga = graph_a or light_graph(a)  # a few layers built; the rest in closed form
     gb = graph_b or light_graph(b)
     return Diff(Side(a.name, source_a, a, ga), Side(b.name, source_b, b, gb), spec_diff(a, b),
-                structure_diff(ga, gb), cost_rows(ga, gb, seq_len), seq_len)
+                structure_diff(ga, gb), cost_rows(ga, gb, seq_len, quant), seq_len)
 
 
 DIFF_SCHEMA_ID = "archc-diff/1"

@@ -17,3 +17,4 @@ META_DTYPE = "archc.dtype"  # DType.short: fp32 | fp16 | bf16
 META_KV_CACHE = "archc.kv_cache"  # concat | shared (absent in older models: concat)
 META_LOGITS = "archc.logits"  # all | last (absent in older models: all)
 META_NEXT_TOKEN = "archc.next_token"  # argmax | none
+META_QUANT = "archc.quant"  # JSON archc.quant.QuantSettings; absent: not quantized

@@ -99,7 +99,7 @@ def diff_report(d: Diff, *, show_all: bool = False) -> Report:
                             "" if d.structure else "the component graphs are the same"))
 
     def cell(metric: str, n: int) -> str:
-        if metric == "kv_cache_bytes_per_token":
+        if metric in ("kv_cache_bytes_per_token", "weight_bytes"):
             return human_bytes(n)
         if metric == "flops_per_token":
             return human(n, "FLOP")

@@ -51,6 +51,8 @@ from typing import Callable
 
 import numpy as np
 
+from archc import feeds as feeds_
+from archc.components import PositionIds
 from archc.dtypes import DType
 from archc.errors import UserError, one_line
 from archc.files import kind_of, stat_path
@@ -268,8 +270,11 @@ class Session:
         self.kv_heads, self.head_dim = int(k0.shape[1]), int(k0.shape[3])
         self.cache_type = k0.type
         self.vocab = int(self.sess.get_outputs()[0].shape[2])
-        self.glm2d = "position_ids" in ins and len(ins["position_ids"].shape) == 3
-        self.has_positions = "position_ids" in ins
+        # the layout the graph gave the input (ComponentGraph.model.position_ids), as the model declares
+        # it: the rank of position_ids (the exported bytes carry no separate record of it)
+        self.position_layout = (PositionIds.none if "position_ids" not in ins else
+                                PositionIds.glm2d if len(ins["position_ids"].shape) == 3 else PositionIds.flat)
+        self.has_positions = self.position_layout is not PositionIds.none
         self.has_prefix = "prefix_len" in ins
         self.max_seq_len = self._context_length()
 
@@ -336,8 +341,7 @@ class Session:
         return outs["logits"], present, None if nt is None else nt[:, 0]
 
     def default_positions(self, attention_mask: np.ndarray, seq: int) -> np.ndarray:
-        pos = np.clip(np.cumsum(attention_mask, 1) - 1, 0, None)[:, -seq:]
-        return np.stack([pos, np.zeros_like(pos)], 1) if self.glm2d else pos
+        return feeds_.positions(attention_mask, seq, self.position_layout)
 
     def check_logits_size(self, batch: int, seq: int) -> None:
         """Refuse a step whose full [batch, seq, vocab] logits reach FULL_LOGITS_LIMIT elements."""
@@ -374,12 +378,7 @@ class Session:
         sampler = Sampler(temperature, top_k, top_p, seed) if sample else None
         B, L = len(prompts), max(len(p) for p in prompts)
         self.check_logits_size(B, L)
-        ids = np.zeros((B, L), np.int64)
-        mask = np.zeros((B, L), np.int64)
-        for b, p in enumerate(prompts):
-            ids[b, L - len(p):] = p
-            mask[b, L - len(p):] = 1
-        lens = np.array([len(p) for p in prompts], np.int64)
+        ids, mask, lens = feeds_.left_pad(prompts)
         if self.cuda_graph or self.io_binding == "static":
             stepper = self._static_stepper(B, L + max_new_tokens)
         elif self.device == "cuda" or self.io_binding:
@@ -447,15 +446,7 @@ class Session:
         return io.get_outputs()[0].numpy()
 
     def _positions(self, mask: np.ndarray, seq: int, lens: np.ndarray, k: int) -> np.ndarray | None:
-        if not self.has_positions:
-            return None
-        pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
-        if not self.glm2d:
-            return pos
-        if k == 0:  # prompt: row 0 = position, row 1 = 0
-            return np.stack([pos, np.zeros_like(pos)], 1)
-        # k-th generated token: row 0 stays at the last prompt position, block position row 1 = k
-        return np.stack([(lens - 1)[:, None], np.full((len(lens), 1), k, np.int64)], 1)
+        return feeds_.positions(mask, seq, self.position_layout, lens, k)
 
     @staticmethod
     def _pick(logits: np.ndarray, sampler) -> np.ndarray:

@@ -46,10 +46,12 @@ from archc.model_dir import (
     META_LOGITS,
     META_LOWERING,
     META_NEXT_TOKEN,
+    META_QUANT,
     META_TARGET,
     MODEL_FILE,
     SPEC_FILE,
 )
+from archc.quant import QuantSettings
 from archc.room import check_export_room
 from exporters.onnx_weights import param_owner as _owner
 from exporters.onnx_weights import weight_source, write_weights
@@ -113,6 +115,7 @@ class WeightRef:
     source: str | tuple[str, ...]
     shape: tuple[int, ...]
     transpose: bool
+    quant: QuantSettings | None = None  # set: written as MatMulNBits' B/scales/zero_points (exporters/quantize.py)
 
 
 @dataclass
@@ -129,6 +132,7 @@ class Ctx:
     weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
     kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
     cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
+    quant: QuantSettings = field(default_factory=QuantSettings)  # --quant: projections through MatMulNBits
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -200,9 +204,14 @@ class Ctx:
             self._weight_names.add(name)
         return name
 
-    def matmul_wt(self, x: str, fulls: list[str], concat_name: str | None = None) -> str:
+    def matmul_wt(self, x: str, fulls: list[str], concat_name: str | None = None, *, quantizable: bool = True) -> str:
         """x @ W^T for archc parameters `fulls` ([out, in] each; several are stacked along `out` into one
-        initializer named concat_name), in this export's weight layout (WeightLayout)."""
+        initializer named concat_name), in this export's weight layout (WeightLayout); with --quant (and
+        `quantizable`: the head only with --quant-head), a MatMulNBits on the quantized W instead."""
+        if self.quant.active and quantizable:
+            from exporters.quantize import matmul_nbits
+
+            return matmul_nbits(self, x, fulls, concat_name)
         if self.weight_layout is WeightLayout.out_in:
             w = self.weight(fulls[0]) if concat_name is None else self.weight_concat(fulls, concat_name)
             return self.op("FusedMatMul", [x, w], domain="com.microsoft", transB=1)
@@ -248,9 +257,10 @@ def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
 
 def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: DType | str = DType.float32,
                 *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-                next_token: NextToken | str = NextToken.argmax) -> Ctx:
+                next_token: NextToken | str = NextToken.argmax, quant: QuantSettings | None = None) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), DType.of(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token))
+    ctx = Ctx(graph, Target(target), DType.of(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token),
+              quant=(quant or QuantSettings()).check(DType.of(dtype)))
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -310,6 +320,8 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         META_LOGITS: ctx.logits.value,
         META_NEXT_TOKEN: ctx.next_token.value,
     }
+    if ctx.quant.active:  # absent: not quantized (older models and --quant none alike)
+        meta[META_QUANT] = ctx.quant.to_json()
     for k, v in meta.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
@@ -326,7 +338,7 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-           progress: bool | None = None) -> ExportResult:
+           progress: bool | None = None, quant: QuantSettings | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
@@ -334,9 +346,10 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
-    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal)."""
+    `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal).
+    `quant`: weight-only quantization of the projections (archc.quant, exporters/quantize.py)."""
     return _export(graph, out_dir, target=target, dtype=dtype, weights=weights, spec_yaml=spec_yaml, fused_fp32=fused_fp32,
-                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress)
+                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress, quant=quant)
 
 
 def _export_interrupted_after(n: int, graph: ComponentGraph, out_dir: str | os.PathLike, **options) -> ExportResult:
@@ -360,14 +373,14 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
             dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
             spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
             next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-            progress: bool | None = None, wrap_source: Callable | None = None) -> ExportResult:
+            progress: bool | None = None, wrap_source: Callable | None = None, quant: QuantSettings | None = None) -> ExportResult:
     out = Path(out_dir)
     label = f"-o {out}"
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
     replacing = guard_model_dir(out, label)
     check_export_room(graph, out, DType.of(dtype).itemsize,
                       whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
-    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token)
+    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant)
     get = weight_source(graph, weights)
     if wrap_source is not None:
         get = wrap_source(get)

@@ -193,12 +193,14 @@ def lower_head(ctx: Ctx, name: str, node: dict, x: str | None = None) -> str:
     if ctx.logits is Logits.last:
         x = last_position(ctx, x)
     tied = node.get("tied", {}).get("weight")
-    if tied and ctx.weight_layout is WeightLayout.out_in:  # logits = h E^T straight from the shared matrix
+    if ctx.quant.active and ctx.quant.head:  # --quant-head: MatMulNBits on a quantized copy (tied: of the shared matrix)
+        y = ctx.matmul_wt(x, [tied or f"{name}.weight"])
+    elif tied and ctx.weight_layout is WeightLayout.out_in:  # logits = h E^T straight from the shared matrix
         y = ctx.op("FusedMatMul", [x, ctx.weight(tied)], domain="com.microsoft", transB=1)
     elif tied:  # logits = h E^T: the transpose of the shared matrix is folded at session start (a second copy)
         y = ctx.op("MatMul", [x, ctx.op("Transpose", [ctx.weight(tied)], perm=[1, 0])])
     else:
-        y = ctx.matmul_wt(x, [f"{name}.weight"])
+        y = ctx.matmul_wt(x, [f"{name}.weight"], quantizable=False)
     if "bias" in node["params"]:
         y = ctx.op("Add", [y, ctx.weight(f"{name}.bias")])
     return y

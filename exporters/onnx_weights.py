@@ -15,7 +15,7 @@ from onnx import TensorProto
 from archc.dtypes import DType
 from archc.errors import UserError
 from archc.graph import ComponentGraph
-from archc.model_dir import DATA_FILE, META_DTYPE, META_LOGITS, META_NEXT_TOKEN, META_TARGET, MODEL_FILE
+from archc.model_dir import DATA_FILE, META_DTYPE, META_LOGITS, META_NEXT_TOKEN, META_QUANT, META_TARGET, MODEL_FILE
 
 if TYPE_CHECKING:
     from exporters.onnx_export import Ctx
@@ -140,7 +140,10 @@ def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) 
     offset = 0
     refs = list(ctx.weights)
     ahead = 2  # initializers drawn ahead, in parallel (the seeded draw is single-threaded per tensor)
-    total = sum(math.prod(r.shape) for r in refs) * ctx.dtype.itemsize
+    from archc.quant import quantized_matrix_bytes
+
+    total = sum(math.prod(r.shape) * ctx.dtype.itemsize if r.quant is None else quantized_matrix_bytes(*r.shape, r.quant, ctx.dtype)
+                for r in refs)
     with open(data_path, "wb") as fh, ThreadPoolExecutor(max_workers=ahead) as pool, \
             TensorProgress("writing weights", len(refs), total, enabled=progress) as bar:
         pending = [submit(r) for r in refs[:ahead]]
@@ -148,21 +151,30 @@ def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) 
             t = joined(pending.pop(0))
             if i + ahead < len(refs):
                 pending.append(submit(refs[i + ahead]))
-            raw = tensor_bytes(t, ctx.dtype, ref.transpose)
+            if ref.quant is None:
+                parts = [(ref.name, ctx.elem, list(ref.shape), tensor_bytes(t, ctx.dtype, ref.transpose))]
+            else:  # one weight -> MatMulNBits' B, scales (and zero points), quantized here, tensor by tensor
+                import numpy as np
+
+                from exporters.quantize import quantized_arrays
+
+                parts = [(n, e, list(a.shape), memoryview(np.ascontiguousarray(a)).cast("B"))
+                         for n, e, a in quantized_arrays(ref.name, t, ref.quant, ctx.dtype)]
             del t
-            pad = (-offset) % ALIGN
-            fh.write(b"\0" * pad)
-            offset += pad
-            fh.write(raw)
-            proto = TensorProto(name=ref.name, data_type=ctx.elem, dims=list(ref.shape))
-            proto.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
-                e = proto.external_data.add()
-                e.key, e.value = k, v
-            protos.append(proto)
-            offset += len(raw)
-            bar.advance(len(raw))
-            del raw
+            for name, elem, dims, raw in parts:
+                pad = (-offset) % ALIGN
+                fh.write(b"\0" * pad)
+                offset += pad
+                fh.write(raw)
+                proto = TensorProto(name=name, data_type=elem, dims=dims)
+                proto.data_location = TensorProto.EXTERNAL
+                for k, v in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(len(raw)))):
+                    e = proto.external_data.add()
+                    e.key, e.value = k, v
+                protos.append(proto)
+                offset += len(raw)
+                bar.advance(len(raw))
+            del parts
     return protos
 
 
@@ -186,6 +198,9 @@ def onnx_source(graph, model_dir: Path) -> Callable[[str], Any]:
     except Exception as e:  # noqa: BLE001 - a damaged file is the user's
         raise UserError(f"{model_dir / MODEL_FILE}: not a readable ONNX model ({type(e).__name__})") from None
     meta = {p.key: p.value for p in model.metadata_props}
+    if META_QUANT in meta:  # the rounded weights are not the model's weights: read them from what was compiled
+        raise UserError(f"{model_dir / MODEL_FILE}: its weights are quantized (--quant); export the unquantized "
+                        f"compile, or the checkpoint it was compiled from")
     try:
         ctx = build_graph(graph, meta.get(META_TARGET, "portable"), meta.get(META_DTYPE, "fp32"),
                           logits=meta.get(META_LOGITS, "all"), next_token=meta.get(META_NEXT_TOKEN, "argmax"))

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archc import feeds
 from archc.components import (
     AlibiSettings,
     AttentionSettings,
@@ -707,22 +708,14 @@ def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list
     bidirectional prefix; GLM 2D positions: prompt tokens (position, 0), the k-th generated token
     (last prompt position, k). Returns the generated ids, one list per prompt."""
     names = graph.graph_inputs()
-    glm2d = graph.model.position_ids is PositionIds.glm2d
-    B, L = len(prompts), max(map(len, prompts))
-    ids = torch.zeros(B, L, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(p)
-        mask[b, L - len(p):] = 1
-    lens = torch.tensor([len(p) for p in prompts])
+    layout = graph.model.position_ids
+    ids, mask, lens = (torch.from_numpy(a) for a in feeds.left_pad(prompts))
+    B = len(prompts)
     out, past, cur = [], None, ids
     for k in range(n_new):
-        pos = (mask.cumsum(1) - 1).clamp(min=0)[:, -cur.shape[1]:]
-        if glm2d:
-            pos = torch.stack((pos, torch.zeros_like(pos)), 1) if k == 0 else torch.stack(
-                ((lens - 1)[:, None], torch.full((B, 1), k)), 1)
+        pos = feeds.positions(mask.numpy(), cur.shape[1], layout, lens.numpy(), k)
         with torch.no_grad():
-            logits, past = model(cur, mask, pos if "position_ids" in names else None,
+            logits, past = model(cur, mask, None if pos is None else torch.from_numpy(pos),
                                  lens if "prefix_len" in names else None, past)
         tok = logits[:, -1].argmax(-1)
         out.append(tok)

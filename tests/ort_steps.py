@@ -9,6 +9,8 @@ from typing import Iterator
 import numpy as np
 import onnxruntime as ort
 
+import archc
+from archc import feeds as archc_feeds
 from archc.components import PositionIds
 
 
@@ -22,12 +24,7 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def positions(mask: np.ndarray, seq: int, glm2d: bool) -> np.ndarray:
-    p = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
-    return np.stack([p, np.zeros_like(p)], 1) if glm2d else p
-
-
-def feeds(spec, inputs: set[str], glm2d: bool, steps: int = 3, pads=(0, 2), prompt: int = 5, seed: int = 0) -> Iterator[dict]:
+def feeds(spec, inputs: set[str], layout: PositionIds, steps: int = 3, pads=(0, 2), prompt: int = 5, seed: int = 0) -> Iterator[dict]:
     """The model inputs (without the cache) for the prefill and `steps` decode steps."""
     rng = np.random.default_rng(seed)
     B = len(pads)
@@ -39,7 +36,7 @@ def feeds(spec, inputs: set[str], glm2d: bool, steps: int = 3, pads=(0, 2), prom
     for _ in range(steps + 1):
         f = {"input_ids": ids, "attention_mask": mask}
         if "position_ids" in inputs:
-            f["position_ids"] = positions(mask, ids.shape[1], glm2d)
+            f["position_ids"] = archc_feeds.positions(mask, ids.shape[1], layout)
         if "prefix_len" in inputs:
             f["prefix_len"] = prefix
         yield f
@@ -55,14 +52,14 @@ def real_positions(f: dict) -> np.ndarray:
 def run_ort(sess, spec, **kw) -> list[tuple[dict, np.ndarray]]:
     """(feeds, logits) per step, the cache carried from present to past."""
     names = {i.name: i for i in sess.get_inputs()}
-    glm2d = "position_ids" in names and len(names["position_ids"].shape) == 3
     dt = np.float16 if names["past_key_values.0.key"].type == "tensor(float16)" else np.float32
     kv, hd = spec.attention.kv_heads, spec.attention.head_dim
     B = len(kw.get("pads", (0, 2)))
     past = {f"past_key_values.{i}.{t}": np.zeros((B, kv, 0, hd), dt) for i in range(spec.n_layers) for t in ("key", "value")}
     out_names = [o.name for o in sess.get_outputs()]
     results = []
-    for f in feeds(spec, set(names), glm2d, **kw):
+    layout = archc.compile(spec).model.position_ids  # the graph's layout, not a guess from the input's rank
+    for f in feeds(spec, set(names), layout, **kw):
         outs = dict(zip(out_names, sess.run(None, {**f, **past})))
         past = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
         if "next_token" in outs:  # the model's greedy pick is numpy's argmax of its own last-position logits
@@ -76,9 +73,8 @@ def run_torch(module, graph, **kw) -> list[tuple[dict, np.ndarray]]:
     import torch
 
     inputs = set(graph.graph_inputs())
-    glm2d = graph.model.position_ids is PositionIds.glm2d
     results, past = [], None
-    for f in feeds(graph.spec, inputs, glm2d, **kw):
+    for f in feeds(graph.spec, inputs, graph.model.position_ids, **kw):
         t = lambda k: torch.tensor(f[k]) if k in f else None  # noqa: E731
         with torch.no_grad():
             logits, past = module(t("input_ids"), t("attention_mask"), t("position_ids"), t("prefix_len"), past)

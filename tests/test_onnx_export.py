@@ -20,9 +20,11 @@ import onnxruntime as ort
 
 import archc  # noqa: E402
 from conftest import LIBRARY, tiny_spec  # noqa: E402
+from archc import feeds as feeds_  # noqa: E402
+from archc.components import PositionIds  # noqa: E402
 from exporters.onnx_export import _export_interrupted_after, export  # noqa: E402
 from exporters.torch_module import build_module  # noqa: E402
-from ort_steps import positions, real_positions, rel_err, run_ort, run_torch, session  # noqa: E402
+from ort_steps import real_positions, rel_err, run_ort, run_torch, session  # noqa: E402
 
 TOL = 1e-4
 
@@ -85,7 +87,7 @@ def test_negative_control_padding_matters(tmp_path):
     sess, module = session(tmp_path / "m"), build_module(graph)
     ids = np.arange(10).reshape(2, 5) % spec.vocab_size
     mask = np.array([[1] * 5, [0, 0, 1, 1, 1]])
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions(mask, 5, False)}
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": feeds_.positions(mask, 5, PositionIds.flat)}
     feeds.update({f"past_key_values.{i}.{t}": np.zeros((2, spec.attention.kv_heads, 0, spec.attention.head_dim), np.float32)
                   for i in range(spec.n_layers) for t in ("key", "value")})
     onnx_logits = sess.run(["logits"], feeds)[0]

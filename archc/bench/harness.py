@@ -265,7 +265,10 @@ class TorchBackend(Backend):
         return _module_bytes(self.model)
 
     def generate(self, ids, mask, n):
+        import numpy as np
         import torch
+
+        from archc import feeds
 
         self.head.bench_head_last = self.head_positions == "last"
         with torch.inference_mode():
@@ -275,15 +278,13 @@ class TorchBackend(Backend):
             if "prefix_len" in graph.graph_inputs():  # the prompt is the bidirectional prefix (GLM)
                 kw["prefix_len"] = torch.full((B,), P, dtype=torch.long, device=ids.device)
             glm2d = graph.model.position_ids is PositionIds.glm2d
+            lens = np.full(B, P, np.int64)
 
-            def positions(k):  # GLM's 2D positions as the runner feeds them (exporters.torch_module.greedy_generate)
+            def positions(k):  # GLM's 2D positions as the runner feeds them (archc.feeds); the others' come from the mask
                 if not glm2d:
                     return {}
-                if k == 0:
-                    row = torch.arange(P, device=ids.device).expand(B, P)
-                    return {"position_ids": torch.stack((row, torch.zeros_like(row)), 1)}
-                return {"position_ids": torch.stack((torch.full((B, 1), P - 1, device=ids.device),
-                                                     torch.full((B, 1), k, device=ids.device)), 1)}
+                pos = feeds.positions(np.ones((B, P + k), np.int64), P if k == 0 else 1, PositionIds.glm2d, lens, k)
+                return {"position_ids": torch.from_numpy(pos).to(ids.device)}
 
             logits, past = self.fn(ids, attention_mask=mask, **kw, **positions(0))
             tok = logits[:, -1].argmax(-1, keepdim=True)

@@ -104,8 +104,12 @@ def diff_cmd(
     sets_a = list(sets or []) + list(set_a or [])
     sets_b = list(sets or []) + list(set_b or [])
     spec_a, spec_b = load(a, sets_a), load(b, sets_b)
+    from archc.quant import QuantSettings, model_dir_quant
+
+    # a compiled model directory's weights as stored (--quant); a spec's in its dtype
+    quant = tuple(model_dir_quant(x) or QuantSettings() for x in (a, b))
     d = D.diff(spec_a, spec_b, source_a=_source(a, list(sets or []), "--set-a", set_a),
-               source_b=_source(b, list(sets or []), "--set-b", set_b), seq_len=seq_len)
+               source_b=_source(b, list(sets or []), "--set-b", set_b), seq_len=seq_len, quant=quant)
     name = _pick_format(fmt, output, ("terminal", "markdown", "json", "html"))
     draw_fmt = None
     if draw is not None:  # every output is checked before any is written: a bad --draw leaves no -o file

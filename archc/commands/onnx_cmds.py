@@ -66,6 +66,12 @@ def compile_cmd(
                                              "the head runs on the last position only, for generation).")] = "all",
     next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
                                                  "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
+    quant: Annotated[str, typer.Option(help="none | int4 | int8: weight-only round-to-nearest quantization of the attention and MLP "
+                                            "projections (onnxruntime com.microsoft MatMulNBits).")] = "none",
+    quant_block_size: Annotated[int, typer.Option(help="Weights per scale along the input dimension (a power of two >= 16).")] = 32,
+    quant_scheme: Annotated[str, typer.Option(help="symmetric (no zero points) | asymmetric (a zero point per block).")] = "symmetric",
+    quant_accuracy_level: Annotated[int, typer.Option(help="MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (how A may be downcast).")] = 0,
+    quant_head: Annotated[bool, typer.Option("--quant-head", help="Quantize the output head too (default: it stays in --dtype).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
@@ -81,6 +87,14 @@ def compile_cmd(
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in SHORT_WORDS:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(SHORT_WORDS)}")
+    from archc.quant import QuantKind, QuantScheme, QuantSettings
+
+    if quant not in {v.value for v in QuantKind}:
+        raise UserError(f"--quant {quant}: choose one of {', '.join(v.value for v in QuantKind)}")
+    if quant_scheme not in {v.value for v in QuantScheme}:
+        raise UserError(f"--quant-scheme {quant_scheme}: choose one of {', '.join(v.value for v in QuantScheme)}")
+    qs = QuantSettings(QuantKind(quant), quant_block_size, QuantScheme(quant_scheme), quant_accuracy_level,
+                       quant_head).check(DType.from_short(dtype))
     if out.is_dir() and (out / MODEL_FILE).exists() and not force:
         raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])
@@ -122,12 +136,14 @@ def compile_cmd(
             found = run_weights_file(Path(spec), graph, Path(scratch))
             weights = str(found) if found is not None else None
         result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits, next_token=next_token,
-                        tokenizer_dir=tokenizer_dir)
+                        tokenizer_dir=tokenizer_dir, quant=qs)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
     con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {shape}, "
               f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
+    if qs.active:
+        con.print(f"quantized: {qs.describe()}")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)

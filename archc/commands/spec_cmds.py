@@ -208,14 +208,27 @@ def show(
     file: Annotated[str, typer.Argument(help="Spec file, library name (llama) or compiled model folder.")],
     set_: SetOption = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", min=1, help="Context length for FLOPs/token; default max_seq_len.")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="int4 | int8: also the weight bytes as `compile --quant` stores them (a model folder: what it was compiled with).")] = None,
+    quant_block_size: Annotated[int, typer.Option(help="With --quant: weights per scale (a power of two >= 16).")] = 32,
+    quant_scheme: Annotated[str, typer.Option(help="With --quant: symmetric | asymmetric.")] = "symmetric",
+    quant_head: Annotated[bool, typer.Option("--quant-head", help="With --quant: the head quantized too.")] = False,
 ) -> None:
-    """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token."""
+    """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token, weight bytes."""
     from rich.table import Table
 
     from archc.cost import cost, light_graph
 
+    from archc.quant import QuantKind, QuantScheme, QuantSettings, model_dir_quant, weight_bytes
+
+    if quant is not None and quant not in {v.value for v in QuantKind}:
+        raise UserError(f"--quant {quant}: choose one of {', '.join(v.value for v in QuantKind)}")
+    if quant_scheme not in {v.value for v in QuantScheme}:
+        raise UserError(f"--quant-scheme {quant_scheme}: choose one of {', '.join(v.value for v in QuantScheme)}")
     spec = load(file, set_)
-    c = cost(light_graph(spec))  # a few layers built, the rest in closed form
+    stored = model_dir_quant(file)  # a compiled folder: its metadata says how its weights are stored
+    asked = QuantSettings(QuantKind(quant), quant_block_size, QuantScheme(quant_scheme), 0, quant_head).check(DType.float32) if quant else None
+    lg = light_graph(spec)
+    c = cost(lg)  # a few layers built, the rest in closed form
     S = seq_len or spec.max_seq_len
 
     arch = Table(title=f"{spec.name} ({file})", title_justify="left", show_header=False, box=None, pad_edge=False)
@@ -244,12 +257,25 @@ def show(
         b = c.kv_bytes_per_token(dtype)
         compute.add_row(f"KV cache, {dtype.value}", f"{b:,} B ({human_bytes(c.kv_bytes_at(S, dtype))} at {S} tokens{window})")
 
+    weights = Table(title="weights", title_justify="left", box=None, pad_edge=False)
+    weights.add_column("stored as", style="bold")
+    weights.add_column("bytes", justify="right")
+    dense = weight_bytes(lg, spec.dtype, QuantSettings())
+    weights.add_row(f"{spec.dtype.value}", f"{dense:,} ({human_bytes(dense)})")
+    for label, q in (("compiled", stored), ("--quant", asked)):
+        if q is not None and q.active:
+            n = weight_bytes(lg, spec.dtype, q)
+            weights.add_row(f"{spec.dtype.value} {q.short()}" + (" (this folder)" if label == "compiled" else ""),
+                            f"{n:,} ({human_bytes(n)}, x{n / dense:.3f})")
+
     out = _console()
     out.print(arch)
     out.print()
     out.print(params)
     out.print()
     out.print(compute)
+    out.print()
+    out.print(weights)
 
 
 # ------------------------------------------------------------------------------------------------

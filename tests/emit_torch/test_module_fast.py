@@ -96,6 +96,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
         assert torch.equal(p.grad, q.grad), n
 
 
+DECODE_COMPILED = ("llama", "bloom", "glm", "mistral")  # RoPE+GQA, ALiBi, 2D positions + prefix, sliding window
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LIBRARY)
 def test_compile_fullgraph_has_no_graph_break(name):
@@ -110,6 +113,9 @@ def test_compile_fullgraph_has_no_graph_break(name):
     kw = {"prefix_len": torch.tensor([3, 0])} if "prefix_len" in graph.graph_inputs() else {}
     with torch.no_grad():
         torch.compile(model, fullgraph=True, backend="eager")(ids, mask, **kw)  # padded batch: the mask path
+    if name not in DECODE_COMPILED:
+        return
+    with torch.no_grad():
         step = torch.compile(model, fullgraph=True, backend="eager")
         cache = model.static_cache(2, 12)
         full = torch.zeros(2, 12, dtype=torch.long)

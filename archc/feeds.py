@@ -1,0 +1,46 @@
+"""Generation feeds, one definition for every caller: the runner (onnxruntime), the PyTorch module's
+greedy loop (exporters.torch_module.greedy_generate), the benchmark backends and the tests.
+
+- Prompts of different lengths are left-padded into one batch; attention_mask marks real tokens.
+- position_ids = cumsum(mask) - 1, clamped at 0 (padding sits at 0), the step's last `seq` columns.
+- GLM's 2-D positions (PositionIds.glm2d, Du et al. 2022): a prompt token gets (position, 0); the
+  k-th generated token (k >= 1) gets (last prompt position, k), its block position.
+- A prefix-mask model (GLM) gets prefix_len = each prompt's length: the prompt is the bidirectional
+  prefix, generated tokens are causal.
+
+numpy only (no torch); torch callers wrap the arrays with torch.from_numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archc.components import PositionIds
+
+
+def left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids [B, L], attention_mask [B, L], prefix_len [B]), int64, L the longest prompt."""
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = np.zeros((B, L), np.int64)
+    mask = np.zeros((B, L), np.int64)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = p
+        mask[b, L - len(p):] = 1
+    return ids, mask, np.array([len(p) for p in prompts], np.int64)
+
+
+def positions(mask: np.ndarray, seq: int, layout: PositionIds, prefix_len: np.ndarray | None = None,
+              generated: int = 0) -> np.ndarray | None:
+    """position_ids for a step of `seq` tokens whose attention_mask (past + step) is `mask`; None for a
+    model without the input. `generated`: 0 for the prompt (or any step fed as plain positions), k for
+    the k-th generated token, which GLM places at (last prompt position, k) using `prefix_len`."""
+    if layout is PositionIds.none:
+        return None
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
+    if layout is PositionIds.flat:
+        return pos
+    if layout is PositionIds.glm2d:
+        if generated == 0:
+            return np.stack([pos, np.zeros_like(pos)], 1)
+        return np.stack([(prefix_len - 1)[:, None], np.full((len(prefix_len), 1), generated, np.int64)], 1)
+    raise ValueError(f"position_ids layout {layout!r} has no feeds")

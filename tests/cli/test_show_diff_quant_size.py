@@ -1,0 +1,63 @@
+"""`archc show --quant` and `archc diff` state the quantized weight bytes, from parameter shapes in closed form
+(checked against a formula written here from llama-7b's published shapes), and read a compiled folder's
+quantization from its metadata without importing onnx, onnxruntime or torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+V, D, F, L = 32000, 4096, 11008, 32  # llama-7b
+
+
+def llama7b_bytes(itemsize: int, per_weight: float, per_block_scale: int, block: int) -> int:
+    """embedding + head + norms dense; q, k, v, o, gate, up, down at `per_weight` bytes + one scale per block."""
+    dense = 2 * V * D * itemsize + (2 * L + 1) * D * itemsize
+    projections = L * (4 * D * D + 3 * D * F)
+    return dense + int(projections * per_weight) + projections // block * per_block_scale
+
+
+def test_show_states_the_int4_size(capsys):
+    rc, out, err = run_cli(["show", "llama", "--quant", "int4"], capsys)
+    assert rc == 0, err
+    assert f"{llama7b_bytes(2, 0.5, 2, 32):,}" in out  # fp16 scales, 2 weights per byte
+    assert f"{llama7b_bytes(2, 2, 0, 32):,}" in out  # the dense float16 row
+    rc, out, err = run_cli(["show", "llama", "--quant", "int8", "--quant-block-size", "128"], capsys)
+    assert f"{llama7b_bytes(2, 1, 2, 128):,}" in out
+    assert f"{llama7b_bytes(2, 0.5, 2, 32):,}" not in out  # negative control: the settings change the figure
+
+
+def test_diff_reads_a_compiled_folders_quantization(tmp_path, capsys):
+    sets = ["--set", "n_layers=1", "--set", "d_model=64", "--set", "attention.n_heads=4", "--set", "mlp.d_ff=128",
+            "--set", "vocab_size=64"]
+    rc, _, err = run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "q"), "--quant", "int4", "--dtype", "fp16"], capsys)
+    assert rc == 0, err
+    code = f"""
+import sys
+from archc.cli import main
+for argv in (["diff", {str(tmp_path / 'q')!r}, "llama", "-f", "json", "-o", {str(tmp_path / 'd.json')!r}], ["show", {str(tmp_path / 'q')!r}]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx", "transformers"))
+print("HEAVY", heavy, file=sys.stderr)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert "HEAVY []" in r.stderr, r.stderr[-2000:]
+    import json
+
+    data = json.loads((tmp_path / "d.json").read_text())
+    row = next(x for x in data["cost"]["rows"] if x["metric"] == "weight_bytes")
+    # the folder: 64x64 q,k,v,o + 2x 128x64 (gate, up) + 64x128 (down): int4 = K/2 bytes + K/32 fp16 scales per row
+    proj = 4 * 64 * 64 + 3 * 64 * 128
+    want = 2 * 64 * 64 * 2 + 3 * 64 * 2 + proj // 2 + proj // 32 * 2
+    assert row["a"] == want, row
+    written = (Path(tmp_path / "q") / "model.onnx.data").stat().st_size
+    assert want <= written < want + 64 * 20  # the file adds 64-byte alignment padding only
+    assert "int4 sym b32" in row["label"] and "(this folder)" in r.stdout
