@@ -47,7 +47,8 @@ RULES = [
      ["rotary_fraction", "head_dim"], "odd or zero"),
     ({"position": {"kind": "rope", "rotary_dim": 8, "rotary_fraction": 1.0}}, ["position.rotary_dim", "rotary_fraction"], "only one"),
     ({"position": {"kind": "rope", "rotary_dim": 32}}, ["position.rotary_dim", "attention.head_dim"], "at most head_dim"),
-    ({"position": {"kind": "rope", "rotary_dim": 7}}, ["rotary_fraction", "head_dim"], "even width"),
+    # rotary_dim written alone and odd: named as rotary_dim, the field the user wrote (issue 13, 5.13)
+    ({"position": {"kind": "rope", "rotary_dim": 7}}, ["position.rotary_dim"], "even rotary_dim"),
     ({"position": {"kind": "learned", "max_positions": 16}}, ["position.max_positions", "max_seq_len"], "raise max_positions"),
     ({"position": {"kind": "learned", "max_positions": 32, "offset": 2}}, ["position.max_positions", "max_seq_len"], "offset 2"),
     ({"norm": {"deepnorm_alpha": 2.0}}, ["norm.deepnorm_alpha", "norm.placement"], "placement: deepnorm"),
@@ -74,13 +75,13 @@ def test_rule_rejects_and_names_fields(over, fields, fix):
 
 
 def test_every_conflict_rule_is_covered():
-    """Guard: Spec._resolve has 13 cross-field rules, and RULES covers each (rows 0-20). A new rule
+    """Guard: Spec._resolve has 14 cross-field rules, and RULES covers each (rows 0-20). A new rule
     changes the count here; add a RULES row for it and update the number."""
     import inspect
 
     import archc.spec as spec_mod
 
-    assert inspect.getsource(spec_mod.Spec._resolve).count("raise SpecConflict(") == 13
+    assert inspect.getsource(spec_mod.Spec._resolve).count("raise SpecConflict(") == 14
 
 
 # ---- negative controls: the boundary cases that must be accepted ----------------------------------
