@@ -60,7 +60,7 @@ case to those backends; --skip family:dtype:batch:prompt,... leaves cases out (r
 --budget-s starts no group and no case after that many seconds (recorded as skipped); --tier is gone
 (the groups replace it: use --families/--dtypes/--batches).
 
-CPU check of the orchestration (seconds; tests/test_run_standard.py): --tiny --device cpu shrinks every
+CPU check of the orchestration (seconds; tests/bench/test_run_standard.py): --tiny --device cpu shrinks every
 family (standard.TINY), prompts 8 and 12, batches 1 and 2, 4 new tokens, leaves out the two
 torch.compile backends unless --backends names them. On the CPU, fp16 cases run in fp32 (the run's
 dtype is in the JSON, the asked one in `case`) and bf16 cases are skipped with the reason

@@ -7,7 +7,7 @@ family's axes and take d_model 2048; layer counts and widths are chosen to land 
 max_seq_len 4096 everywhere so that prompt 2048 + 128 new tokens fits.
 
 TINY shrinks each family further (2 layers, d_model 64, vocabulary 97) for CPU runs of the
-harness's orchestration (`run_standard.py --tiny --device cpu`, tests/test_run_standard.py); every
+harness's orchestration (`run_standard.py --tiny --device cpu`, tests/bench/test_run_standard.py); every
 family keeps its axes (GQA, MQA with head_dim, ALiBi, learned and 2D positions, prefix mask).
 """
 

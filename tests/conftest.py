@@ -59,3 +59,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture(params=LIBRARY)
 def library_name(request) -> str:
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    # The benchmark-plumbing tests (tests/bench) carry the `bench` marker, so a run can select or skip them.
+    for item in items:
+        if "bench" in item.path.parent.parts[-1:]:
+            item.add_marker(pytest.mark.bench)

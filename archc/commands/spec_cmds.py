@@ -2,7 +2,7 @@
 
 All four are light: they read YAML and validate with pydantic; `show` also compiles the component
 graph and reads costs off it (archc.cost). Nothing here imports torch or onnxruntime
-(tests/test_cli_spec.py checks).
+(tests/cli/test_cli_spec.py checks).
 """
 
 from __future__ import annotations

@@ -451,7 +451,7 @@ def test_sigterm_during_export_leaves_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_hf_checkpoint_survives_import_then_export(tmp_path):
-    """Every configuration of tests/test_hf_parity.py (26 variants of the 14 types: Falcon's three block
+    """Every configuration of tests/hf/test_hf_parity.py (26 variants of the 14 types: Falcon's three block
     forms, BigCode MHA and MQA, OPT post-norm and bias-free, sliding windows, ...): a transformers model
     saved, imported with import_hf and exported again is the same model type and gives the original
     model's logits, with nothing but the written config.json and safetensors in between."""

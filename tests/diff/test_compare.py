@@ -18,7 +18,7 @@ import pytest
 from archc.loader import library_specs
 from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_ARGS = [f"specs/{n}.yaml" for n in ("llama", "palm", "glm", "bloom", "gpt2")]
 
 

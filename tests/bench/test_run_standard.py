@@ -19,7 +19,7 @@ from archc.bench.harness import Bench, Shape
 
 from benchmarks import render_results, standard
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 FAMILIES = list(standard.FAMILIES)
 TINY_CASES = {f"{f}:{d}:{b}:{p}" for f in FAMILIES for d in ("fp16", "bf16") for b in (1, 2) for p in (8, 12)}

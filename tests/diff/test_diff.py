@@ -24,7 +24,7 @@ import yaml
 from archc.loader import load_spec
 from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
 BASE = ["llama", "palm", "glm", "bloom", "gpt2"]
 SCHEMA = json.loads((ROOT / "docs" / "diff-schema.json").read_text())

@@ -84,7 +84,7 @@ def test_gpt2_group_query_attention_path_folds_its_biases_too(tmp_path):
 def test_rms_norm_gets_no_bias_input(tmp_path):
     """SkipSimplifiedLayerNormalization keeps its Add: onnxruntime's CPU kernel reads a bias at input 4
     while the op's schema has it at input 3 (it would be dropped). The numbers of this case with random
-    biases: tests/test_onnx_export.py::test_gated_mlp_with_random_biases."""
+    biases: tests/emit_onnx/test_onnx_export.py::test_gated_mlp_with_random_biases."""
     res = export(archc.compile(tiny_spec("llama", ["mlp.bias=true"])), tmp_path / "m", target="cuda", dtype="fp16")
     m = _model(tmp_path / "m")
     assert all(len(n.input) <= 3 for n in m.graph.node if n.op_type == "SkipSimplifiedLayerNormalization")

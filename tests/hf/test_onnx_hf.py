@@ -1,6 +1,6 @@
 """ONNX export of imported Hugging Face checkpoints, against transformers itself.
 
-For every model type the importer supports (the tiny randomised cases of tests/test_hf_parity.py):
+For every model type the importer supports (the tiny randomised cases of tests/hf/test_hf_parity.py):
 save_pretrained -> `export(..., weights=HF_DIR)` (config -> spec, checkpoint -> graph weights through
 archc.hf) -> onnxruntime on the CPU. Logits must match transformers' eager fp32 forward to 1e-4 on a
 left-padded batch with HF-generate positions, then on 2 cached decode steps against transformers' own

@@ -144,7 +144,7 @@ def test_unsupported_model_type_lists_the_supported_ones():
 
 
 def test_readme_lists_every_supported_type():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("<!-- BEGIN hf -->"):readme.index("<!-- END hf -->")]
     assert [t for t in SUPPORTED_TYPES if f"| `{t}` |" not in section] == []
 
