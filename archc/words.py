@@ -1,9 +1,8 @@
 """Display words for the axis values and the number formats, shared by `archc compare`, `archc diff`,
 `archc draw`, `archc show` and the report renderers.
 
-One table per axis, keyed by the spec's enum members; a graph node's settings hold the values as
-strings, so callers convert (`ACTIVATION[Activation(s["activation"])]`), and an unknown value
-raises instead of printing raw. Adding a value to an axis enum means adding its words here;
+One table per axis, keyed by the spec's enum members, which the spec and the graph's typed node
+settings (archc.components) both hold; a value without words raises instead of printing raw. Adding a value to an axis enum means adding its words here;
 tests/spec/test_words.py fails until every member has them.
 """
 
