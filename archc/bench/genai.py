@@ -123,15 +123,15 @@ def model_bytes(d: Path) -> int:
 @dataclass
 class Build:
     model_dir: Path
-    export_s: float
+    export_s: float | None
     model_bytes: int
 
 
 def build(python: str, hf_dir: Path, out_dir: Path, args: list[str], log=print) -> Build:
     """genai's builder on hf_dir into out_dir (through a temporary sibling: a failed or stopped build
     leaves nothing). A failure is one line: the builder's last line of output."""
-    if (out_dir / "genai_config.json").is_file():
-        return Build(out_dir, 0.0, model_bytes(out_dir))
+    if (out_dir / "genai_config.json").is_file():  # built before (a work directory reused): no time to report
+        return Build(out_dir, None, model_bytes(out_dir))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [python, "-m", BUILDER, "-i", str(hf_dir), "-o", str(tmp), "-c", str(tmp / "cache"), *args]

@@ -42,6 +42,7 @@ block size and scheme (archc.bench.genai.builder_args).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -447,6 +448,8 @@ class GenaiBackend(Backend):
         built = genai.build(python, hf_dir, out, args, log=b.log)
         b.export_s.setdefault(out.name, built.export_s)
         self.export_s, self.model_bytes = b.export_s[out.name], built.model_bytes
+        eos = json.loads((built.model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
+        self.eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)  # genai holds these off to make N tokens
         self.worker = genai.Worker(python, b.work_dir / f"{self.name}.stderr")
         self.version = self.worker.ask({"op": "load", "model_dir": str(built.model_dir), "device": "cuda" if b.cuda else "cpu",
                                         "cuda_graph": self.cuda_graph}, timeout_s=b.genai_timeout_s)["version"]
@@ -496,6 +499,7 @@ class BackendResult:
     wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
     logits: str | None = None  # ort backends: the export's --logits (all | last), see logits_for
     head_positions: str | None = None  # torch backends: the prefill head on `all` positions or the `last` one (logits_for)
+    tokens_note: str | None = None  # why tokens_agree stopped short, where the harness knows (genai: the eos it masks)
     export_s: float | None = None  # ort / genai: seconds the export (archc) or the builder (genai) took
     model_bytes: int | None = None  # ort / genai: the model's ONNX files on disk (graph + external data)
     error: str | None = None
@@ -616,6 +620,10 @@ class Bench:
                 else:
                     same = (toks.cpu() == ref.cpu()).all(0).tolist()
                     r.tokens_agree = next((i for i, s in enumerate(same) if not s), len(same))
+                    eos = getattr(be, "eos_ids", ())
+                    if r.tokens_agree < len(same) and set(ref[:, r.tokens_agree].tolist()) & set(eos):
+                        r.tokens_note = (f"the reference picked eos ({', '.join(map(str, eos))}) at token {r.tokens_agree}; "
+                                         f"{name} runs on past it, its eos masked (min_length)")
             except UserError:
                 raise
             except Exception as e:  # a backend that cannot run this spec is reported, not fatal
