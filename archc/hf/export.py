@@ -62,9 +62,27 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+def _float32(x: float) -> float:
+    import struct
+
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
 def _architecture(resolved: dict) -> dict[str, Any]:
     flat = _flat({k: v for k, v in resolved.items() if k not in _NOT_COMPARED_TOP})
     return {k: v for k, v in flat.items() if k not in _NOT_COMPARED}
+
+
+def _comparable(resolved: dict) -> dict[str, Any]:
+    """_architecture with each axis as what the model computes with, where spellings differ."""
+    out = _architecture(resolved)
+    m = out.get("embedding.multiplier")
+    if m is not None:
+        # The factor the embedding is multiplied by, not its spelling: a number equal to sqrt(d_model) is
+        # Gemma's scale. transformers holds that scale as a float32 scalar (GemmaTextScaledWordEmbedding),
+        # so two spellings that round to the same float32 are the same model.
+        out["embedding.multiplier"] = _float32(math.sqrt(resolved["d_model"]) if m == "sqrt_d_model" else float(m))
+    return out
 
 
 def _show(value: Any) -> str:
@@ -80,10 +98,14 @@ def _differences(spec, family: Family, config: dict) -> list[str]:
     except UserError as e:  # a config the import refuses: its message names the field
         return [str(e)]
     want, got = _architecture(spec.to_yaml_dict()), _architecture(back.to_yaml_dict())
+    same_a, same_b = _comparable(spec.to_yaml_dict()), _comparable(back.to_yaml_dict())
     out = []
     for axis in dict.fromkeys([*want, *got]):
-        if want.get(axis) != got.get(axis):
-            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {_show(got.get(axis))})")
+        if same_a.get(axis) != same_b.get(axis):
+            gives = _show(got.get(axis))
+            if got.get(axis) == "sqrt_d_model":
+                gives += f" = {same_b[axis]:.7g}"
+            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {gives})")
     return out
 
 
