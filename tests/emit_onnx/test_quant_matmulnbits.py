@@ -1,16 +1,17 @@
-"""`archc compile --quant int4|int8` (round-to-nearest, block-wise, onnxruntime MatMulNBits), proven on the CPU:
+"""`archc compile --quant int4|int8` (block-wise, onnxruntime MatMulNBits; --quant-method rtn|search), proven on the CPU:
 
 (a) onnxruntime's own dequantization (MatMulNBits run on an identity input) equals, bit for bit, a numpy
     dequantizer written here from the operator's specification (not from exporters/quantize.py), for
     int4/int8, symmetric/asymmetric, and a K that leaves an odd number of blocks (zero-point padding);
-    and every dequantized weight is within half a step of the weight it came from (round-to-nearest);
+    and every dequantized weight is within half a step of the weight it came from (round-to-nearest),
+    or, --quant-method search, every block's squared error is at most round-to-nearest's;
 (b) on a model trained by `archc train`, the logits of the quantized exports stay within stated bounds
     of the fp32 export's;
 (c) greedy tokens from `archc run` agree with the fp32 and fp16 exports for a stated number of steps;
 (d) negative controls: the numpy dequantizer with the nibbles swapped, or with a wrong zero point,
     does not match onnxruntime, so (a) would catch a packing mistake.
 Also: the closed-form quantized size (archc.quant.weight_bytes, what `show`/`diff` print) equals the
-bytes the export wrote, and the export is deterministic.
+bytes the export wrote, the export is deterministic, and the lowering summary names MatMulNBits.
 """
 
 from __future__ import annotations
@@ -296,7 +297,11 @@ def rel_max_err(a: np.ndarray, ref: np.ndarray) -> float:
 
 # max |logits - fp32 logits| / max |fp32 logits| over 4 prompts x 32 positions. Measured on the CPU
 # (onnxruntime 1.31, 120 training steps, block 32): fp16 2.1e-4, int8 1.7e-3, int4 2.6e-2, int4
-# asymmetric 2.5e-2; asserted with a 3x margin.
+# asymmetric 2.5e-2, int4 search 3.2e-2, int4 asymmetric search 3.0e-2; asserted with a 2.5-3x margin.
+# The rms error (sqrt(mean (a - ref)^2 / mean ref^2)) is where search shows: int4 3.85e-2 -> 3.66e-2
+# with search, asymmetric 3.71e-2 -> 3.65e-2 (its max error is higher: one position of 128 x 97);
+# asserted: search's rms at most 1.03x round-to-nearest's (not guaranteed, unlike the per-block weight
+# error; measured 0.95x and 0.98x).
 LOGIT_BOUNDS = {"fp16": 6e-4, "int8": 6e-3, "int4": 8e-2, "int4-asym": 8e-2, "int4-search": 8e-2, "int4-asym-search": 8e-2}
 
 
@@ -313,6 +318,7 @@ def test_logits_error_is_bounded(trained):
     for label, bound in LOGIT_BOUNDS.items():
         assert errs[label] <= bound, (label, errs[label])
     assert errs["int8"] < errs["int4"]  # fewer bits, more error: the comparison is sensitive to the quantization
+    assert rms["int4-search"] <= 1.03 * rms["int4"] and rms["int4-asym-search"] <= 1.03 * rms["int4-asym"], rms
 
 
 PROMPTS = ["7,14,21,28", "50,57,64", "3,10,17,24,31,38", "90,0,7"]
@@ -336,8 +342,9 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
 
 
 # Greedy steps (of NEW_TOKENS, per prompt) that agree with the fp32 export. Measured: all 24 of 24 for
-# every prompt, for fp16, int8, int4 and int4 asymmetric; asserted in full.
-AGREE_FLOOR = {"fp16": NEW_TOKENS, "int8": NEW_TOKENS, "int4": NEW_TOKENS, "int4-asym": NEW_TOKENS, "int4-search": 0, "int4-asym-search": 0}
+# every prompt, for fp16, int8, int4 and int4 asymmetric, round-to-nearest and search; asserted in full.
+AGREE_FLOOR = {"fp16": NEW_TOKENS, "int8": NEW_TOKENS, "int4": NEW_TOKENS, "int4-asym": NEW_TOKENS, "int4-search": NEW_TOKENS,
+               "int4-asym-search": NEW_TOKENS}
 
 
 @pytest.mark.slow
