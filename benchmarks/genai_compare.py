@@ -188,9 +188,9 @@ def verdicts(report: dict) -> list[tuple[str, str, str]]:
             continue
         ratio = a["decode_tok_s"] / g["decode_tok_s"]
         out.append((name, f"{a['decode_tok_s']:,.0f} vs {g['decode_tok_s']:,.0f} tok/s = {ratio:.2f}x", "met" if ratio >= 1.3 else "missed"))
-    for prompt in (512, 2048):
-        a, g = _row(report, "int4", "ort", 1, prompt), _row(report, "int4", "genai-graph", 1, prompt)
-        name = f"int4 decode b1 >= 1.2x genai int4 CUDA graph, p{prompt}"
+    for cfg, prompt in (("int4", 512), ("int4", 2048), ("int4h", 512)):
+        a, g = _row(report, cfg, "ort", 1, prompt), _row(report, "int4", "genai-graph", 1, prompt)
+        name = f"int4 decode b1 >= 1.2x genai int4 CUDA graph, p{prompt}" + (", archc --quant-head" if cfg == "int4h" else "")
         if not (_ok(a) and _ok(g) and a["decode_tok_s"] and g["decode_tok_s"]):
             out.append((name, "not measured", "open"))
             continue
