@@ -32,6 +32,7 @@ A bias Add + Gelu is left to onnxruntime's optimizer, which fuses it into FastGe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 from onnx import TensorProto
@@ -47,6 +48,17 @@ LOWERING = "cuda ONNX lowering"
 # Projections' weight layout on this target (WeightLayout): chosen by measurement, benchmarks/gemv_layout.py
 # and benchmarks/ab_decode.py (RESULTS.md, optimisation log).
 WEIGHT_LAYOUT = WeightLayout.in_out
+
+
+class GateUp(str, Enum):
+    """How a gated MLP's gate and up projections are computed on this target."""
+
+    one_gemm = "one_gemm"  # x @ [Wg; Wu] as one MatMul, then Split in halves (one GEMM launch fewer per layer)
+    two_gemms = "two_gemms"  # a MatMul each, as onnxruntime-genai's builder does (no Split copy of [B, S, 2F])
+
+
+# Chosen by measurement (benchmarks/ab_decode.py, prefill_vs_genai.py; RESULTS.md, optimisation log).
+GATE_UP = GateUp.one_gemm
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -421,12 +433,19 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
-    y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
-    if "gate.bias" in p:
-        y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
-    gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
+    if GATE_UP is GateUp.one_gemm:
+        y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
+        if "gate.bias" in p:
+            y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
+        gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
+        how = "cuda:MatMul (gate|up in one GEMM) + Split"
+    elif GATE_UP is GateUp.two_gemms:
+        gate, up = portable.linear(ctx, x, f"{name}.gate", p), portable.linear(ctx, x, f"{name}.up", p)
+        how = "cuda:MatMul (gate and up, one GEMM each)"
+    else:
+        raise UnknownSetting(name, "gate_up", GATE_UP, LOWERING)
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
-    ctx.lowering[name] = "cuda:MatMul (gate|up in one GEMM) + Split"
+    ctx.lowering[name] = how
     return portable.linear(ctx, h, f"{name}.down", p)
 
 
