@@ -192,6 +192,7 @@ def child_archc(opts: dict, work: Path, runs: int) -> dict:
     from exporters import onnx_lowering_cuda
     from exporters.onnx_export import export
 
+    opts.pop("root", None)  # the parent put that tree first on PYTHONPATH
     if "gate_up" in opts:
         onnx_lowering_cuda.GATE_UP = onnx_lowering_cuda.GateUp(opts["gate_up"])
     graph = archc.compile(load_spec(ROOT / "specs" / "llama.yaml", ARCHC_SET))
@@ -292,8 +293,13 @@ def main() -> int:
     for rnd in range(args.rounds):
         for eng in filter(None, args.engines.split(";")):
             t0 = time.perf_counter()
+            # root=DIR (archc engines): archc/ and exporters/ from DIR (e.g. a `git archive` of main), this script from here
+            root = next((kv.split("=", 1)[1] for kv in eng.partition(":")[2].split(",") if kv.startswith("root=")), None)
+            env = dict(os.environ)
+            if root:
+                env["PYTHONPATH"] = os.pathsep.join([str((ROOT / root).resolve()), str(ROOT)] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
             p = subprocess.run([sys.executable, "-m", "benchmarks.prefill_vs_genai", "--out", str(args.out), "--work", str(args.work),
-                                "--runs", str(args.runs), "--child", eng], capture_output=True, text=True, cwd=ROOT)
+                                "--runs", str(args.runs), "--child", eng], capture_output=True, text=True, cwd=ROOT, env=env)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
             r = json.loads(line[7:]) if line else {"error": (p.stderr or p.stdout)[-3000:]}
             r.update(engine=eng, round=rnd, wall_s=round(time.perf_counter() - t0, 1))
