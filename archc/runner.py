@@ -356,6 +356,9 @@ class Session:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("--prompt-ids: every prompt needs at least one token id")
         for p in prompts:
+            a = np.asarray(p)  # integer prompts are checked in numpy (a Python loop took ~1 ms at 16 x 512 ids)
+            if a.ndim == 1 and a.dtype.kind in "iu" and 0 <= a.min() and a.max() < self.vocab:
+                continue
             bad = [t for t in p if not 0 <= int(t) < self.vocab]
             if bad:
                 raise UserError(f"--prompt-ids: id {bad[0]} is outside the vocabulary [0, {self.vocab}); use ids below {self.vocab}")
@@ -409,8 +412,9 @@ class Session:
         decode_s = time.perf_counter() - t1
         n_decode = B * (n - 1)
         gen = out[:, :n].tolist()
+        seqs = [ids[b, L - len(p):].tolist() + g for b, (p, g) in enumerate(zip(prompts, gen))]  # the prompt as left_pad stored it
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
-                                self.device, [list(map(int, p)) + g for p, g in zip(prompts, gen)])
+                                self.device, seqs)
 
     def _static_stepper(self, batch: int, max_len: int) -> "_BoundSteps":
         """The fixed-buffer stepper of this shape, kept across generate calls: a captured graph replays
