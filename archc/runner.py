@@ -538,6 +538,7 @@ class _BoundSteps:
         # logits / next_token outputs (binding 88 buffers anew took ~0.4 ms of host time per prefill
         # on a 2-core VM, benchmarks/RESULTS.md, optimisation log)
         self.prefill_io = None
+        self.prefill_feeds = None  # _PackedFeeds of the last prefill's shapes (shared cache), reused while they repeat
 
     def _cache_binding(self, on_device: bool):
         """(IOBinding with the feeds still to bind, names of its outputs in binding order). Outputs are
@@ -547,8 +548,6 @@ class _BoundSteps:
         if self.shared and self.prefill_io is not None:
             io = self.prefill_io
             io.bind_output("logits", self.dev if on_device else "cpu", 0)  # replaces the previous step's binding
-            if s.has_next_token:
-                io.bind_output("next_token", "cpu")
             return io, bound + [n.replace("past_key_values.", "present.") for n in self.cache]
         io = s.sess.io_binding()
         io.bind_output("logits", self.dev if on_device else "cpu", 0)
@@ -578,8 +577,17 @@ class _BoundSteps:
             feeds["position_ids"] = positions
         if s.has_prefix:
             feeds["prefix_len"] = lens
-        for n, v in feeds.items():
-            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
+        if self.shared:
+            # one packed device buffer per feed shape, kept while the shapes repeat: one host-to-device copy and no
+            # device allocation per prefill (ortvalue_from_numpy on CUDA allocates outside onnxruntime's arena)
+            shapes = {n: np.shape(v) for n, v in feeds.items()}
+            if self.prefill_feeds is None or self.prefill_feeds.shapes != shapes:
+                self.prefill_feeds = _PackedFeeds.make(ort, self.dev, shapes)
+            self.prefill_feeds.bind(io, self.dev)  # a few pointers: cheaper than tracking which binding holds them
+            self.prefill_feeds.update(feeds)
+        else:
+            for n, v in feeds.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
         s.sess.run_with_iobinding(io, s.run_options)
         outs = dict(zip(bound, io.get_outputs()))
         if not self.shared:
@@ -599,32 +607,18 @@ class _BoundSteps:
         if self.fixed is None:
             self.fixed = self._make_fixed({n: np.shape(v) for n, v in feeds.items()})
         f = self.fixed
-        for n, v in feeds.items():
-            view = f.view(n)
-            if n == "attention_mask":  # max_len wide: the step's columns, then 0 (see the class docstring)
-                view[:, :v.shape[1]] = v
-                view[:, v.shape[1]:] = 0
-            else:
-                view[...] = v
-        f.dev.update_inplace(f.host)  # one host-to-device copy for every feed
+        f.feeds.update(feeds)  # the mask is max_len wide: the step's columns, then 0 (see the class docstring)
         s.sess.run_with_iobinding(f.io, f.opts)
         return f.next_token.numpy()[:, 0] if self.device_pick else f.logits.numpy()
 
     def _make_fixed(self, shapes: dict) -> "_FixedBuffers":
         """The decode buffers of this shape, bound once: the int64 feeds packed into one device buffer
-        (each bound by pointer at its offset), the cache as past and present, logits and next_token."""
+        (_PackedFeeds), the cache as past and present, logits and next_token."""
         s, ort = self.s, self.ort
         B = self.batch
-        shapes = dict(shapes, attention_mask=(B, self.max_len))
-        slots, n = {}, 0
-        for name, shape in shapes.items():
-            slots[name] = (n, tuple(int(d) for d in shape))
-            n += math.prod(shape)
-        host = np.zeros(n, np.int64)
-        dev = ort.OrtValue.ortvalue_from_numpy(host, self.dev, 0)
+        feeds = _PackedFeeds.make(ort, self.dev, dict(shapes, attention_mask=(B, self.max_len)))
         io = s.sess.io_binding()
-        for name, (off, shape) in slots.items():
-            io.bind_input(name, self.dev, 0, np.int64, list(shape), dev.data_ptr() + off * host.itemsize)
+        feeds.bind(io, self.dev)
         for name, v in self.cache.items():
             io.bind_ortvalue_input(name, v)
             io.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)
@@ -638,27 +632,63 @@ class _BoundSteps:
         if s.cuda_graph:
             opts = ort.RunOptions()
             opts.add_run_config_entry("gpu_graph_id", str(self.graph_id))
-        return _FixedBuffers(host, dev, slots, logits, next_token, io, opts)
+        return _FixedBuffers(feeds, logits, next_token, io, opts)
+
+
+@dataclass
+class _PackedFeeds:
+    """A step's int64 feeds (ids, positions, attention mask, prefix_len) packed back to back in one host
+    array and one device buffer, each feed bound by pointer at its offset: a step makes one
+    host-to-device copy instead of one per feed (a copy costs ~15 us of host time on an H200 host,
+    benchmarks/RESULTS.md). A feed narrower than its slot (the decode step's mask, bound max_len wide)
+    is written left-aligned and padded with 0."""
+
+    shapes: dict  # feed name -> its shape as the caller gave it
+    host: np.ndarray  # int64, every feed back to back
+    dev: object  # OrtValue holding `host` on the device
+    slots: dict  # feed name -> (offset in elements, bound shape)
+
+    @staticmethod
+    def make(ort, device: str, shapes: dict) -> "_PackedFeeds":
+        slots, n = {}, 0
+        for name, shape in shapes.items():
+            slots[name] = (n, tuple(int(d) for d in shape))
+            n += math.prod(shape)
+        host = np.zeros(n, np.int64)
+        return _PackedFeeds(dict(shapes), host, ort.OrtValue.ortvalue_from_numpy(host, device, 0), slots)
+
+    def bind(self, io, device: str) -> None:
+        for name, (off, shape) in self.slots.items():
+            io.bind_input(name, device, 0, np.int64, list(shape), self.dev.data_ptr() + off * self.host.itemsize)
+
+    def view(self, name: str) -> np.ndarray:
+        off, shape = self.slots[name]
+        return self.host[off:off + math.prod(shape)].reshape(shape)
+
+    def update(self, feeds: dict) -> None:
+        """Write the feeds into the host array, then copy it to the device in one go."""
+        for name, v in feeds.items():
+            view = self.view(name)
+            if view.ndim == 2 and v.shape[1] < view.shape[1]:
+                view[:, :v.shape[1]] = v
+                view[:, v.shape[1]:] = 0
+            else:
+                view[...] = v
+        self.dev.update_inplace(self.host)
 
 
 @dataclass
 class _FixedBuffers:
-    """One (batch, max_len) shape's decode buffers. The int64 feeds (ids, positions, the max_len-wide
-    mask, prefix_len) live packed in one host array and one device buffer, each feed bound by pointer
-    at its offset, so a step makes one host-to-device copy instead of one per feed (a copy costs
-    ~15 us of host time on an H200 host, benchmarks/RESULTS.md)."""
+    """One (batch, max_len) shape's decode buffers, bound once (Session.cuda_graph: what the graph captured)."""
 
-    host: np.ndarray  # int64, every feed back to back
-    dev: object  # OrtValue holding `host` on the device, bound once
-    slots: dict  # feed name -> (offset in elements, shape)
+    feeds: _PackedFeeds  # ids, positions, the max_len-wide mask, prefix_len
     logits: object  # OrtValue [B, 1, V]
     next_token: object | None  # OrtValue [B, 1] int64 (models with the next_token output)
     io: object  # the IOBinding
     opts: object  # RunOptions (gpu_graph_id of this shape under CUDA graphs)
 
     def view(self, name: str) -> np.ndarray:
-        off, shape = self.slots[name]
-        return self.host[off:off + math.prod(shape)].reshape(shape)
+        return self.feeds.view(name)
 
     def bound_shape(self, name: str) -> tuple:
-        return self.slots[name][1]
+        return self.feeds.slots[name][1]

@@ -80,7 +80,7 @@ def main() -> int:
         t0 = time.perf_counter()
         feeds()
         t1 = time.perf_counter()
-        fixed.dev.update_inplace(fixed.host)
+        fixed.feeds.dev.update_inplace(fixed.feeds.host)
         t2 = time.perf_counter()
         s.sess.run_with_iobinding(fixed.io, fixed.opts)
         t3 = time.perf_counter()
