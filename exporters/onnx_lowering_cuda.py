@@ -20,8 +20,10 @@ recorded in the model's `archc.lowering` metadata):
   position_ids, GatherElements), and back once, in front of the head (GatherND). Everything between
   is position-wise except attention, which then needs no rotation of its own (per-layer rotation
   was 3 GatherND per layer, ~135 us of a 1.43 ms decode step on the 1.1B shape).
-- gated MLP -> one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer), Split,
-  activation, Mul (one GEMM instead of two).
+- gated MLP -> a MatMul each for gate and up, activation, Mul, as onnxruntime-genai's builder does
+  (GATE_UP = two_gemms); or one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer),
+  Split, activation, Mul (one_gemm: one GEMM launch fewer per decode step, but the Split copies the
+  prefill's [B, S, 2 d_ff]; see GATE_UP).
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -57,8 +59,11 @@ class GateUp(str, Enum):
     two_gemms = "two_gemms"  # a MatMul each, as onnxruntime-genai's builder does (no Split copy of [B, S, 2F])
 
 
-# Chosen by measurement (benchmarks/ab_decode.py, prefill_vs_genai.py; RESULTS.md, optimisation log).
-GATE_UP = GateUp.one_gemm
+# Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
+# on the TinyLlama-1.1B shape (H200, fp16) the Split copies [B, S, 2 d_ff] in the prefill (22 x 9.5 us at 1 x 512,
+# 830 us at 1 x 2048, 3.1 ms at 16 x 512), while two M = 1 GEMMs cost the decode step about what the Split saves
+# (GPU busy 1316 against 1305 us). Not measured for MatMulNBits (--quant).
+GATE_UP = GateUp.two_gemms
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -424,10 +429,10 @@ def lower_mlp(ctx: Ctx, name: str, node: dict):
 
 
 def _lower_mlp(ctx: Ctx, name: str, node: dict):
-    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)) with gate and up as one GEMM: x @ [Wg; Wu]^T,
-    [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation op with both a
-    CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so Split + act + Mul; SiLU's x*Sigmoid(x) is
-    fused by onnxruntime (QuickGelu)."""
+    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)), gate and up per GATE_UP: two GEMMs, or one
+    GEMM x @ [Wg; Wu]^T, [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation
+    op with both a CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so the halves need a Split; SiLU's
+    x*Sigmoid(x) is fused by onnxruntime (QuickGelu)."""
     p = node["params"]
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
