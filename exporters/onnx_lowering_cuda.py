@@ -62,7 +62,7 @@ class GateUp(str, Enum):
 # Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
 # on the TinyLlama-1.1B shape (H200, fp16) the Split copies [B, S, 2 d_ff] in the prefill (22 x 9.5 us at 1 x 512,
 # 830 us at 1 x 2048, 3.1 ms at 16 x 512), while two M = 1 GEMMs cost the decode step about what the Split saves
-# (GPU busy 1316 against 1305 us). Not measured for MatMulNBits (--quant).
+# (GPU busy 1316 against 1305 us). Dense weights only: a --quant export keeps one stacked MatMulNBits (not measured).
 GATE_UP = GateUp.two_gemms
 
 MS = "com.microsoft"
@@ -438,17 +438,19 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
-    if GATE_UP is GateUp.one_gemm:
+    # weight-only quantized exports (MatMulNBits) keep gate|up stacked: GATE_UP was measured on dense fp16 only
+    mode = GateUp.one_gemm if ctx.quant.active else GATE_UP
+    if mode is GateUp.one_gemm:
         y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
         if "gate.bias" in p:
             y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
         gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
         how = "cuda:MatMul (gate|up in one GEMM) + Split"
-    elif GATE_UP is GateUp.two_gemms:
+    elif mode is GateUp.two_gemms:
         gate, up = portable.linear(ctx, x, f"{name}.gate", p), portable.linear(ctx, x, f"{name}.up", p)
         how = "cuda:MatMul (gate and up, one GEMM each)"
     else:
-        raise UnknownSetting(name, "gate_up", GATE_UP, LOWERING)
+        raise UnknownSetting(name, "gate_up", mode, LOWERING)
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
     ctx.lowering[name] = how
     return portable.linear(ctx, h, f"{name}.down", p)
