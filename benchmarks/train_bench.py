@@ -72,7 +72,7 @@ def model_flops_per_token(graph, seq: int) -> int:
     for node in graph.nodes():
         if graph.node(node)["kind"] == K.attention.value:
             s = graph.node(node)["settings"]
-            attn += 12 * s["n_heads"] * s["head_dim"] * seq
+            attn += 12 * s.n_heads * s.head_dim * seq
     return 6 * n + attn
 
 
