@@ -135,7 +135,9 @@ class Fact:
 @dataclass
 class Change:
     where: str  # "in all 32 layers", "in layer 3", "outside the layers"
-    layers: list[int] | None  # indices of the compared layers (layer i of A with layer i of B); None outside the stack
+    # The compared layers (layer i of A with layer i of B) as inclusive (first, last) ranges, so that a
+    # change in all of a million layers is one pair; None outside the stack.
+    layers: list[tuple[int, int]] | None
     component: str
     aspect: str
     a: str
@@ -427,24 +429,31 @@ def _compare_facts(fa: dict[str, Fact], fb: dict[str, Fact]) -> list[tuple[str, 
     return rows
 
 
-def _where(layers: list[int], n_a: int, n_b: int, uniform: bool) -> str:
+def _where(layers: list[tuple[int, int]], n_a: int, n_b: int, uniform: bool) -> str:
     n = min(n_a, n_b)
-    if uniform and len(layers) == n:
+    count = sum(last - first + 1 for first, last in layers)
+    if uniform and count == n:
         return f"in all {n} layers" if n_a == n_b else f"in every layer (A: {n_a}, B: {n_b})"
-    return ("in layer " if len(layers) == 1 else "in layers ") + _ranges(layers)
+    return ("in layer " if count == 1 else "in layers ") + _ranges(layers)
 
 
-def _ranges(xs: list[int] | range) -> str:
-    if isinstance(xs, range) and len(xs) > 1:  # the layers past a light graph's: one range, not a walk
-        return f"{xs[0]}-{xs[-1]}"
-    out, start = [], None
-    for i, x in enumerate(xs):
-        if start is None:
-            start = x
-        if i + 1 == len(xs) or xs[i + 1] != x + 1:
-            out.append(str(start) if start == x else f"{start}-{x}")
-            start = None
-    return ", ".join(out)
+def _ranges(layers: list[tuple[int, int]]) -> str:
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in layers)
+
+
+def layer_ranges(indices: list[int], compared: int, n: int) -> list[tuple[int, int]]:
+    """Sorted layer indices (all below `compared`) as inclusive ranges; a range reaching the last
+    compared layer runs on to layer n-1: the layers past a light graph's are its last one's copies.
+    Work and size are in the number of ranges, never in n."""
+    out: list[tuple[int, int]] = []
+    for x in indices:
+        if out and out[-1][1] == x - 1:
+            out[-1] = (out[-1][0], x)
+        else:
+            out.append((x, x))
+    if out and out[-1][1] == compared - 1:
+        out[-1] = (out[-1][0], n - 1)
+    return out
 
 
 def _layer_signature(facts: dict[str, Fact]) -> tuple:
@@ -475,7 +484,7 @@ def structure_diff(ga: ComponentGraph, gb: ComponentGraph) -> list[Change]:
     # the rest as one range (no per-layer work for a million layers).
     n = min(n_a, n_b)
     compared = min(n, max(ga.built_layers, gb.built_layers))
-    found: dict[tuple, list[int]] = {}
+    found: dict[tuple, list[int]] = {}  # change -> the compared layers (fewer than `compared`) it holds in
     order: list[tuple] = []
     for i in range(compared):
         fa, fb = la[min(i, len(la) - 1)], lb[min(i, len(lb) - 1)]
@@ -487,19 +496,16 @@ def structure_diff(ga: ComponentGraph, gb: ComponentGraph) -> list[Change]:
                 found[key] = []
                 order.append(key)
             found[key].append(i)
-    if compared < n:
-        for key, layers in found.items():
-            if layers[-1] == compared - 1:
-                found[key] = range(layers[0], n) if layers == list(range(layers[0], compared)) else layers + list(range(compared, n))
-    order = _merge_norm_positions(order, found)
+    spans = {key: layer_ranges(layers, compared, n) for key, layers in found.items()}
+    order = _merge_norm_positions(order, spans)
     for key in order:
         aspect, component, a, b, text, roles = key
-        layers = found[key]
+        layers = spans[key]
         changes.append(Change(_where(layers, n_a, n_b, uniform), layers, component, aspect, a, b, text, list(roles)))
     return changes
 
 
-def _merge_norm_positions(order: list[tuple], found: dict[tuple, list[int]]) -> list[tuple]:
+def _merge_norm_positions(order: list[tuple], found: dict[tuple, list[tuple[int, int]]]) -> list[tuple]:
     """'attention norm: post instead of pre' and 'MLP norm: post instead of pre' -> one line naming both."""
     out: list[tuple] = []
     merged: dict[tuple, int] = {}
@@ -508,7 +514,7 @@ def _merge_norm_positions(order: list[tuple], found: dict[tuple, list[int]]) -> 
         if not aspect.endswith("_norm.position") or aspect.startswith("embed"):
             out.append(key)
             continue
-        group = (a, b, found[key] if isinstance(found[key], range) else tuple(found[key]))
+        group = (a, b, tuple(found[key]))
         if group not in merged:
             merged[group] = len(out)
             out.append(key)
@@ -526,7 +532,7 @@ def changed_roles(changes: list[Change], layer: int = 0) -> set[str]:
     """Graph roles touched by a change in `layer` or outside the layers (for highlighting)."""
     out: set[str] = set()
     for c in changes:
-        if c.layers is None or layer in c.layers:
+        if c.layers is None or any(first <= layer <= last for first, last in c.layers):
             out.update(c.roles)
     return out
 
@@ -608,7 +614,7 @@ def diff(a: Spec, b: Spec, *, source_a: str = "A", source_b: str = "B", seq_len:
                 structure_diff(ga, gb), cost_rows(ga, gb, seq_len, quant), seq_len)
 
 
-DIFF_SCHEMA_ID = "archc-diff/1"
+DIFF_SCHEMA_ID = "archc-diff/2"  # /2: a change's layers are [first, last] ranges (/1 listed every index)
 
 
 def to_json_data(d: Diff, *, include_unchanged: bool = False) -> dict:
@@ -626,7 +632,7 @@ def to_json_data(d: Diff, *, include_unchanged: bool = False) -> dict:
             "unchanged_count": len(d.spec.unchanged),
             "unchanged": [row(r) for r in d.spec.unchanged] if include_unchanged else None,
         },
-        "structure": [dict(asdict(c), layers=None if c.layers is None else list(c.layers)) for c in d.structure],
+        "structure": [dict(asdict(c), layers=None if c.layers is None else [list(r) for r in c.layers]) for c in d.structure],
         "cost": {
             "seq_len": d.seq_len,
             "rows": [{"metric": r.metric, "label": r.label.strip(), "a": r.a, "b": r.b, "diff": r.diff, "ratio": r.ratio}

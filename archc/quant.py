@@ -1,8 +1,11 @@
 """Weight-only quantization settings (`archc compile --quant`) and the bytes a quantized model takes.
 
-The method is round-to-nearest, block-wise along the input dimension (the baseline of the GPTQ and
-AWQ papers, and what onnxruntime's MatMulNBits executes): each run of `block_size` input weights of
-one output row gets one scale (and, asymmetric, one zero point); w ~ (q - zero_point) * scale.
+Block-wise along the input dimension (what onnxruntime's MatMulNBits executes): each run of
+`block_size` input weights of one output row gets one scale (and, asymmetric, one zero point);
+w ~ (q - zero_point) * scale. Two calibration-free ways to pick a block's grid (QuantMethod): plain
+round-to-nearest on the block's full range (the baseline of the GPTQ and AWQ papers), or a search over
+a few shrunk ranges plus the least-squares scale for each rounding (as llama.cpp's quantizers do
+without data), keeping the grid with the least squared reconstruction error of the block.
 The exporter side (packing, the MatMulNBits nodes) is exporters/quantize.py; this module is light
 (no numpy, torch, onnx) so `show` and `diff` can say the quantized size in closed form.
 
@@ -27,6 +30,11 @@ class QuantKind(str, Enum):
     none = "none"  # every weight in the compute dtype
     int4 = "int4"  # MatMulNBits bits=4: two weights per byte, low nibble first
     int8 = "int8"  # MatMulNBits bits=8: one weight per byte
+
+
+class QuantMethod(str, Enum):
+    rtn = "rtn"  # round-to-nearest on the block's full range (absmax, or min/max with zero)
+    search = "search"  # per block: shrunk ranges and least-squares scales tried, least squared error kept (never worse than rtn)
 
 
 class QuantScheme(str, Enum):
@@ -55,6 +63,7 @@ class QuantSettings:
     scheme: QuantScheme = QuantScheme.symmetric
     accuracy_level: int = 0
     head: bool = False  # quantize the output head as well
+    method: QuantMethod = QuantMethod.rtn
 
     @property
     def active(self) -> bool:
@@ -71,6 +80,8 @@ class QuantSettings:
             raise UserError(f"--quant-block-size {bs}: MatMulNBits needs a power of two >= 16 (16, 32, 64, 128, ...)")
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise UserError(f"--quant-accuracy-level {self.accuracy_level}: choose one of {', '.join(map(str, ACCURACY_LEVELS))}")
+        if not self.active and self.method is not QuantMethod.rtn:
+            raise UserError(f"--quant-method {self.method.value}: applies to a quantized export; add --quant int4 or --quant int8")
         if self.active and dtype is DType.bfloat16:
             raise UserError("--quant with --dtype bf16: onnxruntime's MatMulNBits CPU kernel takes fp32/fp16 activations; use --dtype fp16 or fp32")
         return self
@@ -78,27 +89,36 @@ class QuantSettings:
     def to_json(self) -> str:
         """The model's `archc.quant` metadata (deterministic key order)."""
         return json.dumps({"kind": self.kind.value, "block_size": self.block_size, "scheme": self.scheme.value,
-                           "accuracy_level": self.accuracy_level, "head": self.head}, sort_keys=True)
+                           "accuracy_level": self.accuracy_level, "head": self.head, "method": self.method.value}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> QuantSettings:
         if not text:
             return cls()
         d = json.loads(text)
-        return cls(QuantKind(d["kind"]), int(d["block_size"]), QuantScheme(d["scheme"]), int(d["accuracy_level"]), bool(d["head"]))
+        # "method" is absent from folders compiled before --quant-method existed: those were round-to-nearest
+        return cls(QuantKind(d["kind"]), int(d["block_size"]), QuantScheme(d["scheme"]), int(d["accuracy_level"]), bool(d["head"]),
+                   QuantMethod(d.get("method", QuantMethod.rtn.value)))
 
     def short(self) -> str:
-        """A few words for a table cell: `int4 sym b32`, `int8 asym b64 +head`, `dense`."""
+        """A few words for a table cell: `int4 sym b32`, `int8 asym b64 +head`, `int4 sym b32 search`, `dense`."""
         if not self.active:
             return "dense"
         scheme = {QuantScheme.symmetric: "sym", QuantScheme.asymmetric: "asym"}[self.scheme]
-        return f"{self.kind.value} {scheme} b{self.block_size}{' +head' if self.head else ''}"
+        method = {QuantMethod.rtn: "", QuantMethod.search: " search"}[self.method]
+        return f"{self.kind.value} {scheme} b{self.block_size}{' +head' if self.head else ''}{method}"
+
+    def op_words(self) -> str:
+        """How a quantized projection runs, for the lowering summary: `MatMulNBits int4 sym b32`."""
+        scheme = {QuantScheme.symmetric: "sym", QuantScheme.asymmetric: "asym"}[self.scheme]
+        return f"MatMulNBits {self.kind.value} {scheme} b{self.block_size}"
 
     def describe(self) -> str:
         if not self.active:
             return "none"
+        method = {QuantMethod.rtn: "round-to-nearest", QuantMethod.search: "per-block scale search"}[self.method]
         return (f"{self.kind.value} {self.scheme.value}, block {self.block_size}, accuracy_level {self.accuracy_level}"
-                f"{', head too' if self.head else ''} (round-to-nearest, MatMulNBits)")
+                f"{', head too' if self.head else ''} ({method}, MatMulNBits)")
 
 
 def model_dir_quant(path) -> QuantSettings | None:

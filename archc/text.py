@@ -16,12 +16,13 @@ module imports neither torch nor onnxruntime; `tokenizers` and `jinja2` load onl
 from __future__ import annotations
 
 import json
-import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from archc.errors import UserError
+from archc.files import read_bytes, read_json, read_text, stat_path
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -35,19 +36,19 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
 MAX_SIDE_FILE = 64 << 20  # a tokenizer.json is a few MB; anything far past that is not one
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path}: {what} must be a regular file")
-    if path.stat().st_size > MAX_SIDE_FILE:
-        raise UserError(f"{path}: {path.stat().st_size:,} bytes is too large for {what}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); fix or remove the file") from None
+# Every file this module reads goes through archc.files (read_bytes and the helpers on it): a FIFO, a
+# directory, a device, a missing or unreadable file, a symlink loop or a name too long is one line
+# naming the file, as for every other input archc reads.
+
+
+def _present(path: Path) -> bool:
+    """Is there something at `path`? Nothing (or a dangling link) is False; a name archc cannot even
+    stat (a symlink loop, too long a name, a parent without permission) is one line."""
+    return stat_path(path) is not None
 
 
 def _json_object(path: Path, what: str) -> dict:
-    data = _read_json(path, what)
+    data = read_json(path, limit=MAX_SIDE_FILE)
     if not isinstance(data, dict):
         raise UserError(f"{path}: {what} must be a JSON object, found {type(data).__name__}")
     return data
@@ -64,10 +65,11 @@ def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
         p = src / name
-        if p.is_file():
-            shutil.copyfile(p, dst / name)
+        if _present(p):  # a FIFO or directory under a tokenizer file's name is refused, not skipped
+            (dst / name).write_bytes(read_bytes(p, limit=MAX_SIDE_FILE))
             copied.append(name)
-    if GENERATION_CONFIG not in copied and (src / "config.json").is_file():
+    config = stat_path(src / "config.json")
+    if GENERATION_CONFIG not in copied and config is not None and stat.S_ISREG(config.st_mode):
         cfg = _json_object(src / "config.json", "config.json")
         gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg.get(k) is not None}
         if gen:
@@ -117,7 +119,7 @@ def special_token_ids(model_dir: str | Path) -> dict[str, list[int]]:
     """{'bos': [...], 'eos': [...], 'pad': [...]} from the directory's generation_config.json (empty lists
     when it has none): what genai_config.json and the stop condition read."""
     p = Path(model_dir) / GENERATION_CONFIG
-    if not p.exists():
+    if not _present(p):
         return {"bos": [], "eos": [], "pad": []}
     gen = _json_object(p, GENERATION_CONFIG)
     return {k: _ids(gen.get(f"{k}_token_id"), f"{p} {k}_token_id") for k in ("bos", "eos", "pad")}
@@ -149,23 +151,22 @@ class Text:
     def load(cls, model_dir: str | Path) -> "Text":
         d = Path(model_dir)
         path = d / TOKENIZER_JSON
-        if not path.exists():
+        if not _present(path):
             raise UserError(f"{d}: no {TOKENIZER_JSON}; copy the model's tokenizer.json (and tokenizer_config.json for "
                             f"--chat, generation_config.json for its stop ids) into {d}, or give token ids with --prompt-ids")
-        if not path.is_file():
-            raise UserError(f"{path}: must be a regular file")
+        raw = read_text(path, limit=MAX_SIDE_FILE)
         from tokenizers import Tokenizer
 
         try:
-            tok = Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_str(raw)
         except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception type for any bad file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{path}: not a tokenizer the `tokenizers` library reads ({first})") from None
         config: dict = {}
         stm = d / "special_tokens_map.json"
-        if stm.exists():
+        if _present(stm):
             config.update(_json_object(stm, "special_tokens_map.json"))
-        if (d / TOKENIZER_CONFIG).exists():
+        if _present(d / TOKENIZER_CONFIG):
             config.update(_json_object(d / TOKENIZER_CONFIG, TOKENIZER_CONFIG))
         text = cls(d, tok, config, _chat_template(d, config))
         text.eos_ids = special_token_ids(d)["eos"]
@@ -211,12 +212,10 @@ class Text:
 
 def _chat_template(d: Path, config: dict) -> str | None:
     jinja = d / CHAT_TEMPLATE_FILE
-    if jinja.exists():
-        if not jinja.is_file() or jinja.stat().st_size > MAX_SIDE_FILE:
-            raise UserError(f"{jinja}: must be a regular file of reasonable size")
-        return jinja.read_text(encoding="utf-8")
+    if _present(jinja):
+        return read_text(jinja, limit=MAX_SIDE_FILE)
     t = config.get("chat_template")
-    if t is None and (d / "chat_template.json").exists():
+    if t is None and _present(d / "chat_template.json"):
         t = _json_object(d / "chat_template.json", "chat_template.json").get("chat_template")
     if t is None or isinstance(t, str):
         return t

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -133,6 +134,7 @@ class Ctx:
     kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
     cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
     quant: QuantSettings = field(default_factory=QuantSettings)  # --quant: projections through MatMulNBits
+    nbits_nodes: set = field(default_factory=set)  # graph nodes whose projections went through MatMulNBits
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: list = field(default_factory=list)
@@ -277,7 +279,18 @@ def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, d
             ctx.env[name] = result
         ctx.lowering.setdefault(name, "portable")
     ctx.scope = ""
+    for name in ctx.nbits_nodes:
+        ctx.lowering[name] = nbits_words(ctx.lowering[name], ctx.quant)
     return ctx
+
+
+def nbits_words(how: str, quant: QuantSettings) -> str:
+    """A node's lowering words once its projections run as MatMulNBits: the MatMul they name becomes
+    `MatMulNBits int4 sym b32` (FusedMatMul and the like untouched); where none is named (attention, the
+    portable lowering), the projections are added: `portable; projections MatMulNBits int4 sym b32`."""
+    words = quant.op_words()
+    named = re.sub(r"(?<![A-Za-z])MatMul(?![A-Za-z])", words, how)
+    return named if named != how else f"{how}; projections {words}"
 
 
 def inputs_of(ctx: Ctx, name: str, port: str) -> list:

@@ -31,11 +31,19 @@ Backends: ort (archc's ONNX export, cuda target, through archc's runner), torch 
 module, eager, simple greedy loop with its KV cache), torch-compile (the module's fast decode path,
 exporters.torch_decode.Decoder: static cache, compiled step, CUDA graphs of several steps),
 hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench.hf) and hf-compile
-(transformers' static cache, whose generate compiles the decode step with torch.compile).
+(transformers' static cache, whose generate compiles the decode step with torch.compile),
+genai / genai-graph (onnxruntime-genai's builder and generator on the same checkpoint, without and with
+CUDA graphs, in its own process: archc.bench.genai).
+
+A Hugging Face directory instead of a spec (`hf_dir`): the ort backends export its checkpoint (as
+`archc compile HF_DIR`) and genai builds from it; the torch and hf backends (seeded init) are refused.
+`quant`: the ort backends export with `--quant` (archc.quant), genai builds with the same bit width,
+block size and scheme (archc.bench.genai.builder_args).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -49,8 +57,11 @@ from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind, PositionIds
 from archc.model_dir import MODEL_FILE
 
-BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile")
-ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"), "all": tuple(b for b in BACKENDS if b != "ort-nograph")}
+BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile", "genai", "genai-graph")
+GENAI_BACKENDS = ("genai", "genai-graph")  # need onnxruntime-genai (archc.bench.genai), so not in `all`
+ALIASES = {"hf": ("hf-eager", "hf-sdpa", "hf-compile"),
+           "all": tuple(b for b in BACKENDS if b != "ort-nograph" and b not in GENAI_BACKENDS)}
+CHECKPOINT_BACKENDS = ("ort", "ort-nograph", "genai", "genai-graph")  # those that run a Hugging Face directory's weights
 
 
 def parse_backends(text: str) -> list[str]:
@@ -165,9 +176,10 @@ def logits_for(graph: ComponentGraph, shape: Shape) -> str:
     return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"
 
 
-def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str) -> Path:
+def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None) -> Path:
     """Where the ort backend keeps (and looks for) its export, so a runner can export ahead of time."""
-    return Path(work_dir) / (f"{graph.spec.name}-{target}-{dtype}" + ("-logits-last" if logits == "last" else ""))
+    q = f"-{quant.short().replace(' ', '-').replace('+', '')}" if quant is not None and quant.active else ""
+    return Path(work_dir) / (f"{graph.spec.name}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else ""))
 
 
 def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
@@ -388,10 +400,16 @@ class OrtBackend(Backend):
         b = self.bench
         target = "cuda" if b.cuda else "portable"
         self.logits = logits_for(b.graph, b.shape)
-        model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits)
+        model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant)
         if not (model_dir / MODEL_FILE).exists():
-            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits), "cpu")
+            weights = str(b.hf_dir) if b.hf_dir is not None else None
+            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits, weights=weights,
+                                       quant=b.quant), "cpu")
+            b.export_s[model_dir.name] = t
             b.log(f"  exported {model_dir.name} in {t:.1f} s")
+        from archc.bench.genai import model_bytes
+
+        self.export_s, self.model_bytes = b.export_s.get(model_dir.name), model_bytes(model_dir)
         self.model_dir = model_dir
         self.session = Session(model_dir, device="cuda" if b.cuda else "cpu", cuda_graph=self.cuda_graph)
         if b.cuda and self.session.device != "cuda":
@@ -418,7 +436,65 @@ class OrtNoGraphBackend(OrtBackend):
     name, cuda_graph = "ort-nograph", False
 
 
-BACKEND_CLASSES = {c.name: c for c in (OrtBackend, OrtNoGraphBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend, HfCompileBackend)}
+class GenaiBackend(Backend):
+    """onnxruntime-genai: its builder's export of the same checkpoint (built once per precision, shared
+    by genai and genai-graph), its generator in a worker process of genai's python (archc.bench.genai).
+    The worker does the timed calls itself (timed_runs), so no inter-process hop is inside a timing."""
+
+    name = "genai"
+    memory = "device"
+    cuda_graph = False
+
+    def setup(self):
+        from archc.bench import genai
+
+        b = self.bench
+        if self.cuda_graph and not b.cuda:
+            raise RuntimeError("CUDA graphs need --device cuda")
+        python = genai.genai_python()
+        hf_dir = b.hf_dir
+        if hf_dir is None:  # the spec's seeded init, written once for both genai backends
+            from archc.bench.hf import hf_equivalent
+
+            eq = hf_equivalent(b.graph)
+            if isinstance(eq, str):
+                raise RuntimeError(f"no Hugging Face type holds this spec for genai's builder: {eq}")
+            hf_dir = genai.seeded_hf_dir(b.graph, b.work_dir / "hf-seeded", b.dtype)
+        genai.check_hf_dir(hf_dir)
+        args = genai.builder_args(b.dtype, "cuda" if b.cuda else "cpu", b.quant)
+        out = b.work_dir / ("genai-" + "-".join(a.lstrip("-").replace("=", "").replace("/", "") for a in args if a != "--extra_options"))
+        built = genai.build(python, hf_dir, out, args, log=b.log)
+        b.export_s.setdefault(out.name, built.export_s)
+        self.export_s, self.model_bytes = b.export_s[out.name], built.model_bytes
+        eos = json.loads((built.model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
+        self.eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)  # genai holds these off to make N tokens
+        self.worker = genai.Worker(python, b.work_dir / f"{self.name}.stderr")
+        self.version = self.worker.ask({"op": "load", "model_dir": str(built.model_dir), "device": "cuda" if b.cuda else "cpu",
+                                        "cuda_graph": self.cuda_graph}, timeout_s=b.genai_timeout_s)["version"]
+
+    def timed_runs(self, ids, shape: Shape, warmup: int, prefill_repeats: int, repeats: int):
+        """(prefill seconds, generate seconds, [B, N] tokens), timed in the worker as _measure times the others."""
+        import torch
+
+        r = self.worker.ask({"op": "measure", "prompts": ids.tolist(), "new_tokens": shape.new_tokens, "warmup": warmup,
+                             "prefill_repeats": prefill_repeats, "repeats": repeats}, timeout_s=self.bench.genai_timeout_s)
+        return r["prefill_s"], r["generate_s"], torch.tensor(r["tokens"])
+
+    def close(self):
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.close()
+            self.worker = None
+
+
+class GenaiGraphBackend(GenaiBackend):
+    """genai with enable_cuda_graph=1 (its decode step captured; static [batch, max_length] buffers)."""
+
+    name, cuda_graph = "genai-graph", True
+
+
+BACKEND_CLASSES = {c.name: c for c in (OrtBackend, OrtNoGraphBackend, TorchBackend, TorchCompileBackend, HfEagerBackend, HfSdpaBackend,
+                                       HfCompileBackend, GenaiBackend, GenaiGraphBackend)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +517,9 @@ class BackendResult:
     wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
     logits: str | None = None  # ort backends: the export's --logits (all | last), see logits_for
     head_positions: str | None = None  # torch backends: the prefill head on `all` positions or the `last` one (logits_for)
+    tokens_note: str | None = None  # why tokens_agree stopped short, where the harness knows (genai: the eos it masks)
+    export_s: float | None = None  # ort / genai: seconds the export (archc) or the builder (genai) took
+    model_bytes: int | None = None  # ort / genai: the model's ONNX files on disk (graph + external data)
     error: str | None = None
 
 
@@ -449,7 +528,8 @@ class Bench:
 
     def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
                  repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
-                 seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None):
+                 seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None,
+                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0):
         import torch
 
         if dtype not in SHORT_WORDS:
@@ -460,6 +540,19 @@ class Bench:
             raise UserError("--device cuda: torch sees no CUDA device here; use --device cpu")
         self.torch_dtype = DType.from_short(dtype).to_torch()
         self.backend_names = list(backends)
+        self.hf_dir = Path(hf_dir) if hf_dir is not None else None  # the checkpoint the ort and genai backends run
+        if self.hf_dir is not None:
+            other = [n for n in self.backend_names if n not in CHECKPOINT_BACKENDS]
+            if other:
+                raise UserError(f"--backends {','.join(other)}: run the spec's seeded init, not a Hugging Face directory's weights; "
+                                f"with a directory use {', '.join(CHECKPOINT_BACKENDS)}")
+        self.quant = quant if quant is not None and quant.active else None  # archc.quant.QuantSettings
+        if self.quant is not None:
+            other = [n for n in self.backend_names if n not in CHECKPOINT_BACKENDS]
+            if other:
+                raise UserError(f"--quant: the {','.join(other)} backends have no quantized form; use {', '.join(CHECKPOINT_BACKENDS)}")
+        self.genai_timeout_s = genai_timeout_s  # per request to the genai worker (load, or one shape's runs)
+        self.export_s: dict[str, float] = {}  # export / build seconds by output directory name (timed once)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
         self.backend_repeats = dict(backend_repeats or {})  # timed generate runs per backend name, overriding `repeats`
         self._own_work_dir = work_dir is None  # a temporary one is removed by close()
@@ -537,6 +630,7 @@ class Bench:
                 r.setup_s = be.setup_s
                 r.logits = getattr(be, "logits", None)
                 r.head_positions = getattr(be, "head_positions", None)
+                r.export_s, r.model_bytes = getattr(be, "export_s", None), getattr(be, "model_bytes", None)
                 self._measure(be, ids, mask, shape, r)
                 toks = self._last_tokens
                 if ref is None:
@@ -544,6 +638,10 @@ class Bench:
                 else:
                     same = (toks.cpu() == ref.cpu()).all(0).tolist()
                     r.tokens_agree = next((i for i, s in enumerate(same) if not s), len(same))
+                    eos = getattr(be, "eos_ids", ())
+                    if r.tokens_agree < len(same) and set(ref[:, r.tokens_agree].tolist()) & set(eos):
+                        r.tokens_note = (f"the reference picked eos ({', '.join(map(str, eos))}) at token {r.tokens_agree}; "
+                                         f"{name} runs on past it, its eos masked (min_length)")
             except UserError:
                 raise
             except Exception as e:  # a backend that cannot run this spec is reported, not fatal
@@ -571,18 +669,25 @@ class Bench:
         import torch
 
         N = shape.new_tokens
-        warm_n = N if be.warmup > 1 else min(N, 8)  # compiled backends: the exact shapes they will see
-        for _ in range(be.warmup):
-            be.generate(ids, mask, 1)
-            be.generate(ids, mask, warm_n)
+        repeats = self.backend_repeats.get(be.name, self.repeats)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
-        t1 = [wall(lambda: be.generate(ids, mask, 1), self.device)[0] for _ in range(self.prefill_repeats)]
-        tn = []
-        for _ in range(self.backend_repeats.get(be.name, self.repeats)):
-            t, out = wall(lambda: be.generate(ids, mask, N), self.device)
-            tn.append(t)
+        if hasattr(be, "timed_runs"):  # a backend in another process times its own calls, the same way as below
+            t1, tn, out = be.timed_runs(ids, shape, be.warmup, self.prefill_repeats, repeats)
+        else:
+            warm_n = N if be.warmup > 1 else min(N, 8)  # compiled backends: the exact shapes they will see
+            for _ in range(be.warmup):
+                be.generate(ids, mask, 1)
+                be.generate(ids, mask, warm_n)
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            t1 = [wall(lambda: be.generate(ids, mask, 1), self.device)[0] for _ in range(self.prefill_repeats)]
+            tn = []
+            for _ in range(repeats):
+                t, out = wall(lambda: be.generate(ids, mask, N), self.device)
+                tn.append(t)
         out = torch.as_tensor(out)
         if tuple(out.shape) != (shape.batch, N):
             raise RuntimeError(f"{be.name} returned {tuple(out.shape)} ids, expected {(shape.batch, N)}")

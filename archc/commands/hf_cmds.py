@@ -153,15 +153,17 @@ def export_hf_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Init seed for a spec's seeded weights (overrides init.seed).")] = None,
     sets: SetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB, 2GiB (transformers' save_pretrained default: 50GB); a larger model is written as shards with model.safetensors.index.json.")] = "50GB",  # archc.hf.export.DEFAULT_MAX_SHARD_SIZE
 ) -> None:
     from archc.hf import SUPPORTED_TYPES
-    from archc.hf.export import DTYPES
+    from archc.hf.export import DTYPES, parse_shard_size
 
     # argument checks first: nothing heavy is imported before they pass
     if model_type is not None and model_type not in SUPPORTED_TYPES:
         raise UserError(f"--model-type {model_type}: choose one of {', '.join(SUPPORTED_TYPES)}")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    parse_shard_size(max_shard_size)
     if weights is not None and not weights.is_file():
         raise UserError(f"--weights {weights}: no such file; give a safetensors file of archc parameter names")
     from archc.atomic import check_dir_target
@@ -179,7 +181,7 @@ def export_hf_cmd(
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         result = export_hf(graph, output, get, model_type=model_type, dtype=dtype, force=force, source_dir=source_dir,
-                           protect=inputs)
+                           protect=inputs, max_shard_size=max_shard_size)
     finally:
         signal.signal(signal.SIGTERM, previous)
     from rich.console import Console
@@ -188,4 +190,5 @@ def export_hf_cmd(
     tok = f", tokenizer: {', '.join(result.copied)}" if result.copied else ""
     Console(highlight=False, soft_wrap=True).print(escape(
         f"wrote {output} (model_type {result.model_type}, {result.n_tensors} tensors, {result.dtype}, "
-        f"{result.data_bytes / 2**20:.1f} MiB; weights: {what}{tok})"))
+        f"{result.data_bytes / 2**20:.1f} MiB" + (f" in {result.shards} shards" if result.shards > 1 else "")
+        + f"; weights: {what}{tok})"))

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,7 @@ from typing import Any, Callable
 from archc import text as _text
 from archc.dtypes import DType
 from archc.errors import UserError
+from archc.files import read_bytes, stat_path
 from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
 from archc.hf.common import Cfg, Family, Rule
 
@@ -62,9 +62,27 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+def _float32(x: float) -> float:
+    import struct
+
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
 def _architecture(resolved: dict) -> dict[str, Any]:
     flat = _flat({k: v for k, v in resolved.items() if k not in _NOT_COMPARED_TOP})
     return {k: v for k, v in flat.items() if k not in _NOT_COMPARED}
+
+
+def _comparable(resolved: dict) -> dict[str, Any]:
+    """_architecture with each axis as what the model computes with, where spellings differ."""
+    out = _architecture(resolved)
+    m = out.get("embedding.multiplier")
+    if m is not None:
+        # The factor the embedding is multiplied by, not its spelling: a number equal to sqrt(d_model) is
+        # Gemma's scale. transformers holds that scale as a float32 scalar (GemmaTextScaledWordEmbedding),
+        # so two spellings that round to the same float32 are the same model.
+        out["embedding.multiplier"] = _float32(math.sqrt(resolved["d_model"]) if m == "sqrt_d_model" else float(m))
+    return out
 
 
 def _show(value: Any) -> str:
@@ -80,10 +98,14 @@ def _differences(spec, family: Family, config: dict) -> list[str]:
     except UserError as e:  # a config the import refuses: its message names the field
         return [str(e)]
     want, got = _architecture(spec.to_yaml_dict()), _architecture(back.to_yaml_dict())
+    same_a, same_b = _comparable(spec.to_yaml_dict()), _comparable(back.to_yaml_dict())
     out = []
     for axis in dict.fromkeys([*want, *got]):
-        if want.get(axis) != got.get(axis):
-            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {_show(got.get(axis))})")
+        if same_a.get(axis) != same_b.get(axis):
+            gives = _show(got.get(axis))
+            if got.get(axis) == "sqrt_d_model":
+                gives += f" = {same_b[axis]:.7g}"
+            out.append(f"{axis}={_show(want.get(axis))} ({family.model_type} would give {gives})")
     return out
 
 
@@ -216,22 +238,74 @@ def write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...]]], dt
     return offset
 
 
-def _regular(p: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(p).st_mode)
-    except OSError:
-        return False
+# Sharding as transformers' save_pretrained does it (huggingface_hub.split_torch_state_dict_into_shards):
+# tensors in order, a new shard when the next one would pass the limit, a tensor larger than the limit
+# alone in its shard; model-00001-of-0000N.safetensors and model.safetensors.index.json (sorted keys,
+# indent 2). One shard is model.safetensors with no index. The default is transformers 5.x's.
+DEFAULT_MAX_SHARD_SIZE = "50GB"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+_SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3,  # huggingface_hub's (decimal)
+               "TIB": 2**40, "GIB": 2**30, "MIB": 2**20, "KIB": 2**10}
+
+
+def parse_shard_size(text: str | int) -> int:
+    """'50GB', '500MB', '2GiB' or a number of bytes -> bytes (units as huggingface_hub's, plus the binary ones)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([KMGT]i?B)?\s*", str(text), re.IGNORECASE)
+        if m is None:
+            raise UserError(f"--max-shard-size {text}: give a size such as 5GB, 500MB, 2GiB or a number of bytes")
+        value = int(float(m.group(1)) * (_SIZE_UNITS[m.group(2).upper()] if m.group(2) else 1))
+    if value < 1:
+        raise UserError(f"--max-shard-size {text}: must be at least 1 byte")
+    return value
+
+
+def plan_shards(entries: list[tuple[str, tuple[int, ...]]], itemsize: int, max_bytes: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """The tensors split into shards the way huggingface_hub splits a state dict (see above)."""
+    shards: list[list[tuple[str, tuple[int, ...]]]] = []
+    current: list[tuple[str, tuple[int, ...]]] = []
+    size = 0
+    for name, shape in entries:
+        n = math.prod(shape) * itemsize
+        if n > max_bytes:
+            shards.append([(name, shape)])
+            continue
+        if size + n > max_bytes and current:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape))
+        size += n
+    if current:
+        shards.append(current)
+    return shards or [[]]
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return [SAFE_WEIGHTS_NAME]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+# The source directory's side files are read through archc.files, as archc.text reads them: absent is
+# fine; a FIFO, a directory, a symlink loop, an unreadable file or broken JSON under a side file's name is
+# one line naming it (it was skipped silently, and the export came out without its tokenizer).
+
+
+def _side_bytes(p: Path) -> bytes | None:
+    """A side file's bytes, None when nothing is there."""
+    if stat_path(p) is None:
+        return None
+    return read_bytes(p, limit=_text.MAX_SIDE_FILE)
 
 
 def _read_json(p: Path) -> dict | None:
-    """A side file's JSON object, or None when it is absent, not a regular file, too large or not an object."""
-    if not _regular(p) or p.stat().st_size > _text.MAX_SIDE_FILE:
+    """A side file's JSON object, None when nothing is there."""
+    if stat_path(p) is None:
         return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _text._json_object(p, p.name)
 
 
 def _ids_value(value: Any) -> bool:
@@ -292,14 +366,17 @@ class ExportHfResult:
     data_bytes: int
     dtype: str
     copied: list[str]
+    shards: int = 1
 
 
 def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, model_type: str | None = None,
               dtype: str | None = None, force: bool = False, source_dir: Path | None = None,
-              protect: tuple[Path, ...] = (), _fail_after: int | None = None) -> ExportHfResult:
-    """Write config.json, model.safetensors, generation_config.json (and the tokenizer files found in
-    `source_dir`) into `out_dir`, atomically (archc.atomic.write_dir_atomic): refused unless new or empty,
-    or `force`; never onto `protect` (the inputs). `get(full)` gives each graph parameter.
+              protect: tuple[Path, ...] = (), max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+              _fail_after: int | None = None) -> ExportHfResult:
+    """Write config.json, model.safetensors (or shards of at most `max_shard_size` and their
+    model.safetensors.index.json, as save_pretrained), generation_config.json (and the tokenizer files
+    found in `source_dir`) into `out_dir`, atomically (archc.atomic.write_dir_atomic): refused unless new
+    or empty, or `force`; never onto `protect` (the inputs). `get(full)` gives each graph parameter.
     `_fail_after` (tests): raise after that many tensors, to prove an interruption leaves nothing."""
     from archc.atomic import write_dir_atomic
 
@@ -307,6 +384,7 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
     dtype = dtype or spec.dtype.value
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    max_bytes = parse_shard_size(max_shard_size)
     family, config = hf_config(spec, model_type, dtype)
     ids = special_token_ids(source_dir)
     # without a tokenizer the ids are unknown: null, not the config class's defaults (GPT-2's 50256 may
@@ -322,6 +400,8 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
         return tuple(rule.join(parts).shape)
 
     entries = [(name, planned_shape(rule)) for name, rule in rules.items()]
+    shards = plan_shards(entries, DType(dtype).itemsize, max_bytes)
+    files = shard_names(len(shards))
     _check_space(Path(out_dir), sum(math.prod(shape) for _, shape in entries) * DType(dtype).itemsize)
     done = [0]
 
@@ -337,18 +417,24 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
 
     def fill(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        written[0] = write_safetensors(tmp / "model.safetensors", entries, dtype, produce)
+        for file, shard in zip(files, shards):
+            written[0] += write_safetensors(tmp / file, shard, dtype, produce)
+        if len(shards) > 1:  # the index save_pretrained writes (its key order and indent)
+            index = {"metadata": {"total_parameters": sum(math.prod(shape) for _, shape in entries), "total_size": written[0]},
+                     "weight_map": {name: file for file, shard in zip(files, shards) for name, _ in shard}}
+            (tmp / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         given = source_dir / "generation_config.json" if source_dir is not None else None
         if given is not None and _read_json(given) is not None:  # the source's, byte for byte
-            shutil.copyfile(given, tmp / "generation_config.json")
+            (tmp / "generation_config.json").write_bytes(read_bytes(given, limit=_text.MAX_SIDE_FILE))
             copied.append("generation_config.json")
         else:  # one naming the tokenizer's special ids, as transformers derives it from config.json
             (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2) + "\n",
                                                         encoding="utf-8")
         for name in TOKENIZER_FILES if source_dir is not None else ():
-            if _regular(source_dir / name):
-                shutil.copyfile(source_dir / name, tmp / name)
+            raw = _side_bytes(source_dir / name)
+            if raw is not None:
+                (tmp / name).write_bytes(raw)
                 copied.append(name)
 
     write_dir_atomic(Path(out_dir), fill, force=force, label=f"-o {out_dir}", protect=protect)
-    return ExportHfResult(Path(out_dir), family.model_type, len(entries), written[0], dtype, copied)
+    return ExportHfResult(Path(out_dir), family.model_type, len(entries), written[0], dtype, copied, len(shards))

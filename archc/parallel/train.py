@@ -1,7 +1,8 @@
 """`archc train --parallel fsdp|tp|fsdp+tp`: archc.train's loop, spread over the processes torchrun started.
 
-The single-process loop (archc.train.loop) stays the reference; this one reuses its pieces (data,
-run folder, recipe, precision, signals, log and plot) and changes only what spreading needs:
+The single-process loop (archc.train.loop) stays the reference: this module runs the same loop body
+(archc.train.loop.run_steps: stepping, evaluation, log, plot, progress, signals) and the same run
+folder, recipe and precision, and supplies only what spreading changes (archc.train.loop.LoopHooks):
 
 - the model is built whole on each rank, then sharded (archc.parallel.apply.parallelize) before
   the optimizer is made (torchtitan's order);
@@ -10,52 +11,47 @@ run folder, recipe, precision, signals, log and plot) and changes only what spre
   run resumes at any world size;
 - checkpoints are DCP folders (archc.parallel.checkpoint) at the run's usual places
   (checkpoints/step-N, checkpoints/latest); `archc compile DIR` consolidates them;
-- rank 0 alone writes the log, the plot and the pointer to the latest checkpoint.
+- the processes agree on the loss (a mean over data-parallel ranks) and on stopping (any signalled
+  process stops all);
+- rank 0 alone writes the log, the plot, the progress and the pointer to the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from archc.errors import UserError
 from archc.memory_plan import ParallelKind
-from archc.train.loop import (TrainConfig, TrainInterrupted, TrainResult, _read_log, _write_plot, autocast_for,
-                              build_train_model, check_resume_matches, prepare_out, stop_on_signals, write_run_files)
+from archc.train.loop import (LoopHooks, TrainConfig, TrainResult, autocast_for, build_train_model, check_options,
+                              check_resume_matches, prepare_out, run_steps, write_run_files)
 
 
 def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> TrainResult:
+    import os
+
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Partial
 
     import archc
-    from archc.atomic import write_text_atomic
     from archc.parallel import checkpoint as dcp_ckpt
     from archc.parallel.apply import Layout, clip_grad_norm, degrees, init_from_env, make_mesh, parallelize
     from archc.parallel.optim import build_optimizer
     from archc.parallel.sharding import make_plan
-    from archc.train.checkpoint import KEEP, checkpoint_dir, latest_checkpoint
+    from archc.train.checkpoint import checkpoint_dir, latest_checkpoint, point_latest, step_name
     from archc.train.data import DataPosition, open_data
     from archc.training import build_scheduler
 
     spec = cfg.spec
-    for name, v in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--seq-len", cfg.seq_len), ("--grad-accum", cfg.grad_accum)):
-        if v < 1:
-            raise UserError(f"{name} {v}: must be at least 1")
-    if cfg.seq_len > spec.max_seq_len:
-        raise UserError(f"--seq-len {cfg.seq_len} is beyond the spec's max_seq_len {spec.max_seq_len}; pass --seq-len {spec.max_seq_len} or less")
+    check_options(cfg)
     if cfg.compile:
         raise UserError("--compile is not supported with --parallel yet; drop one of them")
-    if not dist.is_available() or "RANK" not in __import__("os").environ:
+    if not dist.is_available() or "RANK" not in os.environ:
         raise UserError(f"--parallel {kind.value}: launch with torchrun, e.g. torchrun --nproc-per-node 2 -m archc.cli train ...")
     device_type = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device.startswith("cuda") else "cpu"
     graph = archc.compile(spec)
-    world = int(__import__("os").environ["WORLD_SIZE"])
+    world = int(os.environ["WORLD_SIZE"])
     dp, tp_deg = degrees(kind, world, tp)
     make_plan(graph, tp_deg)  # refuse an impossible plan before any process group exists
     if cfg.batch % dp:
@@ -100,14 +96,6 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
         step, tokens = int(state["step"]), int(state["tokens"])
         data.train.position = DataPosition(**state["data"])
 
-    amp = autocast_for(device)
-    log_path = cfg.out / "log.jsonl"
-    records = _read_log(log_path, step)
-    if rank == 0:
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    val_batches = data.val.fixed_batches(cfg.batch, cfg.eval_batches) if data.val else []
-    tokens_per_step = cfg.batch * cfg.seq_len * cfg.grad_accum
-
     def local(arr):
         """This rank's data-parallel share of a global batch, on the device."""
         return torch.from_numpy(arr).chunk(dp)[layout.dp_rank].to(device, non_blocking=True)
@@ -117,89 +105,27 @@ def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> Trai
             return float(x)
         return float(DTensor.from_local(x.detach().reshape(()), layout.dp_mesh, [Partial("avg")]).full_tensor())
 
-    def evaluate() -> float | None:
-        if not val_batches:
-            return None
-        model.eval()
-        total = 0.0
-        with torch.no_grad(), amp:
-            for b in val_batches:
-                t = local(b)
-                total += global_mean(model.loss(t[:, :-1], t[:, 1:]))
-        model.train()
-        return total / len(val_batches)
-
-    def save() -> Path:
-        name = f"step-{step:08d}"
+    def save(step: int, tokens: int) -> Path:
+        name = step_name(step)
         train_state = {"step": step, "tokens": tokens, "scheduler": scheduler.state_dict(), "data": asdict(data.train.position),
                        "parallel": {"kind": kind.value, "dp": dp, "tp": tp_deg}}
         path = dcp_ckpt.save(checkpoint_dir(cfg.out) / name, model, optimizer, graph, train_state)
         if rank == 0:
-            write_text_atomic(checkpoint_dir(cfg.out) / "latest", name + "\n")
-            _write_plot(cfg.out, records)
-            olds = sorted(p for p in checkpoint_dir(cfg.out).iterdir() if p.is_dir() and p.name.startswith("step-") and p.name < name)
-            for old in olds[: max(0, len(olds) - (KEEP - 1))]:  # as archc.train keeps them: the newest KEEP
-                shutil.rmtree(old, ignore_errors=True)
+            point_latest(cfg.out, name)
         dist.barrier()
         return path
 
-    def log(record: dict) -> None:
-        records.append(record)
-        if rank == 0:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    last_loss, val_loss, ckpt_path = None, None, None
-    t_start, step0 = time.perf_counter(), step
     cpu_group = dist.new_group(backend="gloo")  # the stop flag lives on the CPU whatever the device
-    with stop_on_signals() as stop:
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            total = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
-                batch = local(data.train.next_batch(cfg.batch))
-                with amp:
-                    loss = model.loss(batch[:, :-1], batch[:, 1:])
-                (loss / cfg.grad_accum).backward()
-                total += loss.detach()
-            grad_norm = clip_grad_norm(list(model.parameters()), spec.training.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += tokens_per_step
-            last_loss = global_mean(total) / cfg.grad_accum
-            dt = time.perf_counter() - t0
-            rec = {"step": step, "loss": last_loss, "lr": lr, "tokens": tokens, "tok_s": tokens_per_step / dt,
-                   "elapsed_s": time.perf_counter() - t_start, "world": world}
-            if grad_norm is not None:
-                rec["grad_norm"] = grad_norm
-            log(rec)
-            if not math.isfinite(last_loss):
-                raise UserError(f"loss became {last_loss} at step {step}; lower the learning rate (--set training.optimizer.lr=...)")
-            evaluating = step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)
-            if evaluating:
-                val_loss = evaluate()
-                if val_loss is not None:
-                    log({"step": step, "val_loss": val_loss})
-                if rank == 0:
-                    print(f"step {step}/{cfg.steps}  loss {last_loss:.4f}" + (f"  val {val_loss:.4f}" if val_loss is not None else "")
-                          + f"  {(step - step0) * tokens_per_step / (time.perf_counter() - t_start):,.0f} tok/s", flush=True)
-            # A signal reaches the ranks at different moments: they agree (any rank stopped -> all stop) before
-            # the collective save, so none is left waiting in another step's collectives.
-            stopped = torch.tensor([1 if stop["signal"] else 0])
-            dist.all_reduce(stopped, op=dist.ReduceOp.MAX, group=cpu_group)
-            if stopped.item() and not stop["signal"]:
-                stop["signal"] = "SIGTERM"
-            saving = step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and evaluating)
-            if saving or stop["signal"]:
-                ckpt_path = save()
-            if stop["signal"]:
-                raise TrainInterrupted(TrainResult(step, tokens, last_loss, val_loss, ckpt_path, True, records), stop["signal"])
-    if ckpt_path is None:
-        ckpt_path = latest_checkpoint(cfg.out)
-    return TrainResult(step, tokens, last_loss, val_loss, ckpt_path, False, records)
+
+    def any_stopped(mine: bool) -> bool:
+        flag = torch.tensor([1 if mine else 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=cpu_group)
+        return bool(flag.item())
+
+    hooks = LoopHooks(to_device=local, mean=global_mean, clip=lambda: clip_grad_norm(list(model.parameters()), spec.training.grad_clip),
+                      save=save, any_stopped=any_stopped, writer=rank == 0, record={"world": world})
+    return run_steps(cfg, hooks, loss_fn=model.loss, optimizer=optimizer, scheduler=scheduler, data=data, step=step,
+                     tokens=tokens, model=model, amp=autocast_for(device))
 
 
 def finish() -> None:

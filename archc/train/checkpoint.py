@@ -45,7 +45,7 @@ def save_checkpoint(out: Path, step: int, model_state: dict, train_state: dict) 
 
     root = checkpoint_dir(out)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
+    name = step_name(step)
     final, tmp = root / name, root / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -56,11 +56,21 @@ def save_checkpoint(out: Path, step: int, model_state: dict, train_state: dict) 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    point_latest(out, name)
+    return final
+
+
+def point_latest(out: Path, name: str) -> None:
+    """Make the complete checkpoint folder `name` the latest, then remove all but the newest KEEP."""
+    root = checkpoint_dir(out)
     write_text_atomic(root / "latest", name + "\n")
     olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name < name)
     for old in olds[: max(0, len(olds) - (KEEP - 1))]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
 
 
 def load_model_weights(path: Path) -> dict:

@@ -266,19 +266,11 @@ def _write_plot(out: Path, records: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# The loop
+# The loop: one body for one process and for torchrun's (archc.parallel.train)
 
 
-def train(cfg: TrainConfig, *, parallelize: Callable | None = None) -> TrainResult:
-    """Run (or resume) training as `cfg` says; `parallelize(model) -> model` runs between building
-    the model and creating the optimizer. Raises TrainInterrupted after saving on SIGINT/SIGTERM."""
-    import numpy as np
-    import torch
-
-    import archc
-    from archc.train.checkpoint import latest_checkpoint, load_model_weights, load_train_state, save_checkpoint
-    from archc.training import build_optimizer, build_scheduler, clip_gradients
-
+def check_options(cfg: TrainConfig) -> None:
+    """The run options a loop checks before it opens data or a process group."""
     spec = cfg.spec
     for name, v in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--seq-len", cfg.seq_len), ("--grad-accum", cfg.grad_accum)):
         if v < 1:
@@ -288,6 +280,150 @@ def train(cfg: TrainConfig, *, parallelize: Callable | None = None) -> TrainResu
                         f"pass --seq-len {spec.max_seq_len} or less (or --set max_seq_len=...)")
     if not 0 <= cfg.val_fraction < 1:
         raise UserError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1)")
+
+
+class RunLog:
+    """DIR/log.jsonl and the records behind the plot. A resumed run drops the records after its
+    checkpoint; only the writer (rank 0 under torchrun) touches the files."""
+
+    def __init__(self, out: Path, upto: int, writer: bool):
+        self.out, self.writer = out, writer
+        self.path = out / "log.jsonl"
+        self.records: list[dict] = []
+        if writer:  # the others would read the file while the writer rewrites it; they keep only new records
+            self.records = _read_log(self.path, upto)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        if self.writer:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        if self.writer:
+            _write_plot(self.out, self.records)
+
+
+@dataclass
+class LoopHooks:
+    """What spreading over processes changes in the loop; `one_process` gives the plain loop's.
+
+    to_device   a batch of ids (numpy) -> this process's share of it on the device
+    mean        a loss tensor of this process -> the float every process agrees on
+    clip        clip the gradients at the spec's grad_clip -> the norm before clipping (None: no clip)
+    save        (step, tokens) -> the checkpoint folder written (every process calls it)
+    any_stopped this process's stop flag -> whether any process was stopped by a signal
+    writer      this process writes the log, the plot and the progress
+    record      fields added to every step's log record (e.g. the world size)
+    """
+
+    to_device: Callable
+    mean: Callable
+    clip: Callable[[], Optional[float]]
+    save: Callable[[int, int], Path]
+    any_stopped: Callable[[bool], bool] = bool
+    writer: bool = True
+    record: dict = field(default_factory=dict)
+
+
+def run_steps(cfg: TrainConfig, hooks: LoopHooks, *, loss_fn, optimizer, scheduler, data, step: int, tokens: int,
+              model, amp) -> TrainResult:
+    """Step from `step` to cfg.steps: accumulate, clip, step, log, evaluate and save as cfg says.
+    Raises TrainInterrupted after saving on SIGINT/SIGTERM (any process's, under torchrun)."""
+    import torch
+
+    from archc.train.checkpoint import latest_checkpoint
+
+    log = RunLog(cfg.out, step, hooks.writer)
+    val_batches = data.val.fixed_batches(cfg.batch, cfg.eval_batches) if data.val else []
+    tokens_per_step = cfg.batch * cfg.seq_len * cfg.grad_accum
+
+    def evaluate() -> float | None:
+        if not val_batches:
+            return None
+        model.eval()
+        total = 0.0
+        with torch.no_grad(), amp:
+            for b in val_batches:
+                t = hooks.to_device(b)
+                total += hooks.mean(loss_fn(t[:, :-1], t[:, 1:]))
+        model.train()
+        return total / len(val_batches)
+
+    def save() -> Path:
+        path = hooks.save(step, tokens)
+        log.plot()
+        return path
+
+    live = hooks.writer and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
+    progress = _Progress(cfg.steps, step, live)
+    last_loss, val_loss, ckpt_path = None, None, None
+    t_start, step0 = time.perf_counter(), step
+    try:
+        with stop_on_signals() as stop:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                total = None
+                for _ in range(cfg.grad_accum):
+                    batch = hooks.to_device(data.train.next_batch(cfg.batch))
+                    with amp:
+                        loss = loss_fn(batch[:, :-1], batch[:, 1:])
+                    (loss / cfg.grad_accum).backward()
+                    total = loss.detach() if total is None else total + loss.detach()
+                grad_norm = hooks.clip()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens += tokens_per_step
+                last_loss = hooks.mean(total) / cfg.grad_accum
+                dt = time.perf_counter() - t0
+                rec = {"step": step, "loss": last_loss, "lr": lr, "tokens": tokens, "tok_s": tokens_per_step / dt,
+                       "elapsed_s": time.perf_counter() - t_start, **hooks.record}
+                if grad_norm is not None:
+                    rec["grad_norm"] = grad_norm
+                log.append(rec)
+                progress.update(step, last_loss, tokens_per_step / dt, lr)
+                if not math.isfinite(last_loss):
+                    raise UserError(f"loss became {last_loss} at step {step}; lower the learning rate (--set training.optimizer.lr=...)")
+                evaluating = step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)
+                if evaluating:
+                    val_loss = evaluate()
+                    if val_loss is not None:
+                        log.append({"step": step, "val_loss": val_loss})
+                    if hooks.writer and not live:
+                        progress.note(f"step {step}/{cfg.steps}  loss {last_loss:.4f}" + (f"  val {val_loss:.4f}" if val_loss is not None else "")
+                                      + f"  {(step - step0) * tokens_per_step / (time.perf_counter() - t_start):,.0f} tok/s")
+                # Under torchrun a signal reaches the processes at different moments: they agree (any
+                # stopped -> all stop) before the collective save, so none waits in another step's collectives.
+                if hooks.any_stopped(bool(stop["signal"])) and not stop["signal"]:
+                    stop["signal"] = "SIGTERM"
+                saving = step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and evaluating)
+                if saving or stop["signal"]:
+                    ckpt_path = save()
+                if stop["signal"]:
+                    raise TrainInterrupted(TrainResult(step, tokens, last_loss, val_loss, ckpt_path, True, log.records), stop["signal"])
+            if ckpt_path is None:  # nothing left to do (resumed at the last step): the latest checkpoint stands
+                ckpt_path = latest_checkpoint(cfg.out)
+                log.plot()
+    finally:
+        progress.close()
+    return TrainResult(step, tokens, last_loss, val_loss, ckpt_path, False, log.records)
+
+
+def train(cfg: TrainConfig, *, parallelize: Callable | None = None) -> TrainResult:
+    """Run (or resume) training as `cfg` says; `parallelize(model) -> model` runs between building
+    the model and creating the optimizer. Raises TrainInterrupted after saving on SIGINT/SIGTERM."""
+    import torch
+
+    import archc
+    from archc.train.checkpoint import latest_checkpoint, load_model_weights, load_train_state, save_checkpoint
+    from archc.training import build_optimizer, build_scheduler, clip_gradients
+
+    spec = cfg.spec
+    check_options(cfg)
     device = pick_device(cfg.device)
     data = open_data(cfg.data, vocab_size=spec.vocab_size, seq_len=cfg.seq_len, seed=spec.init.seed,
                      val_fraction=cfg.val_fraction, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)
@@ -325,93 +461,14 @@ def train(cfg: TrainConfig, *, parallelize: Callable | None = None) -> TrainResu
         step, tokens = int(state["step"]), int(state["tokens"])
         data.train.position = DataPosition(**state["data"])
 
-    loss_fn = model.loss
-    if cfg.compile:
-        loss_fn = torch.compile(model.loss)
-    amp = autocast_for(device)
-    log_path = cfg.out / "log.jsonl"
-    records = _read_log(log_path, step)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    val_batches = data.val.fixed_batches(cfg.batch, cfg.eval_batches) if data.val else []
-    tokens_per_step = cfg.batch * cfg.seq_len * cfg.grad_accum
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
 
-    def to_device(arr: np.ndarray):
-        t = torch.from_numpy(arr)
-        return t.to(device, non_blocking=True)
-
-    def evaluate() -> float | None:
-        if not val_batches:
-            return None
-        model.eval()
-        total = 0.0
-        with torch.no_grad(), amp:
-            for b in val_batches:
-                t = to_device(b)
-                total += float(loss_fn(t[:, :-1], t[:, 1:]))
-        model.train()
-        return total / len(val_batches)
-
-    def save() -> Path:
+    def save(step: int, tokens: int) -> Path:
         train_state = {"step": step, "tokens": tokens, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "rng": rng_state(device), "data": asdict(data.train.position)}
-        path = save_checkpoint(cfg.out, step, model.state_dict(), train_state)
-        _write_plot(cfg.out, records)
-        return path
+        return save_checkpoint(cfg.out, step, model.state_dict(), train_state)
 
-    def log(record: dict) -> None:
-        records.append(record)
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    live = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-    progress = _Progress(cfg.steps, step, live)
-    last_loss, val_loss, ckpt_path = None, None, None
-    t_start, step0 = time.perf_counter(), step
-    try:
-        with stop_on_signals() as stop:
-            while step < cfg.steps:
-                t0 = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]
-                total = torch.zeros((), device=device)
-                for _ in range(cfg.grad_accum):
-                    batch = to_device(data.train.next_batch(cfg.batch))
-                    with amp:
-                        loss = loss_fn(batch[:, :-1], batch[:, 1:])
-                    (loss / cfg.grad_accum).backward()
-                    total += loss.detach()
-                grad_norm = clip_gradients(graph, model)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens += tokens_per_step
-                last_loss = float(total) / cfg.grad_accum
-                dt = time.perf_counter() - t0
-                rec = {"step": step, "loss": last_loss, "lr": lr, "tokens": tokens, "tok_s": tokens_per_step / dt,
-                       "elapsed_s": time.perf_counter() - t_start}
-                if grad_norm is not None:
-                    rec["grad_norm"] = grad_norm
-                log(rec)
-                progress.update(step, last_loss, tokens_per_step / dt, lr)
-                if not math.isfinite(last_loss):
-                    ckpt_path = None
-                    raise UserError(f"loss became {last_loss} at step {step}; lower the learning rate (--set training.optimizer.lr=...)")
-                evaluating = step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)
-                if evaluating:
-                    val_loss = evaluate()
-                    if val_loss is not None:
-                        log({"step": step, "val_loss": val_loss})
-                    if not live:
-                        progress.note(f"step {step}/{cfg.steps}  loss {last_loss:.4f}" + (f"  val {val_loss:.4f}" if val_loss is not None else "")
-                                      + f"  {(step - step0) * tokens_per_step / (time.perf_counter() - t_start):,.0f} tok/s")
-                saving = step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and evaluating)
-                if saving or stop["signal"]:
-                    ckpt_path = save()
-                if stop["signal"]:
-                    raise TrainInterrupted(TrainResult(step, tokens, last_loss, val_loss, ckpt_path, True, records), stop["signal"])
-            if ckpt_path is None:  # nothing left to do (resumed at the last step): the latest checkpoint stands
-                ckpt_path = latest_checkpoint(cfg.out)
-                _write_plot(cfg.out, records)
-    finally:
-        progress.close()
-    return TrainResult(step, tokens, last_loss, val_loss, ckpt_path, False, records)
+    hooks = LoopHooks(to_device=lambda arr: torch.from_numpy(arr).to(device, non_blocking=True), mean=float,
+                      clip=lambda: clip_gradients(graph, model), save=save)
+    return run_steps(cfg, hooks, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, data=data, step=step,
+                     tokens=tokens, model=model, amp=autocast_for(device))

@@ -184,7 +184,7 @@ def test_post_vs_pre_norm(capsys):
     assert "attention reads the layer input (residual stream) instead of the attention norm's output" in text
     assert "final norm: none" in text
     (c,) = [c for c in data["structure"] if c["aspect"] == "norm.position"]
-    assert c["where"] == "in all 48 layers" and c["layers"] == list(range(48))
+    assert c["where"] == "in all 48 layers" and c["layers"] == [[0, 47]]
     # and back: B pre, A post
     _, back = diff_json(capsys, "glm", "glm", "--set-a", "norm.placement=post")
     assert "norm before the sublayer (pre) instead of after the residual add (post)" in _texts(back)
@@ -355,7 +355,7 @@ def test_output_file_is_written_whole(capsys, tmp_path):
     out = tmp_path / "sub" / "d.json"
     rc, stdout, _ = run(capsys, "diff", "llama", "palm", "-o", str(out))
     assert rc == 1 and stdout == ""
-    assert json.loads(out.read_text())["schema"] == "archc-diff/1"
+    assert json.loads(out.read_text())["schema"] == "archc-diff/2"
     assert [p.name for p in out.parent.iterdir()] == ["d.json"]  # no temp files left
 
 
