@@ -399,7 +399,7 @@ class OrtBackend(Backend):
 
         b = self.bench
         target = "cuda" if b.cuda else "portable"
-        self.logits = logits_for(b.graph, b.shape)
+        self.logits = b.ort_logits or logits_for(b.graph, b.shape)
         model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant)
         if not (model_dir / MODEL_FILE).exists():
             weights = str(b.hf_dir) if b.hf_dir is not None else None
@@ -417,7 +417,7 @@ class OrtBackend(Backend):
         self._ids = self._prompts = None
 
     def fits(self, shape: Shape) -> bool:
-        return logits_for(self.bench.graph, shape) == self.logits
+        return (self.bench.ort_logits or logits_for(self.bench.graph, shape)) == self.logits
 
     def generate(self, ids, mask, n):
         import torch
@@ -529,7 +529,7 @@ class Bench:
     def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
                  repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
                  seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None,
-                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0):
+                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0, ort_logits: str | None = None):
         import torch
 
         if dtype not in SHORT_WORDS:
@@ -551,6 +551,9 @@ class Bench:
             other = [n for n in self.backend_names if n not in CHECKPOINT_BACKENDS]
             if other:
                 raise UserError(f"--quant: the {','.join(other)} backends have no quantized form; use {', '.join(CHECKPOINT_BACKENDS)}")
+        if ort_logits not in (None, "all", "last"):
+            raise UserError(f"--logits {ort_logits}: choose all or last")
+        self.ort_logits = ort_logits  # the ort export's --logits for every shape (None: logits_for decides per shape)
         self.genai_timeout_s = genai_timeout_s  # per request to the genai worker (load, or one shape's runs)
         self.export_s: dict[str, float] = {}  # export / build seconds by output directory name (timed once)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
