@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,7 @@ from typing import Any, Callable
 from archc import text as _text
 from archc.dtypes import DType
 from archc.errors import UserError
+from archc.files import read_bytes, stat_path
 from archc.hf import FAMILIES, SUPPORTED_TYPES, config_to_spec
 from archc.hf.common import Cfg, Family, Rule
 
@@ -289,22 +289,23 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
-def _regular(p: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(p).st_mode)
-    except OSError:
-        return False
+# The source directory's side files are read through archc.files, as archc.text reads them: absent is
+# fine; a FIFO, a directory, a symlink loop, an unreadable file or broken JSON under a side file's name is
+# one line naming it (it was skipped silently, and the export came out without its tokenizer).
+
+
+def _side_bytes(p: Path) -> bytes | None:
+    """A side file's bytes, None when nothing is there."""
+    if stat_path(p) is None:
+        return None
+    return read_bytes(p, limit=_text.MAX_SIDE_FILE)
 
 
 def _read_json(p: Path) -> dict | None:
-    """A side file's JSON object, or None when it is absent, not a regular file, too large or not an object."""
-    if not _regular(p) or p.stat().st_size > _text.MAX_SIDE_FILE:
+    """A side file's JSON object, None when nothing is there."""
+    if stat_path(p) is None:
         return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _text._json_object(p, p.name)
 
 
 def _ids_value(value: Any) -> bool:
@@ -424,14 +425,15 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
             (tmp / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         given = source_dir / "generation_config.json" if source_dir is not None else None
         if given is not None and _read_json(given) is not None:  # the source's, byte for byte
-            shutil.copyfile(given, tmp / "generation_config.json")
+            (tmp / "generation_config.json").write_bytes(read_bytes(given, limit=_text.MAX_SIDE_FILE))
             copied.append("generation_config.json")
         else:  # one naming the tokenizer's special ids, as transformers derives it from config.json
             (tmp / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2) + "\n",
                                                         encoding="utf-8")
         for name in TOKENIZER_FILES if source_dir is not None else ():
-            if _regular(source_dir / name):
-                shutil.copyfile(source_dir / name, tmp / name)
+            raw = _side_bytes(source_dir / name)
+            if raw is not None:
+                (tmp / name).write_bytes(raw)
                 copied.append(name)
 
     write_dir_atomic(Path(out_dir), fill, force=force, label=f"-o {out_dir}", protect=protect)

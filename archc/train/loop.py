@@ -289,8 +289,9 @@ class RunLog:
     def __init__(self, out: Path, upto: int, writer: bool):
         self.out, self.writer = out, writer
         self.path = out / "log.jsonl"
-        self.records = _read_log(self.path, upto)
-        if writer:
+        self.records: list[dict] = []
+        if writer:  # the others would read the file while the writer rewrites it; they keep only new records
+            self.records = _read_log(self.path, upto)
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
