@@ -24,9 +24,13 @@ from pathlib import Path
 SHAPES = {"qkv": (2048, 2560), "o": (2048, 2048), "down": (5632, 2048), "gate_up": (2048, 11264)}
 
 
-def model(K: int, N: int, s: int, copies: int):
+def model(K: int, N: int, s: int, copies: int, seed: int | None = None):
+    """The probe's graph; weights constant per copy (fast to build at 1.1B sizes), or seeded random values
+    (seed; the CPU test checks the split-K product against numpy with them)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
+
+    rng = None if seed is None else np.random.default_rng(seed)
 
     nodes, inits, outs = [], [], []
     x = "x"
@@ -36,7 +40,9 @@ def model(K: int, N: int, s: int, copies: int):
         inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
         x = "xs"
     for i in range(copies):
-        w = np.full((K, N) if s == 1 else (s, K // s, N), 0.01 + 0.001 * i, np.float16)
+        w = (np.full((K, N), 0.01 + 0.001 * i, np.float16) if rng is None
+             else rng.standard_normal((K, N)).astype(np.float16))
+        w = w if s == 1 else w.reshape(s, K // s, N)  # rows j*K/s .. (j+1)*K/s - 1 form slice j: the same bytes
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         if s == 1:
             nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
