@@ -28,7 +28,8 @@ Method (same for every backend, so the figures compare):
   minus before the session was made (the arena does not shrink, so this is its peak).
 
 Backends: ort (archc's ONNX export, cuda target, through archc's runner), torch (archc's PyTorch
-module, eager, simple greedy loop with its KV cache), torch-compile (the same under torch.compile),
+module, eager, simple greedy loop with its KV cache), torch-compile (the module's fast decode path,
+exporters.torch_decode.Decoder: static cache, compiled step, CUDA graphs of several steps),
 hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench.hf) and hf-compile
 (transformers' static cache, whose generate compiles the decode step with torch.compile),
 genai / genai-graph (onnxruntime-genai's builder and generator on the same checkpoint, without and with
@@ -311,14 +312,31 @@ class TorchBackend(Backend):
 
 
 class TorchCompileBackend(TorchBackend):
+    """archc's fast decode path, exporters.torch_decode.Decoder: static KV cache, the decode step
+    (forward, argmax, state update) compiled by inductor and replayed as CUDA graphs of several steps;
+    q|k|v and gate|up packed unless the eager `torch` backend shares the module in this run. One
+    Decoder per (batch, prompt + new tokens), made on the shape's first generate."""
+
     name = "torch-compile"
     warmup = 2
 
     def setup(self):
-        import torch
-
         super().setup()
-        self.fn = torch.compile(self.model, dynamic=True)
+        self.decoder, self.decoder_key = None, None
+
+    def generate(self, ids, mask, n):
+        from exporters.torch_decode import Decoder
+
+        key = (ids.shape[0], ids.shape[1] + max(n, self.bench.shape.new_tokens if self.bench.shape else n))
+        if self.decoder_key != key:
+            self.decoder = None  # free the previous shape's cache and graph first
+            self.decoder = Decoder(self.model, key[0], key[1], compile=True,
+                                   pack="torch" not in self.bench.backend_names)
+            self.decoder_key = key
+        return self.decoder.generate(ids, mask, n)
+
+    def close(self):
+        self.decoder = None
 
 
 class HfBackend(Backend):
@@ -381,7 +399,7 @@ class OrtBackend(Backend):
 
         b = self.bench
         target = "cuda" if b.cuda else "portable"
-        self.logits = logits_for(b.graph, b.shape)
+        self.logits = b.ort_logits or logits_for(b.graph, b.shape)
         model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant)
         if not (model_dir / MODEL_FILE).exists():
             weights = str(b.hf_dir) if b.hf_dir is not None else None
@@ -399,7 +417,7 @@ class OrtBackend(Backend):
         self._ids = self._prompts = None
 
     def fits(self, shape: Shape) -> bool:
-        return logits_for(self.bench.graph, shape) == self.logits
+        return (self.bench.ort_logits or logits_for(self.bench.graph, shape)) == self.logits
 
     def generate(self, ids, mask, n):
         import torch
@@ -511,7 +529,7 @@ class Bench:
     def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
                  repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
                  seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None,
-                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0):
+                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0, ort_logits: str | None = None):
         import torch
 
         if dtype not in SHORT_WORDS:
@@ -533,6 +551,9 @@ class Bench:
             other = [n for n in self.backend_names if n not in CHECKPOINT_BACKENDS]
             if other:
                 raise UserError(f"--quant: the {','.join(other)} backends have no quantized form; use {', '.join(CHECKPOINT_BACKENDS)}")
+        if ort_logits not in (None, "all", "last"):
+            raise UserError(f"--logits {ort_logits}: choose all or last")
+        self.ort_logits = ort_logits  # the ort export's --logits for every shape (None: logits_for decides per shape)
         self.genai_timeout_s = genai_timeout_s  # per request to the genai worker (load, or one shape's runs)
         self.export_s: dict[str, float] = {}  # export / build seconds by output directory name (timed once)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log

@@ -173,3 +173,10 @@ def test_builder_failure_is_one_line(genai_env, tmp_path, capsys):
                            "--prompt-len", "4", "--work-dir", str(tmp_path / "work")], capsys)
     assert code == 2 and "genai builder failed" in text and len(text.strip().splitlines()) == 1
     assert not list((tmp_path / "work").glob("genai-*")) and not list((tmp_path / "work").glob(".genai-*"))
+
+
+@pytest.mark.parametrize("args, says", [(["--quant", "int3"], "--quant int3"), (["--quant", "int4", "--backends", "ort,torch"], "--quant"),
+                                        (["--quant", "int4", "--dtype", "bf16", "--backends", "ort"], "--quant with --dtype bf16")])
+def test_bench_quant_bad_input_is_one_line(capsys, args, says):
+    code, text = _run_cli(["bench", "llama", *_sets(), "--device", "cpu", *args], capsys)
+    assert code == 2 and says in text and len(text.strip().splitlines()) == 1, text
