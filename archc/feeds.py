@@ -36,7 +36,10 @@ def positions(mask: np.ndarray, seq: int, layout: PositionIds, prefix_len: np.nd
     the k-th generated token, which GLM places at (last prompt position, k) using `prefix_len`."""
     if layout is PositionIds.none:
         return None
-    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
+    if seq == 1:  # a decode step: the cumsum's last column is the row sum (a third of the host time per token)
+        pos = np.maximum(mask.sum(1, keepdims=True) - 1, 0)
+    else:
+        pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -seq:]
     if layout is PositionIds.flat:
         return pos
     if layout is PositionIds.glm2d:

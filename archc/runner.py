@@ -328,7 +328,7 @@ class Session:
         P = next(iter(past.values())).shape[2]
         if attention_mask is None:
             attention_mask = np.ones((B, P + S), np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, np.int64)}
+        feeds = {"input_ids": input_ids, "attention_mask": np.ascontiguousarray(attention_mask, np.int64)}
         if self.has_positions:
             feeds["position_ids"] = position_ids if position_ids is not None else self.default_positions(feeds["attention_mask"], S)
         if self.has_prefix:
@@ -356,6 +356,9 @@ class Session:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("--prompt-ids: every prompt needs at least one token id")
         for p in prompts:
+            a = np.asarray(p)  # integer prompts are checked in numpy (a Python loop took ~1 ms at 16 x 512 ids)
+            if a.ndim == 1 and a.dtype.kind in "iu" and 0 <= a.min() and a.max() < self.vocab:
+                continue
             bad = [t for t in p if not 0 <= int(t) < self.vocab]
             if bad:
                 raise UserError(f"--prompt-ids: id {bad[0]} is outside the vocabulary [0, {self.vocab}); use ids below {self.vocab}")
@@ -389,6 +392,8 @@ class Session:
         stepper.device_pick = sampler is None and self.has_next_token
         pick = (lambda x: x) if stepper.device_pick else (lambda x: self._pick(x, sampler))
         out = np.zeros((B, max_new_tokens), np.int64)
+        # the mask of every step is a view of one preallocated array (no concatenation per token)
+        masks = np.concatenate([mask, np.ones((B, max_new_tokens), np.int64)], 1)
         t0 = time.perf_counter()
         tok = pick(stepper.step(ids, mask, self._positions(mask, L, lens, 0), lens))
         prefill_ms = (time.perf_counter() - t0) * 1e3
@@ -399,7 +404,7 @@ class Session:
         for k in range(1, max_new_tokens):
             if stop:
                 break
-            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
+            mask = masks[:, :L + k]
             tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
             out[:, k] = tok
             n = k + 1
@@ -407,8 +412,9 @@ class Session:
         decode_s = time.perf_counter() - t1
         n_decode = B * (n - 1)
         gen = out[:, :n].tolist()
+        seqs = [ids[b, L - len(p):].tolist() + g for b, (p, g) in enumerate(zip(prompts, gen))]  # the prompt as left_pad stored it
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
-                                self.device, [list(map(int, p)) + g for p, g in zip(prompts, gen)])
+                                self.device, seqs)
 
     def _static_stepper(self, batch: int, max_len: int) -> "_BoundSteps":
         """The fixed-buffer stepper of this shape, kept across generate calls: a captured graph replays
@@ -527,35 +533,61 @@ class _BoundSteps:
         self.cache = {f"past_key_values.{i}.{kv}": ort.OrtValue.ortvalue_from_shape_and_type(shape, self.ELEM[s.cache_type], device, 0)
                       for i in range(s.n_layers) for kv in ("key", "value")}
         self.fixed = None  # decode buffers + binding, made at the first decode step
+        # shared cache: one binding for the steps that are not fixed (the prefill), with the 2 x n_layers
+        # cache buffers bound once as past and present; each step rebinds only its feeds and the
+        # logits / next_token outputs (binding 88 buffers anew took ~0.4 ms of host time per prefill
+        # on a 2-core VM, benchmarks/RESULTS.md, optimisation log)
+        self.prefill_io = None
+        self.prefill_feeds = None  # _PackedFeeds of the last prefill's shapes (shared cache), reused while they repeat
 
-    def step(self, ids, mask, positions, lens):
-        if self.graph_id is not None and ids.shape[1] == 1:
-            return self._fixed_step(ids, mask, positions, lens)
-        s, ort = self.s, self.ort
+    def _cache_binding(self, on_device: bool):
+        """(IOBinding with the feeds still to bind, names of its outputs in binding order). Outputs are
+        bound logits, next_token, then the caches: get_outputs() lists them in that order."""
+        s = self.s
+        bound = ["logits"] + (["next_token"] if s.has_next_token else [])
+        if self.shared and self.prefill_io is not None:
+            io = self.prefill_io
+            io.bind_output("logits", self.dev if on_device else "cpu", 0)  # replaces the previous step's binding
+            return io, bound + [n.replace("past_key_values.", "present.") for n in self.cache]
         io = s.sess.io_binding()
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if s.has_positions:
-            feeds["position_ids"] = positions
-        if s.has_prefix:
-            feeds["prefix_len"] = lens
-        for n, v in feeds.items():
-            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
-        for n, v in self.cache.items():
-            io.bind_ortvalue_input(n, v)
-        # prefill: slice the last position on the device (a --logits last model gives only that one)
-        on_device = self.dev == "cuda" and (self.device_pick or (ids.shape[1] > 1 and s.logits == "all"))
         io.bind_output("logits", self.dev if on_device else "cpu", 0)
-        bound = ["logits"]  # get_outputs() lists the outputs in binding order
         if s.has_next_token:
             io.bind_output("next_token", "cpu")
-            bound.append("next_token")
         for n, v in self.cache.items():
+            io.bind_ortvalue_input(n, v)
             out = n.replace("past_key_values.", "present.")
             if self.shared:
                 io.bind_ortvalue_output(out, v)  # same buffer as the past: written in place
             else:
                 io.bind_output(out, self.dev, 0)
             bound.append(out)
+        if self.shared:
+            self.prefill_io = io
+        return io, bound
+
+    def step(self, ids, mask, positions, lens):
+        if self.graph_id is not None and ids.shape[1] == 1:
+            return self._fixed_step(ids, mask, positions, lens)
+        s, ort = self.s, self.ort
+        # prefill: slice the last position on the device (a --logits last model gives only that one)
+        on_device = self.dev == "cuda" and (self.device_pick or (ids.shape[1] > 1 and s.logits == "all"))
+        io, bound = self._cache_binding(on_device)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if s.has_positions:
+            feeds["position_ids"] = positions
+        if s.has_prefix:
+            feeds["prefix_len"] = lens
+        if self.shared:
+            # one packed device buffer per feed shape, kept while the shapes repeat: one host-to-device copy and no
+            # device allocation per prefill (ortvalue_from_numpy on CUDA allocates outside onnxruntime's arena)
+            shapes = {n: np.shape(v) for n, v in feeds.items()}
+            if self.prefill_feeds is None or self.prefill_feeds.shapes != shapes:
+                self.prefill_feeds = _PackedFeeds.make(ort, self.dev, shapes)
+            self.prefill_feeds.bind(io, self.dev)  # a few pointers: cheaper than tracking which binding holds them
+            self.prefill_feeds.update(feeds)
+        else:
+            for n, v in feeds.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v, np.int64), self.dev, 0))
         s.sess.run_with_iobinding(io, s.run_options)
         outs = dict(zip(bound, io.get_outputs()))
         if not self.shared:
@@ -566,35 +598,97 @@ class _BoundSteps:
         return s.last_position(outs["logits"]) if on_device else outs["logits"].numpy()
 
     def _fixed_step(self, ids, mask, positions, lens):
-        s, ort = self.s, self.ort
-        B, T = mask.shape
-        full = np.zeros((B, self.max_len), np.int64)
-        full[:, :T] = mask
-        feeds = {"input_ids": np.ascontiguousarray(ids, np.int64), "attention_mask": full}
+        s = self.s
+        feeds = {"input_ids": ids, "attention_mask": mask}
         if s.has_positions:
-            feeds["position_ids"] = np.ascontiguousarray(positions, np.int64)
+            feeds["position_ids"] = positions
         if s.has_prefix:
-            feeds["prefix_len"] = np.ascontiguousarray(lens, np.int64)
+            feeds["prefix_len"] = lens
         if self.fixed is None:
-            bufs = {n: ort.OrtValue.ortvalue_from_shape_and_type(list(v.shape), self.INT64, self.dev, 0) for n, v in feeds.items()}
-            logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], self.FLOAT, self.dev, 0)
-            next_token = ort.OrtValue.ortvalue_from_shape_and_type([B, 1], self.INT64, self.dev, 0) if s.has_next_token else None
-            io = s.sess.io_binding()
-            for n, v in bufs.items():
-                io.bind_ortvalue_input(n, v)
-            for n, v in self.cache.items():
-                io.bind_ortvalue_input(n, v)
-                io.bind_ortvalue_output(n.replace("past_key_values.", "present."), v)
-            io.bind_ortvalue_output("logits", logits)
-            if next_token is not None:
-                io.bind_ortvalue_output("next_token", next_token)
+            self.fixed = self._make_fixed({n: np.shape(v) for n, v in feeds.items()})
+        f = self.fixed
+        f.feeds.update(feeds)  # the mask is max_len wide: the step's columns, then 0 (see the class docstring)
+        s.sess.run_with_iobinding(f.io, f.opts)
+        return f.next_token.numpy()[:, 0] if self.device_pick else f.logits.numpy()
+
+    def _make_fixed(self, shapes: dict) -> "_FixedBuffers":
+        """The decode buffers of this shape, bound once: the int64 feeds packed into one device buffer
+        (_PackedFeeds), the cache as past and present, logits and next_token."""
+        s, ort = self.s, self.ort
+        B = self.batch
+        feeds = _PackedFeeds.make(ort, self.dev, dict(shapes, attention_mask=(B, self.max_len)))
+        io = s.sess.io_binding()
+        feeds.bind(io, self.dev)
+        for name, v in self.cache.items():
+            io.bind_ortvalue_input(name, v)
+            io.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)
+        logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], self.FLOAT, self.dev, 0)
+        io.bind_ortvalue_output("logits", logits)
+        next_token = None
+        if s.has_next_token:
+            next_token = ort.OrtValue.ortvalue_from_shape_and_type([B, 1], self.INT64, self.dev, 0)
+            io.bind_ortvalue_output("next_token", next_token)
+        opts = s.run_options
+        if s.cuda_graph:
             opts = ort.RunOptions()
             opts.add_run_config_entry("gpu_graph_id", str(self.graph_id))
-            self.fixed = (bufs, logits, next_token, io, opts if s.cuda_graph else s.run_options)
-        bufs, logits, next_token, io, opts = self.fixed
-        for n, v in feeds.items():
-            bufs[n].update_inplace(v)
-        s.sess.run_with_iobinding(io, opts)
-        return next_token.numpy()[:, 0] if self.device_pick else logits.numpy()
+        return _FixedBuffers(feeds, logits, next_token, io, opts)
 
 
+@dataclass
+class _PackedFeeds:
+    """A step's int64 feeds (ids, positions, attention mask, prefix_len) packed back to back in one host
+    array and one device buffer, each feed bound by pointer at its offset: a step makes one
+    host-to-device copy instead of one per feed (a copy costs ~15 us of host time on an H200 host,
+    benchmarks/RESULTS.md). A feed narrower than its slot (the decode step's mask, bound max_len wide)
+    is written left-aligned and padded with 0."""
+
+    shapes: dict  # feed name -> its shape as the caller gave it
+    host: np.ndarray  # int64, every feed back to back
+    dev: object  # OrtValue holding `host` on the device
+    slots: dict  # feed name -> (offset in elements, bound shape)
+
+    @staticmethod
+    def make(ort, device: str, shapes: dict) -> "_PackedFeeds":
+        slots, n = {}, 0
+        for name, shape in shapes.items():
+            slots[name] = (n, tuple(int(d) for d in shape))
+            n += math.prod(shape)
+        host = np.zeros(n, np.int64)
+        return _PackedFeeds(dict(shapes), host, ort.OrtValue.ortvalue_from_numpy(host, device, 0), slots)
+
+    def bind(self, io, device: str) -> None:
+        for name, (off, shape) in self.slots.items():
+            io.bind_input(name, device, 0, np.int64, list(shape), self.dev.data_ptr() + off * self.host.itemsize)
+
+    def view(self, name: str) -> np.ndarray:
+        off, shape = self.slots[name]
+        return self.host[off:off + math.prod(shape)].reshape(shape)
+
+    def update(self, feeds: dict) -> None:
+        """Write the feeds into the host array, then copy it to the device in one go."""
+        for name, v in feeds.items():
+            view = self.view(name)
+            if view.ndim == 2 and v.shape[1] < view.shape[1]:
+                view[:, :v.shape[1]] = v
+                view[:, v.shape[1]:] = 0
+            else:
+                view[...] = v
+        self.dev.update_inplace(self.host)
+
+
+@dataclass
+class _FixedBuffers:
+    """One (batch, max_len) shape's decode buffers, bound once (Session.cuda_graph: what the graph captured)."""
+
+    feeds: _PackedFeeds  # ids, positions, the max_len-wide mask, prefix_len
+    logits: object  # OrtValue [B, 1, V]
+    next_token: object | None  # OrtValue [B, 1] int64 (models with the next_token output)
+    io: object  # the IOBinding
+    opts: object  # RunOptions (gpu_graph_id of this shape under CUDA graphs)
+
+    def view(self, name: str) -> np.ndarray:
+        return self.feeds.view(name)
+
+    def bound_shape(self, name: str) -> tuple:
+        return self.feeds.slots[name][1]

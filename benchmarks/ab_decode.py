@@ -5,8 +5,9 @@ tree, export or provider options) measured in alternation, each in its own proce
         --old-root .baseline --rounds 2 --out out/ab.json
 
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
-folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none (export option, new only),
-sdpa_kernel=N (CUDA provider option), cuda_graph=0|1. Every variant exports the same family of
+folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none,
+logits=all|last (export options), gate_up=one_gemm|two_gemms (the cuda lowering's GATE_UP), sdpa_kernel=N (CUDA provider
+option), cuda_graph=0|1. Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
 prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after
 warm-up. The first generate call of a fresh session is also timed (`cold_ms`): a model whose
@@ -51,7 +52,11 @@ def child(args) -> dict:
     v = json.loads(args.child)
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=[x for x in args.set if x]))
     d = Path(args.work) / (f"{args.family}-{args.dtype}-" + "".join(c if c.isalnum() else "_" for c in v["name"]))
-    kw = {"next_token": v["opts"]["next_token"]} if "next_token" in v["opts"] else {}
+    kw = {k: v["opts"][k] for k in ("next_token", "logits") if k in v["opts"]}
+    if "gate_up" in v["opts"]:  # a lowering constant (exporters.onnx_lowering_cuda.GATE_UP), this process only
+        from exporters import onnx_lowering_cuda
+
+        onnx_lowering_cuda.GATE_UP = onnx_lowering_cuda.GateUp(v["opts"]["gate_up"])
     t0 = time.perf_counter()
     if not (d / MODEL_FILE).exists():
         export(graph, d, target="cuda", dtype=args.dtype, fused_fp32=args.dtype == "fp32", **kw)

@@ -5,8 +5,10 @@ wall time and its GPU time in benchmarks/profile_ort.py).
 
 One generate call builds the runner's fixed-buffer stepper and captures the decode step. Then the
 step's pieces are repeated on those very buffers and timed with the host clock, each piece separately:
-- feeds: the numpy work the runner does per token (the full-width mask, positions);
-- h2d: the three `update_inplace` copies (ids, positions, mask) into the bound device buffers;
+- feeds: the numpy work the runner does per token (the full-width mask, positions, written into the
+  stepper's packed host array);
+- h2d: the `update_inplace` copy of that array into the bound device buffer (one copy for every feed;
+  three copies, one per feed, before the packed buffer);
 - run: `run_with_iobinding` (onnxruntime's Run around the graph replay, which ends in a stream
   synchronize, so it includes the GPU time of the step);
 - read: bringing next_token (B int64) to the host.
@@ -59,31 +61,30 @@ def main() -> int:
     N = 16
     s.generate(prompts, N)
     (st,) = [v for k, v in s._steppers.items() if k == (args.batch, args.prompt + N)]
-    bufs, logits, next_token, io, opts = st.fixed
+    fixed = st.fixed
     B, T = args.batch, args.prompt + 1
     mask = np.ones((B, T), np.int64)
     tok = np.zeros((B, 1), np.int64)
     lens = np.full(B, args.prompt, np.int64)
 
     def feeds():
-        full = np.zeros((B, st.max_len), np.int64)
-        full[:, :T] = mask
-        f = {"input_ids": np.ascontiguousarray(tok), "attention_mask": full}
+        fixed.view("input_ids")[...] = tok
+        m = fixed.view("attention_mask")
+        m[:, :T] = mask
+        m[:, T:] = 0
         if s.has_positions:
-            f["position_ids"] = np.ascontiguousarray(s._positions(mask, 1, lens, 1), np.int64)
-        return f
+            fixed.view("position_ids")[...] = s._positions(mask, 1, lens, 1)
 
     parts = {"feeds": [], "h2d": [], "run": [], "read": [], "step": []}
     for i in range(args.steps + 20):
         t0 = time.perf_counter()
-        f = feeds()
+        feeds()
         t1 = time.perf_counter()
-        for n, v in f.items():
-            bufs[n].update_inplace(v)
+        fixed.feeds.dev.update_inplace(fixed.feeds.host)
         t2 = time.perf_counter()
-        s.sess.run_with_iobinding(io, opts)
+        s.sess.run_with_iobinding(fixed.io, fixed.opts)
         t3 = time.perf_counter()
-        nt = next_token.numpy() if next_token is not None else logits.numpy()
+        nt = fixed.next_token.numpy() if fixed.next_token is not None else fixed.logits.numpy()
         t4 = time.perf_counter()
         if i >= 20:
             for k, a, b in (("feeds", t0, t1), ("h2d", t1, t2), ("run", t2, t3), ("read", t3, t4), ("step", t0, t4)):
@@ -91,7 +92,7 @@ def main() -> int:
     back_to_back = []
     for i in range(args.steps + 20):
         t0 = time.perf_counter()
-        s.sess.run_with_iobinding(io, opts)
+        s.sess.run_with_iobinding(fixed.io, fixed.opts)
         if i >= 20:
             back_to_back.append((time.perf_counter() - t0) * 1e6)
     res = {"family": args.family, "dtype": args.dtype, "batch": B, "prompt": args.prompt, "cuda_graph": s.cuda_graph,

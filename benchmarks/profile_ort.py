@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the plumbing (portable fp32, tiny --set)")
     ap.add_argument("--set", action="append", default=[], help="extra --set overrides (dry runs)")
     ap.add_argument("--ort-profile", action="store_true", help="also run onnxruntime's own profiler (host time per node)")
+    ap.add_argument("--gate-up", choices=["one_gemm", "two_gemms"], help="the cuda lowering's GATE_UP for this export (A/B)")
     args = ap.parse_args()
 
     import torch
@@ -55,9 +56,13 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     cuda = args.device == "cuda"
+    if args.gate_up:
+        from exporters import onnx_lowering_cuda
+
+        onnx_lowering_cuda.GATE_UP = onnx_lowering_cuda.GateUp(args.gate_up)
     target = "cuda" if cuda else "portable"
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
-    model_dir = Path(args.work_dir) / f"{graph.spec.name}-{target}-{args.dtype}"
+    model_dir = Path(args.work_dir) / (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else ""))
     if not (model_dir / MODEL_FILE).exists():
         t = time.time()
         export(graph, model_dir, target=target, dtype=args.dtype)
@@ -140,7 +145,7 @@ def main() -> int:
     }
     if args.ort_profile:
         summary["ort_nodes"] = ort_node_profile(model_dir, prompts, N, args.device)
-    (args.out / f"profile_{args.family}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"profile_{args.family}{'_' + args.gate_up if args.gate_up else ''}.json").write_text(json.dumps(summary, indent=1))
     d = summary["decode_step_median"]
     if not d["wall_us"]:
         print("no decode steps traced")

@@ -2,7 +2,8 @@
 (`-p int4`), on one TinyLlama-shaped Hugging Face checkpoint (CPU; issue 14 "int4 model size within 5%
 of genai's int4 export").
 
-    python -m benchmarks.quant_size OUT_JSON --genai-python PY [--layers 22] [--skip-genai]
+    python -m benchmarks.quant_size OUT_JSON --genai-python PY [--layers 22] [--skip-genai] [--archc VARIANT ...]
+    python -m benchmarks.quant_size OUT_JSON --quantize-only      # rtn vs search, the quantizer alone
 
 PY is a python that imports onnxruntime_genai 0.18 plus torch, transformers and onnx_ir (the builder
 needs all four), e.g. a venv made with `--system-site-packages` on top of this environment with
@@ -74,6 +75,35 @@ def by_role(d: Path) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def quantize_seconds(layers: int) -> dict:
+    """In-process time of exporters.quantize.quantize alone (no reading, no writing) on one layer's
+    projection shapes (q|k|v, o, gate|up, down as the cuda target stacks them) and the head, random
+    N(0, 0.02) weights, int4 symmetric b32 fp16, per method; `total_s` scales the layer by `layers`."""
+    import numpy as np
+
+    from archc.dtypes import DType
+    from archc.quant import QuantKind, QuantMethod, QuantSettings
+    from exporters.quantize import quantize
+
+    d, kv, f, v = SHAPE["hidden_size"], SHAPE["hidden_size"] // SHAPE["num_attention_heads"] * SHAPE["num_key_value_heads"], \
+        SHAPE["intermediate_size"], SHAPE["vocab_size"]
+    rng = np.random.default_rng(0)
+    layer = [(rng.standard_normal((n, k)) * 0.02).astype(np.float32) for n, k in ((d + 2 * kv, d), (d, d), (2 * f, d), (d, f))]
+    head = (rng.standard_normal((v, d)) * 0.02).astype(np.float32)
+    out = {}
+    for method in QuantMethod:
+        q = QuantSettings(QuantKind.int4, method=method)
+        t0 = time.perf_counter()
+        for w in layer:
+            quantize(w, q, DType.float16)
+        t_layer = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        quantize(head, q, DType.float16)
+        t_head = time.perf_counter() - t0
+        out[method.value] = {"layer_s": round(t_layer, 2), "head_s": round(t_head, 2), "total_s": round(t_layer * layers + t_head, 1)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out_json", type=Path)
@@ -81,7 +111,15 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--skip-genai", action="store_true")
     ap.add_argument("--archc", nargs="*", default=None, help="archc compile variants to run (names of VARIANTS)")
+    ap.add_argument("--quantize-only", action="store_true", help="time exporters.quantize.quantize alone (rtn vs search)")
     args = ap.parse_args()
+    if args.quantize_only:
+        result = {"layers": args.layers, "machine": os.uname().nodename, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                  "quantize": quantize_seconds(args.layers), "load_after": os.getloadavg()}
+        args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        args.out_json.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     variants = {
         "fp16": [],
         "int4": ["--quant", "int4"],
@@ -90,7 +128,8 @@ def main() -> None:
         "int4 search": ["--quant", "int4", "--quant-method", "search"],
     }
     chosen = args.archc if args.archc is not None else list(variants)
-    result: dict = {"layers": args.layers, "machine": os.uname().nodename, "cpus": os.cpu_count(), "archc": {}, "genai": None}
+    result: dict = {"layers": args.layers, "machine": os.uname().nodename, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                    "archc": {}, "genai": None}
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="quant-size-") as tmp:
         ckpt = Path(tmp) / "ckpt"
@@ -122,6 +161,7 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(out)
+    result["load_after"] = os.getloadavg()
     g = (result["genai"] or {}).get("bytes")
     if g:
         for v in result["archc"].values():

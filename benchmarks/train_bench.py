@@ -15,11 +15,19 @@ as usual. tokens/s = timed steps x batch x seq / wall time (CUDA synchronised); 
 allocator's peak over the timed steps; MFU = model FLOPs / time / the bf16 GEMM rate measured in the same
 run (8192^3 matmul, archc.bench.harness.measure_limits), model FLOPs per token = 6 N + 12 L H Q T (PaLM,
 appendix B: N the matmul parameters, the head included, embedding tables excluded).
-Decode cases (batch 1, prompt 512, 128 new tokens):
-  archc-decode    static_greedy with the static KV cache, the decode step under torch.compile
-                  (mode reduce-overhead: CUDA graphs, fullgraph); decode tok/s = 127 / (generate - prefill)
-  hf-decode       transformers' generate with cache_implementation static (its own torch.compile), same timing
-Every case runs in try/except with a time cap (SIGALRM) and appends one JSON line to --out at once.
+Decode cases (batch 1, prompt 512, 128 new tokens, each dtype of --decode-dtypes):
+  archc-decoder   exporters.torch_decode.Decoder, the fast path: static KV cache, the step (forward, argmax,
+                  state update) compiled by inductor with coordinate_descent_tuning, --graph-steps steps per
+                  CUDA-graph replay, q|k|v and gate|up packed
+  archc-decode    static_greedy with the static KV cache, the model under torch.compile (mode
+                  reduce-overhead: CUDA graphs per step, fullgraph): the previous path, for comparison
+  hf-decode       transformers' generate with cache_implementation static (its own torch.compile)
+  hf-sdpa-decode  transformers' generate, attn_implementation sdpa, its default dynamic cache, eager
+Timing: two warm-up generates (compile, capture), then best of --repeats of T(1) and of T(new);
+decode tok/s = (new - 1) / (T(new) - T(1)). A "decode-summary" line per dtype gives archc-decoder's
+ratio to the best transformers case measured in the same process.
+Every case runs in try/except with a time cap (SIGALRM) and appends one JSON line to --out at once;
+--deadline-s stops starting new cases once the run has lasted that long.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ import traceback
 from pathlib import Path
 
 TRAIN_CASES = ("archc-eager", "archc-compile", "hf-eager", "hf-compile")
-DECODE_CASES = ("archc-decode", "hf-decode")
+DECODE_CASES = ("archc-decoder", "archc-decode", "hf-decode", "hf-sdpa-decode")
+HF_DECODE = ("hf-decode", "hf-sdpa-decode")
 
 
 class CaseTimeout(Exception):
@@ -63,7 +72,7 @@ def model_flops_per_token(graph, seq: int) -> int:
     for node in graph.nodes():
         if graph.node(node)["kind"] == K.attention.value:
             s = graph.node(node)["settings"]
-            attn += 12 * s["n_heads"] * s["head_dim"] * seq
+            attn += 12 * s.n_heads * s.head_dim * seq
     return 6 * n + attn
 
 
@@ -137,36 +146,45 @@ def train_case(case: str, graph, device, dtype, batch: int, seq: int, steps: int
     return out
 
 
-def decode_case(case: str, graph, device, dtype, prompt: int, new: int) -> dict:
+def decode_case(case: str, graph, device, dtype, prompt: int, new: int, repeats: int = 3, graph_steps: int = 16) -> dict:
     import torch
 
+    from exporters.torch_decode import Decoder
     from exporters.torch_module import build_module, static_greedy
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, graph.spec.vocab_size, (1, prompt), generator=g).to(device)
     mask = torch.ones_like(ids)
     model = build_module(graph, dtype=dtype, device=device)
-    if case == "archc-decode":
-        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-        from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters
 
-        counters.clear()
+    counters.clear()
+    if case == "archc-decoder":
+        decoder = Decoder(model, 1, prompt + new, compile=True, graph_steps=graph_steps)
+
+        def gen(n):
+            return decoder.generate(ids, mask, n)
+    elif case == "archc-decode":
+        step = torch.compile(model, mode="reduce-overhead", fullgraph=True)
 
         def gen(n):
             with torch.no_grad():
                 return static_greedy(model, ids, mask, n, step=step)
-    else:
+    elif case in HF_DECODE:
         from archc.bench.hf import build_hf_model
 
         hf, _ = build_hf_model(graph, model.state_dict(), dtype=dtype, device=device, attn_implementation="sdpa")
         del model
         model = hf
+        kw = {"cache_implementation": "static"} if case == "hf-decode" else {}
 
         def gen(n):
             with torch.inference_mode():
                 out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                  num_beams=1, cache_implementation="static")
+                                  num_beams=1, **kw)
             return out[:, prompt:]
+    else:
+        raise ValueError(f"unknown decode case {case}")
     t0 = time.perf_counter()
     for _ in range(2):  # compile + CUDA-graph capture
         gen(new)
@@ -175,7 +193,7 @@ def decode_case(case: str, graph, device, dtype, prompt: int, new: int) -> dict:
 
     def timed(n):
         best = float("inf")
-        for _ in range(3):
+        for _ in range(repeats):
             _sync(device)
             t = time.perf_counter()
             toks = gen(n)
@@ -186,10 +204,29 @@ def decode_case(case: str, graph, device, dtype, prompt: int, new: int) -> dict:
     t_pre, _ = timed(1)
     t_all, toks = timed(new)
     out = {"decode_tokens_per_s": (new - 1) / (t_all - t_pre), "prefill_ms": 1000 * t_pre, "generate_ms": 1000 * t_all,
-           "warmup_s": warm_s, "first_tokens": toks[0, :8].tolist()}
-    if case == "archc-decode":
+           "ms_per_token": 1000 * (t_all - t_pre) / (new - 1), "warmup_s": warm_s, "first_tokens": toks[0, :16].tolist()}
+    if case.startswith("archc"):
         out["dynamo_unique_graphs"] = int(counters["stats"]["unique_graphs"])
+    if case == "archc-decoder":
+        out["graph_steps"] = graph_steps
     del model
+    return out
+
+
+def decode_summary(records: list, dtype_name: str) -> dict:
+    """archc-decoder against the best transformers decode of the same dtype, all from this process."""
+    ok = {r["case"]: r for r in records if r.get("kind") == "decode" and r.get("ok") and r.get("dtype") == dtype_name}
+    out = {"kind": "decode-summary", "dtype": dtype_name, "cases": {c: r["decode_tokens_per_s"] for c, r in ok.items()}}
+    hf = [c for c in HF_DECODE if c in ok]
+    if "archc-decoder" in ok and hf:
+        best = max(hf, key=lambda c: ok[c]["decode_tokens_per_s"])
+        a, b = ok["archc-decoder"], ok[best]
+        agree = 0
+        for x, y in zip(a["first_tokens"], b["first_tokens"]):
+            if x != y:
+                break
+            agree += 1
+        out.update(hf_best=best, ratio=a["decode_tokens_per_s"] / b["decode_tokens_per_s"], leading_tokens_agree=agree)
     return out
 
 
@@ -205,6 +242,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--cap-s", type=int, default=240, help="time cap per case")
+    ap.add_argument("--deadline-s", type=int, default=0, help="start no case after this many seconds (0: none)")
+    ap.add_argument("--decode-dtypes", default="bf16", help="dtypes of the decode cases (bf16, fp16)")
+    ap.add_argument("--repeats", type=int, default=3, help="decode: timed generates per length (best of)")
+    ap.add_argument("--graph-steps", type=int, default=16, help="archc-decoder: decode steps per CUDA-graph replay")
     ap.add_argument("--kernel", default="default", help="--set attention.kernel=... for every family ('spec': keep the spec's)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="benchmarks/standard.py TINY shapes (CPU orchestration check)")
@@ -231,17 +272,27 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGALRM, _alarm)
     cases = [c for c in args.cases.split(",") if c]
     extra = [] if args.kernel == "spec" else [f"attention.kernel={args.kernel}"]
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    decode_dtypes = [d for d in args.decode_dtypes.split(",") if d] if device.type == "cuda" else ["fp32"]
+    start = time.perf_counter()
+    records = []
     for fam in [f for f in args.families.split(",") if f]:
         spec = load_family(fam, tiny=args.tiny, extra=extra)
         graph = archc.compile(spec)
         from archc.bench.hf import hf_equivalent
 
         has_hf = not isinstance(hf_equivalent(graph), str)
-        for case in cases:
+        runs = [(c, None) for c in cases if c in TRAIN_CASES] + [(c, d) for d in decode_dtypes for c in cases if c in DECODE_CASES]
+        for case, dname in runs:
             if case.startswith("hf") and not has_hf:
                 emit({"kind": "skip", "family": fam, "case": case, "reason": "no transformers class computes this spec"})
                 continue
+            if args.deadline_s and time.perf_counter() - start > args.deadline_s:
+                emit({"kind": "skip", "family": fam, "case": case, "dtype": dname, "reason": f"--deadline-s {args.deadline_s} passed"})
+                continue
             rec = {"kind": "train" if case in TRAIN_CASES else "decode", "family": fam, "spec": spec.name, "case": case}
+            if dname:
+                rec["dtype"] = dname
             torch._dynamo.reset()
             signal.alarm(args.cap_s)
             t0 = time.perf_counter()
@@ -250,7 +301,7 @@ def main(argv=None) -> int:
                     r = train_case(case, graph, device, dtype, args.batch, args.seq, args.steps, args.warmup)
                     r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / gemm
                 else:
-                    r = decode_case(case, graph, device, dtype, args.prompt, args.new)
+                    r = decode_case(case, graph, device, dtypes[dname], args.prompt, args.new, args.repeats, args.graph_steps)
                 rec.update(r, ok=True)
             except BaseException as e:  # noqa: BLE001 - one case's failure (OOM, compile error, cap) must not end the table
                 if isinstance(e, KeyboardInterrupt):
@@ -260,9 +311,13 @@ def main(argv=None) -> int:
                 signal.alarm(0)
             rec["case_s"] = time.perf_counter() - t0
             emit(rec)
+            records.append(rec)
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        for dname in decode_dtypes:
+            if any(r.get("dtype") == dname for r in records):
+                emit(decode_summary([r for r in records if r["family"] == fam], dname))
     return 0
 
 

@@ -20,8 +20,10 @@ recorded in the model's `archc.lowering` metadata):
   position_ids, GatherElements), and back once, in front of the head (GatherND). Everything between
   is position-wise except attention, which then needs no rotation of its own (per-layer rotation
   was 3 GatherND per layer, ~135 us of a 1.43 ms decode step on the 1.1B shape).
-- gated MLP -> one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer), Split,
-  activation, Mul (one GEMM instead of two).
+- gated MLP -> a MatMul each for gate and up, activation, Mul, as onnxruntime-genai's builder does
+  (GATE_UP = two_gemms); or one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer),
+  Split, activation, Mul (one_gemm: one GEMM launch fewer per decode step, but the Split copies the
+  prefill's [B, S, 2 d_ff]; see GATE_UP).
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -32,6 +34,7 @@ A bias Add + Gelu is left to onnxruntime's optimizer, which fuses it into FastGe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 from onnx import TensorProto
@@ -47,6 +50,20 @@ LOWERING = "cuda ONNX lowering"
 # Projections' weight layout on this target (WeightLayout): chosen by measurement, benchmarks/gemv_layout.py
 # and benchmarks/ab_decode.py (RESULTS.md, optimisation log).
 WEIGHT_LAYOUT = WeightLayout.in_out
+
+
+class GateUp(str, Enum):
+    """How a gated MLP's gate and up projections are computed on this target."""
+
+    one_gemm = "one_gemm"  # x @ [Wg; Wu] as one MatMul, then Split in halves (one GEMM launch fewer per layer)
+    two_gemms = "two_gemms"  # a MatMul each, as onnxruntime-genai's builder does (no Split copy of [B, S, 2F])
+
+
+# Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
+# on the TinyLlama-1.1B shape (H200, fp16) the Split copies [B, S, 2 d_ff] in the prefill (22 x 9.5 us at 1 x 512,
+# 830 us at 1 x 2048, 3.1 ms at 16 x 512), while two M = 1 GEMMs cost the decode step about what the Split saves
+# (GPU busy 1316 against 1305 us). Dense weights only: a --quant export keeps one stacked MatMulNBits (not measured).
+GATE_UP = GateUp.two_gemms
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -412,21 +429,30 @@ def lower_mlp(ctx: Ctx, name: str, node: dict):
 
 
 def _lower_mlp(ctx: Ctx, name: str, node: dict):
-    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)) with gate and up as one GEMM: x @ [Wg; Wu]^T,
-    [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation op with both a
-    CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so Split + act + Mul; SiLU's x*Sigmoid(x) is
-    fused by onnxruntime (QuickGelu)."""
+    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)), gate and up per GATE_UP: two GEMMs, or one
+    GEMM x @ [Wg; Wu]^T, [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation
+    op with both a CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so the halves need a Split; SiLU's
+    x*Sigmoid(x) is fused by onnxruntime (QuickGelu)."""
     p = node["params"]
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
-    y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
-    if "gate.bias" in p:
-        y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
-    gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
+    # weight-only quantized exports (MatMulNBits) keep gate|up stacked: GATE_UP was measured on dense fp16 only
+    mode = GateUp.one_gemm if ctx.quant.active else GATE_UP
+    if mode is GateUp.one_gemm:
+        y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
+        if "gate.bias" in p:
+            y = ctx.op("Add", [y, ctx.weight_concat([f"{name}.gate.bias", f"{name}.up.bias"], f"{name}.gate_up.bias")])
+        gate, up = ctx.op("Split", [y, ctx.const(np.array([F, F], np.int64), "split")], 2, axis=-1)
+        how = "cuda:MatMul (gate|up in one GEMM) + Split"
+    elif mode is GateUp.two_gemms:
+        gate, up = portable.linear(ctx, x, f"{name}.gate", p), portable.linear(ctx, x, f"{name}.up", p)
+        how = "cuda:MatMul (gate and up, one GEMM each)"
+    else:
+        raise UnknownSetting(name, "gate_up", mode, LOWERING)
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
-    ctx.lowering[name] = "cuda:MatMul (gate|up in one GEMM) + Split"
+    ctx.lowering[name] = how
     return portable.linear(ctx, h, f"{name}.down", p)
 
 

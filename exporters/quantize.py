@@ -79,20 +79,33 @@ def _grid(blocks: np.ndarray, q: QuantSettings, dtype: DType, shrink: float, *, 
     times `shrink` (1.0: the full range; below it, the largest weights clip to the end of the grid).
     `short_end` (symmetric only): the block's largest-magnitude weight lands on the grid's short end,
     +2^(bits-1) - 1, instead of -2^(bits-1)."""
+    return _grid_of(_range(blocks, q), q, dtype, shrink, short_end=short_end)
+
+
+def _range(blocks: np.ndarray, q: QuantSettings) -> tuple[np.ndarray, ...]:
+    """What a block's grid is drawn from: symmetric (m,), its largest-magnitude weight (signed);
+    asymmetric (lo, hi) = (min(w, 0), max(w, 0)). Each [N, kb] float32."""
+    if q.scheme is QuantScheme.symmetric:
+        idx = np.abs(blocks).argmax(axis=-1)[..., None]
+        return (np.take_along_axis(blocks, idx, axis=-1)[..., 0],)
+    if q.scheme is QuantScheme.asymmetric:
+        return np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
+    raise ValueError(f"unknown QuantScheme {q.scheme!r}")
+
+
+def _grid_of(rng: tuple[np.ndarray, ...], q: QuantSettings, dtype: DType, shrink: float, *, short_end: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if short_end and q.scheme is not QuantScheme.symmetric:
         raise ValueError("short_end applies to the symmetric grid only")
     bits = q.bits
     qmax = (1 << bits) - 1
     f = np.float32(shrink)
     if q.scheme is QuantScheme.symmetric:
-        idx = np.abs(blocks).argmax(axis=-1)[..., None]
-        m = np.take_along_axis(blocks, idx, axis=-1)[..., 0] * f
+        m = rng[0] * f
         end = (1 << (bits - 1)) - 1 if short_end else -(1 << (bits - 1))
         scales = (m / np.float32(end)).astype(scale_dtype(dtype))
         zp = np.full(scales.shape, 1 << (bits - 1), np.float32)
     elif q.scheme is QuantScheme.asymmetric:
-        lo = np.minimum(blocks.min(axis=-1), 0) * f
-        hi = np.maximum(blocks.max(axis=-1), 0) * f
+        lo, hi = rng[0] * f, rng[1] * f
         scales = ((hi - lo) / np.float32(qmax)).astype(scale_dtype(dtype))
         s32 = scales.astype(np.float32)
         safe = np.where(s32 == 0, np.float32(1), s32)
@@ -141,9 +154,10 @@ def _search(blocks: np.ndarray, q: QuantSettings, dtype: DType) -> tuple[np.ndar
         energy = np.einsum("rjk,rjk->rj", w64, w64)
         margin = 1e-9 * energy
         best = None  # [error, stored scale, rounding scale, zero point], each [rows, kb]
+        rng = _range(b, q)
         for shrink, short_end in _search_grids(q):
-            s, zp = _grid(b, q, dtype, shrink, short_end=short_end)
-            qd = _centred_codes(b, s, zp, q.bits)
+            s, zp = _grid_of(rng, q, dtype, shrink, short_end=short_end)
+            qd = _centred_codes(b, s, zp, q)
             wq = np.einsum("rjk,rjk->rj", w64, qd)
             qq = np.einsum("rjk,rjk->rj", qd, qd, dtype=np.float64)
             fit = np.where(qq > 0, wq / np.where(qq > 0, qq, 1), 0).astype(sdt)
@@ -161,14 +175,20 @@ def _search(blocks: np.ndarray, q: QuantSettings, dtype: DType) -> tuple[np.ndar
     return scales, zps, codes
 
 
-def _centred_codes(blocks: np.ndarray, scales: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
-    """float32 code - zero point of _codes (same rounding, same clipping), without the uint8 round trip."""
+def _centred_codes(blocks: np.ndarray, scales: np.ndarray, zp: np.ndarray, q: QuantSettings) -> np.ndarray:
+    """float32 code - zero point of _codes (same rounding, same clipping), without the uint8 round trip.
+    A zero scale stores every code at the zero point: dividing by inf gives that 0 (weights are finite)."""
     s32 = scales.astype(np.float32)
-    nonzero = s32 != 0
-    x = blocks / np.where(nonzero, s32, np.float32(1))[..., None]
+    x = blocks / np.where(s32 == 0, np.float32(np.inf), s32)[..., None]
     np.rint(x, out=x)
-    np.clip(x, -zp[..., None], ((1 << bits) - 1) - zp[..., None], out=x)
-    x *= nonzero[..., None]  # a zero scale stores every code at the zero point
+    top = (1 << q.bits) - 1
+    if q.scheme is QuantScheme.symmetric:  # one zero point for every block: scalar bounds are cheaper
+        z = float(1 << (q.bits - 1))
+        np.clip(x, -z, top - z, out=x)
+    elif q.scheme is QuantScheme.asymmetric:
+        np.clip(x, -zp[..., None], top - zp[..., None], out=x)
+    else:
+        raise ValueError(f"unknown QuantScheme {q.scheme!r}")
     return x
 
 

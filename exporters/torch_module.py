@@ -352,6 +352,13 @@ class Attention(nn.Module):
         self.n_heads, self.kv_heads, self.head_dim = s.n_heads, s.kv_heads, s.head_dim
         self.scale, self.kernel, self.slot = s.softmax_scale, s.kernel, node["cache"]
         self.q, self.k, self.v, self.o = (_linear(p, n) for n in ("q", "k", "v", "o"))
+        self.register_buffer("qkv_weight", None, persistent=False)  # set by pack_projections (inference)
+        self.register_buffer("qkv_bias", None, persistent=False)
+
+    def pack(self) -> bool:
+        """q, k and v as one [q + 2 kv, d] matrix (one M = 1 product per decode step instead of three);
+        see GraphModel.pack_projections. False where the three do not all have a bias or all lack one."""
+        return _pack(self, ("q", "k", "v"), "qkv")
 
     def _mask(self, mask, bias, ctx: _Context):
         """The additive mask + ALiBi bias in the compute dtype, made once per forward (memo) for all layers."""
@@ -366,11 +373,29 @@ class Attention(nn.Module):
             ctx.memo["attn_mask"] = combined.to(ctx.dtype)
         return ctx.memo["attn_mask"]
 
+    def _one_query(self, q, k, v, attn_mask):
+        """Attention of one query per head (a decode step) as two matrix products per kv group: the
+        query heads that share a kv head are stacked as rows, so k and v are read as they are, never
+        expanded (SDPA would expand them: its GQA kernel, flash, takes no mask). The scores get the
+        mask and go through softmax in float32, as SDPA's math kernel does. Returns [B, H, 1, hd]."""
+        B, T = q.shape[0], k.shape[2]
+        rep = self.n_heads // self.kv_heads
+        qg = q.reshape(B, self.kv_heads, rep, self.head_dim)  # head h = g * rep + r reads kv head g
+        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * self.scale  # [B, kv, rep, T]
+        scores = scores.view(B, self.n_heads, 1, T) + attn_mask.float()
+        p = torch.softmax(scores, dim=-1).to(v.dtype).view(B, self.kv_heads, rep, T)
+        return torch.matmul(p, v).view(B, self.n_heads, 1, self.head_dim)
+
     def forward(self, x, mask, rotary=None, bias=None, *, ctx: _Context):
         B, S, _ = x.shape
-        q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_weight is not None:
+            nq, nkv = self.n_heads * self.head_dim, self.kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).split((nq, nkv, nkv), dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
         if rotary is not None:
             q, k = apply_rotary(q, rotary, self.rotary_style), apply_rotary(k, rotary, self.rotary_style)
         if ctx.cache is not None:  # write this call's keys into the static buffers in place, attend over all of them
@@ -385,6 +410,9 @@ class Attention(nn.Module):
             ctx.present[self.slot] = (k, v)
         attn_mask = self._mask(mask, bias, ctx)
         gqa = self.kv_heads != self.n_heads
+        if S == 1 and attn_mask is not None and self.kernel in (AttentionKernel.default, AttentionKernel.math):
+            y = self._one_query(q, k, v, attn_mask)
+            return self.o(y.reshape(B, 1, self.n_heads * self.head_dim))
         flash_ok = attn_mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self.kernel in (AttentionKernel.default, AttentionKernel.flash)
         if gqa and not flash_ok:  # head h reads kv head h // (n_heads / kv_heads)
             rep = self.n_heads // self.kv_heads
@@ -423,11 +451,45 @@ class Mlp(nn.Module):
         self.act = activation_fn(name, s.activation)
         self.up, self.down = _linear(p, "up"), _linear(p, "down")
         self.gate = _linear(p, "gate") if "gate.weight" in p else None
+        self.register_buffer("gate_up_weight", None, persistent=False)  # set by pack_projections (inference)
+        self.register_buffer("gate_up_bias", None, persistent=False)
+
+    def pack(self) -> bool:
+        """gate and up as one [2 d_ff, d] matrix; see GraphModel.pack_projections."""
+        return self.gate is not None and _pack(self, ("gate", "up"), "gate_up")
 
     def forward(self, x):
         act = self.act
-        h = act(self.gate(x)) * self.up(x) if self.gate is not None else act(self.up(x))
+        if self.gate_up_weight is not None:
+            g, u = F.linear(x, self.gate_up_weight, self.gate_up_bias).chunk(2, dim=-1)
+            h = act(g) * u
+        elif self.gate is not None:
+            h = act(self.gate(x)) * self.up(x)
+        else:
+            h = act(self.up(x))
         return self.down(h)
+
+
+def _pack(module: nn.Module, names: tuple, packed: str) -> bool:
+    """Concatenate the weights (and biases) of module's linears `names` into the buffers
+    `{packed}_weight` / `{packed}_bias`, then make each linear's parameters views into them: one copy
+    of the weights in memory, and state_dict / load_state_dict still see (and write) the same values."""
+    linears = [getattr(module, n) for n in names]
+    if len({lin.bias is None for lin in linears}) != 1:
+        return False
+    if getattr(module, f"{packed}_weight") is not None:
+        return True  # already packed
+    for part in ("weight", "bias"):
+        if getattr(linears[0], part) is None:
+            continue
+        whole = torch.cat([getattr(lin, part).detach() for lin in linears])
+        setattr(module, f"{packed}_{part}", whole)
+        start = 0
+        for lin in linears:
+            n = getattr(lin, part).shape[0]
+            getattr(lin, part).data = whole[start:start + n]
+            start += n
+    return True
 
 
 class Residual(nn.Module):
@@ -586,6 +648,25 @@ class GraphModel(nn.Module):
                     torch._dynamo.mark_static_address(buf)
                     store[module.slot] = buf
         return StaticKVCache(keys, values)
+
+    def pack_projections(self) -> int:
+        """For inference: every attention's q|k|v and every gated MLP's gate|up become one matrix each,
+        so a decode step runs 4 matrix-vector products per layer instead of 7 (at M = 1 each product
+        costs a kernel's latency on top of its bytes). The parameters stay, as views into the packed
+        buffers, so state_dict is unchanged; but forward reads the buffers, so no gradient reaches them:
+        do not train a packed model, and pack after moving it (.to makes separate copies). Returns the
+        number of nodes packed."""
+        done = 0
+        for _, kind, _, module in self._steps:
+            if kind in (K.attention, K.mlp):
+                done += bool(module.pack())
+        return done
+
+    def head_logits(self, hidden):
+        """The head applied to hidden states (float32 logits), e.g. the last position of
+        forward(..., return_hidden=True)."""
+        head = self.get_submodule("head")
+        return head(hidden, weight=self.get_parameter(head.tied_to) if head.tied_to else None)
 
     def loss(self, input_ids, targets, chunk: int = 4096):
         """Mean next-token cross-entropy of `targets` [B,S] (-100 skips a position): the head's matmul

@@ -28,7 +28,8 @@ Method (same for every backend, so the figures compare):
   minus before the session was made (the arena does not shrink, so this is its peak).
 
 Backends: ort (archc's ONNX export, cuda target, through archc's runner), torch (archc's PyTorch
-module, eager, simple greedy loop with its KV cache), torch-compile (the same under torch.compile),
+module, eager, simple greedy loop with its KV cache), torch-compile (the module's fast decode path,
+exporters.torch_decode.Decoder: static cache, compiled step, CUDA graphs of several steps),
 hf-eager / hf-sdpa (transformers generate with the same weights, archc.bench.hf) and hf-compile
 (transformers' static cache, whose generate compiles the decode step with torch.compile),
 genai / genai-graph (onnxruntime-genai's builder and generator on the same checkpoint, without and with
@@ -311,14 +312,31 @@ class TorchBackend(Backend):
 
 
 class TorchCompileBackend(TorchBackend):
+    """archc's fast decode path, exporters.torch_decode.Decoder: static KV cache, the decode step
+    (forward, argmax, state update) compiled by inductor and replayed as CUDA graphs of several steps;
+    q|k|v and gate|up packed unless the eager `torch` backend shares the module in this run. One
+    Decoder per (batch, prompt + new tokens), made on the shape's first generate."""
+
     name = "torch-compile"
     warmup = 2
 
     def setup(self):
-        import torch
-
         super().setup()
-        self.fn = torch.compile(self.model, dynamic=True)
+        self.decoder, self.decoder_key = None, None
+
+    def generate(self, ids, mask, n):
+        from exporters.torch_decode import Decoder
+
+        key = (ids.shape[0], ids.shape[1] + max(n, self.bench.shape.new_tokens if self.bench.shape else n))
+        if self.decoder_key != key:
+            self.decoder = None  # free the previous shape's cache and graph first
+            self.decoder = Decoder(self.model, key[0], key[1], compile=True,
+                                   pack="torch" not in self.bench.backend_names)
+            self.decoder_key = key
+        return self.decoder.generate(ids, mask, n)
+
+    def close(self):
+        self.decoder = None
 
 
 class HfBackend(Backend):

@@ -75,7 +75,7 @@ def compile_cmd(
                                                                    "onnxruntime-genai's int4 export quantizes its lm_head, so this is the comparable size.")] = False,
     quant_method: Annotated[str, typer.Option(help="rtn (round-to-nearest on each block's range) | search (per block, a few shrunk "
                                                    "ranges and least-squares scales tried, the least squared error kept; never worse "
-                                                   "than rtn per block, no data, ~7x rtn's quantization time).")] = "rtn",
+                                                   "than rtn per block, no data, ~3x rtn's quantization time).")] = "rtn",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""

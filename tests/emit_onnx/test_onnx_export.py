@@ -225,12 +225,17 @@ def test_model_directory_loads_back_as_its_spec(name, tmp_path):
     assert load(str(tmp_path / "m")) == spec
 
 
-def test_cuda_llama_stream_rotated_once_and_gate_up_one_gemm(tmp_path):
+@pytest.mark.parametrize("gate_up", ["two_gemms", "one_gemm"])
+def test_cuda_llama_stream_rotated_once_and_gate_up(tmp_path, monkeypatch, gate_up):
     """Structure of the cuda target for an all-GroupQueryAttention spec (the numbers are checked by
     test_logits_match_pytorch_emitter with a left-padded batch): the token stream enters the op's
     packed layout once (input_ids, position_ids: GatherElements) and leaves it once (GatherND in
-    front of the head), instead of 3 GatherND per layer; each gated MLP has one input GEMM with a
-    [d_model, 2 d_ff] weight holding gate then up."""
+    front of the head), instead of 3 GatherND per layer. Gated MLP, per GATE_UP: two_gemms (the
+    default) has a [d_model, d_ff] GEMM each for gate and up and no Split; one_gemm has one input GEMM
+    with a [d_model, 2 d_ff] weight holding gate then up, split in halves."""
+    from exporters import onnx_lowering_cuda
+
+    monkeypatch.setattr(onnx_lowering_cuda, "GATE_UP", onnx_lowering_cuda.GateUp(gate_up))
     spec = tiny_spec("llama")
     graph = archc.compile(spec)
     res = export(graph, tmp_path / "m", target="cuda", dtype="fp16")
@@ -242,9 +247,14 @@ def test_cuda_llama_stream_rotated_once_and_gate_up_one_gemm(tmp_path):
     assert res.lowering["input_ids"].startswith("cuda:GatherElements") and res.lowering["attention_mask"] == "portable"
     shapes = {t.name: tuple(t.dims) for t in m.graph.initializer}
     gemms = [shapes.get(n.input[1]) for n in m.graph.node if n.op_type == "MatMul"]
-    assert gemms.count((spec.d_model, 2 * F)) == L and (spec.d_model, F) not in gemms  # gate|up, no lone gate/up
-    assert len(gemms) == 4 * L + 1  # q|k|v, o, gate|up, down per layer; head
-    assert res.lowering["layers.0.mlp"].startswith("cuda:MatMul (gate|up")
+    if gate_up == "one_gemm":
+        assert gemms.count((spec.d_model, 2 * F)) == L and (spec.d_model, F) not in gemms  # gate|up, no lone gate/up
+        assert len(gemms) == 4 * L + 1 and ops.count("Split") == L  # q|k|v, o, gate|up, down per layer; head
+        assert res.lowering["layers.0.mlp"].startswith("cuda:MatMul (gate|up")
+    else:
+        assert gemms.count((spec.d_model, F)) == 2 * L and (spec.d_model, 2 * F) not in gemms  # gate, up; no gate|up
+        assert len(gemms) == 5 * L + 1 and "Split" not in ops  # q|k|v, o, gate, up, down per layer; head
+        assert res.lowering["layers.0.mlp"] == "cuda:MatMul (gate and up, one GEMM each)"
     used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
     assert [n.name for n in m.graph.node if not set(n.output) & used] == []  # no dead nodes
     # negative control: a spec that is not all-GroupQueryAttention keeps the stream in contract order

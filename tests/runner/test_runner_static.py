@@ -53,7 +53,7 @@ def test_fixed_buffer_mask_is_full_width(shared_model, monkeypatch):
 
     def spy(self, ids, mask, positions, lens):
         out = orig(self, ids, mask, positions, lens)
-        widths.append(self.fixed[0]["attention_mask"].shape()[1])
+        widths.append(self.fixed.bound_shape("attention_mask")[1])
         return out
 
     monkeypatch.setattr(type(s._static_stepper(2, 11)), "_fixed_step", spy)

@@ -1,0 +1,105 @@
+"""Quantized exports against the fp32 export of a model trained by `archc train` (CPU): round-to-nearest
+against `--quant-method search`, int4 symmetric / asymmetric / block 128.
+
+    python -m benchmarks.quant_quality OUT_DIR [--d-model 256] [--d-ff 704] [--steps 300]
+
+Trains a 2-layer llama (GQA 4/2 heads, vocab 97) on a learnable token stream (id = (7 i + i // 13) mod 97,
+as tests/emit_onnx/test_quant_matmulnbits.py does), compiles it fp32 and quantized (portable target), and
+compares prefill logits of 16 random-id rows and 16 rows of the training stream (32 positions each):
+rms = sqrt(mean (a - ref)^2 / mean ref^2), max = max |a - ref| / max |ref|, kl = mean KL(fp32 || quantized)
+per position, top1 = argmax agreement. Writes OUT_DIR/quality.json and prints one line per export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = {
+    "int4": ["--quant", "int4"],
+    "int4-search": ["--quant", "int4", "--quant-method", "search"],
+    "int4-asym": ["--quant", "int4", "--quant-scheme", "asymmetric"],
+    "int4-asym-search": ["--quant", "int4", "--quant-scheme", "asymmetric", "--quant-method", "search"],
+    "int4-b128": ["--quant", "int4", "--quant-block-size", "128"],
+    "int4-b128-search": ["--quant", "int4", "--quant-block-size", "128", "--quant-method", "search"],
+}
+
+
+def cli(argv: list[str]) -> None:
+    from archc.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    if rc:
+        raise SystemExit(f"archc {' '.join(argv)}: exit {rc}")
+
+
+def prefill_logits(model_dir: Path, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    B, S = ids.shape
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name == "input_ids":
+            feeds[i.name] = ids
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((B, S), np.int64)
+        elif i.name == "position_ids":
+            feeds[i.name] = np.broadcast_to(np.arange(S, dtype=np.int64), (B, S)).copy()
+        elif i.name.startswith("past_key_values"):
+            feeds[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)
+        else:
+            raise SystemExit(f"unexpected model input {i.name}")
+    return sess.run(["logits"], feeds)[0]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--d-ff", type=int, default=704)
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    root = args.out_dir
+    root.mkdir(parents=True, exist_ok=True)
+    sets = ["n_layers=2", f"d_model={args.d_model}", "attention.n_heads=4", "attention.sharing=gqa", "attention.kv_heads=2",
+            f"mlp.d_ff={args.d_ff}", "vocab_size=97", "max_seq_len=64", "training.schedule.warmup_steps=10",
+            "training.optimizer.lr=3e-3"]
+    stream = (np.arange(20000) * 7 + np.arange(20000) // 13) % 97
+    stream.astype("<u2").tofile(root / "tokens.bin")
+    cli(["train", "llama", *[a for s in sets for a in ("--set", s)], "--data", str(root / "tokens.bin"), "--out", str(root / "run"),
+         "--batch", "8", "--seq-len", "32", "--steps", str(args.steps), "--eval-every", "0", "--device", "cpu"])
+    variants = {k: v for k, v in VARIANTS.items() if "b128" not in k or args.d_model >= 128}  # block 128 needs K >= 128
+    for name, extra in {"fp32": [], **variants}.items():
+        cli(["compile", str(root / "run"), "-o", str(root / name), "--force", *extra])
+    rng = np.random.default_rng(0)
+    rows = {"random": rng.integers(0, 97, (16, 32)).astype(np.int64),
+            "stream": np.stack([stream[s:s + 32] for s in rng.integers(0, 19000, 16)]).astype(np.int64)}
+    ref = {k: prefill_logits(root / "fp32", x) for k, x in rows.items()}
+    out: dict = {"d_model": args.d_model, "d_ff": args.d_ff, "steps": args.steps, "exports": {}}
+    for name in variants:
+        for k, x in rows.items():
+            a, r = prefill_logits(root / name, x), ref[k]
+            p, q = log_softmax(r), log_softmax(a)
+            m = dict(rms=float(np.sqrt(((a - r) ** 2).mean() / (r ** 2).mean())), max=float(np.abs(a - r).max() / np.abs(r).max()),
+                     kl=float((np.exp(p) * (p - q)).sum(-1).mean()), top1=float((a.argmax(-1) == r.argmax(-1)).mean()))
+            out["exports"][f"{name}/{k}"] = m
+            print(f"{name}/{k}", {a_: round(b_, 5) for a_, b_ in m.items()}, flush=True)
+    (root / "quality.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
