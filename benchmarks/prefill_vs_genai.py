@@ -102,7 +102,7 @@ def onnx_prefill(path: Path, runs: int, extra_opts: dict | None = None) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from benchmarks.kernel_trace import kernel_events
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -140,18 +140,10 @@ def onnx_prefill(path: Path, runs: int, extra_opts: dict | None = None) -> dict:
             ts.append((time.perf_counter() - t0) * 1e3)
         torch.cuda.synchronize()
         n_prof = 5
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n_prof):
-                sess.run_with_iobinding(io)
-            torch.cuda.synchronize()
-        trace = Path(f"/tmp/prefill_trace_{os.getpid()}.json")
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-        trace.unlink()
+        events = kernel_events(lambda: sess.run_with_iobinding(io), n_prof)
         by: dict = {}
         for e in events:
-            if e.get("cat") == "kernel":
-                by.setdefault(e["name"], []).append(e["dur"])
+            by.setdefault(e["name"], []).append(e["dur"])
         total = sum(sum(v) for v in by.values()) / n_prof
         top = sorted(((sum(v) / n_prof, len(v) / n_prof, k) for k, v in by.items()), reverse=True)
         res[f"b{B}_p{L}"] = {"run_ms_median": statistics.median(ts), "run_ms_min": min(ts), "kernel_us_sum": total,

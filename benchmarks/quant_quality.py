@@ -40,25 +40,10 @@ def cli(argv: list[str]) -> None:
 
 
 def prefill_logits(model_dir: Path, ids: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    """float32 logits [B, S, vocab] of one prefill (empty cache) through archc's runner on the CPU."""
+    from archc.runner import Session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_dir / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    B, S = ids.shape
-    feeds = {}
-    for i in sess.get_inputs():
-        if i.name == "input_ids":
-            feeds[i.name] = ids
-        elif i.name == "attention_mask":
-            feeds[i.name] = np.ones((B, S), np.int64)
-        elif i.name == "position_ids":
-            feeds[i.name] = np.broadcast_to(np.arange(S, dtype=np.int64), (B, S)).copy()
-        elif i.name.startswith("past_key_values"):
-            feeds[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)
-        else:
-            raise SystemExit(f"unexpected model input {i.name}")
-    return sess.run(["logits"], feeds)[0]
+    return np.asarray(Session(model_dir, device="cpu").forward(ids)[0], np.float32)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

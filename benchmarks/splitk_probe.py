@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def measure(K: int, N: int, s: int, copies: int, runs: int, copy_tbs: float | No
     import numpy as np
     import onnxruntime as ort
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from benchmarks.kernel_trace import kernel_events
 
     m = model(K, N, s, copies)
     so = ort.SessionOptions()
@@ -73,14 +72,7 @@ def measure(K: int, N: int, s: int, copies: int, runs: int, copy_tbs: float | No
     for _ in range(5):
         sess.run_with_iobinding(io)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(runs):
-            sess.run_with_iobinding(io)
-        torch.cuda.synchronize()
-    trace = Path(f"/tmp/splitk_{os.getpid()}.json")
-    prof.export_chrome_trace(str(trace))
-    ev = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("cat") == "kernel"]
-    trace.unlink()
+    ev = kernel_events(lambda: sess.run_with_iobinding(io), runs)
     per = sum(e["dur"] for e in ev) / runs / copies
     names = sorted({e["name"][:60] for e in ev})
     got = ys[0].numpy().astype(np.float32)

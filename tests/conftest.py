@@ -41,6 +41,24 @@ def tiny_spec(name: str, extra: list[str] | None = None):
     return load_spec(path, tiny_sets(path) + list(extra or []))
 
 
+def genai_python_or_skip() -> str:
+    """The python that has onnxruntime_genai (ARCHC_GENAI_PYTHON, else this one if it imports genai). Without
+    one the test skips, unless ARCHC_REQUIRE_GENAI=1 (CI, which makes the venv with scripts/genai_env.sh)."""
+    import os
+    import sys
+
+    env = os.environ.get("ARCHC_GENAI_PYTHON")
+    if env:
+        return env
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        if os.environ.get("ARCHC_REQUIRE_GENAI") == "1":
+            pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
+        pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
+    return sys.executable
+
+
 LIBRARY = [p.stem for p in library_specs()]
 
 

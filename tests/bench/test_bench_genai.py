@@ -10,7 +10,6 @@ genai's builder reads the Hugging Face checkpoint with its own code."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from archc.bench.genai import GENAI_PYTHON_ENV, PLACEHOLDER_SPECIALS, write_placeholder_tokenizer
 from archc.cli import main
+from conftest import genai_python_or_skip
 
 pytestmark = [pytest.mark.genai, pytest.mark.slow]
 
@@ -31,24 +31,9 @@ def _sets(extra=()):
     return [a for s in TINY + list(extra) for a in ("--set", s)]
 
 
-def _genai_python() -> str | None:
-    env = os.environ.get(GENAI_PYTHON_ENV)
-    if env:
-        return env
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return None
-    return sys.executable
-
-
 @pytest.fixture
 def genai_env(monkeypatch):
-    py = _genai_python()
-    if py is None:
-        if os.environ.get("ARCHC_REQUIRE_GENAI") == "1":
-            pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
-        pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
+    py = genai_python_or_skip()
     monkeypatch.setenv(GENAI_PYTHON_ENV, py)
     return py
 

@@ -12,16 +12,14 @@ logits), and cuda-target exports with genai's shared past/present buffer, on gen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import archc
 from archc.runner import Session
-from conftest import LIBRARY, tiny_spec
+from conftest import LIBRARY, genai_python_or_skip, tiny_spec
 from exporters.onnx_export import export, genai_unsupported
 
 pytestmark = [pytest.mark.genai, pytest.mark.slow]
@@ -37,25 +35,9 @@ CASES = ([(name, "all") for name in LIBRARY] + [("llama", "last"), ("gpt2", "las
          + [("llama", "cuda"), ("mistral", "cuda"), ("palm", "cuda")])
 
 
-def genai_python() -> str | None:
-    """The python that has onnxruntime_genai: ARCHC_GENAI_PYTHON, else this one if it imports genai."""
-    env = os.environ.get("ARCHC_GENAI_PYTHON")
-    if env:
-        return env
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return None
-    return sys.executable
-
-
 @pytest.fixture(scope="module")
 def genai_runs(tmp_path_factory):
-    py = genai_python()
-    if py is None:
-        if os.environ.get("ARCHC_REQUIRE_GENAI") == "1":
-            pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
-        pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
+    py = genai_python_or_skip()
     root = tmp_path_factory.mktemp("genai")
     jobs, want = [], {}
     for name, variant in CASES:
