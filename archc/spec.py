@@ -413,141 +413,10 @@ class Spec(StrictModel):
     # ---- derived values, filled in once ------------------------------------------------------
     @model_validator(mode="after")
     def _resolve(self) -> "Spec":
-        a, n, m, p, r, e = self.attention, self.norm, self.mlp, self.position, self.residual, self.embedding
-
-        # head_dim
-        if a.head_dim is None:
-            if self.d_model % a.n_heads:
-                raise SpecConflict(
-                    ["d_model", "attention.n_heads"],
-                    f"d_model={self.d_model} is not divisible by attention.n_heads={a.n_heads}; "
-                    f"set attention.head_dim explicitly or choose n_heads dividing d_model",
-                )
-            a.head_dim = self.d_model // a.n_heads
-
-        # kv_heads <-> sharing
-        if a.kv_heads is None:
-            if a.sharing in (None, Sharing.mha):
-                a.kv_heads = a.n_heads
-            elif a.sharing is Sharing.mqa:
-                a.kv_heads = 1
-            else:
-                raise SpecConflict(
-                    ["attention.sharing"], "attention.sharing: gqa needs attention.kv_heads (the number of K/V groups)"
-                )
-        if a.n_heads % a.kv_heads:
-            raise SpecConflict(
-                ["attention.kv_heads", "attention.n_heads"],
-                f"attention.kv_heads={a.kv_heads} does not divide attention.n_heads={a.n_heads}; "
-                f"choose kv_heads among the divisors of {a.n_heads}",
-            )
-        implied = Sharing.mha if a.kv_heads == a.n_heads else Sharing.mqa if a.kv_heads == 1 else Sharing.gqa
-        if a.sharing is None:
-            a.sharing = implied
-        elif a.sharing is not implied:
-            want = {Sharing.mha: f"kv_heads: {a.n_heads}", Sharing.mqa: "kv_heads: 1", Sharing.gqa: f"1 < kv_heads < {a.n_heads}"}
-            raise SpecConflict(
-                ["attention.sharing", "attention.kv_heads"],
-                f"attention.sharing: {a.sharing.value} disagrees with attention.kv_heads={a.kv_heads} "
-                f"(n_heads={a.n_heads}, which is {implied.value}); {a.sharing.value} needs {want[a.sharing]}, "
-                f"or drop one of the two fields",
-            )
-        if a.softmax_scale is None:
-            a.softmax_scale = 1.0 / math.sqrt(a.head_dim)
-
-        # rotary width
-        if isinstance(p, RopePosition):
-            if p.rotary_dim is not None and "rotary_fraction" not in p.model_fields_set:
-                # rotary_dim given alone: the fraction follows from it (GPT-J writes rotary_dim: 64)
-                if p.rotary_dim > a.head_dim:
-                    raise SpecConflict(
-                        ["position.rotary_dim", "attention.head_dim"],
-                        f"position.rotary_dim={p.rotary_dim} exceeds attention.head_dim={a.head_dim}; "
-                        f"rotate at most head_dim dims",
-                    )
-                if p.rotary_dim % 2:  # say it in the field the user wrote, not the fraction derived from it
-                    raise SpecConflict(
-                        ["position.rotary_dim"],
-                        f"position.rotary_dim={p.rotary_dim} is odd; RoPE rotates pairs of dims, so give an even rotary_dim",
-                    )
-                p.rotary_fraction = p.rotary_dim / a.head_dim
-            rd = int(round(a.head_dim * p.rotary_fraction))
-            if p.rotary_dim is not None and p.rotary_dim != rd:
-                raise SpecConflict(
-                    ["position.rotary_dim", "position.rotary_fraction"],
-                    f"position.rotary_dim={p.rotary_dim} disagrees with rotary_fraction={p.rotary_fraction} "
-                    f"x head_dim={a.head_dim} = {rd}; give only one of them",
-                )
-            if rd == 0 or rd % 2:
-                raise SpecConflict(
-                    ["position.rotary_fraction", "attention.head_dim"],
-                    f"RoPE rotates pairs of dims, but rotary_fraction={p.rotary_fraction} x head_dim={a.head_dim} "
-                    f"gives {rd} rotary dims (odd or zero); choose rotary_fraction or rotary_dim giving an even width",
-                )
-            p.rotary_dim = rd
-        if isinstance(p, LearnedPosition) and p.max_positions is None:
-            p.max_positions = self.max_seq_len + p.offset
-        if isinstance(p, LearnedPosition) and p.max_positions < self.max_seq_len + p.offset:
-            raise SpecConflict(
-                ["position.max_positions", "max_seq_len"],
-                f"position.max_positions={p.max_positions} is smaller than max_seq_len={self.max_seq_len} "
-                f"+ offset {p.offset}; raise max_positions or lower max_seq_len",
-            )
-        if isinstance(p, Glm2dPosition) and p.max_positions is None:
-            p.max_positions = self.max_seq_len
-
-        # norm placement
-        if n.final is None:
-            n.final = n.placement in (NormPlacement.pre, NormPlacement.sandwich)
-        if n.placement is NormPlacement.deepnorm:
-            if n.deepnorm_alpha is None:
-                n.deepnorm_alpha = (2 * self.n_layers) ** 0.25
-            if n.deepnorm_beta is None:
-                n.deepnorm_beta = (8 * self.n_layers) ** -0.25
-        elif n.deepnorm_alpha is not None or n.deepnorm_beta is not None:
-            raise SpecConflict(
-                ["norm.deepnorm_alpha", "norm.placement"],
-                f"norm.deepnorm_alpha/deepnorm_beta only apply to norm.placement: deepnorm (placement is "
-                f"{n.placement.value}); remove them or set placement: deepnorm",
-            )
-        if n.bias is None:
-            n.bias = n.kind is NormKind.layernorm
-
-        # residual layout
-        if r.layout is ResidualLayout.parallel:
-            if n.placement in (NormPlacement.post, NormPlacement.deepnorm):
-                raise SpecConflict(
-                    ["residual.layout", "norm.placement"],
-                    f"residual.layout: parallel reads one normed input for attention and MLP, which needs "
-                    f"norm.placement pre or sandwich, not {n.placement.value}; use layout: sequential or placement: pre",
-                )
-            if r.parallel_norms is None:
-                r.parallel_norms = ParallelNorms.shared
-        elif r.parallel_norms is not None:
-            raise SpecConflict(
-                ["residual.parallel_norms", "residual.layout"],
-                "residual.parallel_norms only applies to residual.layout: parallel; remove it or set layout: parallel",
-            )
-
-        # MLP width
-        if m.d_ff is None:
-            m.d_ff = 4 * self.d_model
-
-        # embedding / head
-        if e.head_vocab_size is None:
-            e.head_vocab_size = self.vocab_size
-        if e.output is OutputHead.tied and e.head_vocab_size != self.vocab_size:
-            raise SpecConflict(
-                ["embedding.output", "embedding.head_vocab_size"],
-                f"embedding.output: tied reuses the embedding matrix [{self.vocab_size}, {self.d_model}], but "
-                f"embedding.head_vocab_size={e.head_vocab_size}; set output: untied or head_vocab_size: {self.vocab_size}",
-            )
-        # attention mask
-        if a.mask is MaskKind.prefix and a.sliding_window is not None:
-            raise SpecConflict(
-                ["attention.mask", "attention.sliding_window"],
-                "attention.mask: prefix (bidirectional prefix) cannot be combined with attention.sliding_window; drop one",
-            )
+        """Every derived field, once, by the rules below in order (a later rule reads an earlier one's
+        result: rotary width needs head_dim). Each rule fills what it derives or raises SpecConflict."""
+        for rule in _RULES:
+            rule(self)
         return self
 
     # ---- conveniences --------------------------------------------------------------------------
@@ -567,3 +436,168 @@ class Spec(StrictModel):
     def to_yaml_dict(self) -> dict:
         """The resolved spec as plain data, in declaration order (enums as their values)."""
         return self.model_dump(mode="json")
+
+
+# ---- the rules Spec._resolve applies, in order ------------------------------------------------
+
+
+def _derive_head_dim(s: "Spec") -> None:
+    """head_dim from d_model / n_heads, unless given."""
+    a = s.attention
+    if a.head_dim is None:
+        if s.d_model % a.n_heads:
+            raise SpecConflict(
+                ["d_model", "attention.n_heads"],
+                f"d_model={s.d_model} is not divisible by attention.n_heads={a.n_heads}; "
+                f"set attention.head_dim explicitly or choose n_heads dividing d_model",
+            )
+        a.head_dim = s.d_model // a.n_heads
+
+
+def _derive_kv_heads(s: "Spec") -> None:
+    """kv_heads and sharing from each other (one may be given, or both if they agree); the softmax scale."""
+    a = s.attention
+    if a.kv_heads is None:
+        if a.sharing in (None, Sharing.mha):
+            a.kv_heads = a.n_heads
+        elif a.sharing is Sharing.mqa:
+            a.kv_heads = 1
+        else:
+            raise SpecConflict(
+                ["attention.sharing"], "attention.sharing: gqa needs attention.kv_heads (the number of K/V groups)"
+            )
+    if a.n_heads % a.kv_heads:
+        raise SpecConflict(
+            ["attention.kv_heads", "attention.n_heads"],
+            f"attention.kv_heads={a.kv_heads} does not divide attention.n_heads={a.n_heads}; "
+            f"choose kv_heads among the divisors of {a.n_heads}",
+        )
+    implied = Sharing.mha if a.kv_heads == a.n_heads else Sharing.mqa if a.kv_heads == 1 else Sharing.gqa
+    if a.sharing is None:
+        a.sharing = implied
+    elif a.sharing is not implied:
+        want = {Sharing.mha: f"kv_heads: {a.n_heads}", Sharing.mqa: "kv_heads: 1", Sharing.gqa: f"1 < kv_heads < {a.n_heads}"}
+        raise SpecConflict(
+            ["attention.sharing", "attention.kv_heads"],
+            f"attention.sharing: {a.sharing.value} disagrees with attention.kv_heads={a.kv_heads} "
+            f"(n_heads={a.n_heads}, which is {implied.value}); {a.sharing.value} needs {want[a.sharing]}, "
+            f"or drop one of the two fields",
+        )
+    if a.softmax_scale is None:
+        a.softmax_scale = 1.0 / math.sqrt(a.head_dim)
+
+
+def _derive_positions(s: "Spec") -> None:
+    """RoPE's rotary width (rotary_dim and rotary_fraction agree, even, at most head_dim); learned and GLM table sizes."""
+    a, p = s.attention, s.position
+    if isinstance(p, RopePosition):
+        if p.rotary_dim is not None and "rotary_fraction" not in p.model_fields_set:
+            # rotary_dim given alone: the fraction follows from it (GPT-J writes rotary_dim: 64)
+            if p.rotary_dim > a.head_dim:
+                raise SpecConflict(
+                    ["position.rotary_dim", "attention.head_dim"],
+                    f"position.rotary_dim={p.rotary_dim} exceeds attention.head_dim={a.head_dim}; "
+                    f"rotate at most head_dim dims",
+                )
+            if p.rotary_dim % 2:  # say it in the field the user wrote, not the fraction derived from it
+                raise SpecConflict(
+                    ["position.rotary_dim"],
+                    f"position.rotary_dim={p.rotary_dim} is odd; RoPE rotates pairs of dims, so give an even rotary_dim",
+                )
+            p.rotary_fraction = p.rotary_dim / a.head_dim
+        rd = int(round(a.head_dim * p.rotary_fraction))
+        if p.rotary_dim is not None and p.rotary_dim != rd:
+            raise SpecConflict(
+                ["position.rotary_dim", "position.rotary_fraction"],
+                f"position.rotary_dim={p.rotary_dim} disagrees with rotary_fraction={p.rotary_fraction} "
+                f"x head_dim={a.head_dim} = {rd}; give only one of them",
+            )
+        if rd == 0 or rd % 2:
+            raise SpecConflict(
+                ["position.rotary_fraction", "attention.head_dim"],
+                f"RoPE rotates pairs of dims, but rotary_fraction={p.rotary_fraction} x head_dim={a.head_dim} "
+                f"gives {rd} rotary dims (odd or zero); choose rotary_fraction or rotary_dim giving an even width",
+            )
+        p.rotary_dim = rd
+    if isinstance(p, LearnedPosition) and p.max_positions is None:
+        p.max_positions = s.max_seq_len + p.offset
+    if isinstance(p, LearnedPosition) and p.max_positions < s.max_seq_len + p.offset:
+        raise SpecConflict(
+            ["position.max_positions", "max_seq_len"],
+            f"position.max_positions={p.max_positions} is smaller than max_seq_len={s.max_seq_len} "
+            f"+ offset {p.offset}; raise max_positions or lower max_seq_len",
+        )
+    if isinstance(p, Glm2dPosition) and p.max_positions is None:
+        p.max_positions = s.max_seq_len
+
+
+def _derive_norm(s: "Spec") -> None:
+    """final norm from the placement, DeepNorm's constants (Wang et al. 2022), norm bias from its kind."""
+    n = s.norm
+    if n.final is None:
+        n.final = n.placement in (NormPlacement.pre, NormPlacement.sandwich)
+    if n.placement is NormPlacement.deepnorm:
+        if n.deepnorm_alpha is None:
+            n.deepnorm_alpha = (2 * s.n_layers) ** 0.25
+        if n.deepnorm_beta is None:
+            n.deepnorm_beta = (8 * s.n_layers) ** -0.25
+    elif n.deepnorm_alpha is not None or n.deepnorm_beta is not None:
+        raise SpecConflict(
+            ["norm.deepnorm_alpha", "norm.placement"],
+            f"norm.deepnorm_alpha/deepnorm_beta only apply to norm.placement: deepnorm (placement is "
+            f"{n.placement.value}); remove them or set placement: deepnorm",
+        )
+    if n.bias is None:
+        n.bias = n.kind is NormKind.layernorm
+
+
+def _derive_residual(s: "Spec") -> None:
+    """parallel residual needs a pre/sandwich norm; its norm sharing."""
+    n, r = s.norm, s.residual
+    if r.layout is ResidualLayout.parallel:
+        if n.placement in (NormPlacement.post, NormPlacement.deepnorm):
+            raise SpecConflict(
+                ["residual.layout", "norm.placement"],
+                f"residual.layout: parallel reads one normed input for attention and MLP, which needs "
+                f"norm.placement pre or sandwich, not {n.placement.value}; use layout: sequential or placement: pre",
+            )
+        if r.parallel_norms is None:
+            r.parallel_norms = ParallelNorms.shared
+    elif r.parallel_norms is not None:
+        raise SpecConflict(
+            ["residual.parallel_norms", "residual.layout"],
+            "residual.parallel_norms only applies to residual.layout: parallel; remove it or set layout: parallel",
+        )
+
+
+def _derive_mlp(s: "Spec") -> None:
+    """d_ff = 4 d_model unless given."""
+    m = s.mlp
+    if m.d_ff is None:
+        m.d_ff = 4 * s.d_model
+
+
+def _derive_head(s: "Spec") -> None:
+    """head vocabulary; a tied head must match the embedding."""
+    e = s.embedding
+    if e.head_vocab_size is None:
+        e.head_vocab_size = s.vocab_size
+    if e.output is OutputHead.tied and e.head_vocab_size != s.vocab_size:
+        raise SpecConflict(
+            ["embedding.output", "embedding.head_vocab_size"],
+            f"embedding.output: tied reuses the embedding matrix [{s.vocab_size}, {s.d_model}], but "
+            f"embedding.head_vocab_size={e.head_vocab_size}; set output: untied or head_vocab_size: {s.vocab_size}",
+        )
+
+
+def _check_mask(s: "Spec") -> None:
+    """a prefix mask and a sliding window do not combine."""
+    a = s.attention
+    if a.mask is MaskKind.prefix and a.sliding_window is not None:
+        raise SpecConflict(
+            ["attention.mask", "attention.sliding_window"],
+            "attention.mask: prefix (bidirectional prefix) cannot be combined with attention.sliding_window; drop one",
+        )
+
+
+_RULES = (_derive_head_dim, _derive_kv_heads, _derive_positions, _derive_norm, _derive_residual, _derive_mlp, _derive_head, _check_mask)

@@ -75,13 +75,16 @@ def test_rule_rejects_and_names_fields(over, fields, fix):
 
 
 def test_every_conflict_rule_is_covered():
-    """Guard: Spec._resolve has 14 cross-field rules, and RULES covers each (rows 0-20). A new rule
-    changes the count here; add a RULES row for it and update the number."""
+    """Guard: the rules Spec._resolve applies (archc.spec._RULES) raise 14 cross-field conflicts, and RULES
+    covers each (rows 0-20). A new conflict changes the count here; add a RULES row for it and update the
+    number. Negative control: _resolve runs every rule function in the module (none left out of _RULES)."""
     import inspect
 
     import archc.spec as spec_mod
 
-    assert inspect.getsource(spec_mod.Spec._resolve).count("raise SpecConflict(") == 14
+    assert sum(inspect.getsource(rule).count("raise SpecConflict(") for rule in spec_mod._RULES) == 14
+    defined = {n for n, f in vars(spec_mod).items() if inspect.isfunction(f) and n.startswith(("_derive_", "_check_"))}
+    assert defined == {rule.__name__ for rule in spec_mod._RULES}
 
 
 # ---- negative controls: the boundary cases that must be accepted ----------------------------------
