@@ -18,6 +18,7 @@ from typing import Callable
 
 from archc.errors import UserError
 from archc.files import guard_output, why
+from archc.interrupts import deferred_interrupts
 
 
 def temp_prefix(name: str) -> str:
@@ -47,11 +48,13 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
         raise UserError(f"{shown}: folder {folder} does not exist; create it first")
     if path.is_dir():
         raise UserError(f"{shown}: is a directory; give a file name")
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UserError(f"{shown}: cannot write in {folder}: {why(e)}") from None
-    try:
+        try:
+            with deferred_interrupts():  # a signal waits until `tmp` is bound, so the finally below removes it
+                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise UserError(f"{shown}: cannot write in {folder}: {why(e)}") from None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         if check is not None:
@@ -76,7 +79,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
     except OSError as e:
         raise UserError(f"{shown}: cannot write: {why(e)}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -127,14 +130,16 @@ def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = 
 
     shown = label or str(path)
     target, st = check_dir_target(path, force=force, label=label, protect=protect)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as e:
-        raise UserError(f"{shown}: cannot create the directory: {e.strerror}") from None
     umask = os.umask(0)
     os.umask(umask)
+    tmp = None
     try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with deferred_interrupts():  # a signal waits until `tmp` is bound, so the excepts below remove it
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        except OSError as e:
+            raise UserError(f"{shown}: cannot create the directory: {e.strerror}") from None
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output gets ordinary permissions
         fill(tmp)
         for f in tmp.iterdir():
@@ -154,8 +159,10 @@ def write_dir_atomic(path: Path, fill: Callable[[Path], None], *, force: bool = 
                 raise
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{shown}: cannot write: {e.strerror}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from archc.errors import UserError
 from archc.files import why
+from archc.interrupts import deferred_interrupts
 
 PREFIX = ".archc."
 OWNER = ".archc-owner.json"
@@ -53,17 +54,26 @@ def _owner() -> dict:
 
 
 def make_work_dir(parent: Path, name: str, label: str) -> Path:
-    """A new hidden directory in `parent` for building `name`, marked with this process as owner."""
+    """A new hidden directory in `parent` for building `name`, marked with this process as owner. A signal
+    while it is made waits until the directory is whole and then removes it (archc.interrupts)."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{name[:32]}.", dir=parent))
     except OSError as e:
         raise UserError(f"{label}: cannot create the output directory: {why(e)}") from None
+    tmp = None
     try:
-        (tmp / OWNER).write_text(json.dumps(_owner()) + "\n")
+        with deferred_interrupts():
+            tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{name[:32]}.", dir=parent))
+            (tmp / OWNER).write_text(json.dumps(_owner()) + "\n")
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{label}: cannot write in {parent}: {why(e)}") from None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"{label}: cannot write in {parent}: {why(e)}") from None
+        raise UserError(f"{label}: cannot create the output directory: {why(e)}") from None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 

@@ -61,8 +61,9 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
     import onnxruntime as ort
 
     from archc import runner
+    from archc.runner import providers as runner_providers  # open_session reads _session there
 
-    orig = runner._session
+    orig = runner_providers._session
 
     def profiled(path, providers, quiet=True):
         so = ort.SessionOptions()
@@ -78,10 +79,10 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
     ort.set_default_logger_severity(0)
     restore = _fd_capture(verbose)
     try:
-        runner._session = profiled
+        runner_providers._session = profiled
         s = runner.Session(model_dir, device=device)
     finally:
-        runner._session = orig
+        runner_providers._session = orig
         restore()
         ort.set_default_logger_severity(3)
     run_once(s)

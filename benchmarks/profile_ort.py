@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _step_class(runner):
+def _step_class(steppers):
     for name in ("_BoundSteps", "_CudaSteps"):
-        if hasattr(runner, name):
-            return getattr(runner, name)
-    raise RuntimeError("archc.runner has no IO-binding stepper class to trace")
+        if hasattr(steppers, name):
+            return getattr(steppers, name)
+    raise RuntimeError("archc.runner.steppers has no IO-binding stepper class to trace")
 
 
 def main() -> int:
@@ -50,6 +50,7 @@ def main() -> int:
     import archc
     from benchmarks import standard
     from archc import runner
+    from archc.runner import steppers
     from archc.bench.harness import measure_limits, roofline, Shape
     from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
@@ -81,7 +82,7 @@ def main() -> int:
     r = s.generate(prompts, max_new_tokens=N, greedy=True)
     plain = (time.perf_counter() - t0) * 1e3
 
-    cls = _step_class(runner)
+    cls = _step_class(steppers)
     orig = cls.step
     counter = [0]
 
@@ -168,8 +169,9 @@ def ort_node_profile(model_dir: Path, prompts, N: int, device: str = "cuda") -> 
     import onnxruntime as ort
 
     from archc import runner
+    from archc.runner import providers as runner_providers  # open_session reads _session there
 
-    orig = runner._session
+    orig = runner_providers._session
 
     def profiled(path, providers, quiet=True):
         so = ort.SessionOptions()
@@ -178,11 +180,11 @@ def ort_node_profile(model_dir: Path, prompts, N: int, device: str = "cuda") -> 
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(path), so, providers=providers)
 
-    runner._session = profiled
+    runner_providers._session = profiled
     try:
         s = runner.Session(model_dir, device=device, io_binding=True)
     finally:
-        runner._session = orig
+        runner_providers._session = orig
     s.generate(prompts, max_new_tokens=N, greedy=True)
     prof = Path(s.sess.end_profiling())
     events = json.loads(prof.read_text())

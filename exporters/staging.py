@@ -15,6 +15,7 @@ from typing import Iterator
 
 from archc.errors import UserError
 from archc.files import why, write_manifest
+from archc.interrupts import deferred_interrupts
 from archc.workdir import OWNER, make_work_dir, remove_stale
 
 
@@ -22,11 +23,13 @@ from archc.workdir import OWNER, make_work_dir, remove_stale
 def staged_model_dir(out: Path, label: str, replacing: bool) -> Iterator[Path]:
     """Yields the work directory to write the model's files into; on a normal exit they become `out`."""
     remove_stale(out.parent)  # work directories of compiles that were killed (SIGKILL, OOM)
-    tmp = make_work_dir(out.parent, out.name, label)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
+    tmp = None
     try:
+        with deferred_interrupts():  # a signal now waits until `tmp` is bound, so the except below removes it
+            tmp = make_work_dir(out.parent, out.name, label)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model directory gets ordinary permissions
         yield tmp
         os.unlink(tmp / OWNER)
         write_manifest(tmp, os.listdir(tmp))  # last: what a later compile may replace
@@ -38,8 +41,10 @@ def staged_model_dir(out: Path, label: str, replacing: bool) -> Iterator[Path]:
         else:
             os.replace(tmp, out)
     except OSError as e:  # ENOSPC, EIO, a quota: one line; the work directory goes
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{label}: cannot write the model: {why(e)}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -170,7 +170,7 @@ class Shape:
 def logits_for(graph: ComponentGraph, shape: Shape) -> str:
     """The ort backend's `--logits` for this shape: `all` (comparable with the recorded figures) unless
     the prefill's [batch, prompt, vocab] logits reach the runner's limit, where only `last` runs."""
-    from archc.runner import FULL_LOGITS_LIMIT
+    from archc.runner.session import FULL_LOGITS_LIMIT  # read per call: tests patch it there
 
     vocab = graph.settings("head").vocab_size
     return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"

@@ -155,7 +155,7 @@ def test_torch_backend_head_on_last_position_where_ort_exports_last(monkeypatch)
 
     full, full_tokens = run()
     assert full["head_positions"] == "all" and seen == [9, 1]  # negative control: the whole prompt through the head
-    monkeypatch.setattr("archc.runner.FULL_LOGITS_LIMIT", 10)
+    monkeypatch.setattr("archc.runner.session.FULL_LOGITS_LIMIT", 10)
     seen.clear()
     last, last_tokens = run()
     assert last["head_positions"] == "last" and seen == [1, 1]

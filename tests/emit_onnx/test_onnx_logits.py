@@ -21,7 +21,7 @@ import torch  # noqa: F401  (a test dependency: fail, never skip, when missing)
 import onnxruntime as ort
 
 import archc  # noqa: E402
-import archc.runner  # noqa: E402
+import archc.runner.session  # noqa: E402
 from archc.runner import Session  # noqa: E402
 from conftest import SPECS, run_cli, tiny_sets, tiny_spec  # noqa: E402
 from exporters import onnx_lowering_portable as portable  # noqa: E402
@@ -144,7 +144,7 @@ def test_guard_via_archc_run(pair, capsys, monkeypatch):
     spec, d_all, d_last = pair("llama", "portable")
     argv = ["--prompt-ids", "5,6,7,8,9", "--prompt-ids", "10,11", "--max-new-tokens", "3", "--device", "cpu"]
     n = 2 * 5 * spec.vocab_size
-    monkeypatch.setattr(archc.runner, "FULL_LOGITS_LIMIT", n)
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", n)
     code, out, err = run_cli(["run", str(d_all), *argv], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and out == "" and len(lines) == 1 and "Traceback" not in err, err
@@ -154,7 +154,7 @@ def test_guard_via_archc_run(pair, capsys, monkeypatch):
         Session(d_all, device="cpu").forward(np.ones((2, 5), np.int64))
     code, out_last, err = run_cli(["run", str(d_last), *argv], capsys)
     assert code == 0, err
-    monkeypatch.setattr(archc.runner, "FULL_LOGITS_LIMIT", n + 1)
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", n + 1)
     code, out_all, err = run_cli(["run", str(d_all), *argv], capsys)
     assert code == 0, err
     assert out_all == out_last and len(out_all.split()) == 2
@@ -164,7 +164,7 @@ def test_guard_at_the_measured_shape():
     """The real limit at the shape that faulted on the H200: PaLM vocab 256000, batch 16, prompt 2048."""
     s = Session.__new__(Session)
     s.model_dir, s.vocab, s.logits = "out/palm", 256000, "all"
-    assert archc.runner.FULL_LOGITS_LIMIT == 2**31
+    assert archc.runner.session.FULL_LOGITS_LIMIT == 2**31
     with pytest.raises(archc.errors.UserError, match=r"\[batch 16, seq 2048, vocab 256000\] = 8,388,608,000"):
         s.check_logits_size(16, 2048)
     s.check_logits_size(4, 2048)  # 2.1e9 < 2**31
@@ -189,7 +189,7 @@ def test_bench_switches_to_last_only_where_all_cannot_run(tmp_path, monkeypatch)
     path = SPECS / "llama.yaml"
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))
     V, D = graph.spec.vocab_size, graph.spec.d_model
-    monkeypatch.setattr(archc.runner, "FULL_LOGITS_LIMIT", 2 * 9 * V)  # batch 2 reaches it, batch 1 does not
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", 2 * 9 * V)  # batch 2 reaches it, batch 1 does not
     assert (logits_for(graph, Shape(1, 9, 4)), logits_for(graph, Shape(2, 9, 4))) == ("all", "last")
     limits = {"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}}
     b = Bench(graph, dtype="fp32", device="cpu", backends=["torch", "ort"], repeats=1, prefill_repeats=1, work_dir=tmp_path,
@@ -207,6 +207,6 @@ def test_bench_switches_to_last_only_where_all_cannot_run(tmp_path, monkeypatch)
     assert (tmp_path / f"{graph.spec.name}-portable-fp32" / "model.onnx").exists()
     assert (tmp_path / f"{graph.spec.name}-portable-fp32-logits-last" / "model.onnx").exists()
     # the prefill floor of a `last` shape counts the head on one position per row
-    monkeypatch.setattr(archc.runner, "FULL_LOGITS_LIMIT", 2**62)
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", 2**62)
     full = roofline(graph, "fp32", Shape(2, 9, 4), limits)["prefill_flops"]
     assert runs[1]["roofline"]["prefill_flops"] == full - 2 * 2 * D * V * 8

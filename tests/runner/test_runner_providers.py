@@ -10,6 +10,7 @@ import pytest
 
 import archc
 from archc import runner
+from archc.runner import providers
 from conftest import tiny_spec
 from exporters.onnx_export import export
 
@@ -25,14 +26,14 @@ def models(tmp_path_factory):
 @pytest.fixture
 def recorded(monkeypatch):
     seen = []
-    real = runner._session
+    real = providers._session
 
     def fake_session(path, providers, **kw):
         seen.append(providers)
         return real(path, ["CPUExecutionProvider"], **kw)
 
-    monkeypatch.setattr(runner, "_session", fake_session)
-    monkeypatch.setattr(runner, "choose_providers", lambda device: ([("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], None))
+    monkeypatch.setattr(providers, "_session", fake_session)  # where open_session reads them
+    monkeypatch.setattr(providers, "choose_providers", lambda device: ([("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"], None))
     return seen
 
 
