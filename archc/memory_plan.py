@@ -24,8 +24,9 @@ Peak for training = weights + optimizer + max(activations + loss transient, grad
 backward, gradients appear as activations are freed (layer by layer), so the two never both peak.
 FSDP adds the all-gathered weights and gradients of the layer in flight and the prefetched next one.
 Peak for generation = weights + KV cache at --seq-len tokens + the prefill's transient: the graph
-walk's held node outputs (every layer's norm, attention, MLP and residual outputs, [b, S, D] each)
-plus the larger of one layer's temporaries and the logits of every position.
+walk's held node outputs (it drops each after its last reader: the residual stream and the input of
+the node in flight, [b, S, D] each) plus the larger of one layer's temporaries and the logits of
+every position.
 
 Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
 nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
@@ -162,8 +163,6 @@ class _Shape:
     f_local: int
     mask_heads: int  # heads of the one additive mask tensor (ALiBi: local heads; prefix / window: 1; causal: 0)
     outside_d: int  # D-wide tensors kept outside the layers (embedding norm, final norm inputs)
-    stream_nodes_per_layer: int  # nodes of a layer whose output is [b, S, D] (norm, attention, mlp, residual)
-    stream_nodes_outside: int  # likewise outside the layers (embeddings, position add, scale, norms)
     head_rows: int  # vocabulary rows of the output head
 
 
@@ -173,7 +172,6 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     for full, shape, node in graph.params():
         (layer if graph.node(node)["layer"] is not None else outside).append((shape, plan.rule(full)))
     saved = {"d": 0, "q": 0, "kv": 0, "f": 0}
-    stream = {True: 0, False: 0}  # D-wide node outputs, in a layer / outside
     q = kv = f = mask_heads = outside_d = 0
     seen_inputs: set[str] = set()
     has_mask_tensor = False
@@ -181,13 +179,9 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
         ms = graph.settings(n)
         has_mask_tensor = ms.mask is MaskKind.prefix or ms.sliding_window is not None
     alibi = graph.nodes(K.alibi)
-    d_wide = (K.norm, K.attention, K.mlp, K.residual, K.token_embedding, K.learned_position, K.sinusoidal_position,
-              K.glm2d_position, K.add, K.scale)
     for n in graph.nodes():
         d = graph.node(n)
         kind = K(d["kind"])
-        if kind in d_wide:
-            stream[d["layer"] is not None] += 1
         if kind is K.norm:
             if d["layer"] is not None:
                 saved["d"] += 1
@@ -219,8 +213,7 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     if not alibi and has_mask_tensor:
         mask_heads = 1
     head = graph.settings(graph.nodes(K.head)[0]).vocab_size
-    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d,
-                  stream[True], stream[False], head)
+    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
 
 
 def _optimizer_elements(spec: Spec, shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int, dp: int) -> int:
@@ -276,12 +269,13 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
     # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
     fsdp_transient = 2 * 2 * layer_elems * p_bytes if fsdp else 0
     kv = L * 2 * sh.kv_local * b * seq_len * w
-    # Prefill at seq_len (no graph kept). The emitter's graph walk holds every node's output until the
-    # forward returns (each layer's norm, attention, MLP and residual outputs: measured on the H200,
-    # benchmarks/prefill_probe.py), then the head makes the logits of every position in --dtype and
-    # float32; one layer's own temporaries (about what it saves in training) come and go before that.
-    held = (L * sh.stream_nodes_per_layer + sh.stream_nodes_outside) * bs * D * w
-    prefill = int(held + mask_bytes + max(per_layer, bs * V * (4 + w)))
+    # Prefill at seq_len (no graph kept). The emitter's graph walk drops each node's output after its last
+    # reader, so besides the KV cache it holds the residual stream and the input of the node in flight
+    # ([b, S, D] each); one layer's own temporaries (about what it saves in training) come and go, then
+    # the head makes the logits of every position in --dtype and float32.
+    held = 2 * bs * D * w
+    logits = bs * V * (4 if w == 4 else 4 + w)  # the head's product in the compute dtype, then .float() (no copy in float32)
+    prefill = int(held + mask_bytes + max(per_layer, logits))
     return MemoryRow(strategy, b, weights, weights, int(opt), activations, activations_ckpt, fsdp_transient, loss,
                      int(kv), prefill, checkpointing)
 

@@ -530,6 +530,22 @@ class Head(nn.Module):
 _MULTI_PORTS = {"x": (K.add,), "branch": (K.residual,)}  # ports that take a list of inputs
 
 
+def _last_reads(steps: list) -> dict[str, tuple[str, ...]]:
+    """For each step (in run order), the values to drop once it has run: those it is the last step to read,
+    and its own output when no step reads it. The graph's outputs (the logits) are kept: forward returns them."""
+    last: dict[str, str] = {}
+    for name, kind, ins, _ in steps:
+        last[name] = name  # read by nobody yet: dropped right after it is made, unless a later step reads it
+        for src, _ in ins:
+            last[src] = name
+    keep = {name for name, kind, _, _ in steps if kind is K.output}
+    frees: dict[str, tuple[str, ...]] = {name: () for name, *_ in steps}
+    for value, reader in last.items():
+        if value not in keep:
+            frees[reader] += (value,)
+    return frees
+
+
 @dataclass
 class _Segment:
     """A run of consecutive steps: one layer (checkpointable) or the nodes outside the stack."""
@@ -538,6 +554,8 @@ class _Segment:
     steps: list
     inputs: list  # values the segment reads from outside it
     outputs: list  # values it makes that later steps read
+    frees: list  # per step: the values that step reads (or makes) for the last time, dropped right after it
+    frees_inputs: tuple  # the inputs whose last reader is in this segment (dropped after a checkpointed run)
 
 
 class GraphModel(nn.Module):
@@ -572,13 +590,17 @@ class GraphModel(nn.Module):
         for step in self._steps:
             layer = graph.node(step[0])["layer"]
             if not segs or segs[-1].layer != layer:
-                segs.append(_Segment(layer, [], [], []))
+                segs.append(_Segment(layer, [], [], [], [], ()))
             segs[-1].steps.append(step)
         for i, seg in enumerate(segs):
             own = {name for name, *_ in seg.steps}
             seg.inputs = list(dict.fromkeys(src for _, _, ins, _ in seg.steps for src, _ in ins if src not in own))
             later = {src for s in segs[i + 1:] for _, _, ins, _ in s.steps for src, _ in ins}
             seg.outputs = [name for name, *_ in seg.steps if name in later or name == "logits"]
+        frees = _last_reads(self._steps)
+        for seg in segs:
+            seg.frees = [frees[name] for name, *_ in seg.steps]
+            seg.frees_inputs = tuple(n for names in seg.frees for n in names if n in seg.inputs)
         return segs
 
     def set_activation_checkpointing(self, on: bool = True) -> None:
@@ -718,37 +740,43 @@ class GraphModel(nn.Module):
                 outs = checkpoint(self._run_segment, seg, ctx, feeds, return_hidden, *[values[n] for n in seg.inputs],
                                   use_reentrant=False)
                 values.update(zip(seg.outputs, outs))
+                for name in seg.frees_inputs:
+                    del values[name]
                 continue
-            done = self._run_steps(seg.steps, values, ctx, feeds, return_hidden)
+            done = self._run_steps(seg.steps, seg.frees, values, ctx, feeds, return_hidden)
             if done is not None:
                 return done
         return values["logits"], ctx.present
 
     def _run_segment(self, seg: _Segment, ctx: _Context, feeds: dict, return_hidden: bool, *inputs):
         values = dict(zip(seg.inputs, inputs))
-        self._run_steps(seg.steps, values, ctx, feeds, return_hidden)
+        self._run_steps(seg.steps, seg.frees, values, ctx, feeds, return_hidden)
         return tuple(values[n] for n in seg.outputs)
 
-    def _run_steps(self, steps: list, values: dict, ctx: _Context, feeds: dict, return_hidden: bool):
-        """Run `steps` into `values`; returns the head's input instead when return_hidden reaches the head."""
-        for name, kind, ins, module in steps:
+    def _run_steps(self, steps: list, frees: list, values: dict, ctx: _Context, feeds: dict, return_hidden: bool):
+        """Run `steps` into `values`, dropping after each step the values it was the last to read (`frees`,
+        parallel to `steps`), so inference holds the residual stream and the step in flight, not every
+        node's output; returns the head's input instead when return_hidden reaches the head."""
+        for (name, kind, ins, module), done in zip(steps, frees):
             if kind is K.input:
                 values[name] = feeds[name]
-                continue
-            if kind is K.output:
+            elif kind is K.output:
                 values[name] = values[ins[0][0]]
-                continue
-            kw: dict = {}
-            for src, port in ins:
-                if kind in _MULTI_PORTS.get(port, ()):
-                    kw.setdefault(port, []).append(values[src])
-                else:
-                    kw[port] = values[src]
-            if kind is K.head and return_hidden:
-                return kw["x"]
-            if kind is K.head and module.tied_to:
-                kw["weight"] = self.get_parameter(module.tied_to)
-            values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)
+            else:
+                kw: dict = {}
+                for src, port in ins:
+                    if kind in _MULTI_PORTS.get(port, ()):
+                        kw.setdefault(port, []).append(values[src])
+                    else:
+                        kw[port] = values[src]
+                if kind is K.head and return_hidden:
+                    return kw["x"]
+                if kind is K.head and module.tied_to:
+                    kw["weight"] = self.get_parameter(module.tied_to)
+                values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)
+                del kw
+            for gone in done:
+                del values[gone]
         return None
 
 
