@@ -74,46 +74,29 @@ def test_without_deferral_the_signal_cuts_in(sig):
     assert ran == []  # negative control for the test above: the kill itself is delivered at once
 
 
-@pytest.mark.parametrize("deferral", [True, False])
-def test_work_dir(tmp_path, monkeypatch, sig, deferral):
-    if not deferral:
-        _no_deferral(monkeypatch)
-    _signal_after(monkeypatch, "mkdtemp", sig)
-    with pytest.raises(_expected(sig)):
-        make_work_dir(tmp_path, "m", "compile")
-    left = os.listdir(tmp_path)
-    assert (left == []) is deferral, left
+def _staged(root: Path) -> None:
+    with staged_model_dir(root / "m", "compile", replacing=False):
+        pytest.fail("the signal must end the command before the body")
+
+
+# (what makes the temporary: the tempfile function the signal follows, the call that writes under root)
+WRITERS = {
+    "make_work_dir": ("mkdtemp", lambda root: make_work_dir(root, "m", "compile")),
+    "staged_model_dir": ("mkdtemp", _staged),
+    "write_dir_atomic": ("mkdtemp", lambda root: write_dir_atomic(root / "out", lambda d: (d / "x").write_text("x"))),
+    "write_atomic": ("mkstemp", lambda root: write_atomic(root / "f.json", b"{}")),
+}
 
 
 @pytest.mark.parametrize("deferral", [True, False])
-def test_staged_model_dir(tmp_path, monkeypatch, sig, deferral):
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_signal_right_after_the_temporary_exists(tmp_path, monkeypatch, sig, writer, deferral):
+    """With the deferral nothing is left; without it (negative control) the temporary stays behind."""
     if not deferral:
         _no_deferral(monkeypatch)
-    _signal_after(monkeypatch, "mkdtemp", sig)
+    made_by, write = WRITERS[writer]
+    _signal_after(monkeypatch, made_by, sig)
     with pytest.raises(_expected(sig)):
-        with staged_model_dir(tmp_path / "m", "compile", replacing=False):
-            pytest.fail("the signal must end the command before the body")
-    left = os.listdir(tmp_path)
-    assert (left == []) is deferral, left
-
-
-@pytest.mark.parametrize("deferral", [True, False])
-def test_write_dir_atomic(tmp_path, monkeypatch, sig, deferral):
-    if not deferral:
-        _no_deferral(monkeypatch)
-    _signal_after(monkeypatch, "mkdtemp", sig)
-    with pytest.raises(_expected(sig)):
-        write_dir_atomic(tmp_path / "out", lambda d: (d / "x").write_text("x"))
-    left = os.listdir(tmp_path)
-    assert (left == []) is deferral, left
-
-
-@pytest.mark.parametrize("deferral", [True, False])
-def test_write_atomic(tmp_path, monkeypatch, sig, deferral):
-    if not deferral:
-        _no_deferral(monkeypatch)
-    _signal_after(monkeypatch, "mkstemp", sig)
-    with pytest.raises(_expected(sig)):
-        write_atomic(Path(tmp_path / "f.json"), b"{}")
+        write(tmp_path)
     left = os.listdir(tmp_path)
     assert (left == []) is deferral, left
