@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,52 @@ def genai_python_or_skip() -> str:
             pytest.fail("ARCHC_REQUIRE_GENAI=1 but no onnxruntime-genai: set ARCHC_GENAI_PYTHON (scripts/genai_env.sh)")
         pytest.skip("onnxruntime-genai is not installed (scripts/genai_env.sh makes its venv; .ci/run runs these)")
     return sys.executable
+
+
+HEAVY_LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers")
+
+
+@dataclass
+class FreshRun:
+    codes: list  # each command's exit status (main's return, or SystemExit's code; 0 for None)
+    heavy: list  # which of HEAVY_LIBRARIES were imported when the last command returned
+    stdout: str
+    stderr: str  # the commands' own stderr
+
+
+def cli_in_fresh_python(*argvs: list, cwd: Path = ROOT, timeout: int = 300) -> FreshRun:
+    """`archc ARGV` for each argv in turn, in one new interpreter (the import state a shell command starts
+    from), with this checkout first on sys.path. For light-command and argument-check-before-import tests."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom archc.cli import main\ncodes = []\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    try:\n        codes.append(main(argv) or 0)\n"
+            "    except SystemExit as e:\n        codes.append(e.code or 0)\n"
+            f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_LIBRARIES!r}))\n"
+            "print('@@fresh ' + json.dumps({'codes': codes, 'heavy': heavy}), file=sys.stderr)\n")
+    argv = [[str(a) for a in one] for one in argvs]
+    p = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, cwd=cwd,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=timeout)
+    head, sep, tail = p.stderr.rpartition("@@fresh ")
+    assert sep and p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(tail)
+    return FreshRun(result["codes"], result["heavy"], p.stdout, head)
+
+
+def save_tiny_hf_llama(d: Path, layers: int) -> Path:
+    """transformers' own save of a tiny random LlamaForCausalLM (GQA 4/2 heads, vocab 96) into `d`."""
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
 
 
 LIBRARY = [p.stem for p in library_specs()]

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _archc(*argv: str, code_after: str = "") -> subprocess.CompletedProcess:
-    code = f"""
-import sys
-from archc.cli import main
-try:
-    main({list(argv)!r})
-except SystemExit as e:
-    rc = e.code
-    {code_after or 'pass'}
-    raise
-{code_after}
-"""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+from conftest import cli_in_fresh_python
 
 
 def _plan(*argv: str) -> dict:
-    r = _archc("plan", *argv, "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli_in_fresh_python(["plan", *argv, "--json"])
+    assert r.codes == [0], r.stderr[-2000:]
     return json.loads(r.stdout)
 
 
@@ -85,16 +65,15 @@ def test_mqa_kv_heads_are_replicated_and_checkpointing_keeps_less():
 
 def test_plan_is_light_and_closed_form():
     t = time.perf_counter()
-    r = _archc("plan", "llama", "--gpus", "8", "--set", "n_layers=1000000", "--set", "vocab_size=100000000",
-               code_after="print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime')), file=sys.stderr)")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "HEAVY []" in r.stderr
+    r = cli_in_fresh_python(["plan", "llama", "--gpus", "8", "--set", "n_layers=1000000", "--set", "vocab_size=100000000"])
+    assert r.codes == [0], r.stderr[-2000:]
+    assert not {"torch", "onnxruntime"} & set(r.heavy), r.heavy
     assert time.perf_counter() - t < 60
 
 
 def test_falcon_tp_is_refused_with_the_degrees_that_work():
-    r = _archc("plan", "falcon", "--gpus", "2")
-    assert r.returncode == 0
+    r = cli_in_fresh_python(["plan", "falcon", "--gpus", "2"])
+    assert r.codes == [0]
     assert "not possible tp 2: attention.n_heads=71 is not divisible by --tp 2 (falcon-7b); choose 71 or 1" in r.stdout
 
 
@@ -107,7 +86,7 @@ def test_bad_input_is_one_line_exit_2():
         (["plan", "llama", "--dtype", "int8"], "--dtype 'int8'"),
         (["plan", "llama", "--batch", "0"], "--batch 0"),
     ):
-        r = _archc(*argv)
-        assert r.returncode == 2, (argv, r.stderr)
+        r = cli_in_fresh_python(argv)
+        assert r.codes == [2], (argv, r.stderr)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr, (argv, r.stderr)

@@ -4,12 +4,9 @@ quantization from its metadata without importing onnx, onnxruntime or torch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import cli_in_fresh_python, run_cli
 
 V, D, F, L = 32000, 4096, 11008, 32  # llama-7b
 
@@ -36,20 +33,9 @@ def test_diff_reads_a_compiled_folders_quantization(tmp_path, capsys):
             "--set", "vocab_size=64"]
     rc, _, err = run_cli(["compile", "llama", *sets, "-o", str(tmp_path / "q"), "--quant", "int4", "--dtype", "fp16"], capsys)
     assert rc == 0, err
-    code = f"""
-import sys
-from archc.cli import main
-for argv in (["diff", {str(tmp_path / 'q')!r}, "llama", "-f", "json", "-o", {str(tmp_path / 'd.json')!r}], ["show", {str(tmp_path / 'q')!r}]):
-    try:
-        main(argv)
-    except SystemExit:
-        pass
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "onnx", "transformers"))
-print("HEAVY", heavy, file=sys.stderr)
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
-    assert "HEAVY []" in r.stderr, r.stderr[-2000:]
+    r = cli_in_fresh_python(["diff", tmp_path / "q", "llama", "-f", "json", "-o", tmp_path / "d.json"],
+                            ["show", tmp_path / "q"], cwd=tmp_path)
+    assert r.heavy == [], r.stderr[-2000:]
     import json
 
     data = json.loads((tmp_path / "d.json").read_text())

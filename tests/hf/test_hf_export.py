@@ -23,7 +23,7 @@ import archc.loader
 from archc.hf import SUPPORTED_TYPES, import_hf
 from archc.hf.export import _architecture, export_hf, hf_config
 from archc.loader import spec_from_dict
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_fresh_python, run_cli
 from exporters.torch_module import build_module
 
 ATOL = 1e-4
@@ -391,13 +391,10 @@ def test_cli_compiled_directory_reads_the_onnx_weights(tmp_path, capsys):
 
 
 def test_cli_argument_errors_before_torch(tmp_path):
-    code = ("import sys\nfrom archc.cli import main\n"
-            "try:\n    main(['export-hf', 'llama', '-o', sys.argv[1], '--dtype', 'fp8'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 2, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch imported before the argument check'\n")
-    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    assert "--dtype fp8" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    r = cli_in_fresh_python(["export-hf", "llama", "-o", tmp_path / "o", "--dtype", "fp8"])
+    assert r.codes == [2], r.stderr
+    assert "torch" not in r.heavy, "torch imported before the argument check"
+    assert "--dtype fp8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_cli_hf_directory_is_refused(tmp_path, capsys):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import archc
 from archc.hf import import_hf
 from archc.hf.export import DEFAULT_MAX_SHARD_SIZE, export_hf, parse_shard_size
 from archc.loader import spec_from_dict
-from conftest import ROOT, run_cli
+from conftest import cli_in_fresh_python, run_cli
 
 SPEC = {"name": "t-llama", "vocab_size": 96, "d_model": 64, "n_layers": 2, "max_seq_len": 64, "dtype": "float32",
         "norm": {"kind": "rmsnorm"}, "mlp": {"activation": "swiglu", "d_ff": 96, "bias": False},
@@ -124,13 +122,10 @@ def test_cli_shards_and_refuses_a_bad_size(tmp_path, capsys):
     rc, out, err = run_cli(["export-hf", "llama", *sets, "--dtype", "float32", "-o", str(tmp_path / "a"), "--max-shard-size", "100KB"], capsys)
     assert rc == 0, err
     assert "shards" in out and (tmp_path / "a" / "model.safetensors.index.json").is_file()
-    code = ("import sys\nfrom archc.cli import main\n"
-            "try:\n    main(['export-hf', 'llama', '-o', sys.argv[1], '--max-shard-size', '5XB'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 2, e.code\n"
-            "assert 'torch' not in sys.modules, 'torch imported before the argument check'\n")
-    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    assert "--max-shard-size 5XB" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    r = cli_in_fresh_python(["export-hf", "llama", "-o", tmp_path / "o", "--max-shard-size", "5XB"])
+    assert r.codes == [2], r.stderr
+    assert "torch" not in r.heavy, "torch imported before the argument check"
+    assert "--max-shard-size 5XB" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -17,6 +17,7 @@ import archc  # noqa: E402
 from archc.errors import UserError  # noqa: E402
 from archc.hf import SUPPORTED_TYPES, config_to_spec, import_hf, load_weights  # noqa: E402
 from archc.loader import load_spec, spec_from_dict  # noqa: E402
+from conftest import cli_in_fresh_python  # noqa: E402
 from conftest import run_cli as run  # noqa: E402
 
 
@@ -334,15 +335,10 @@ def test_import_hf_errors_exit_2_with_one_line_and_no_file(tmp_path, capsys):
 
 
 def test_import_hf_of_a_bare_config_does_not_import_torch(tmp_path):
-    import subprocess
-    import sys
-
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "num_hidden_layers": 2}))
-    code = ("import sys; from archc.cli import main\n"
-            f"rc = main(['import-hf', {str(tmp_path)!r}, '-o', {str(tmp_path / 'm.yaml')!r}])\n"
-            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = cli_in_fresh_python(["import-hf", tmp_path, "-o", tmp_path / "m.yaml"])
+    assert r.codes == [0], r.stderr
+    assert "torch" not in r.heavy and "transformers" not in r.heavy, "heavy import"
     assert load_spec(tmp_path / "m.yaml").attention.sliding_window == 4096
 
 

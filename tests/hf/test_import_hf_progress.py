@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_tiny_hf_llama
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> Path:
-    import torch
-    import transformers
-
-    d = tmp_path_factory.mktemp("hfprog") / "tiny"
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    return d
+    return save_tiny_hf_llama(tmp_path_factory.mktemp("hfprog") / "tiny", layers=2)
 
 
 def _read_all(fd: int) -> bytes:

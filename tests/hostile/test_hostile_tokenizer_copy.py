@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_tiny_hf_llama
 from hostile_util import deadline, in_process, refused
 
 KINDS = {"fifo": "FIFO", "directory": "is a directory", "loop": "symbolic link loop"}
@@ -22,14 +23,7 @@ TOKENIZER = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<pad>"}, {
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> Path:
     """A tiny Hugging Face llama directory (transformers' own save) with tokenizer files."""
-    import torch
-    import transformers
-
-    d = tmp_path_factory.mktemp("tokcopy") / "hf"
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    d = save_tiny_hf_llama(tmp_path_factory.mktemp("tokcopy") / "hf", layers=1)
     (d / "tokenizer.json").write_text(json.dumps(TOKENIZER))
     (d / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "pad_token": "<pad>"}))
     return d
