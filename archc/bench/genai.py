@@ -88,8 +88,12 @@ def seeded_hf_dir(graph, out_dir: Path, dtype: str) -> Path:
     from archc.dtypes import DType
     from archc.hf.export import export_hf, seeded_source
 
-    if not (out_dir / "tokenizer.json").is_file():
-        export_hf(graph, out_dir, seeded_source(graph), dtype=DType.from_short(dtype).value, force=True)
+    if not (out_dir / "tokenizer.json").is_file():  # not written yet; a folder already there (a user's, in
+        # their --work-dir) is refused, never replaced: no force
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise UserError(f"--work-dir {out_dir.parent}: {out_dir.name} exists and is not archc's seeded checkpoint; "
+                            "choose another --work-dir")
+        export_hf(graph, out_dir, seeded_source(graph), dtype=DType.from_short(dtype).value)
         write_placeholder_tokenizer(out_dir, graph.spec.vocab_size)
     return out_dir
 

@@ -160,6 +160,18 @@ def test_builder_failure_is_one_line(genai_env, tmp_path, capsys):
     assert not list((tmp_path / "work").glob("genai-*")) and not list((tmp_path / "work").glob(".genai-*"))
 
 
+def test_a_users_folder_in_the_work_dir_is_never_replaced(genai_env, tmp_path, capsys):
+    """--work-dir holding a folder of the user's under the seeded checkpoint's name: one line, exit 2, the
+    user's file untouched (it was replaced with force before)."""
+    mine = tmp_path / "work" / "hf-seeded" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    code, text = _run_cli(["bench", "llama", *_sets(), "--device", "cpu", "--backends", "genai", "--new-tokens", "2",
+                           "--prompt-len", "4", "--work-dir", str(tmp_path / "work")], capsys)
+    assert code == 2 and "--work-dir" in text and len(text.strip().splitlines()) == 1, text
+    assert mine.read_text() == "mine" and sorted(p.name for p in mine.parent.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("args, says", [(["--quant", "int3"], "--quant int3"), (["--quant", "int4", "--backends", "ort,torch"], "--quant"),
                                         (["--quant", "int4", "--dtype", "bf16", "--backends", "ort"], "--quant with --dtype bf16")])
 def test_bench_quant_bad_input_is_one_line(capsys, args, says):
