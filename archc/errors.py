@@ -23,6 +23,12 @@ class SpecError(UserError):
         super().__init__(one_line(f"{where}{what}{message}"))
 
 
+class BackendFailure(RuntimeError):
+    """A bench backend's failure whose message is already the line the table shows, type name included
+    (the genai worker's `RuntimeError: ...`, or a failure recorded for an earlier shape): reported as it
+    is, not prefixed with `BackendFailure: ` or `RuntimeError: ` once more at each layer."""
+
+
 def one_line(text: str) -> str:
     """Escape what would break a one-line message: newlines, other line separators (str.splitlines
     also splits on \x1c-\x1e, \x85, \u2028) and control characters quoted from user input."""

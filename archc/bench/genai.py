@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from archc.errors import UserError
+from archc.errors import BackendFailure, UserError
 from archc.quant import QuantKind, QuantScheme, QuantSettings
 
 GENAI_PYTHON_ENV = "ARCHC_GENAI_PYTHON"
@@ -187,8 +187,8 @@ class Worker:
             raise RuntimeError(f"genai worker: no answer to {req['op']} in {timeout_s:.0f} s (stopped)") from None
         if reply is None:
             raise RuntimeError(f"genai worker ended (exit {self.proc.wait()}): {self._last_stderr()}")
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
+        if "error" in reply:  # the worker's "Type: first line" (genai_worker._first_line), shown as it is
+            raise BackendFailure(reply["error"])
         return reply
 
     def _last_stderr(self) -> str:

@@ -53,7 +53,7 @@ from typing import Callable
 
 from archc.cost import cost
 from archc.dtypes import SHORT_WORDS, DType
-from archc.errors import UserError
+from archc.errors import BackendFailure, UserError
 from archc.graph import ComponentGraph, ComponentKind, PositionIds
 from archc.model_dir import MODEL_FILE
 
@@ -588,8 +588,8 @@ class Bench:
         return self.limits
 
     def _backend(self, name: str) -> Backend:
-        if name in self._failed:
-            raise RuntimeError(self._failed[name])
+        if name in self._failed:  # failed on an earlier shape: the same line again
+            raise BackendFailure(self._failed[name])
         if name in self._backends and not self._backends[name].fits(self.shape):
             self._backends.pop(name).close()  # set up again below, for this shape (memory measured afresh)
         if name not in self._backends:
@@ -648,7 +648,7 @@ class Bench:
             except UserError:
                 raise
             except Exception as e:  # a backend that cannot run this spec is reported, not fatal
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                msg = failure_line(e)
                 self._failed.setdefault(name, msg)
                 r.error = msg
                 self.log(f"  {name}: {msg}")
@@ -719,6 +719,15 @@ class Bench:
             import shutil
 
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def failure_line(e: BaseException) -> str:
+    """The table's note for a backend that failed: `Type: first line of the message`, once (a BackendFailure
+    already is that line: the genai worker's error, or this backend's failure on an earlier shape)."""
+    if isinstance(e, BackendFailure):
+        return str(e)
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def _device_used(device) -> int:

@@ -315,10 +315,51 @@ def _ids_value(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _vocab(tok: dict) -> dict[str, int]:
+    """tokenizer.json's token -> id: the model's vocabulary (a dict for BPE/WordPiece/WordLevel, a list of
+    [piece, score] pairs for Unigram, where the id is the position) and its added tokens."""
+    vocab: dict[str, int] = {}
+    model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+    model_vocab = model.get("vocab")
+    if isinstance(model_vocab, dict):
+        vocab.update({k: v for k, v in model_vocab.items() if isinstance(v, int) and not isinstance(v, bool)})
+    elif isinstance(model_vocab, list):
+        vocab.update({e[0]: i for i, e in enumerate(model_vocab) if isinstance(e, list) and e and isinstance(e[0], str)})
+    for added in tok.get("added_tokens") or []:
+        if isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int):
+            vocab[added["content"]] = added["id"]
+    return vocab
+
+
+def _special_token_id(value: Any, vocab: dict[str, int], ids: set[int], where: str) -> int | None:
+    """One `<role>_token` entry of tokenizer_config.json / special_tokens_map.json as an id:
+    - null: the tokenizer has no such token (transformers writes `"pad_token": null`): None;
+    - a string, or an AddedToken dict {"content": string, ...}: its id in tokenizer.json, None when the
+      vocabulary does not list it (a Unigram or slow tokenizer's pieces may live elsewhere: no id known);
+    - an integer: taken as the id itself when tokenizer.json has that id;
+    anything else (a list, a number that is not an id, a bool, a dict without a string content) is a
+    malformed file: one line naming it and the field, exit 2 (it was skipped, and the export's
+    config.json said null with no word why)."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        value = value["content"]
+    if isinstance(value, str):
+        return vocab.get(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in ids:
+            return value
+        raise UserError(f"{where}: token id {value} is not in tokenizer.json's vocabulary; give the token's text, "
+                        "or the id of a token tokenizer.json lists")
+    raise UserError(f"{where}: expected the token's text, an AddedToken object with a string \"content\", a token id "
+                    f"or null; found {json.dumps(value)[:80]}; fix the file, or remove it to export without token ids")
+
+
 def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
     """{'bos_token_id': ..., 'eos_token_id': ..., 'pad_token_id': ...} of the source directory: its
-    generation_config.json's, else the ids its tokenizer names (tokenizer_config.json's token strings
-    looked up in tokenizer.json); {} without either."""
+    generation_config.json's, else the ids its tokenizer names (the tokens of tokenizer_config.json,
+    then special_tokens_map.json for a role tokenizer_config.json does not mention, as archc.text.Text
+    merges them; looked up in tokenizer.json: _special_token_id); {} without either."""
     if source_dir is None:
         return {}
     out: dict[str, Any] = {}
@@ -326,21 +367,21 @@ def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if gen is not None and _ids_value(gen.get(key)):
             out[key] = gen[key]
-    conf, tok = _read_json(source_dir / "tokenizer_config.json"), _read_json(source_dir / "tokenizer.json")
-    if conf is None or tok is None:
+    named = [(p, conf) for p in (source_dir / "tokenizer_config.json", source_dir / "special_tokens_map.json")
+             if (conf := _read_json(p)) is not None]
+    tok = _read_json(source_dir / "tokenizer.json")
+    if not named or tok is None:
         return out
-    vocab: dict[str, int] = {}
-    model_vocab = (tok.get("model") or {}).get("vocab") if isinstance(tok.get("model"), dict) else None
-    if isinstance(model_vocab, dict):
-        vocab.update({k: v for k, v in model_vocab.items() if isinstance(v, int)})
-    for added in tok.get("added_tokens") or []:
-        if isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int):
-            vocab[added["content"]] = added["id"]
+    vocab = _vocab(tok)
+    ids = set(vocab.values())
     for role in ("bos", "eos", "pad"):
-        value = conf.get(f"{role}_token")
-        text = value.get("content") if isinstance(value, dict) else value
-        if isinstance(text, str) and text in vocab:
-            out.setdefault(f"{role}_token_id", vocab[text])
+        field = f"{role}_token"
+        path, conf = next(((p, c) for p, c in named if field in c), (None, None))
+        if path is None:
+            continue
+        i = _special_token_id(conf[field], vocab, ids, f"{path}: {field}")
+        if i is not None:
+            out.setdefault(f"{role}_token_id", i)
     return out
 
 
