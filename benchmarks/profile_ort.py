@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="extra --set overrides (dry runs)")
     ap.add_argument("--ort-profile", action="store_true", help="also run onnxruntime's own profiler (host time per node)")
     ap.add_argument("--gate-up", choices=["one_gemm", "two_gemms"], help="the cuda lowering's GATE_UP for this export (A/B)")
+    ap.add_argument("--quant", choices=["int4", "int8"], help="a weight-only quantized export (MatMulNBits, compile's defaults)")
+    ap.add_argument("--quant-head", action="store_true", help="with --quant: quantize the output head too")
     args = ap.parse_args()
 
     import torch
@@ -62,11 +64,15 @@ def main() -> int:
 
         onnx_lowering_cuda.GATE_UP = onnx_lowering_cuda.GateUp(args.gate_up)
     target = "cuda" if cuda else "portable"
+    from archc.quant import QuantKind, QuantSettings
+
+    quant = QuantSettings(QuantKind(args.quant), head=args.quant_head) if args.quant else None
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
-    model_dir = Path(args.work_dir) / (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else ""))
+    model_dir = Path(args.work_dir) / (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else "")
+                                   + (f"-{args.quant}" + ("-head" if args.quant_head else "") if args.quant else ""))
     if not (model_dir / MODEL_FILE).exists():
         t = time.time()
-        export(graph, model_dir, target=target, dtype=args.dtype)
+        export(graph, model_dir, target=target, dtype=args.dtype, quant=quant)
         print(f"exported {model_dir} in {time.time() - t:.1f} s")
     s = runner.Session(model_dir, device=args.device, io_binding=True)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
