@@ -6,8 +6,9 @@ tree, export or provider options) measured in alternation, each in its own proce
 
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
 folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none,
-logits=all|last (export options), gate_up=one_gemm|two_gemms (the cuda lowering's GATE_UP), sdpa_kernel=N (CUDA provider
-option), cuda_graph=0|1. Every variant exports the same family of
+logits=all|last (export options), quant=int4|int8 (compile --quant, its defaults), gate_up=one_gemm|two_gemms (the cuda
+lowering's GATE_UP), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1, env.NAME=VALUE (an environment variable of the
+variant's process, e.g. env.ORT_ENABLE_XQA=0: onnxruntime reads some kernel choices only from the environment). Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
 prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after
 warm-up. The first generate call of a fresh session is also timed (`cold_ms`): a model whose
@@ -51,8 +52,13 @@ def child(args) -> dict:
 
     v = json.loads(args.child)
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=[x for x in args.set if x]))
-    d = Path(args.work) / (f"{args.family}-{args.dtype}-" + "".join(c if c.isalnum() else "_" for c in v["name"]))
+    export_opts = {k: x for k, x in v["opts"].items() if not k.startswith("env.")}  # env alone does not change the export
+    d = Path(args.work) / (f"{args.family}-{args.dtype}-{v['root']}-" + "".join(c if c.isalnum() else "_" for c in json.dumps(export_opts, sort_keys=True)))
     kw = {k: v["opts"][k] for k in ("next_token", "logits") if k in v["opts"]}
+    if "quant" in v["opts"]:
+        from archc.quant import QuantKind, QuantSettings
+
+        kw["quant"] = QuantSettings(QuantKind(v["opts"]["quant"]))
     if "gate_up" in v["opts"]:  # a lowering constant (exporters.onnx_lowering_cuda.GATE_UP), this process only
         from exporters import onnx_lowering_cuda
 
@@ -109,7 +115,8 @@ def main() -> int:
     for rnd in range(args.rounds):
         for v in variants:
             root = {"new": ROOT, "old": (ROOT / args.old_root).resolve()}.get(v["root"]) or (ROOT / v["root"]).resolve()
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            extra_env = {k[len("env."):]: x for k, x in v["opts"].items() if k.startswith("env.")}
+            env = dict(os.environ, **extra_env, PYTHONPATH=os.pathsep.join([str(root), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             cmd = [sys.executable, __file__, "--child", json.dumps(v), "--family", args.family, "--dtype", args.dtype,
                    "--batch", str(args.batch), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens), "--work", args.work,
                    "--device", args.device] + [a for x in args.set for a in ("--set", x)]
