@@ -62,8 +62,11 @@ class GateUp(str, Enum):
 # Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
 # on the TinyLlama-1.1B shape (H200, fp16) the Split copies [B, S, 2 d_ff] in the prefill (22 x 9.5 us at 1 x 512,
 # 830 us at 1 x 2048, 3.1 ms at 16 x 512), while two M = 1 GEMMs cost the decode step about what the Split saves
-# (GPU busy 1316 against 1305 us). Dense weights only: a --quant export keeps one stacked MatMulNBits (not measured).
+# (GPU busy 1316 against 1305 us). Dense weights only; GATE_UP_QUANT is the same choice for --quant exports
+# (MatMulNBits), measured apart (benchmarks/ab_decode.py gate_up_quant=..., RESULTS.md optimisation log): int4 decode
+# 826/833 tok/s stacked against 799/839 as two MatMulNBits in two rounds, no difference, so the stacked one stays.
 GATE_UP = GateUp.two_gemms
+GATE_UP_QUANT = GateUp.one_gemm
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -438,8 +441,7 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
         return portable.lower_mlp(ctx, name, node)
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
-    # weight-only quantized exports (MatMulNBits) keep gate|up stacked: GATE_UP was measured on dense fp16 only
-    mode = GateUp.one_gemm if ctx.quant.active else GATE_UP
+    mode = GATE_UP_QUANT if ctx.quant.active else GATE_UP  # MatMulNBits kernels differ from cuBLAS's: measured apart
     if mode is GateUp.one_gemm:
         y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
         if "gate.bias" in p:
