@@ -579,6 +579,8 @@ class GraphModel(nn.Module):
                 else:
                     setattr(self, name, module)
             self._steps.append((name, kind, graph.inputs(name), module))
+        head_weight = f"{graph.nodes(K.head)[0]}.weight"
+        self._head_weight_name = graph.tied().get(head_weight, head_weight)  # derived once; see head_weight
         self.input_names = graph.graph_inputs()
         self.position_ids = graph.model.position_ids
         self.glm2d = self.position_ids is PositionIds.glm2d
@@ -684,11 +686,16 @@ class GraphModel(nn.Module):
                 done += bool(module.pack())
         return done
 
+    def head_weight(self) -> nn.Parameter:
+        """The head's weight matrix: its own, or the token embedding's when tied. Only the name is derived
+        once (in __init__): the parameter object is looked up at each call, because to_empty and FSDP2
+        replace parameter objects on the module after it is built."""
+        return self.get_parameter(self._head_weight_name)
+
     def head_logits(self, hidden):
         """The head applied to hidden states (float32 logits), e.g. the last position of
         forward(..., return_hidden=True)."""
-        head = self.get_submodule("head")
-        return head(hidden, weight=self.get_parameter(head.tied_to) if head.tied_to else None)
+        return self.get_submodule("head")(hidden, weight=self.head_weight())
 
     def loss(self, input_ids, targets, chunk: int = 4096):
         """Mean next-token cross-entropy of `targets` [B,S] (-100 skips a position): the head's matmul
@@ -696,9 +703,7 @@ class GraphModel(nn.Module):
         from exporters.torch_loss import linear_cross_entropy
 
         h = self(input_ids, return_hidden=True)
-        head = self.get_submodule("head")
-        weight = self.get_parameter(head.tied_to) if head.tied_to else head.weight
-        return linear_cross_entropy(h.flatten(0, 1), weight, head.bias, targets.flatten(), chunk)
+        return linear_cross_entropy(h.flatten(0, 1), self.head_weight(), self.get_submodule("head").bias, targets.flatten(), chunk)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past_key_values=None,
                 cache: StaticKVCache | None = None, cache_position=None, return_hidden: bool = False):
@@ -771,8 +776,8 @@ class GraphModel(nn.Module):
                         kw[port] = values[src]
                 if kind is K.head and return_hidden:
                     return kw["x"]
-                if kind is K.head and module.tied_to:
-                    kw["weight"] = self.get_parameter(module.tied_to)
+                if kind is K.head:
+                    kw["weight"] = self.head_weight()
                 values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)
                 del kw
             for gone in done:

@@ -307,3 +307,31 @@ def test_init_follows_the_spec_init_section():
     xavier = math.sqrt(2.0 / (64 + 64))
     assert float(sd["layers.0.attn.q.weight"].std()) == pytest.approx(xavier, rel=0.1)
     assert float(sd["layers.0.attn.v.weight"].std()) == pytest.approx(beta * xavier, rel=0.1)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])  # tied, untied
+def test_every_head_use_reads_the_one_head_weight(name):
+    """forward, head_logits and loss all take the head's matrix from GraphModel.head_weight (one lookup,
+    tied or not): swapped for another matrix there, all three follow. Before the helper each of them
+    looked the tied/untied weight up on its own, so this swap reached none of them."""
+    import torch.nn.functional as F
+
+    graph = archc.compile(tiny_spec(name))
+    model = build_module(graph)
+    head = model.get_submodule("head")
+    tied = graph.tied().get("head.weight")
+    assert (tied is not None) == (name == "gpt2")
+    assert model.head_weight() is model.get_parameter(tied or "head.weight")
+    ids = torch.randint(0, graph.spec.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    other = torch.randn(model.head_weight().shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = model(ids, return_hidden=True)
+        expected = F.linear(hidden, other, head.bias).float()
+        model.head_weight = lambda: other  # an instance attribute shadows the method
+        logits, _ = model(ids)
+        torch.testing.assert_close(logits, expected)
+        torch.testing.assert_close(model.head_logits(hidden), expected)
+        loss = model.loss(ids[:, :-1], ids[:, 1:])
+        want = F.cross_entropy(F.linear(model(ids[:, :-1], return_hidden=True), other, head.bias).flatten(0, 1).float(),
+                               ids[:, 1:].flatten())
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
