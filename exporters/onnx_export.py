@@ -127,7 +127,6 @@ class Ctx:
     graph: ComponentGraph
     target: Target
     dtype: DType
-    fused_fp32: bool = False  # tests only: allow fp32 on fused ops whose CPU kernel takes fp32
     logits: Logits = Logits.all
     next_token: NextToken = NextToken.argmax
     weight_layout: WeightLayout = WeightLayout.in_out  # a target's plan may change it (onnx_lowering_cuda.plan)
@@ -146,6 +145,14 @@ class Ctx:
     _counter: dict = field(default_factory=dict)
     _weight_names: set = field(default_factory=set)
     scope: str = ""
+    _fused_fp32: bool = field(default=False, init=False, repr=False)  # set by _new_ctx alone; read as fused_fp32
+
+    @property
+    def fused_fp32(self) -> bool:
+        """Tests only: allow fp32 on fused ops whose CPU kernel takes fp32. One value for the whole export:
+        _new_ctx sets it when it builds the Ctx and the property has no setter, so a lowering cannot flip it
+        between two attention nodes (half a graph fused, half not)."""
+        return self._fused_fp32
 
     @property
     def elem(self) -> int:
@@ -257,12 +264,20 @@ def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
     return table
 
 
+def _new_ctx(graph: ComponentGraph, target: Target | str, dtype: DType | str, *, fused_fp32: bool, logits: Logits | str,
+             next_token: NextToken | str, quant: QuantSettings | None) -> Ctx:
+    """The one place a Ctx is made, and the only writer of its fused_fp32."""
+    ctx = Ctx(graph, Target(target), DType.of(dtype), logits=Logits(logits), next_token=NextToken(next_token),
+              quant=(quant or QuantSettings()).check(DType.of(dtype)))
+    ctx._fused_fp32 = bool(fused_fp32)
+    return ctx
+
+
 def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: DType | str = DType.float32,
                 *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
                 next_token: NextToken | str = NextToken.argmax, quant: QuantSettings | None = None) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = Ctx(graph, Target(target), DType.of(dtype), fused_fp32=fused_fp32, logits=Logits(logits), next_token=NextToken(next_token),
-              quant=(quant or QuantSettings()).check(DType.of(dtype)))
+    ctx = _new_ctx(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant)
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda

@@ -282,3 +282,23 @@ def test_gated_mlp_with_random_biases(target, tmp_path):
     sess = session(tmp_path / "m")
     assert compare_steps(sess, build_module(graph, weights=state), spec, steps=2) <= TOL
     assert compare_steps(sess, build_module(graph), spec, steps=0) > 1e-2
+
+
+def test_fused_fp32_is_fixed_for_the_whole_export():
+    """fused_fp32 is set once, by the factory that builds the Ctx: a lowering cannot flip it between two
+    attention nodes (assignment raises), and a Ctx cannot be made with it from outside."""
+    from archc.spec import DType
+    from exporters.onnx_export import Ctx, Target, build_graph
+
+    graph = archc.compile(tiny_spec("llama"))
+    for fused in (True, False):
+        ctx = build_graph(graph, "cuda", "fp32", fused_fp32=fused)
+        assert ctx.fused_fp32 is fused
+        # the flag did what it says at every attention node (the same lowering at each)
+        assert {("GroupQueryAttention" in ctx.lowering[n]) and "not GroupQueryAttention" not in ctx.lowering[n]
+                for n in graph.nodes() if n.endswith(".attn")} == {fused}
+        with pytest.raises(AttributeError):
+            ctx.fused_fp32 = not fused
+        assert ctx.fused_fp32 is fused
+    with pytest.raises(TypeError):
+        Ctx(graph, Target.cuda, DType.float32, fused_fp32=True)
