@@ -71,9 +71,18 @@ class FreshRun:
     stderr: str  # the commands' own stderr
 
 
-def cli_in_fresh_python(*argvs: list, cwd: Path = ROOT, timeout: int = 300) -> FreshRun:
+def _environ(base, **over) -> dict:
+    """`base` with `over` applied; a None value removes the variable."""
+    env = dict(base, **{k: v for k, v in over.items() if v is not None})
+    for k in [k for k, v in over.items() if v is None]:
+        env.pop(k, None)
+    return env
+
+
+def cli_in_fresh_python(*argvs: list, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> FreshRun:
     """`archc ARGV` for each argv in turn, in one new interpreter (the import state a shell command starts
-    from), with this checkout first on sys.path. For light-command and argument-check-before-import tests."""
+    from), with this checkout first on sys.path and `env` added to the environment (e.g. torchrun's RANK).
+    For light-command and argument-check-before-import tests."""
     import json
     import os
     import subprocess
@@ -87,7 +96,7 @@ def cli_in_fresh_python(*argvs: list, cwd: Path = ROOT, timeout: int = 300) -> F
             "print('@@fresh ' + json.dumps({'codes': codes, 'heavy': heavy}), file=sys.stderr)\n")
     argv = [[str(a) for a in one] for one in argvs]
     p = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, cwd=cwd,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=timeout)
+                       env=_environ(os.environ, PYTHONPATH=str(ROOT), **(env or {})), timeout=timeout)
     head, sep, tail = p.stderr.rpartition("@@fresh ")
     assert sep and p.returncode == 0, p.stderr[-2000:]
     result = json.loads(tail)

@@ -38,10 +38,12 @@ def train_cmd(
 ) -> None:
     """Train a spec on a token file or text, with checkpoints that `archc compile DIR` turns into ONNX."""
     from archc.train.data import TokenDType
+    from archc.train.device import parse_device
     from archc.train.loop import TrainConfig, TrainInterrupted, train
 
     if data_dtype not in {d.value for d in TokenDType}:
         raise UserError(f"--data-dtype {data_dtype}: choose one of {', '.join(d.value for d in TokenDType)}")
+    parse_device(device)
     s = load(spec, sets)
     cfg = TrainConfig(spec=s, data=data, out=out, steps=steps, batch=batch, seq_len=seq_len, grad_accum=grad_accum,
                       eval_every=eval_every, eval_batches=eval_batches, save_every=save_every, resume=resume, force=force,
@@ -51,28 +53,27 @@ def train_cmd(
 
     err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # names and paths as written
     if parallel is not None:
-        from archc.memory_plan import ParallelKind
+        from archc.parallel.launch import check_launch
 
-        try:
-            kind = ParallelKind(parallel)
-        except ValueError:
-            raise UserError(f"--parallel {parallel!r}: choose fsdp, tp or fsdp+tp") from None
+        launch = check_launch(cfg, parallel, tp)  # every argument checked before torch is imported
         from archc.parallel.train import finish, train_parallel
 
         try:
-            result = train_parallel(cfg, kind, tp)
+            result = train_parallel(cfg, launch)
         except TrainInterrupted as stop:
             err.print(f"{stop.signame}: stopped at step {stop.result.step}; checkpoint {stop.result.checkpoint}; continue with --resume")
             raise typer.Exit(130) from None
         finally:
-            rank0 = __import__("os").environ.get("RANK", "0") == "0"
             finish()
-        if rank0:
+        if launch.rank == 0:
             err.print(f"trained {s.name} to step {result.step} ({result.tokens:,} tokens, --parallel {parallel}): "
                       f"loss {result.train_loss:.4f}; checkpoint {result.checkpoint}")
         return
-    elif tp is not None:
+    if tp is not None:
         raise UserError("--tp needs --parallel tp or fsdp+tp")
+    from archc.parallel.launch import check_one_process
+
+    check_one_process()
     try:
         result = train(cfg)
     except TrainInterrupted as stop:

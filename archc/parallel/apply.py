@@ -54,29 +54,6 @@ class Layout:
         return self.tp_mesh.get_local_rank() if self.tp_mesh is not None else 0
 
 
-def degrees(kind: ParallelKind, world: int, tp: int | None) -> tuple[int, int]:
-    """(dp, tp) for `kind` on `world` processes; UserError when they do not fit."""
-    from archc.errors import UserError
-
-    if kind is ParallelKind.single:
-        if world != 1:
-            raise UserError(f"--parallel single runs on one process, but the world size is {world}; pass --parallel fsdp, tp or fsdp+tp")
-        return 1, 1
-    if kind is ParallelKind.fsdp:
-        if tp not in (None, 1):
-            raise UserError(f"--tp {tp} with --parallel fsdp: use --parallel fsdp+tp to combine them")
-        return world, 1
-    if kind is ParallelKind.tp:
-        if tp not in (None, world):
-            raise UserError(f"--tp {tp} with --parallel tp on {world} processes: tp uses every process; pass --tp {world} or --parallel fsdp+tp")
-        return 1, world
-    if kind is ParallelKind.fsdp_tp:
-        if tp is None or tp < 1 or world % tp:
-            raise UserError(f"--parallel fsdp+tp needs --tp N dividing the world size {world} (got {tp})")
-        return world // tp, tp
-    raise ValueError(f"unknown parallel kind {kind}")
-
-
 def make_mesh(device_type: str, dp: int, tp: int):
     from torch.distributed.device_mesh import init_device_mesh
 

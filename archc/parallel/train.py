@@ -22,44 +22,37 @@ from dataclasses import asdict
 from pathlib import Path
 
 from archc.errors import UserError
-from archc.memory_plan import ParallelKind
-from archc.train.loop import (LoopHooks, TrainConfig, TrainResult, autocast_for, build_train_model, check_options,
-                              check_resume_matches, prepare_out, run_steps, write_run_files)
+from archc.parallel.launch import Launch
+from archc.train.device import pick_device
+from archc.train.loop import (LoopHooks, TrainConfig, TrainResult, autocast_for, build_train_model, check_resume_matches,
+                              prepare_out, run_steps, write_run_files)
 
 
-def train_parallel(cfg: TrainConfig, kind: ParallelKind, tp: int | None) -> TrainResult:
-    import os
-
+def train_parallel(cfg: TrainConfig, launch: Launch) -> TrainResult:
+    """Train as `cfg` says on the world `launch` describes (archc.parallel.launch.check_launch checked the
+    arguments against it before torch was imported)."""
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Partial
 
     import archc
     from archc.parallel import checkpoint as dcp_ckpt
-    from archc.parallel.apply import Layout, clip_grad_norm, degrees, init_from_env, make_mesh, parallelize
+    from archc.parallel.apply import Layout, clip_grad_norm, init_from_env, make_mesh, parallelize
     from archc.parallel.optim import build_optimizer
-    from archc.parallel.sharding import make_plan
     from archc.train.checkpoint import checkpoint_dir, latest_checkpoint, point_latest, step_name
     from archc.train.data import DataPosition, open_data
     from archc.training import build_scheduler
 
     spec = cfg.spec
-    check_options(cfg)
-    if cfg.compile:
-        raise UserError("--compile is not supported with --parallel yet; drop one of them")
-    if not dist.is_available() or "RANK" not in os.environ:
-        raise UserError(f"--parallel {kind.value}: launch with torchrun, e.g. torchrun --nproc-per-node 2 -m archc.cli train ...")
-    device_type = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) or cfg.device.startswith("cuda") else "cpu"
+    kind, world, dp, tp_deg = launch.kind, launch.world, launch.dp, launch.tp
+    if not dist.is_available():
+        raise UserError(f"--parallel {kind.value}: this torch build has no torch.distributed; train without --parallel")
+    # CUDA there, one GPU per local process: asked of torch before any process group or allocation
+    device = pick_device(cfg.device, local_rank=launch.local_rank, local_world=launch.local_world)
     graph = archc.compile(spec)
-    world = int(os.environ["WORLD_SIZE"])
-    dp, tp_deg = degrees(kind, world, tp)
-    make_plan(graph, tp_deg)  # refuse an impossible plan before any process group exists
-    if cfg.batch % dp:
-        raise UserError(f"--batch {cfg.batch} (the global batch) does not split over {dp} data-parallel ranks; pass a multiple of {dp}")
-    init_from_env(device_type)
+    init_from_env(device.type)
     rank = dist.get_rank()
-    device = torch.device(device_type, torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
-    layout = Layout.on(kind, make_mesh(device_type, dp, tp_deg), dp, tp_deg)
+    layout = Layout.on(kind, make_mesh(device.type, dp, tp_deg), dp, tp_deg)
 
     data = open_data(cfg.data, vocab_size=spec.vocab_size, seq_len=cfg.seq_len, seed=spec.init.seed,
                      val_fraction=cfg.val_fraction, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)

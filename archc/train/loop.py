@@ -26,6 +26,7 @@ from typing import Callable, Optional
 from archc.errors import UserError
 from archc.spec import Spec
 from archc.train.data import DataPosition, TokenDType, open_data
+from archc.train.device import pick_device
 
 MARKER = "archc-train.json"
 RUN_FORMAT = 1
@@ -133,19 +134,6 @@ def check_resume_matches(cfg: TrainConfig) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Pieces a parallel trainer reuses
-
-
-def pick_device(choice: str):
-    import torch
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {choice}: no CUDA device here; use --device cpu")
-    try:
-        return torch.device(choice)
-    except RuntimeError:
-        raise UserError(f"--device {choice}: not a device; use auto, cpu or cuda[:N]") from None
 
 
 def autocast_for(device):
