@@ -23,10 +23,24 @@ tensor-parallel degree tp (Megatron layout, archc.parallel.sharding):
 Peak for training = weights + optimizer + max(activations + loss transient, gradients): during
 backward, gradients appear as activations are freed (layer by layer), so the two never both peak.
 FSDP adds the all-gathered weights and gradients of the layer in flight and the prefetched next one.
-Peak for generation = weights + KV cache at --seq-len tokens + the prefill's transient: the graph
-walk's held node outputs (it drops each after its last reader: the residual stream and the input of
-the node in flight, [b, S, D] each) plus the larger of one layer's temporaries and the logits of
-every position.
+Peak for generation = weights + KV cache at --seq-len tokens + the prefill's transient, read off the
+no_grad forward of the emitted module (exporters/torch_module.py), which drops each node's output after
+its last reader: the additive mask it builds for a call with attention_mask ([b, 1, S, S], plus
+[b, heads, S, S] with ALiBi, held for the whole forward), plus the largest of
+  - one layer node at a time: the [b, S, D] values the walk still holds while it runs (liveness on the
+    one-layer graph: the residual stream, the node's input, a parallel branch's output) and that node's
+    own temporaries, which die when it returns (under no_grad nothing is saved across nodes):
+      norm       its output (LayerNorm) or its output and x^2 (RMSNorm, torch's composite kernel)
+      attention  q, k, v (k and v are the cache), RoPE's copies of q and k; K/V expanded to q's heads (GQA/MQA,
+                 a prefill always has a mask tensor, so flash's unexpanded GQA never applies); SDPA's output,
+                 its [b, S, heads x head_dim] copy for o and o's output; the math kernel (SDPA's fallback where
+                 the kernel setting's own kernel takes no mask: memory_efficient on the CPU, flash on CUDA)
+                 materialises scores and probabilities [b, heads, S, S] (compute dtype) and a bool mask of them
+      mlp        gated: act(gate), up and their product (3 f), then the product and down's output (f + D);
+                 otherwise up's output and act(up) (2 f), then f + D
+      residual   its output (and alpha x skip under DeepNorm)
+  - the head: the values still held (the final norm's output) and the logits of every position in the
+    compute dtype and float32.
 
 Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
 nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
@@ -57,7 +71,7 @@ from enum import Enum
 from archc.errors import UserError
 from archc.graph import ComponentGraph, ComponentKind as K
 from archc.parallel.sharding import ShardRule, explain, local_elements, make_plan
-from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, AttentionKernel, DType, MaskKind, Spec
+from archc.spec import AdafactorOptimizer, AdamOptimizer, AdamWOptimizer, AttentionKernel, DType, MaskKind, NormKind, Spec
 
 # ---- what the emitted module (exporters/torch_module.py) saves for backward --------------------
 LOSS_CHUNK = 4096  # rows per chunk of GraphModel.loss's linear cross-entropy (exporters/torch_loss.py)
@@ -164,6 +178,100 @@ class _Shape:
     mask_heads: int  # heads of the one additive mask tensor (ALiBi: local heads; prefix / window: 1; causal: 0)
     outside_d: int  # D-wide tensors kept outside the layers (embedding norm, final norm inputs)
     head_rows: int  # vocabulary rows of the output head
+    prefill_layer: tuple  # _Moment per moment of a no_grad layer forward; the layer's transient is their max
+    prefill_head: "_Moment"  # the head's moment (its logits added by memory_row)
+
+
+@dataclass(frozen=True)
+class _Moment:
+    """What a no_grad forward holds at one moment of one node, besides the KV cache and the mask: `held_d`
+    [b, S, D] values of other nodes the walk keeps, and the node's own temporaries, in per-token widths
+    (d x D + q x q_local + kv x kv_local + f x f_local, compute dtype) and `scores` heads of the math
+    kernel's [b, S, S] scores and probabilities (compute dtype) and bool mask."""
+
+    held_d: int
+    d: int = 0
+    q: int = 0
+    kv: int = 0
+    f: int = 0
+    scores: int = 0
+
+
+def _d_wide(kind: K) -> bool:
+    """Whether a node's output is [b, S, D] (the values the graph walk holds between nodes)."""
+    if kind in (K.token_embedding, K.scale, K.learned_position, K.sinusoidal_position, K.glm2d_position, K.add, K.norm,
+                K.attention, K.mlp, K.residual):
+        return True
+    if kind in (K.input, K.output, K.mask, K.rotary, K.alibi, K.head):
+        return False
+    raise ValueError(f"unknown component kind {kind}")
+
+
+def _math_kernel(kernel: AttentionKernel, cuda: bool) -> bool:
+    """Whether SDPA runs its math kernel for a call with a mask tensor (every prefill with attention_mask):
+    the emitter allows the setting's kernel and math as the fallback (exporters/torch_module._sdpa_backends)."""
+    if kernel is AttentionKernel.math:
+        return True
+    if kernel is AttentionKernel.memory_efficient:
+        return not cuda  # no memory-efficient kernel on the CPU
+    if kernel is AttentionKernel.flash:
+        return cuda  # CUDA flash takes no mask tensor; the CPU flash kernel does
+    if kernel is AttentionKernel.default:
+        return False  # memory-efficient on CUDA, flash on the CPU: both take the mask
+    raise ValueError(f"unknown attention kernel {kernel}")
+
+
+def _node_moments(graph: ComponentGraph, n: str, tp: int, cuda: bool, kv_split: bool) -> list[dict]:
+    """A no_grad forward's moments inside node `n` of a layer (its own temporaries; module docstring)."""
+    d = graph.node(n)
+    kind = K(d["kind"])
+    if kind is K.norm:
+        ns = graph.settings(n)
+        if ns.norm is NormKind.layernorm:
+            return [{"d": 1}]
+        if ns.norm is NormKind.rmsnorm:
+            return [{"d": 2}]
+        raise ValueError(f"unknown norm kind {ns.norm}")
+    if kind is K.attention:
+        s = graph.settings(n)
+        kv_heads_local = s.kv_heads // tp if kv_split else 1
+        copied = 2 if s.kv_heads != s.n_heads and kv_heads_local > 1 else 0  # a copy, except from one head (a view)
+        rotary = graph.input_of(n, "rotary") is not None
+        scores = s.n_heads // tp if _math_kernel(s.kernel, cuda) else 0
+        return [{"q": 2, "kv": 2} if rotary else {"q": 1},  # q, [q and k before RoPE and its halves]; k, v are the cache
+                {"q": 2 + copied, "scores": scores},  # q, [K/V expanded], SDPA's output, [its scores]
+                {"q": 3 + copied, "d": 1}]  # ... the output's copy for o, o's output
+    if kind is K.mlp:
+        gated = graph.settings(n).activation.gated
+        return [{"f": 3 if gated else 2}, {"f": 1, "d": 1}]
+    if kind is K.residual:
+        return [{"d": 1 if graph.settings(n).alpha == 1.0 else 2}]
+    if kind in (K.add, K.scale):
+        return [{"d": 1}]
+    if kind in (K.input, K.output, K.token_embedding, K.learned_position, K.sinusoidal_position, K.glm2d_position, K.rotary,
+                K.mask, K.alibi, K.head):
+        raise ValueError(f"{kind.value} is not a layer node")
+    raise ValueError(f"unknown component kind {kind}")
+
+
+def _prefill_moments(graph: ComponentGraph, tp: int, cuda: bool, kv_split: bool) -> tuple[tuple[_Moment, ...], _Moment]:
+    """The moments of a no_grad forward through the one-layer graph's layer, and the head's: at each node the
+    [b, S, D] values made before it that it or a later node still reads (the walk drops the rest)."""
+    order = graph.nodes()
+    last_read: dict[str, int] = {}
+    for i, n in enumerate(order):
+        for src, _ in graph.inputs(n):
+            last_read[src] = i
+    layer: list[_Moment] = []
+    head = None
+    for i, n in enumerate(order):
+        kind = K(graph.node(n)["kind"])
+        held = sum(1 for v in order[:i] if last_read.get(v, -1) >= i and _d_wide(K(graph.node(v)["kind"])))
+        if kind is K.head:
+            head = _Moment(held)
+        elif graph.node(n)["layer"] is not None:
+            layer += [_Moment(held, **m) for m in _node_moments(graph, n, tp, cuda, kv_split)]
+    return tuple(layer), head
 
 
 def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
@@ -213,7 +321,9 @@ def _shape(graph: ComponentGraph, tp: int, cuda: bool = True) -> _Shape:
     if not alibi and has_mask_tensor:
         mask_heads = 1
     head = graph.settings(graph.nodes(K.head)[0]).vocab_size
-    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head)
+    prefill_layer, prefill_head = _prefill_moments(graph, tp, cuda, plan.kv_split)
+    return _Shape(layer, outside, saved["d"], saved["q"], saved["kv"], saved["f"], q, kv, f, mask_heads, outside_d, head,
+                  prefill_layer, prefill_head)
 
 
 def _optimizer_elements(spec: Spec, shapes: list[tuple[tuple[int, ...], ShardRule]], tp: int, dp: int) -> int:
@@ -269,13 +379,15 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
     # FSDP2: the layer in flight and the prefetched next one are whole (weights; their gradients in backward).
     fsdp_transient = 2 * 2 * layer_elems * p_bytes if fsdp else 0
     kv = L * 2 * sh.kv_local * b * seq_len * w
-    # Prefill at seq_len (no graph kept). The emitter's graph walk drops each node's output after its last
-    # reader, so besides the KV cache it holds the residual stream and the input of the node in flight
-    # ([b, S, D] each); one layer's own temporaries (about what it saves in training) come and go, then
-    # the head makes the logits of every position in --dtype and float32.
-    held = 2 * bs * D * w
+    # Prefill at seq_len, no_grad (module docstring): the mask, then the largest moment of one layer node or the head.
+    def moment(m: _Moment) -> int:
+        widths = (m.held_d + m.d) * D + m.q * sh.q_local + m.kv * sh.kv_local + m.f * sh.f_local
+        return bs * widths * w + m.scores * b * seq_len * seq_len * (2 * w + 1)
+
     logits = bs * V * (4 if w == 4 else 4 + w)  # the head's product in the compute dtype, then .float() (no copy in float32)
-    prefill = int(held + mask_bytes + max(per_layer, logits))
+    alibi_heads = sh.mask_heads if graph1.nodes(K.alibi) else 0
+    prefill_mask = b * seq_len * seq_len * w * (len(graph1.nodes(K.mask)) + alibi_heads)  # the mask, [+ mask + bias per head]
+    prefill = int(prefill_mask + max(max(map(moment, sh.prefill_layer)), moment(sh.prefill_head) + logits))
     return MemoryRow(strategy, b, weights, weights, int(opt), activations, activations_ckpt, fsdp_transient, loss,
                      int(kv), prefill, checkpointing)
 
