@@ -20,8 +20,8 @@ Method (same for every backend, so the figures compare):
   its module's head (PaLM's [16, 2048, 256000] float32 logits alone would be 33 GB), torch-compile's
   decoder and transformers' generate (logits_to_keep=1) do it themselves. The ort export is the
   contract's `--logits all` (benchmarks/RESULTS.md's figures before logits_start ran its head on every
-  position) unless `ort_logits` (`archc bench --logits last`) asks for the pruned head; the JSON's `logits`
-  says which.
+  position) unless `ort_logits` (benchmarks/genai_compare.py's fp16-last) asks for `--logits last`; the
+  JSON's `logits` says which.
 - Peak memory: torch backends, the resident model plus the allocator's peak above what was held
   before the measured calls; onnxruntime (its own allocator), device memory in use after the runs
   minus before the session was made (the arena does not shrink, so this is its peak).

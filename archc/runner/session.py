@@ -45,9 +45,9 @@ from archc.model_dir import (
     META_POSITION_IDS,
     SPEC_FILE,
 )
+from archc.runner import steppers
 from archc.runner.providers import _ort, open_session
 from archc.runner.sampling import Sampler
-from archc.runner import steppers
 from archc.runner.steppers import _BoundSteps, _CpuSteps
 
 FULL_LOGITS_LIMIT = 2**31  # elements of a [batch, seq, vocab] logits output past 32-bit indexing
@@ -67,7 +67,7 @@ class GenerationResult:
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def position_layout(meta: dict, inputs: dict) -> PositionIds:
+def position_layout(meta: dict, inputs: dict, where: str = "model.onnx") -> PositionIds:
     """The layout of the model's position_ids: the exporter's record (metadata archc.position_ids,
     the graph's PositionIds); a model exported before that record, from the input's rank
     ([batch, 2, seq] is GLM's 2-D layout). A record that names no PositionIds is one line."""
@@ -76,7 +76,7 @@ def position_layout(meta: dict, inputs: dict) -> PositionIds:
         try:
             return PositionIds(recorded)
         except ValueError:
-            raise UserError(one_line(f"model.onnx metadata {META_POSITION_IDS} = {recorded!r} is not one of "
+            raise UserError(one_line(f"{where}: metadata {META_POSITION_IDS} = {recorded!r} is not one of "
                                      f"{', '.join(p.value for p in PositionIds)}; re-run `archc compile`")) from None
     if "position_ids" not in inputs:
         return PositionIds.none
@@ -128,7 +128,7 @@ class Session:
         self.cache_type = k0.type
         self.vocab = int(self.sess.get_outputs()[0].shape[2])
         # the layout the graph gave the input (ComponentGraph.model.position_ids), as the exporter recorded it
-        self.position_layout = position_layout(meta, ins)
+        self.position_layout = position_layout(meta, ins, str(self.model_dir))
         self.has_positions = self.position_layout is not PositionIds.none
         self.has_prefix = "prefix_len" in ins
         self.max_seq_len = self._context_length()
