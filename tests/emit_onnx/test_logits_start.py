@@ -20,13 +20,12 @@ import numpy as np
 import onnx
 import pytest
 
-import torch
-import onnxruntime as ort  # noqa: F401  (a test dependency: fail, never skip, when missing)
+import torch  # noqa: F401  (a test dependency: fail, never skip, when missing)
+import onnxruntime as ort  # noqa: F401
 
 import archc
 import archc.runner.session
 import archc.runner.steppers
-from archc import feeds
 from archc.components import PositionIds
 from archc.errors import UserError
 from archc.runner import Session
@@ -175,25 +174,10 @@ def test_next_token_reads_the_last_of_what_comes_out(model):
 def torch_greedy(spec, prompts, n: int) -> list[list[int]]:
     """Greedy tokens of archc's PyTorch module with its own cache, fed as the runner feeds (left
     padding, positions from the mask, GLM's prompt-as-prefix and block positions)."""
-    from exporters.torch_module import build_module
+    from exporters.torch_module import build_module, greedy_generate
 
     graph = archc.compile(spec)
-    module = build_module(graph)
-    layout = graph.model.position_ids
-    has_prefix = "prefix_len" in graph.graph_inputs()
-    ids, mask, lens = feeds.left_pad(prompts)
-    B, L = ids.shape
-    out, past, step_ids = [], None, ids
-    for k in range(n):
-        m = np.concatenate([mask, np.ones((B, k), np.int64)], 1)
-        pos = feeds.positions(m, step_ids.shape[1], layout, lens, k)
-        t = lambda a: None if a is None else torch.tensor(a)  # noqa: E731
-        with torch.no_grad():
-            logits, past = module(t(step_ids), t(m), t(pos), t(lens) if has_prefix else None, past)
-        tok = logits[:, -1].argmax(-1).numpy()
-        out.append(tok)
-        step_ids = tok[:, None].astype(np.int64)
-    return np.stack(out, 1).tolist()
+    return greedy_generate(build_module(graph), graph, prompts, n)
 
 
 class Watch:
@@ -217,13 +201,16 @@ class Watch:
         self.shapes += [tuple(v.shape()) for v in io.get_outputs() if len(v.shape()) == 3]
 
 
-@pytest.mark.parametrize("io_binding", [None, True, "static"])
-@pytest.mark.parametrize("name, target", CASES)
+# numpy feeds, IO binding (the CUDA path on host buffers), and the fixed decode buffers that CUDA graphs
+# capture (shared-cache models only: llama on the cuda target)
+STEPPERS = [(n, t, io) for n, t in CASES for io in (None, True)] + [("llama", "cuda", "static")]
+
+
+@pytest.mark.parametrize("name, target, io_binding", STEPPERS)
 def test_generate_feeds_minus_one_and_keeps_its_tokens(name, target, io_binding, model, monkeypatch):
     spec, d = model(name, target)
     s = Session(d, device="cpu", io_binding=io_binding)
-    if io_binding == "static" and s.kv_cache != "shared":
-        pytest.skip("the fixed-buffer path needs the shared cache (llama on the cuda target)")
+    assert (io_binding == "static") <= (s.kv_cache == "shared")
     want = torch_greedy(spec, PROMPTS, 4)
     for greedy_on_device in (True, False):
         s.has_next_token = greedy_on_device  # False: the logits themselves come back and numpy picks
