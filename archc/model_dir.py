@@ -18,3 +18,9 @@ META_KV_CACHE = "archc.kv_cache"  # concat | shared (absent in older models: con
 META_LOGITS = "archc.logits"  # all | last (absent in older models: all)
 META_NEXT_TOKEN = "archc.next_token"  # argmax | none
 META_QUANT = "archc.quant"  # JSON archc.quant.QuantSettings; absent: not quantized
+META_POSITION_IDS = "archc.position_ids"  # PositionIds: none | flat | glm2d (absent in older models: read from
+# the rank of the position_ids input, archc.runner.session.position_layout)
+
+# graph inputs beyond the I/O contract that the runner feeds when a model has them
+LOGITS_START = "logits_start"  # int64 [1], an overridable initializer (default [0]): the first position the head
+# computes, Python-style (0: every position, the contract; -1: the last); `--logits all` models only

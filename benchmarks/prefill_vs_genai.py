@@ -11,7 +11,9 @@
    - `genai-onnx`: genai's model.onnx in a plain onnxruntime session (CUDA provider, no graph).
    - `archc[:key=value,...]`: archc's llama spec at the same shape, `--target cuda --dtype fp16`
      (seeded weights: kernel times do not depend on the values); keys `gate_up=one_gemm|two_gemms`
-     (exporters.onnx_lowering_cuda.GATE_UP), `logits=all|last`. It also times archc's runner
+     (exporters.onnx_lowering_cuda.GATE_UP), `logits=all|last`, `logits_start=-1` (the plain-session prefill
+     feeds the `all` model's logits_start, bound on the host as the runner binds it; without the key it is
+     not fed: full logits, as genai-onnx computes). It also times archc's runner
      (`Session.generate`, as `archc bench`'s ort backend: prefill = median T(1), decode tok/s from
      (T(N) - T(1)) / (N - 1)).
    - `genai-gen`: genai's own generator on genai's export (prefill = append_tokens + the first token;
@@ -97,8 +99,9 @@ def op_counts(path: Path) -> dict:
             "outputs": {o.name: onnx.helper.printable_type(o.type) for o in m.graph.output[:3]}}
 
 
-def onnx_prefill(path: Path, runs: int, extra_opts: dict | None = None) -> dict:
-    """Prefill of one ONNX decoder in a plain session, every shape in SHAPES: timing + CUPTI kernels."""
+def onnx_prefill(path: Path, runs: int, extra_opts: dict | None = None, logits_start: int | None = None) -> dict:
+    """Prefill of one ONNX decoder in a plain session, every shape in SHAPES: timing + CUPTI kernels.
+    logits_start: fed to the model's overridable initializer of that name (None: not fed)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -125,6 +128,8 @@ def onnx_prefill(path: Path, runs: int, extra_opts: dict | None = None) -> dict:
                 io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(feeds[n], "cuda", 0))
             else:
                 raise SystemExit(f"{path}: input {n} has no feed here")
+        if logits_start is not None:  # an overridable initializer: bind_cpu_input cannot bind it, an OrtValue can
+            io.bind_ortvalue_input("logits_start", ort.OrtValue.ortvalue_from_numpy(np.array([logits_start], np.int64), "cpu", 0))
         for o in sess.get_outputs():
             past = o.name.replace("present.", "past_key_values.")
             if past in cache:
@@ -185,6 +190,7 @@ def child_archc(opts: dict, work: Path, runs: int) -> dict:
     from exporters.onnx_export import export
 
     opts.pop("root", None)  # the parent put that tree first on PYTHONPATH
+    start = opts.pop("logits_start", None)  # a feed, not an export option: the same model directory
     if "gate_up" in opts:
         onnx_lowering_cuda.GATE_UP = onnx_lowering_cuda.GateUp(opts["gate_up"])
     graph = archc.compile(load_spec(ROOT / "specs" / "llama.yaml", ARCHC_SET))
@@ -193,7 +199,7 @@ def child_archc(opts: dict, work: Path, runs: int) -> dict:
     if not (d / MODEL_FILE).exists():
         export(graph, d, target="cuda", dtype="fp16", logits=opts.get("logits", "all"))
     out = {"export_s": round(time.perf_counter() - t0, 1), "graph": op_counts(d / MODEL_FILE)}
-    out["prefill_onnx"] = onnx_prefill(d / MODEL_FILE, runs)
+    out["prefill_onnx"] = onnx_prefill(d / MODEL_FILE, runs, logits_start=None if start is None else int(start))
     out["runner"] = runner_times(d, runs)
     return out
 
@@ -266,7 +272,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("/tmp/prefill_vs_genai"))
-    ap.add_argument("--engines", default="genai-onnx;archc;archc:gate_up=two_gemms;archc:logits=last;genai-gen")
+    ap.add_argument("--engines", default="genai-onnx;archc;archc:logits_start=-1;archc:gate_up=two_gemms;archc:logits=last;genai-gen")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the engine list (alternating, as ab_decode does)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--child", help=argparse.SUPPRESS)

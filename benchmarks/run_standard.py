@@ -420,7 +420,7 @@ def run_export(job_path: Path) -> int:
     """CPU only: the ONNX models the group's ort cases will load, into the work dir."""
     import torch
 
-    from archc.bench.harness import Shape, logits_for, ort_model_dir
+    from archc.bench.harness import ort_model_dir
     from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
 
@@ -430,14 +430,13 @@ def run_export(job_path: Path) -> int:
     graph = _graph(g["family"], job["tiny"])
     dtype = _run_dtype(g["dtype"], job["device"])
     target = "cuda" if job["device"] == "cuda" else "portable"
-    for c in g["cases"]:
-        if not any(n.startswith("ort") for n in c["backends"]):
-            continue
-        logits = logits_for(graph, Shape(c["batch"], c["prompt"], 2))
-        d = ort_model_dir(Path(job["work_dir"]), graph, target, dtype, logits)
+    # one `--logits all` export for every case: generation feeds logits_start = -1 (archc.runner), so no
+    # shape needs the pruned `last` head any more
+    if any(n.startswith("ort") for c in g["cases"] for n in c["backends"]):
+        d = ort_model_dir(Path(job["work_dir"]), graph, target, dtype, "all")
         if not (d / MODEL_FILE).exists():
             t = time.perf_counter()
-            export(graph, d, target=target, dtype=dtype, logits=logits)
+            export(graph, d, target=target, dtype=dtype, logits="all")
             print(f"exported {d.name} in {time.perf_counter() - t:.1f} s", flush=True)
     return 0
 
@@ -450,7 +449,7 @@ def run_group(job_path: Path) -> int:
     import torch
     from rich.console import Console
 
-    from archc.bench.harness import Bench, Shape, environment, logits_for, measure_limits, ort_model_dir, render
+    from archc.bench.harness import Bench, Shape, environment, measure_limits, ort_model_dir, render
 
     if device == "cpu":  # the CPU run checks the orchestration; one thread keeps it quick on a shared machine
         torch.set_num_threads(1)
@@ -470,7 +469,7 @@ def run_group(job_path: Path) -> int:
     dtype = _run_dtype(g["dtype"], device)
     graph = _graph(g["family"], job["tiny"])
     target = "cuda" if device == "cuda" else "portable"
-    res["exports"] = sorted({str(ort_model_dir(Path(job["work_dir"]), graph, target, dtype, logits_for(graph, Shape(c["batch"], c["prompt"], 2))))
+    res["exports"] = sorted({str(ort_model_dir(Path(job["work_dir"]), graph, target, dtype, "all"))
                              for c in g["cases"] if any(n.startswith("ort") for n in c["backends"])})
     names = list(dict.fromkeys(n for c in g["cases"] for n in c["backends"]))
     baseline = {n: job["baseline_repeats"] for n in names if not n.startswith("ort")}

@@ -14,7 +14,10 @@ present.{i}.key/.value, plus (export option `next_token`, default `argmax`) next
 [B, 1], the greedy pick at the last position, so a greedy decoder need not copy logits to the host.
 `logits=Logits.last` (an export option, default `all` = the contract) makes
 the head read only the last position: logits [B, 1, vocab] in prefill and decode (recorded in the
-metadata as `archc.logits`).
+metadata as `archc.logits`). An `all` model has one more input, `logits_start` (int64 [1], an
+overridable initializer whose default [0] keeps the contract for anyone who does not feed it): the
+head computes positions logits_start: only (Python-style; -1 = the last, what generation feeds),
+like Hugging Face's `logits_to_keep`.
 
 Weights are streamed one tensor at a time into `model.onnx.data` (always external, one layout for
 every size, so a >2 GB model needs nothing special), at 64-byte aligned offsets in graph order;
@@ -47,6 +50,7 @@ from archc.model_dir import (
     META_LOGITS,
     META_LOWERING,
     META_NEXT_TOKEN,
+    META_POSITION_IDS,
     META_QUANT,
     META_TARGET,
     MODEL_FILE,
@@ -74,7 +78,7 @@ class Target(str, Enum):
 class Logits(str, Enum):
     """Which positions the head computes logits for."""
 
-    all = "all"  # [batch, seq, vocab]: the fixed I/O contract
+    all = "all"  # [batch, seq, vocab]: the fixed I/O contract; the input logits_start (default 0) may ask for fewer
     last = "last"  # [batch, 1, vocab]: the last column only (left padding: every row's last real token);
     # what generation reads, and the only choice where batch * seq * vocab passes 32-bit indexing
 
@@ -105,6 +109,7 @@ ELEM = {DType.float32: TensorProto.FLOAT, DType.float16: TensorProto.FLOAT16, DT
 
 # Symbolic dimension names (also read by the runner).
 BATCH, SEQ, TOTAL, PAST = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"
+LOGITS_SEQ = "logits_sequence_length"  # logits' positions in an `all` model: sequence_length unless logits_start is fed
 
 
 @dataclass
@@ -232,6 +237,13 @@ class Ctx:
         self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
         return name
 
+    def overridable(self, name: str, default: np.ndarray) -> str:
+        """A graph input that is also an initializer of the same name (ONNX's overridable initializer):
+        feeding it is optional, and a consumer that does not feed it gets `default`."""
+        self.consts.append(onnx.numpy_helper.from_array(default, name))
+        t = helper.np_dtype_to_tensor_dtype(default.dtype)
+        return self.graph_input(name, t, list(default.shape))
+
     def graph_output(self, name: str, value: str, elem: int, dims: list) -> str:
         self.op("Identity", [value], out=[name])
         self.outputs.append(helper.make_tensor_value_info(name, elem, dims))
@@ -347,6 +359,7 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
         META_KV_CACHE: ctx.kv_cache.value,
         META_LOGITS: ctx.logits.value,
         META_NEXT_TOKEN: ctx.next_token.value,
+        META_POSITION_IDS: ctx.graph.model.position_ids.value,  # the runner's feeds follow it
     }
     if ctx.quant.active:  # absent: not quantized (older models and --quant none alike)
         meta[META_QUANT] = ctx.quant.to_json()

@@ -16,8 +16,9 @@ from onnx import TensorProto
 
 from archc.components import ComponentKind, UnknownSetting
 from archc.dtypes import DType
+from archc.model_dir import LOGITS_START
 from archc.spec import Activation, AttentionKernel, MaskKind, NormKind, NormScale, RopeStyle
-from exporters.onnx_export import BATCH, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import BATCH, LOGITS_SEQ, PAST, SEQ, TOTAL, Ctx, Logits, NextToken, WeightLayout, input_of, inputs_of
 
 LOWERING = "portable ONNX lowering"
 
@@ -48,10 +49,15 @@ def lower_output(ctx: Ctx, name: str, node: dict) -> str:
     y = ctx.op("Cast", [x], to=F32)
     shape = _dims(list(node["settings"].shape))
     from_head = ctx.graph.node(ctx.graph.input_of(name, "x"))["kind"] == ComponentKind.head.value
-    if ctx.logits is Logits.last and from_head:
+    if from_head and ctx.logits is Logits.last:
         shape[1] = 1  # the head computed the last position only (lower_head)
+    elif from_head and ctx.logits is Logits.all:
+        shape[1] = LOGITS_SEQ  # positions logits_start: of the sequence (all of them unless it is fed)
+    elif from_head:
+        raise UnknownSetting(name, "logits", ctx.logits, LOWERING)
     if from_head and ctx.next_token is NextToken.argmax:
-        # the greedy pick on the device: ArgMax keeps the first maximum, as numpy's argmax does
+        # the greedy pick on the device: ArgMax keeps the first maximum, as numpy's argmax does; it reads
+        # the last of whatever positions the head computed (all, logits_start: of them, or the last)
         last = y if shape[1] == 1 else last_position(ctx, y)
         ctx.graph_output("next_token", ctx.op("ArgMax", [last], axis=-1, keepdims=0), I64, [shape[0], 1])
     return ctx.graph_output(name, y, F32, shape)
@@ -178,20 +184,34 @@ def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
     return out
 
 
-def last_position(ctx: Ctx, x: str) -> str:
-    """x[:, -1:, :]. Left padding puts every row's last real token in the last column; the stream is
-    in the contract's token order here (the cuda target rotates GroupQueryAttention's packed layout,
-    real tokens first, back before anything downstream reads the stream), so one Slice serves all rows."""
-    return ctx.op("Slice", [x, ctx.const(np.array([-1], np.int64), "last"), ctx.const(np.array([np.iinfo(np.int64).max], np.int64), "end"),
+def positions_from(ctx: Ctx, x: str, start: str) -> str:
+    """x[:, start:, :] for a 1-D int64 [1] `start` (Python-style: -1 is the last position). Left padding
+    puts every row's last real token in the last column; the stream is in the contract's token order
+    here (the cuda target rotates GroupQueryAttention's packed layout, real tokens first, back before
+    anything downstream reads the stream), so one Slice serves all rows."""
+    return ctx.op("Slice", [x, start, ctx.const(np.array([np.iinfo(np.int64).max], np.int64), "end"),
                             ctx.const(np.array([1], np.int64), "axes")])
+
+
+def last_position(ctx: Ctx, x: str) -> str:
+    """x[:, -1:, :] (positions_from the constant -1)."""
+    return positions_from(ctx, x, ctx.const(np.array([-1], np.int64), "last"))
 
 
 def lower_head(ctx: Ctx, name: str, node: dict, x: str | None = None) -> str:
     """logits = h W^T (+ b). `x`: the head's input if a target transformed it (default: its in-edge).
-    With --logits last the MatMul runs on the last position only (Hugging Face's logits_to_keep=1)."""
+    With --logits last the MatMul runs on the last position only (Hugging Face's logits_to_keep=1);
+    with `all`, on positions logits_start: (the model's input, default 0 = every position; generation
+    feeds -1). The input goes straight into the Slice's starts, with no arithmetic on it: onnxruntime's
+    CUDA Slice reads starts on the host, and an int64 op in between could land on the device and
+    make a host copy, which CUDA-graph capture refuses."""
     x = x or input_of(ctx, name, "x")
     if ctx.logits is Logits.last:
         x = last_position(ctx, x)
+    elif ctx.logits is Logits.all:
+        x = positions_from(ctx, x, ctx.overridable(LOGITS_START, np.array([0], np.int64)))
+    else:
+        raise UnknownSetting(name, "logits", ctx.logits, LOWERING)
     tied = node.get("tied", {}).get("weight")
     if ctx.quant.active and ctx.quant.head:  # --quant-head: MatMulNBits on a quantized copy (tied: of the shared matrix)
         y = ctx.matmul_wt(x, [tied or f"{name}.weight"])

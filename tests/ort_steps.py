@@ -49,8 +49,9 @@ def real_positions(f: dict) -> np.ndarray:
     return f["attention_mask"][:, -f["input_ids"].shape[1]:].astype(bool)
 
 
-def run_ort(sess, spec, **kw) -> list[tuple[dict, np.ndarray]]:
-    """(feeds, logits) per step, the cache carried from present to past."""
+def run_ort(sess, spec, extra: dict | None = None, **kw) -> list[tuple[dict, np.ndarray]]:
+    """(feeds, logits) per step, the cache carried from present to past; `extra`: more feeds for every
+    step (e.g. logits_start)."""
     names = {i.name: i for i in sess.get_inputs()}
     dt = np.float16 if names["past_key_values.0.key"].type == "tensor(float16)" else np.float32
     kv, hd = spec.attention.kv_heads, spec.attention.head_dim
@@ -60,7 +61,7 @@ def run_ort(sess, spec, **kw) -> list[tuple[dict, np.ndarray]]:
     results = []
     layout = archc.compile(spec).model.position_ids  # the graph's layout, not a guess from the input's rank
     for f in feeds(spec, set(names), layout, **kw):
-        outs = dict(zip(out_names, sess.run(None, {**f, **past})))
+        outs = dict(zip(out_names, sess.run(None, {**f, **past, **(extra or {})})))
         past = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
         if "next_token" in outs:  # the model's greedy pick is numpy's argmax of its own last-position logits
             np.testing.assert_array_equal(outs["next_token"][:, 0], outs["logits"][:, -1].argmax(-1))

@@ -13,16 +13,15 @@ Method (same for every backend, so the figures compare):
   Decode roofline: per step, bytes = weights read (every matrix, norm and bias; embedding rows
   and position rows are negligible) + KV cache read and written for the step's context, over the
   bandwidth (or FLOPs over the GEMM rate when larger). Prefill floor: the cost model's FLOPs for the
-  prompt (all projections, the head on every position as the exported model computes it, causal
-  attention P(P+1)/2 positions) over the GEMM rate; for a shape whose ort export gets
-  `--logits last` (below), the head on the last position only.
-- Logits of the ort export: the contract's full [batch, prompt, vocab] (`all`, as the recorded figures
-  in benchmarks/RESULTS.md), except where batch * prompt * vocab reaches the runner's
-  FULL_LOGITS_LIMIT (2**31, past onnxruntime's 32-bit indexing: the PaLM 256k-vocabulary shape at
-  batch 16, prompt 2048 faulted on CUDA); those shapes export with `--logits last` (the head on the
-  last position only). Which one ran is in the table's note and the JSON (`logits`). The torch
-  backends run the head on the last position for the same shapes (a hook on the bench's module;
-  otherwise PaLM's [16, 2048, 256000] float32 logits alone are 33 GB), JSON `head_positions`.
+  prompt (all projections, causal attention P(P+1)/2 positions, the head on the last position only)
+  over the GEMM rate.
+- The head in the prefill: every backend computes the last position only, as generation reads nothing
+  else: the ort export's runner feeds logits_start = -1 (archc.runner), the torch backend has a hook on
+  its module's head (PaLM's [16, 2048, 256000] float32 logits alone would be 33 GB), torch-compile's
+  decoder and transformers' generate (logits_to_keep=1) do it themselves. The ort export is the
+  contract's `--logits all` (benchmarks/RESULTS.md's figures before logits_start ran its head on every
+  position) unless `ort_logits` (benchmarks/genai_compare.py's fp16-last) asks for `--logits last`; the
+  JSON's `logits` says which.
 - Peak memory: torch backends, the resident model plus the allocator's peak above what was held
   before the measured calls; onnxruntime (its own allocator), device memory in use after the runs
   minus before the session was made (the arena does not shrink, so this is its peak).
@@ -167,15 +166,6 @@ class Shape:
     new_tokens: int
 
 
-def logits_for(graph: ComponentGraph, shape: Shape) -> str:
-    """The ort backend's `--logits` for this shape: `all` (comparable with the recorded figures) unless
-    the prefill's [batch, prompt, vocab] logits reach the runner's limit, where only `last` runs."""
-    from archc.runner.session import FULL_LOGITS_LIMIT  # read per call: tests patch it there
-
-    vocab = graph.settings("head").vocab_size
-    return "last" if shape.batch * shape.prompt_len * vocab >= FULL_LOGITS_LIMIT else "all"
-
-
 def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None) -> Path:
     """Where the ort backend keeps (and looks for) its export, so a runner can export ahead of time."""
     q = f"-{quant.short().replace(' ', '-').replace('+', '')}" if quant is not None and quant.active else ""
@@ -195,10 +185,8 @@ def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> d
         steps.append(max((w + B * kv * ctx) / bw, B * c.flops_per_token(ctx) / rate))
     tpot = sum(steps) / len(steps)
     prefill_flops = B * (2 * c.matmul_params * P + c.attention_flops_per_position * P * (P + 1) // 2)
-    head_positions = "all"
-    if logits_for(graph, shape) == "last":  # the head runs on one position per row
-        head_positions = "last"
-        prefill_flops -= B * 2 * graph.spec.d_model * graph.settings("head").vocab_size * (P - 1)
+    # the head runs on one position per row (see the module docstring), not the P that matmul_params counts
+    prefill_flops -= B * 2 * graph.spec.d_model * graph.settings("head").vocab_size * (P - 1)
     return {
         "weight_bytes_per_step": w,
         "kv_bytes_per_token": kv,
@@ -206,7 +194,6 @@ def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> d
         "decode_tok_s": B / tpot,
         "prefill_flops": prefill_flops,
         "prefill_floor_ms": max(prefill_flops / rate, w / bw) * 1e3,
-        "prefill_head_positions": head_positions,
         "params": c.params,
     }
 
@@ -244,19 +231,18 @@ def _module_bytes(module) -> int:
 
 
 def _head_last_hook(head, args, kwargs):
-    """Forward pre-hook on the module's head: while the model's `bench_head_last` is set, the head
-    sees the last position only (the greedy loop reads nothing else), so a prefill whose full
-    [batch, prompt, vocab] float32 logits would not fit (PaLM/BLOOM at batch 16, prompt 2048: 33 GB)
-    computes [batch, 1, vocab], as the ort export with `--logits last` does for the same shapes."""
-    if getattr(head, "bench_head_last", False):
-        kwargs = dict(kwargs, x=kwargs["x"][:, -1:]) if "x" in kwargs else kwargs
-        args = (args[0][:, -1:], *args[1:]) if args else args
+    """Forward pre-hook on the module's head: the head sees the last position only (the greedy loop
+    reads nothing else), so a prefill computes [batch, 1, vocab], as the ort backend's generation does
+    (logits_start = -1), and a prefill whose full float32 logits would not fit (PaLM/BLOOM at batch 16,
+    prompt 2048: 33 GB) runs."""
+    kwargs = dict(kwargs, x=kwargs["x"][:, -1:]) if "x" in kwargs else kwargs
+    args = (args[0][:, -1:], *args[1:]) if args else args
     return args, kwargs
 
 
 class TorchBackend(Backend):
-    """archc's module in a greedy loop; for shapes whose ort export gets `--logits last` (logits_for)
-    the head runs on the last position only (a hook on the bench's module, exporters/ unchanged)."""
+    """archc's module in a greedy loop; the head runs on the last position only (a hook on the bench's
+    module, exporters/ unchanged)."""
 
     name = "torch"
 
@@ -267,12 +253,6 @@ class TorchBackend(Backend):
         if not getattr(head, "bench_hooked", False):
             head.register_forward_pre_hook(_head_last_hook, with_kwargs=True)
             head.bench_hooked = True
-        self.head = head
-        self.head_positions = logits_for(self.bench.graph, self.bench.shape)
-
-    def fits(self, shape: Shape) -> bool:
-        self.head_positions = logits_for(self.bench.graph, shape)  # no new set-up: generate sets the hook's flag per call
-        return True
 
     def resident_bytes(self):
         return _module_bytes(self.model)
@@ -283,7 +263,6 @@ class TorchBackend(Backend):
 
         from archc import feeds
 
-        self.head.bench_head_last = self.head_positions == "last"
         with torch.inference_mode():
             B, P = ids.shape
             kw = {}
@@ -399,7 +378,7 @@ class OrtBackend(Backend):
 
         b = self.bench
         target = "cuda" if b.cuda else "portable"
-        self.logits = b.ort_logits or logits_for(b.graph, b.shape)
+        self.logits = b.ort_logits or "all"
         model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant)
         if not (model_dir / MODEL_FILE).exists():
             weights = str(b.hf_dir) if b.hf_dir is not None else None
@@ -415,9 +394,6 @@ class OrtBackend(Backend):
         if b.cuda and self.session.device != "cuda":
             raise RuntimeError(f"onnxruntime did not start on CUDA ({self.session.note})")
         self._ids = self._prompts = None
-
-    def fits(self, shape: Shape) -> bool:
-        return (self.bench.ort_logits or logits_for(self.bench.graph, shape)) == self.logits
 
     def generate(self, ids, mask, n):
         import torch
@@ -515,8 +491,7 @@ class BackendResult:
     generate_runs_ms: list = field(default_factory=list)
     setup_s: float | None = None
     wall_s: float | None = None  # everything this backend took for this shape: warm-up, compile, timed runs
-    logits: str | None = None  # ort backends: the export's --logits (all | last), see logits_for
-    head_positions: str | None = None  # torch backends: the prefill head on `all` positions or the `last` one (logits_for)
+    logits: str | None = None  # ort backends: the export's --logits (all | last; either way generation's head runs on one position)
     tokens_note: str | None = None  # why tokens_agree stopped short, where the harness knows (genai: the eos it masks)
     export_s: float | None = None  # ort / genai: seconds the export (archc) or the builder (genai) took
     model_bytes: int | None = None  # ort / genai: the model's ONNX files on disk (graph + external data)
@@ -553,7 +528,7 @@ class Bench:
                 raise UserError(f"--quant: the {','.join(other)} backends have no quantized form; use {', '.join(CHECKPOINT_BACKENDS)}")
         if ort_logits not in (None, "all", "last"):
             raise UserError(f"--logits {ort_logits}: choose all or last")
-        self.ort_logits = ort_logits  # the ort export's --logits for every shape (None: logits_for decides per shape)
+        self.ort_logits = ort_logits  # the ort export's --logits for every shape (None: all, the contract)
         self.genai_timeout_s = genai_timeout_s  # per request to the genai worker (load, or one shape's runs)
         self.export_s: dict[str, float] = {}  # export / build seconds by output directory name (timed once)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
@@ -632,7 +607,6 @@ class Bench:
                 be = self._backend(name)
                 r.setup_s = be.setup_s
                 r.logits = getattr(be, "logits", None)
-                r.head_positions = getattr(be, "head_positions", None)
                 r.export_s, r.model_bytes = getattr(be, "export_s", None), getattr(be, "model_bytes", None)
                 self._measure(be, ids, mask, shape, r)
                 toks = self._last_tokens
@@ -792,14 +766,13 @@ def render(run: dict, limits: dict | None, console=None) -> None:
     if limits:
         t.add_row("[dim]limit[/]", _f(roof["prefill_floor_ms"], "{:.2f}"), "100", _f(roof["decode_tok_s"]),
                   _f(roof["decode_tpot_ms"], "{:.3f}"), "100", "", "",
-                  "[dim]roofline / GEMM floor" + (" (head: last position)" if roof.get("prefill_head_positions") == "last" else "") + "[/]")
+                  "[dim]roofline / GEMM floor[/]")
     for b in run["backends"]:
         t.add_row(b["backend"], _f(b["prefill_ms"], "{:.2f}"), _f(b["frac_prefill_floor"] and 100 * b["frac_prefill_floor"], "{:.0f}"),
                   _f(b["decode_tok_s"]), _f(b["decode_tpot_ms"], "{:.3f}"),
                   _f(b["frac_decode_roofline"] and 100 * b["frac_decode_roofline"], "{:.0f}"), _f(b["peak_mem_gib"], "{:.2f}"),
                   "ref" if b["tokens_agree"] is None and not b["error"] else _f(b["tokens_agree"], "{}"),
-                  escape(b["error"] or (f"logits {b['logits']}" if b.get("logits") else
-                                  "head: last position" if b.get("head_positions") == "last" else ""))[:60])
+                  escape(b["error"] or (f"logits {b['logits']}" if b.get("logits") else ""))[:60])
     console.print(t)
     if not limits:
         console.print("[dim]no roofline on the CPU: a copy and a GEMM timed as single torch ops are not limits for "

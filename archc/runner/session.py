@@ -11,12 +11,15 @@ Greedy picks: a model with the next_token output (`archc compile --next-token ar
 computes ArgMax of the last position's logits in the graph; greedy decoding reads those B int64 and
 leaves the logits on the device (CUDA) instead of copying [batch, vocab] float32 to the host and
 taking numpy's argmax. Sampling reads the logits as before (archc.runner.sampling).
-Logits: a model compiled with `--logits last` (metadata archc.logits) gives [batch, 1, vocab] in every
-step, which is all generation reads. A model with the contract's full logits refuses (UserError) a
-prefill whose logits reach FULL_LOGITS_LIMIT elements instead of running it: onnxruntime's CUDA
-kernels index such a tensor with 32-bit offsets (the likely cause of an illegal memory access on an H200 at
-[16, 2048, 256000], benchmarks/RESULTS.md). Tests patch the limit here, where check_logits_size reads it
-(archc.runner.session.FULL_LOGITS_LIMIT; the bench harness's logits_for reads it here too).
+Logits: generation reads the last position only. A model compiled with `--logits last` (metadata
+archc.logits) gives [batch, 1, vocab] in every step; an `all` model has the input logits_start
+(archc.model_dir.LOGITS_START, an overridable initializer, default 0 = every position), which generate
+feeds -1 in every step, so its head too computes [batch, 1, vocab]. `forward` feeds it only when asked
+(default: the contract's full logits, for scoring). A step that does compute full logits (forward, or
+generate on an `all` model exported before logits_start) is refused (UserError) when they reach
+FULL_LOGITS_LIMIT elements: onnxruntime's CUDA kernels index such a tensor with 32-bit offsets (the
+likely cause of an illegal memory access on an H200 at [16, 2048, 256000], benchmarks/RESULTS.md). Tests
+patch the limit here, where check_logits_size reads it (archc.runner.session.FULL_LOGITS_LIMIT).
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ from archc import feeds as feeds_
 from archc.components import PositionIds
 from archc.errors import UserError, one_line
 from archc.files import stat_path
-from archc.model_dir import GENAI_CONFIG_FILE, META_KV_CACHE, META_LOGITS, META_LOWERING, SPEC_FILE
+from archc.model_dir import (
+    GENAI_CONFIG_FILE,
+    LOGITS_START,
+    META_KV_CACHE,
+    META_LOGITS,
+    META_LOWERING,
+    META_POSITION_IDS,
+    SPEC_FILE,
+)
+from archc.runner import steppers
 from archc.runner.providers import _ort, open_session
 from archc.runner.sampling import Sampler
 from archc.runner.steppers import _BoundSteps, _CpuSteps
@@ -53,6 +65,22 @@ class GenerationResult:
 
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def position_layout(meta: dict, inputs: dict, where: str = "model.onnx") -> PositionIds:
+    """The layout of the model's position_ids: the exporter's record (metadata archc.position_ids,
+    the graph's PositionIds); a model exported before that record, from the input's rank
+    ([batch, 2, seq] is GLM's 2-D layout). A record that names no PositionIds is one line."""
+    recorded = meta.get(META_POSITION_IDS)
+    if recorded is not None:
+        try:
+            return PositionIds(recorded)
+        except ValueError:
+            raise UserError(one_line(f"{where}: metadata {META_POSITION_IDS} = {recorded!r} is not one of "
+                                     f"{', '.join(p.value for p in PositionIds)}; re-run `archc compile`")) from None
+    if "position_ids" not in inputs:
+        return PositionIds.none
+    return PositionIds.glm2d if len(inputs["position_ids"].shape) == 3 else PositionIds.flat
 
 
 class Session:
@@ -86,8 +114,10 @@ class Session:
         self.lowering = json.loads(meta.get(META_LOWERING, "{}"))
         self.kv_cache = meta.get(META_KV_CACHE, "concat")
         self.logits = meta.get(META_LOGITS, "all")  # "last": logits [B, 1, V] (models before the option: all)
-        ins = {i.name: i for i in self.sess.get_inputs()}
+        ins = {i.name: i for i in self.sess.get_inputs()}  # required inputs (overridable initializers are not here)
         self.input_names = list(ins)
+        # `all` models: the head's first position, fed -1 by generate (models before it, and --logits last, lack it)
+        self.has_logits_start = LOGITS_START in {i.name for i in self.sess.get_overridable_initializers()}
         self.output_names = [o.name for o in self.sess.get_outputs()]
         # next_token (export option, default on): the greedy pick computed on the device; greedy decoding
         # reads it (8 bytes per row) instead of bringing [batch, vocab] float32 logits to the host
@@ -97,10 +127,8 @@ class Session:
         self.kv_heads, self.head_dim = int(k0.shape[1]), int(k0.shape[3])
         self.cache_type = k0.type
         self.vocab = int(self.sess.get_outputs()[0].shape[2])
-        # the layout the graph gave the input (ComponentGraph.model.position_ids), as the model declares
-        # it: the rank of position_ids (the exported bytes carry no separate record of it)
-        self.position_layout = (PositionIds.none if "position_ids" not in ins else
-                                PositionIds.glm2d if len(ins["position_ids"].shape) == 3 else PositionIds.flat)
+        # the layout the graph gave the input (ComponentGraph.model.position_ids), as the exporter recorded it
+        self.position_layout = position_layout(meta, ins, str(self.model_dir))
         self.has_positions = self.position_layout is not PositionIds.none
         self.has_prefix = "prefix_len" in ins
         self.max_seq_len = self._context_length()
@@ -140,17 +168,22 @@ class Session:
         z = np.zeros((batch, self.kv_heads, 0, self.head_dim), _NP[self.cache_type])
         return {f"past_key_values.{i}.{kv}": z for i in range(self.n_layers) for kv in ("key", "value")}
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None,
+                *, logits_start: int | None = None):
         """One call on numpy arrays. Returns (logits float32 as the model gives them: [B,S,V], or [B,1,V]
-        for a model compiled with --logits last; present {name: array})."""
-        logits, present, _ = self._forward(input_ids, attention_mask, position_ids, prefix_len, past)
+        for a model compiled with --logits last; present {name: array}).
+        logits_start: fed to a model with that input (None: not fed, the model's default 0 = every
+        position); -1 computes the last position only, k the positions k: (Python-style). A model
+        without the input (--logits last, older exports) gives what it gives."""
+        logits, present, _ = self._forward(input_ids, attention_mask, position_ids, prefix_len, past, logits_start)
         return logits, present
 
-    def _forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None):
+    def _forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past: dict | None = None,
+                 logits_start: int | None = None):
         """forward(), plus the model's next_token [B] (None without that output)."""
         input_ids = np.asarray(input_ids, np.int64)
         B, S = input_ids.shape
-        self.check_logits_size(B, S)
+        self.check_logits_size(B, S, logits_start)
         past = past if past is not None else self._empty_past(B)
         P = next(iter(past.values())).shape[2]
         if attention_mask is None:
@@ -162,6 +195,8 @@ class Session:
             feeds["prefix_len"] = np.asarray(prefix_len if prefix_len is not None else np.zeros(B), np.int64)
         for name, v in past.items():
             feeds[name.replace("present.", "past_key_values.")] = v
+        if logits_start is not None and self.has_logits_start:
+            feeds[LOGITS_START] = np.array([logits_start], np.int64)
         outs = dict(zip(self.output_names, self.sess.run(None, feeds, self.run_options)))
         present = {n.replace("present.", "past_key_values."): v for n, v in outs.items() if n.startswith("present.")}
         nt = outs.get("next_token")
@@ -170,13 +205,27 @@ class Session:
     def default_positions(self, attention_mask: np.ndarray, seq: int) -> np.ndarray:
         return feeds_.positions(attention_mask, seq, self.position_layout)
 
-    def check_logits_size(self, batch: int, seq: int) -> None:
-        """Refuse a step whose full [batch, seq, vocab] logits reach FULL_LOGITS_LIMIT elements."""
-        n = batch * seq * self.vocab
-        if self.logits == "all" and n >= FULL_LOGITS_LIMIT:
-            raise UserError(f"{self.model_dir}: logits [batch {batch}, seq {seq}, vocab {self.vocab}] = {n:,} float32 elements "
+    def logits_positions(self, seq: int, logits_start: int | None = None) -> int:
+        """How many positions a step of `seq` tokens computes logits for, fed `logits_start` (None: not fed)."""
+        if self.logits == "last":
+            return 1
+        if self.logits != "all":
+            raise UserError(f"{self.model_dir}: model.onnx metadata {META_LOGITS} = {self.logits!r} is not all or last; "
+                            "re-run `archc compile`")
+        if logits_start is None or not self.has_logits_start:
+            return seq
+        return len(range(seq)[logits_start:])
+
+    def check_logits_size(self, batch: int, seq: int, logits_start: int | None = None) -> None:
+        """Refuse a step whose logits ([batch, positions computed, vocab]) reach FULL_LOGITS_LIMIT elements."""
+        rows = self.logits_positions(seq, logits_start)
+        n = batch * rows * self.vocab
+        if n >= FULL_LOGITS_LIMIT:
+            fix = ("re-run `archc compile` (generation in a model made now computes the last position only)"
+                   if not self.has_logits_start else "feed logits_start=-1 (the last position only)")
+            raise UserError(f"{self.model_dir}: logits [batch {batch}, seq {rows}, vocab {self.vocab}] = {n:,} float32 elements "
                             f"({n * 4 / 2**30:.1f} GiB) reach {FULL_LOGITS_LIMIT:,}, past onnxruntime's 32-bit "
-                            f"indexing; recompile with `archc compile ... --logits last`, or use a smaller batch or prompt")
+                            f"indexing; {fix}, or use a smaller batch or prompt")
 
     # ---- generation ----------------------------------------------------------------------------
     def check_prompts(self, prompts: list[list[int]], max_new_tokens: int) -> None:
@@ -207,7 +256,7 @@ class Session:
         sample = (not greedy) and (asked or greedy is False)
         sampler = Sampler(temperature, top_k, top_p, seed) if sample else None
         B, L = len(prompts), max(len(p) for p in prompts)
-        self.check_logits_size(B, L)
+        self.check_logits_size(B, L, steppers.GENERATE_LOGITS_START)  # read here per call: tests patch it there
         ids, mask, lens = feeds_.left_pad(prompts)
         if self.cuda_graph or self.io_binding == "static":
             stepper = self._static_stepper(B, L + max_new_tokens)

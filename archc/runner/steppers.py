@@ -12,9 +12,14 @@ enable_cuda_graph, and each decode step runs on fixed device buffers bound once 
 length are 0. For these models that is the same computation (GroupQueryAttention reads each row's
 length from sum(mask) - 1; total_sequence_length = the mask width = the buffer length), and every
 bound shape stays fixed, so onnxruntime captures the step once (gpu_graph_id per shape) and replays
-it. Prefill and every other run pass gpu_graph_id = -1 (no capture). On CUDA the prefill's logits
-stay on the device and only the last position comes to the host (Session.last_position, a one-node
-Slice session), so a long prompt does not copy [batch, seq, vocab] float32 over PCIe.
+it. Prefill and every other run pass gpu_graph_id = -1 (no capture).
+logits_start: every step of a model with that input is fed -1 (GENERATE_LOGITS_START), so the head
+computes the last position only. It is bound as a host OrtValue: onnxruntime's CUDA Slice reads its
+starts on the host (a device copy would need a host copy back, which CUDA-graph capture refuses), and
+IOBinding.bind_cpu_input cannot bind an overridable initializer (it looks the name up among the required
+inputs), bind_ortvalue_input can. A model without it (exported before it) computes every position of the
+prefill; on CUDA those logits stay on the device and only the last position comes to the host
+(Session.last_position, a one-node Slice session).
 The CPU can run both device paths with host buffers (Session(io_binding=True | "static")): that is how
 the tests and the benchmarks' CPU dry runs exercise them without a GPU.
 """
@@ -27,7 +32,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from archc.model_dir import LOGITS_START
 from archc.runner.providers import _ort
+
+GENERATE_LOGITS_START = -1  # generation reads the last position only (tests patch it here; Session.generate reads it here)
 
 if TYPE_CHECKING:
     from archc.runner.session import Session
@@ -43,7 +51,8 @@ class _CpuSteps:
         self.s, self.past = s, s._empty_past(batch)
 
     def step(self, ids, mask, positions, lens):
-        logits, self.past, next_token = self.s._forward(ids, mask, positions, lens if self.s.has_prefix else None, self.past)
+        logits, self.past, next_token = self.s._forward(ids, mask, positions, lens if self.s.has_prefix else None, self.past,
+                                                        GENERATE_LOGITS_START)
         return next_token if self.device_pick else logits
 
 
@@ -83,6 +92,9 @@ class _BoundSteps:
         # on a 2-core VM, benchmarks/RESULTS.md, optimisation log)
         self.prefill_io = None
         self.prefill_feeds = None  # _PackedFeeds of the last prefill's shapes (shared cache), reused while they repeat
+        # logits_start = -1 as a host OrtValue, bound to every step (see the module docstring)
+        self.logits_start = (ort.OrtValue.ortvalue_from_numpy(np.array([GENERATE_LOGITS_START], np.int64), "cpu", 0)
+                             if s.has_logits_start else None)
 
     def _cache_binding(self, on_device: bool):
         """(IOBinding with the feeds still to bind, names of its outputs in binding order). Outputs are
@@ -95,6 +107,8 @@ class _BoundSteps:
             return io, bound + [n.replace("past_key_values.", "present.") for n in self.cache]
         io = s.sess.io_binding()
         io.bind_output("logits", self.dev if on_device else "cpu", 0)
+        if self.logits_start is not None:
+            io.bind_ortvalue_input(LOGITS_START, self.logits_start)
         if s.has_next_token:
             io.bind_output("next_token", "cpu")
         for n, v in self.cache.items():
@@ -113,8 +127,9 @@ class _BoundSteps:
         if self.graph_id is not None and ids.shape[1] == 1:
             return self._fixed_step(ids, mask, positions, lens)
         s, ort = self.s, self.ort
-        # prefill: slice the last position on the device (a --logits last model gives only that one)
-        on_device = self.dev == "cuda" and (self.device_pick or (ids.shape[1] > 1 and s.logits == "all"))
+        # prefill of a model that computes every position (no logits_start input, not --logits last): slice
+        # the last position on the device
+        on_device = self.dev == "cuda" and (self.device_pick or s.logits_positions(ids.shape[1], GENERATE_LOGITS_START) > 1)
         io, bound = self._cache_binding(on_device)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if s.has_positions:
@@ -163,6 +178,8 @@ class _BoundSteps:
         feeds = _PackedFeeds.make(ort, self.dev, dict(shapes, attention_mask=(B, self.max_len)))
         io = s.sess.io_binding()
         feeds.bind(io, self.dev)
+        if self.logits_start is not None:
+            io.bind_ortvalue_input(LOGITS_START, self.logits_start)
         for name, v in self.cache.items():
             io.bind_ortvalue_input(name, v)
             io.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)

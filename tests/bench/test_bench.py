@@ -99,7 +99,8 @@ def test_roofline_against_hand_count():
     r = roofline(graph, "fp16", Shape(B, P, N), limits)
     assert math.isclose(r["decode_tpot_ms"], 1e3 * sum(steps) / len(steps), rel_tol=1e-12)
     assert math.isclose(r["decode_tok_s"], B / (sum(steps) / len(steps)), rel_tol=1e-12)
-    flops = B * (2 * (L * (per_layer - 2 * D) + V * D) * P + L * 4 * 4 * hd * P * (P + 1) // 2)
+    # the projections on every prompt position, the head on the last one only (what generation computes)
+    flops = B * (2 * L * (per_layer - 2 * D) * P + 2 * V * D + L * 4 * 4 * hd * P * (P + 1) // 2)
     assert r["prefill_flops"] == flops
 
 

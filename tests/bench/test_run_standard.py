@@ -137,29 +137,30 @@ def test_bad_option_is_one_line(tmp_path):
     assert p.returncode == 2 and "unknown falcon" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_torch_backend_head_on_last_position_where_ort_exports_last(monkeypatch):
-    """Where logits_for says `last` (PaLM/BLOOM at batch 16, prompt 2048 on the GPU), the torch backend's
-    prefill head sees one position, and generates the same tokens as with the full head."""
+def test_torch_backend_head_on_last_position(monkeypatch):
+    """The torch backend's prefill head sees one position (as the ort backend's generation, logits_start
+    = -1), and generates the same tokens as the module without the hook, whose head sees the whole prompt."""
     graph = archc.compile(standard.load_family("palm", tiny=True))
     seen: list[int] = []
-
-    def run():
-        b = Bench(graph, dtype="fp32", device="cpu", backends=["torch"], repeats=1, prefill_repeats=1,
-                  limits={"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}})
-        run = b.run(Shape(2, 9, 3))
-        head = b._backends["torch"].model.get_submodule("head")
-        hook = head.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["x"].shape[1]), with_kwargs=True)
-        b._backends["torch"].generate(*b.inputs(Shape(2, 9, 3)), 2)
-        hook.remove()
-        return run["backends"][0], b._last_tokens
-
-    full, full_tokens = run()
-    assert full["head_positions"] == "all" and seen == [9, 1]  # negative control: the whole prompt through the head
-    monkeypatch.setattr("archc.runner.session.FULL_LOGITS_LIMIT", 10)
+    b = Bench(graph, dtype="fp32", device="cpu", backends=["torch"], repeats=1, prefill_repeats=1,
+              limits={"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}})
+    run = b.run(Shape(2, 9, 3))
+    backend = b._backends["torch"]
+    head = backend.model.get_submodule("head")
+    hook = head.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["x"].shape[1]), with_kwargs=True)
+    last_tokens = backend.generate(*b.inputs(Shape(2, 9, 3)), 2)
+    assert seen == [1, 1] and run["backends"][0]["prefill_ms"] > 0
+    # negative control: the hooks off (the bench's own first, then the recorder sees what the head gets)
     seen.clear()
-    last, last_tokens = run()
-    assert last["head_positions"] == "last" and seen == [1, 1]
-    assert torch.equal(full_tokens, last_tokens) and last["prefill_ms"] > 0
+    hooks = dict(head._forward_pre_hooks)
+    head._forward_pre_hooks.clear()
+    head.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["x"].shape[1]), with_kwargs=True)
+    full_tokens = backend.generate(*b.inputs(Shape(2, 9, 3)), 2)
+    head._forward_pre_hooks.clear()
+    head._forward_pre_hooks.update(hooks)
+    hook.remove()
+    assert seen == [9, 1]
+    assert torch.equal(last_tokens, full_tokens)
 
 
 def test_render_one_run_and_the_old_files(tiny_run, tmp_path):

@@ -2,7 +2,8 @@
 
 tests/emit_onnx/export_hashes.json was written by scripts/export_hashes.py at main 77cb61c, before
 the typed node settings (issue 10): a refactor of the graph or the emitters must change no output
-byte. A change that means to change the output regenerates the file and says why in its commit.
+byte. A change that means to change the output regenerates the file and says why in its commit
+(the latest: issue 14's logits_start input and archc.position_ids metadata, model.onnx only).
 """
 
 from __future__ import annotations

@@ -139,35 +139,39 @@ def test_checker_bytes_and_structure(target, dtype, tmp_path):
 
 
 def test_guard_via_archc_run(pair, capsys, monkeypatch):
-    """A prefill whose full logits reach the limit: one line, exit 2, the sizes and the fix named;
-    one element below runs; the `last` model runs at any limit."""
+    """Forward's full logits at the limit: one line naming the sizes and the fix; one element below runs;
+    the `last` model runs at any limit, and so does `archc run` on the `all` model, whose generation feeds
+    logits_start = -1 (test_logits_start.py drives an older export without that input into the refusal)."""
     spec, d_all, d_last = pair("llama", "portable")
     argv = ["--prompt-ids", "5,6,7,8,9", "--prompt-ids", "10,11", "--max-new-tokens", "3", "--device", "cpu"]
     n = 2 * 5 * spec.vocab_size
     monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", n)
-    code, out, err = run_cli(["run", str(d_all), *argv], capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and out == "" and len(lines) == 1 and "Traceback" not in err, err
-    for needle in (f"[batch 2, seq 5, vocab {spec.vocab_size}]", "--logits last", "smaller batch or prompt"):
-        assert needle in lines[0], lines[0]
-    with pytest.raises(archc.errors.UserError, match="--logits last"):
+    with pytest.raises(archc.errors.UserError, match=r"\[batch 2, seq 5, vocab \d+\] .* feed logits_start=-1") as e:
         Session(d_all, device="cpu").forward(np.ones((2, 5), np.int64))
+    assert "\n" not in str(e.value) and "smaller batch or prompt" in str(e.value)
     code, out_last, err = run_cli(["run", str(d_last), *argv], capsys)
     assert code == 0, err
-    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", n + 1)
     code, out_all, err = run_cli(["run", str(d_all), *argv], capsys)
     assert code == 0, err
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", n + 1)
+    Session(d_all, device="cpu").forward(np.ones((2, 5), np.int64))
     assert out_all == out_last and len(out_all.split()) == 2
 
 
 def test_guard_at_the_measured_shape():
     """The real limit at the shape that faulted on the H200: PaLM vocab 256000, batch 16, prompt 2048."""
     s = Session.__new__(Session)
-    s.model_dir, s.vocab, s.logits = "out/palm", 256000, "all"
+    s.model_dir, s.vocab, s.logits, s.has_logits_start = "out/palm", 256000, "all", True
     assert archc.runner.session.FULL_LOGITS_LIMIT == 2**31
     with pytest.raises(archc.errors.UserError, match=r"\[batch 16, seq 2048, vocab 256000\] = 8,388,608,000"):
         s.check_logits_size(16, 2048)
     s.check_logits_size(4, 2048)  # 2.1e9 < 2**31
+    s.check_logits_size(16, 2048, -1)  # what generate feeds
+    with pytest.raises(archc.errors.UserError, match=r"seq 1024, vocab 256000"):
+        s.check_logits_size(16, 2048, 1024)
+    s.has_logits_start = False  # an `all` model exported before logits_start computes every position whatever is asked
+    with pytest.raises(archc.errors.UserError, match="re-run `archc compile`"):
+        s.check_logits_size(16, 2048, -1)
     s.logits = "last"
     s.check_logits_size(16, 2048)
 
@@ -183,30 +187,33 @@ def test_compile_option_and_printout(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_bench_switches_to_last_only_where_all_cannot_run(tmp_path, monkeypatch):
-    from archc.bench.harness import Bench, Shape, logits_for, roofline
+def test_bench_exports_all_and_its_prefill_runs_past_the_full_logits_limit(tmp_path, monkeypatch):
+    """The ort backend exports the contract's `all` for every shape (no `--logits last` fallback): its
+    generation feeds logits_start = -1, so a shape whose full prefill logits reach the limit runs, with the
+    module's greedy tokens; `ort_logits="last"` (`archc bench --logits last`) still exports the pruned head."""
+    from archc.bench.harness import Bench, Shape, roofline
 
     path = SPECS / "llama.yaml"
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))
     V, D = graph.spec.vocab_size, graph.spec.d_model
-    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", 2 * 9 * V)  # batch 2 reaches it, batch 1 does not
-    assert (logits_for(graph, Shape(1, 9, 4)), logits_for(graph, Shape(2, 9, 4))) == ("all", "last")
+    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", 2 * 9 * V)  # batch 2's full prefill reaches it
     limits = {"copy_bytes_per_s": 1e10, "gemm_flops_per_s": {"fp32": 1e11}}
-    b = Bench(graph, dtype="fp32", device="cpu", backends=["torch", "ort"], repeats=1, prefill_repeats=1, work_dir=tmp_path,
-              limits=limits)
-    try:
-        runs = [b.run(Shape(batch, 9, 4)) for batch in (1, 2, 1)]
-    finally:
-        b.close()
-    for run, want in zip(runs, ("all", "last", "all")):
-        by = {r["backend"]: r for r in run["backends"]}
-        assert by["ort"]["logits"] == want and by["torch"]["logits"] is None
-        assert by["ort"]["error"] is None or by["ort"]["error"].startswith("T(4) <= T(1)")
-        assert by["ort"]["tokens_agree"] == 4  # fp32: the same greedy tokens as archc's PyTorch module
-        assert run["roofline"]["prefill_head_positions"] == want
-    assert (tmp_path / f"{graph.spec.name}-portable-fp32" / "model.onnx").exists()
-    assert (tmp_path / f"{graph.spec.name}-portable-fp32-logits-last" / "model.onnx").exists()
-    # the prefill floor of a `last` shape counts the head on one position per row
-    monkeypatch.setattr(archc.runner.session, "FULL_LOGITS_LIMIT", 2**62)
-    full = roofline(graph, "fp32", Shape(2, 9, 4), limits)["prefill_flops"]
-    assert runs[1]["roofline"]["prefill_flops"] == full - 2 * 2 * D * V * 8
+    for ort_logits, want in ((None, "all"), ("last", "last")):
+        b = Bench(graph, dtype="fp32", device="cpu", backends=["torch", "ort"], repeats=1, prefill_repeats=1,
+                  work_dir=tmp_path, limits=limits, ort_logits=ort_logits)
+        try:
+            runs = [b.run(Shape(batch, 9, 4)) for batch in (1, 2)]
+        finally:
+            b.close()
+        for run in runs:
+            by = {r["backend"]: r for r in run["backends"]}
+            assert by["ort"]["logits"] == want and by["torch"]["logits"] is None
+            assert by["ort"]["error"] is None or by["ort"]["error"].startswith("T(4) <= T(1)")
+            assert by["ort"]["tokens_agree"] == 4  # fp32: the same greedy tokens as archc's PyTorch module
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(graph.spec.name)) == [
+        f"{graph.spec.name}-portable-fp32", f"{graph.spec.name}-portable-fp32-logits-last"]
+    # the prefill floor counts the head on one position per row, as every backend's generation computes it
+    c = archc.cost.cost(graph)
+    B, P = 2, 9
+    every = B * (2 * c.matmul_params * P + c.attention_flops_per_position * P * (P + 1) // 2)
+    assert roofline(graph, "fp32", Shape(B, P, 4), limits)["prefill_flops"] == every - B * 2 * D * V * (P - 1)

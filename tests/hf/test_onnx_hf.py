@@ -4,7 +4,8 @@ For every model type the importer supports (the tiny randomised cases of tests/h
 save_pretrained -> `export(..., weights=HF_DIR)` (config -> spec, checkpoint -> graph weights through
 archc.hf) -> onnxruntime on the CPU. Logits must match transformers' eager fp32 forward to 1e-4 on a
 left-padded batch with HF-generate positions, then on 2 cached decode steps against transformers' own
-cache, for both targets (cuda: fused ops in fp32 on their CPU kernels).
+cache, for both targets (cuda: fused ops in fp32 on their CPU kernels). The prefill fed logits_start = -1
+(what archc's generate feeds) must give transformers' last column, as [batch, 1, vocab].
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def saved(request, tmp_path_factory):
     return case, hf, d, archc.compile(spec)
 
 
-def _run(sess, ids, mask, pos, past, glm2d=False):
+def _run(sess, ids, mask, pos, past, glm2d=False, logits_start=None):
     names = [i.name for i in sess.get_inputs()]
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), **past}
+    if logits_start is not None:
+        feeds["logits_start"] = np.array([logits_start], np.int64)
     if "position_ids" in names:
         feeds["position_ids"] = pos.numpy()
     out_names = [o.name for o in sess.get_outputs()]
@@ -56,9 +59,11 @@ def test_onnx_matches_transformers(saved, target, tmp_path):
     past = {f"past_key_values.{i}.{t}": np.zeros((2, spec.attention.kv_heads, 0, spec.attention.head_dim), np.float32)
             for i in range(spec.n_layers) for t in ("key", "value")}
     ref, cache = _hf_logits(hf, ids, mask, pos)
+    last, _ = _run(sess, ids, mask, pos, past, logits_start=-1)
     got, past = _run(sess, ids, mask, pos, past)
     real = mask.bool().numpy()
     assert rel_err(got[real], ref.numpy()[real]) <= TOL, f"{case}/{target} prefill"
+    assert last.shape == (2, 1, got.shape[2]) and rel_err(last[:, 0], ref.numpy()[:, -1]) <= TOL, f"{case}/{target} logits_start -1"
     g = torch.Generator().manual_seed(4)
     for step in range(2):
         tok = torch.randint(0, V, (2, 1), generator=g)
