@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archc.errors import BackendFailure, UserError
-from archc.quant import QuantKind, QuantScheme, QuantSettings
+from archc.quant import QuantKind, QuantMethod, QuantScheme, QuantSettings
 
 GENAI_PYTHON_ENV = "ARCHC_GENAI_PYTHON"
 BUILDER = "onnxruntime_genai.models.builder"
@@ -98,23 +98,32 @@ def seeded_hf_dir(graph, out_dir: Path, dtype: str) -> Path:
     return out_dir
 
 
+GENAI_BLOCK_SIZES = (16, 32, 64, 128, 256)  # what genai's builder takes for block_size (its --extra_options help)
+GENAI_LM_HEAD = "/lm_head/MatMul"  # the head's MatMul node in genai's builder (its nodes_to_exclude example)
+
+
 def builder_args(dtype: str, device: str, quant: QuantSettings | None) -> list[str]:
-    """genai builder options for archc's --dtype/--quant: the same precision, block size and scheme. The head:
-    genai's int4/int8 quantizes every MatMul, the head included (its default, kept: this is genai as its users
-    get it); archc's only with --quant-head. So sizes and speeds compare each engine's own default."""
+    """genai builder options for archc's --dtype/--quant*: the same precision, block size, scheme, accuracy
+    level and head (archc keeps the head in --dtype unless --quant-head: genai's head is excluded from its
+    quantization the same way, nodes_to_exclude). A setting genai's builder cannot express is one line,
+    exit 2, rather than a comparison of two different quantizations: --quant-method search (genai's methods
+    are round-to-nearest and k_quant, neither archc's search) and a block size genai does not take."""
     provider = {"cuda": "cuda", "cpu": "cpu"}[device]
     if quant is None or quant.kind is QuantKind.none:
         precision = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}[dtype]
         return ["-p", precision, "-e", provider]
-    if quant.kind is QuantKind.int4:
-        precision = "int4"
-    elif quant.kind is QuantKind.int8:
-        precision = "int8"
-    else:
-        raise ValueError(f"unknown QuantKind {quant.kind!r}")
-    extra = [f"block_size={quant.block_size}", f"is_symmetric={'true' if quant.scheme is QuantScheme.symmetric else 'false'}"]
-    if quant.accuracy_level:  # 0 = genai's default (4 on the CPU, unset on CUDA)
-        extra.append(f"accuracy_level={quant.accuracy_level}")
+    precision = {QuantKind.int4: "int4", QuantKind.int8: "int8"}[quant.kind]
+    if quant.method is not QuantMethod.rtn:  # search: genai's methods are round-to-nearest (archc's rtn) and k_quant
+        raise UserError(f"--quant-method {quant.method.value} with --backends genai: genai's builder has no such method (its "
+                        "round-to-nearest is archc's rtn); use --quant-method rtn, or bench genai separately")
+    if quant.block_size not in GENAI_BLOCK_SIZES:
+        raise UserError(f"--quant-block-size {quant.block_size} with --backends genai: genai's builder takes "
+                        f"{', '.join(map(str, GENAI_BLOCK_SIZES))}")
+    symmetric = {QuantScheme.symmetric: "true", QuantScheme.asymmetric: "false"}[quant.scheme]
+    extra = [f"block_size={quant.block_size}", f"is_symmetric={symmetric}",
+             f"accuracy_level={quant.accuracy_level}"]  # 0 too: genai's own default is 4 on the CPU, archc's 0 (unset)
+    if not quant.head:
+        extra.append(f"nodes_to_exclude={GENAI_LM_HEAD}")
     return ["-p", precision, "-e", provider, "--extra_options", *extra]
 
 

@@ -36,8 +36,8 @@ CUDA graphs, in its own process: archc.bench.genai).
 
 A Hugging Face directory instead of a spec (`hf_dir`): the ort backends export its checkpoint (as
 `archc compile HF_DIR`) and genai builds from it; the torch and hf backends (seeded init) are refused.
-`quant`: the ort backends export with `--quant` (archc.quant), genai builds with the same bit width,
-block size and scheme (archc.bench.genai.builder_args).
+`quant`: the ort backends export with the --quant* settings (archc.quant), genai builds with the same bit
+width, block size, scheme, accuracy level and head (archc.bench.genai.builder_args refuses what it cannot).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import typer
 
 from archc.cli import app
 from archc.commands.common import SetOption, load
+from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
+                                          QuantOption, QuantSchemeOption, quant_settings)
 from archc.errors import UserError
 
 
@@ -43,14 +45,20 @@ def bench(
     backends: Annotated[str, typer.Option(help="ort, ort-nograph, torch, torch-compile, hf-eager, hf-sdpa, hf-compile, genai, genai-graph "
                                                "(onnxruntime-genai, ARCHC_GENAI_PYTHON); 'hf' = the three hf ones, 'all' = all but "
                                                "ort-nograph and genai.")] = "ort,torch,hf",
-    quant: Annotated[str, typer.Option(help="none | int4 | int8: the ort export's weight-only quantization (compile --quant, "
-                                            "block 32, symmetric); genai builds the same bit width.")] = "none",
+    quant: QuantOption = "none",
+    quant_block_size: QuantBlockSizeOption = 32,
+    quant_scheme: QuantSchemeOption = "symmetric",
+    quant_accuracy_level: QuantAccuracyLevelOption = 0,
+    quant_head: QuantHeadOption = False,
+    quant_method: QuantMethodOption = "rtn",
     repeats: Annotated[int, typer.Option(help="Timed generate runs (median).")] = 3,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where the ONNX export goes (default: a temp dir).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
 ) -> None:
     """Measure prefill latency, decode tokens/s and peak memory per backend, beside the measured
-    copy bandwidth and GEMM rate of the same card (decode roofline, prefill floor)."""
+    copy bandwidth and GEMM rate of the same card (decode roofline, prefill floor). The --quant options
+    are compile's, for the ort export; genai's builder gets the same block size, scheme, accuracy level
+    and head, and a setting it cannot express is refused."""
     import archc
     from archc.bench.harness import Bench, Shape, environment, parse_backends, render
 
@@ -60,14 +68,9 @@ def bench(
         raise UserError("--repeats must be at least 1")
     names = parse_backends(backends)
     shapes = [Shape(b, p, new_tokens) for b in _ints(batch, "--batch") for p in _ints(prompt_len, "--prompt-len")]
-    from archc.dtypes import DType
-    from archc.quant import QuantKind, QuantSettings
-
-    if quant not in {v.value for v in QuantKind}:
-        raise UserError(f"--quant {quant}: choose one of {', '.join(v.value for v in QuantKind)}")
     if dtype not in ("fp16", "bf16", "fp32"):
         raise UserError(f"--dtype: '{dtype}' is not fp16, bf16 or fp32")
-    qs = QuantSettings(QuantKind(quant)).check(DType.from_short(dtype))
+    qs = quant_settings(quant, quant_block_size, quant_scheme, quant_accuracy_level, quant_head, quant_method, dtype)
     hf_dir = Path(spec) if (Path(spec) / "config.json").is_file() and not (Path(spec) / "spec.yaml").exists() else None
     if hf_dir is not None:
         from archc.hf import config_to_spec, read_config
@@ -80,8 +83,9 @@ def bench(
     else:
         s = load(spec, set_)
     if any(n in ("genai", "genai-graph") for n in names):  # bad input is one line before any model is built
-        from archc.bench.genai import check_hf_dir, genai_python
+        from archc.bench.genai import builder_args, check_hf_dir, genai_python
 
+        builder_args(dtype, device, qs)  # --quant settings genai's builder cannot express
         genai_python()
         if hf_dir is not None:
             check_hf_dir(hf_dir)

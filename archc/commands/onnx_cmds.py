@@ -12,6 +12,8 @@ import typer
 
 from archc.cli import app
 from archc.commands.common import SetOption, load
+from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
+                                          QuantOption, QuantSchemeOption, quant_settings)
 from archc.errors import UserError
 from archc.model_dir import MODEL_FILE, SPEC_FILE
 
@@ -66,16 +68,12 @@ def compile_cmd(
                                              "the head runs on the last position only, for generation).")] = "all",
     next_token: Annotated[str, typer.Option(help="argmax (an extra output next_token [batch, 1]: the greedy pick on the device, "
                                                  "which `archc run` reads instead of the logits) | none (the contract's outputs only).")] = "argmax",
-    quant: Annotated[str, typer.Option(help="none | int4 | int8: weight-only round-to-nearest quantization of the attention and MLP "
-                                            "projections (onnxruntime com.microsoft MatMulNBits).")] = "none",
-    quant_block_size: Annotated[int, typer.Option(help="Weights per scale along the input dimension (a power of two >= 16).")] = 32,
-    quant_scheme: Annotated[str, typer.Option(help="symmetric (no zero points) | asymmetric (a zero point per block).")] = "symmetric",
-    quant_accuracy_level: Annotated[int, typer.Option(help="MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 (how A may be downcast).")] = 0,
-    quant_head: Annotated[bool, typer.Option("--quant-head", help="Quantize the output head too (default: it stays in --dtype). "
-                                                                   "onnxruntime-genai's int4 export quantizes its lm_head, so this is the comparable size.")] = False,
-    quant_method: Annotated[str, typer.Option(help="rtn (round-to-nearest on each block's range) | search (per block, a few shrunk "
-                                                   "ranges and least-squares scales tried, the least squared error kept; never worse "
-                                                   "than rtn per block, no data, ~3x rtn's quantization time).")] = "rtn",
+    quant: QuantOption = "none",
+    quant_block_size: QuantBlockSizeOption = 32,
+    quant_scheme: QuantSchemeOption = "symmetric",
+    quant_accuracy_level: QuantAccuracyLevelOption = 0,
+    quant_head: QuantHeadOption = False,
+    quant_method: QuantMethodOption = "rtn",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
@@ -91,16 +89,7 @@ def compile_cmd(
         raise UserError(f"--next-token {next_token}: choose one of {', '.join(v.value for v in NextToken)}")
     if dtype not in SHORT_WORDS:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(SHORT_WORDS)}")
-    from archc.quant import QuantKind, QuantMethod, QuantScheme, QuantSettings
-
-    if quant not in {v.value for v in QuantKind}:
-        raise UserError(f"--quant {quant}: choose one of {', '.join(v.value for v in QuantKind)}")
-    if quant_scheme not in {v.value for v in QuantScheme}:
-        raise UserError(f"--quant-scheme {quant_scheme}: choose one of {', '.join(v.value for v in QuantScheme)}")
-    if quant_method not in {v.value for v in QuantMethod}:
-        raise UserError(f"--quant-method {quant_method}: choose one of {', '.join(v.value for v in QuantMethod)}")
-    qs = QuantSettings(QuantKind(quant), quant_block_size, QuantScheme(quant_scheme), quant_accuracy_level,
-                       quant_head, QuantMethod(quant_method)).check(DType.from_short(dtype))
+    qs = quant_settings(quant, quant_block_size, quant_scheme, quant_accuracy_level, quant_head, quant_method, dtype)
     if out.is_dir() and (out / MODEL_FILE).exists() and not force:
         raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
     sets = list(sets or [])

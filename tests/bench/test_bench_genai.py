@@ -93,13 +93,13 @@ def test_spec_gets_a_seeded_hf_dir_with_placeholder_tokenizer(genai_env, tmp_pat
 
 def test_int4_both_engines_build_and_run(genai_env, shared, tmp_path):
     """--quant int4: archc's MatMulNBits export and genai's int4 build of the same checkpoint both run and are
-    smaller than the fp32 ones (tokens may differ: genai quantizes the head too, archc keeps it dense)."""
+    smaller than the fp32 ones (tokens may differ: two round-to-nearest implementations; both keep the head dense)."""
     hf, work = shared
     data = _bench([str(hf), "--backends", "ort,genai", "--prompt-len", "12", "--quant", "int4", "--work-dir", str(work)],
                   tmp_path / "q.json")
     by = _by_backend(data["runs"][0])
     assert by["genai"]["prefill_ms"] > 0 and by["ort"]["prefill_ms"] > 0
-    assert (work / "genai-p-int4-e-cpu-block_size32-is_symmetrictrue" / "genai_config.json").is_file()
+    assert (work / "genai-p-int4-e-cpu-block_size32-is_symmetrictrue-accuracy_level0-nodes_to_excludelm_headMatMul" / "genai_config.json").is_file()
     dense = _bench([str(hf), "--backends", "ort,genai", "--prompt-len", "12", "--work-dir", str(work)], tmp_path / "d.json")
     dense_by = _by_backend(dense["runs"][0])
     for name in ("ort", "genai"):

@@ -111,3 +111,64 @@ def test_worker_failure_is_reported_once(fake_genai, tmp_path, capsys):
     table_notes = [line for line in text.splitlines() if "Non-zero status" in line and "│" in line]
     assert table_notes and all("RuntimeError: Non-zero status" in line and "RuntimeError: RuntimeError" not in line
                                for line in table_notes)
+
+
+# ---- --quant options: compile's, passed to both sides --------------------------------------------------------
+
+
+def _ort_quant(export: Path):
+    """The quantization an ort export holds, read two ways: archc's metadata and the MatMulNBits nodes themselves."""
+    import onnx
+
+    from archc.quant import model_dir_quant
+
+    model = onnx.load(str(export / "model.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    attrs = {(a.name, a.i) for n in nbits for a in n.attribute if a.name in ("block_size", "accuracy_level", "bits")}
+    zero_points = {len(n.input) > 3 and bool(n.input[3]) for n in nbits}
+    head_quantized = any("head" in n.name for n in nbits)
+    return model_dir_quant(export), attrs, zero_points, head_quantized
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_quant_options_reach_both_sides(fake_genai, tmp_path, capsys, head):
+    """--quant-block-size/-scheme/-accuracy-level/--quant-head: the ort export is quantized with them (its
+    nodes say so) and genai's builder is given the same (bench passed the kind only: block 32, symmetric)."""
+    from archc.quant import QuantKind, QuantScheme, QuantSettings
+
+    args = ["llama", *_sets(), "--backends", "ort,genai", "--prompt-len", "4", "--quant", "int4", "--quant-block-size", "64",
+            "--quant-scheme", "asymmetric", "--quant-accuracy-level", "1"] + (["--quant-head"] if head else [])
+    code, text, data = _bench(tmp_path, args, capsys)
+    assert code == 0, text
+    [export] = (tmp_path / "work").glob("llama-7b-portable-fp32-int4-*")
+    stored, attrs, zero_points, head_quantized = _ort_quant(export)
+    assert stored == QuantSettings(QuantKind.int4, 64, QuantScheme.asymmetric, 1, head)
+    assert attrs == {("block_size", 64), ("accuracy_level", 1), ("bits", 4)} and zero_points == {True}
+    assert head_quantized == head
+    [build] = _builds(tmp_path / "work")
+    extra = build["argv"][build["argv"].index("--extra_options") + 1:]
+    assert build["argv"][build["argv"].index("-p") + 1] == "int4"
+    assert extra == ["block_size=64", "is_symmetric=false", "accuracy_level=1"] + ([] if head else ["nodes_to_exclude=/lm_head/MatMul"])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--quant", "int4", "--quant-method", "search"], "--quant-method search with --backends genai"),
+    (["--quant", "int8", "--quant-block-size", "512"], "--quant-block-size 512 with --backends genai"),
+    (["--quant", "int4", "--quant-scheme", "skewed"], "--quant-scheme skewed: choose one of"),
+    (["--quant", "int4", "--quant-block-size", "48"], "--quant-block-size 48: MatMulNBits needs a power of two"),
+    (["--quant-method", "search"], "--quant-method search: applies to a quantized export"),
+])
+def test_quant_settings_genai_cannot_build_are_one_line(fake_genai, tmp_path, capsys, args, says):
+    code, text, _ = _bench(tmp_path, ["llama", *_sets(), "--backends", "ort,genai", "--prompt-len", "4", *args], capsys)
+    assert code == 2 and says in text and len(text.strip().splitlines()) == 1 and "Traceback" not in text, text
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())  # refused before anything was built
+
+
+def test_search_method_still_runs_without_genai(tmp_path, capsys):
+    """Negative control of the refusal above: archc's own export takes --quant-method search."""
+    code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "ort", "--prompt-len", "4", "--quant", "int4",
+                                         "--quant-method", "search"], capsys)
+    assert code == 0, text
+    [export] = (tmp_path / "work").glob("llama-7b-portable-fp32-int4-*")
+    assert _ort_quant(export)[0].method.value == "search"
+
