@@ -420,9 +420,7 @@ def run_export(job_path: Path) -> int:
     """CPU only: the ONNX models the group's ort cases will load, into the work dir."""
     import torch
 
-    from archc.bench.harness import ort_model_dir
-    from archc.model_dir import MODEL_FILE
-    from exporters.onnx_export import export
+    from archc.bench.harness import ort_export
 
     torch.set_num_threads(4)
     job = json.loads(job_path.read_text())
@@ -433,11 +431,7 @@ def run_export(job_path: Path) -> int:
     # one `--logits all` export for every case: generation feeds logits_start = -1 (archc.runner), so no
     # shape needs the pruned `last` head any more
     if any(n.startswith("ort") for c in g["cases"] for n in c["backends"]):
-        d = ort_model_dir(Path(job["work_dir"]), graph, target, dtype, "all")
-        if not (d / MODEL_FILE).exists():
-            t = time.perf_counter()
-            export(graph, d, target=target, dtype=dtype, logits="all")
-            print(f"exported {d.name} in {time.perf_counter() - t:.1f} s", flush=True)
+        ort_export(Path(job["work_dir"]), graph, target, dtype, "all", log=lambda m: print(m.strip(), flush=True))
     return 0
 
 

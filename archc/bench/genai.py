@@ -83,18 +83,20 @@ def write_placeholder_tokenizer(out_dir: Path, vocab_size: int) -> list[str]:
     return save_tokenizer(tok, out_dir, bos_token="<s>", eos_token="</s>")
 
 
-def seeded_hf_dir(graph, out_dir: Path, dtype: str) -> Path:
-    """The spec's seeded init as a Hugging Face directory (export-hf) with a placeholder tokenizer."""
+def seeded_hf_dir(graph, work_dir: Path, dtype: str) -> Path:
+    """The spec's seeded init as a Hugging Face directory (export-hf) with a placeholder tokenizer, in
+    work_dir under a name its spec and dtype fingerprint (archc.bench.workdir: another seed, another folder;
+    a folder there that archc did not seal is refused, never replaced)."""
+    from archc.bench.workdir import place, reusable, seal, spec_parts
     from archc.dtypes import DType
     from archc.hf.export import export_hf, seeded_source
 
-    if not (out_dir / "tokenizer.json").is_file():  # not written yet; a folder already there (a user's, in
-        # their --work-dir) is refused, never replaced: no force
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise UserError(f"--work-dir {out_dir.parent}: {out_dir.name} exists and is not archc's seeded checkpoint; "
-                            "choose another --work-dir")
+    parts = {**spec_parts(graph), "what": "seeded Hugging Face checkpoint", "dtype": dtype}
+    out_dir = place(work_dir, "hf-seeded", parts)
+    if not reusable(out_dir, parts):
         export_hf(graph, out_dir, seeded_source(graph), dtype=DType.from_short(dtype).value)
         write_placeholder_tokenizer(out_dir, graph.spec.vocab_size)
+        seal(out_dir, parts)
     return out_dir
 
 
@@ -140,10 +142,16 @@ class Build:
     model_bytes: int
 
 
-def build(python: str, hf_dir: Path, out_dir: Path, args: list[str], log=print) -> Build:
-    """genai's builder on hf_dir into out_dir (through a temporary sibling: a failed or stopped build
-    leaves nothing). A failure is one line: the builder's last line of output."""
-    if (out_dir / "genai_config.json").is_file():  # built before (a work directory reused): no time to report
+def build(python: str, hf_dir: Path, work_dir: Path, args: list[str], log=print) -> Build:
+    """genai's builder on hf_dir into work_dir, in a folder named by its precision, provider and a fingerprint
+    of the checkpoint's files, the options and the python (archc.bench.workdir: reused only when archc made
+    it from the same inputs), through a temporary sibling (a failed or stopped build leaves nothing). A
+    failure is one line: the builder's last line of output."""
+    from archc.bench.workdir import checkpoint_parts, place, reusable, seal
+
+    parts = {"what": "genai build", "source": checkpoint_parts(hf_dir), "args": args, "python": python}
+    out_dir = place(work_dir, "-".join(["genai", args[1], args[3]]), parts)  # args: -p PRECISION -e PROVIDER ...
+    if reusable(out_dir, parts):  # built before: no time to report
         return Build(out_dir, None, model_bytes(out_dir))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -157,6 +165,7 @@ def build(python: str, hf_dir: Path, out_dir: Path, args: list[str], log=print) 
             raise UserError(f"genai builder failed on {hf_dir} ({' '.join(args)}): {lines[-1].strip()[:300] if lines else f'exit {proc.returncode}'}")
         shutil.rmtree(tmp / "cache", ignore_errors=True)
         export_s = time.perf_counter() - t
+        seal(tmp, parts)
         os.replace(tmp, out_dir)
     except subprocess.TimeoutExpired:
         raise UserError(f"genai builder on {hf_dir}: no result in {BUILD_TIMEOUT_S} s") from None

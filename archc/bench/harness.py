@@ -38,6 +38,8 @@ A Hugging Face directory instead of a spec (`hf_dir`): the ort backends export i
 `archc compile HF_DIR`) and genai builds from it; the torch and hf backends (seeded init) are refused.
 `quant`: the ort backends export with the --quant* settings (archc.quant), genai builds with the same bit
 width, block size, scheme, accuracy level and head (archc.bench.genai.builder_args refuses what it cannot).
+Exports, builds and the seeded checkpoint in `work_dir` are reused only when archc made them from the same
+inputs (archc.bench.workdir: a fingerprint in the folder's name and its key file).
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from archc.cost import cost
 from archc.dtypes import SHORT_WORDS, DType
 from archc.errors import BackendFailure, UserError
 from archc.graph import ComponentGraph, ComponentKind, PositionIds
-from archc.model_dir import MODEL_FILE
 
 BACKENDS = ("ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile", "genai", "genai-graph")
 GENAI_BACKENDS = ("genai", "genai-graph")  # need onnxruntime-genai (archc.bench.genai), so not in `all`
@@ -166,10 +167,44 @@ class Shape:
     new_tokens: int
 
 
-def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None) -> Path:
-    """Where the ort backend keeps (and looks for) its export, so a runner can export ahead of time."""
+def ort_parts(graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None, hf_dir: Path | None = None) -> dict:
+    """Everything that decides the ort export's bytes (archc.bench.workdir: its fingerprint names the folder)."""
+    from archc.bench.workdir import checkpoint_parts, spec_parts
+
+    return {**spec_parts(graph), "what": "archc ONNX export", "target": target, "dtype": dtype, "logits": logits,
+            "quant": quant.to_json() if quant is not None and quant.active else None,
+            "weights": checkpoint_parts(hf_dir) if hf_dir is not None else "the spec's seeded init"}
+
+
+def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None,
+                  hf_dir: Path | None = None) -> Path:
+    """Where the ort backend keeps (and looks for) its export: what it is, then its fingerprint's digits."""
+    from archc.bench.workdir import place
+
+    return place(work_dir, _ort_stem(graph, target, dtype, logits, quant), ort_parts(graph, target, dtype, logits, quant, hf_dir))
+
+
+def _ort_stem(graph: ComponentGraph, target: str, dtype: str, logits: str, quant) -> str:
     q = f"-{quant.short().replace(' ', '-').replace('+', '')}" if quant is not None and quant.active else ""
-    return Path(work_dir) / (f"{graph.spec.name}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else ""))
+    return f"{graph.spec.name}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else "")
+
+
+def ort_export(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None,
+               hf_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, float | None]:
+    """The ort export in work_dir, made unless archc made it before from the same inputs (archc.bench.workdir):
+    (its folder, seconds the export took, None when reused). A runner can call it ahead of the bench."""
+    from archc.bench.workdir import place, reusable, seal
+    from exporters.onnx_export import export
+
+    parts = ort_parts(graph, target, dtype, logits, quant, hf_dir)
+    model_dir = place(work_dir, _ort_stem(graph, target, dtype, logits, quant), parts)
+    if reusable(model_dir, parts):
+        return model_dir, None
+    weights = str(hf_dir) if hf_dir is not None else None
+    t, _ = wall(lambda: export(graph, model_dir, target=target, dtype=dtype, logits=logits, weights=weights, quant=quant), "cpu")
+    seal(model_dir, parts)
+    log(f"  exported {model_dir.name} in {t:.1f} s")
+    return model_dir, t
 
 
 def roofline(graph: ComponentGraph, dtype: str, shape: Shape, limits: dict) -> dict:
@@ -374,18 +409,13 @@ class OrtBackend(Backend):
 
     def setup(self):
         from archc.runner import Session
-        from exporters.onnx_export import export
 
         b = self.bench
         target = "cuda" if b.cuda else "portable"
         self.logits = b.ort_logits or "all"
-        model_dir = ort_model_dir(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant)
-        if not (model_dir / MODEL_FILE).exists():
-            weights = str(b.hf_dir) if b.hf_dir is not None else None
-            t, _ = wall(lambda: export(b.graph, model_dir, target=target, dtype=b.dtype, logits=self.logits, weights=weights,
-                                       quant=b.quant), "cpu")
+        model_dir, t = ort_export(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant, b.hf_dir, log=b.log)
+        if t is not None:
             b.export_s[model_dir.name] = t
-            b.log(f"  exported {model_dir.name} in {t:.1f} s")
         from archc.bench.genai import model_bytes
 
         self.export_s, self.model_bytes = b.export_s.get(model_dir.name), model_bytes(model_dir)
@@ -435,13 +465,12 @@ class GenaiBackend(Backend):
             eq = hf_equivalent(b.graph)
             if isinstance(eq, str):
                 raise RuntimeError(f"no Hugging Face type holds this spec for genai's builder: {eq}")
-            hf_dir = genai.seeded_hf_dir(b.graph, b.work_dir / "hf-seeded", b.dtype)
+            hf_dir = genai.seeded_hf_dir(b.graph, b.work_dir, b.dtype)
         genai.check_hf_dir(hf_dir)
         args = genai.builder_args(b.dtype, "cuda" if b.cuda else "cpu", b.quant)
-        out = b.work_dir / ("genai-" + "-".join(a.lstrip("-").replace("=", "").replace("/", "") for a in args if a != "--extra_options"))
-        built = genai.build(python, hf_dir, out, args, log=b.log)
-        b.export_s.setdefault(out.name, built.export_s)
-        self.export_s, self.model_bytes = b.export_s[out.name], built.model_bytes
+        built = genai.build(python, hf_dir, b.work_dir, args, log=b.log)
+        b.export_s.setdefault(built.model_dir.name, built.export_s)
+        self.export_s, self.model_bytes = b.export_s[built.model_dir.name], built.model_bytes
         eos = json.loads((built.model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
         self.eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)  # genai holds these off to make N tokens
         self.worker = genai.Worker(python, b.work_dir / f"{self.name}.stderr")

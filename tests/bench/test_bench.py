@@ -168,7 +168,8 @@ def test_ort_backend_plumbing_on_cpu(tmp_path):
     run = b.run(Shape(2, 9, 4))
     by = {r["backend"]: r for r in run["backends"]}
     assert by["ort"]["prefill_ms"] > 0 and by["ort"]["tokens_agree"] == 4
-    assert (tmp_path / f"{spec.name}-portable-fp32" / "model.onnx").exists()
+    [export] = tmp_path.glob(f"{spec.name}-portable-fp32-*")  # named by a fingerprint of its inputs (archc.bench.workdir)
+    assert (export / "model.onnx").exists() and (export / "archc-bench-key.json").exists()
 
 
 def test_torch_backend_feeds_glm_positions_as_the_runner_does(tmp_path):

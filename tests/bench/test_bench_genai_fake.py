@@ -172,3 +172,87 @@ def test_search_method_still_runs_without_genai(tmp_path, capsys):
     [export] = (tmp_path / "work").glob("llama-7b-portable-fp32-int4-*")
     assert _ort_quant(export)[0].method.value == "search"
 
+
+# ---- --work-dir: reused only for the same inputs -----------------------------------------------------------------
+
+
+def _key(folder: Path) -> dict:
+    return json.loads((folder / "archc-bench-key.json").read_text())
+
+
+def test_another_seed_is_another_export(tmp_path, capsys):
+    """The same --work-dir, init.seed 0, then 1, then 0: the ort export is archc's PyTorch module's tokens each time
+    (the oracle: the module built from the spec's own seeded init). The name alone decided before, so the seed-1
+    run reused the seed-0 export (and its tokens disagreed); the third run reuses the first export."""
+    folders, export_s = [], []
+    for seed in (0, 1, 0):
+        code, text, data = _bench(tmp_path, ["llama", *_sets([f"init.seed={seed}"]), "--backends", "torch,ort",
+                                             "--prompt-len", "6", "--batch", "2"], capsys)
+        assert code == 0, text
+        ort = {b["backend"]: b for b in data["runs"][0]["backends"]}["ort"]
+        assert ort["tokens_agree"] == 3, (seed, ort)
+        export_s.append(ort["export_s"])
+        folders.append(sorted(p.name for p in (tmp_path / "work").iterdir()))
+    assert len(folders[1]) == 2 and folders[2] == folders[1]
+    assert export_s[0] is not None and export_s[1] is not None and export_s[2] is None  # the third reused the first
+    seeds = sorted(_key(tmp_path / "work" / name)["parts"]["spec"]["init"]["seed"] for name in folders[1])
+    assert seeds == [0, 1]
+
+
+def _export_hf(d: Path, seed: int, force: bool = False) -> Path:
+    assert main(["export-hf", "llama", *_sets([f"init.seed={seed}"]), "-o", str(d), *(["--force"] if force else [])]) == 0
+    return d
+
+
+def test_a_rewritten_checkpoint_is_exported_again(tmp_path, capsys):
+    """`archc bench HF_DIR`: the directory's checkpoint written again (another seed, same names) is a new export;
+    the same directory untouched is reused."""
+    hf = _export_hf(tmp_path / "hf", seed=0)
+    runs = []
+    for step in ("first", "same", "rewritten"):
+        if step == "rewritten":
+            _export_hf(hf, seed=1, force=True)
+        code, text, data = _bench(tmp_path, [str(hf), "--backends", "ort", "--prompt-len", "6"], capsys)
+        assert code == 0, text
+        runs.append((data["runs"][0]["backends"][0]["export_s"], sorted((tmp_path / "work").iterdir())))
+    assert runs[0][0] is not None and runs[1][0] is None and runs[2][0] is not None
+    assert len(runs[1][1]) == 1 and len(runs[2][1]) == 2
+    old, new = (_key(p)["parts"]["weights"]["files"] for p in runs[2][1])
+    assert old != new
+
+
+def test_genai_follows_the_seed(fake_genai, tmp_path, capsys):
+    """The seeded checkpoint genai's builder reads, and its build, are per seed too (hf-seeded/ was written once and
+    reused for any seed)."""
+    for seed in (0, 1):
+        code, text, _ = _bench(tmp_path, ["llama", *_sets([f"init.seed={seed}"]), "--backends", "genai", "--prompt-len", "4"],
+                               capsys)
+        assert code == 0, text
+    seeded = sorted((tmp_path / "work").glob("hf-seeded-*"))
+    assert len(seeded) == 2
+    assert sorted(b["input"] for b in _builds(tmp_path / "work")) == [str(p) for p in seeded]
+
+
+@pytest.mark.parametrize("which, backend", [("llama-7b-portable-fp32-*", "ort"), ("hf-seeded-*", "genai"), ("genai-fp32-cpu-*", "genai")])
+@pytest.mark.parametrize("how", ["users", "other-key"])
+def test_a_folder_archc_did_not_seal_is_never_reused_or_replaced(fake_genai, tmp_path, capsys, which, backend, how):
+    """A folder under the name archc would use, that archc's key does not vouch for (a folder of the user's, or
+    a key recording other inputs): one line naming --work-dir, exit 2, the folder as it was."""
+    args = ["llama", *_sets(), "--backends", "ort,genai", "--prompt-len", "4"]
+    code, text, _ = _bench(tmp_path, args, capsys)
+    assert code == 0, text
+    [folder] = (tmp_path / "work").glob(which)
+    if how == "users":
+        import shutil
+
+        shutil.rmtree(folder)
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    else:
+        key = _key(folder)
+        key["fingerprint"] = "0" * 64
+        (folder / "archc-bench-key.json").write_text(json.dumps(key))
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file())
+    code, text, _ = _bench(tmp_path, ["llama", *_sets(), "--backends", backend, "--prompt-len", "4"], capsys)
+    assert code == 2 and "--work-dir" in text and folder.name in text and len(text.strip().splitlines()) == 1, text
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file()) == before

@@ -1,0 +1,79 @@
+"""What `archc bench` keeps in --work-dir (ONNX exports, genai builds, the seeded checkpoint), and when
+it may reuse one.
+
+A folder is named by what it is (`llama-cuda-fp16-int4-sym-b32`) plus the first hex digits of a
+fingerprint of everything that decides its bytes: the resolved spec (its init seed included), the export
+options, archc's version, and for a Hugging Face directory the names, sizes and modification times of its
+files (cheap: no weight is read; a checkpoint written again, another directory or another seed gives
+another fingerprint). The fingerprint and the parts it hashes are written into the folder as KEY_FILE
+after the folder is complete. So:
+- no folder under the name: build it (then write the key);
+- the folder with its key matching: reuse it;
+- a folder without archc's key (the user's, or a build that was stopped before its key) or with another
+  key: one line naming --work-dir, exit 2. archc never deletes or writes into a folder it did not make.
+Before, the name alone decided, and a changed checkpoint or seed reused the stale export silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from archc.errors import UserError
+
+KEY_FILE = "archc-bench-key.json"
+SHOWN_DIGITS = 12
+
+
+def fingerprint(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def spec_parts(graph) -> dict:
+    """What of archc decides an export's bytes, apart from its options: the resolved spec and archc's version."""
+    import archc
+
+    return {"archc": archc.__version__, "spec": graph.spec.to_yaml_dict()}
+
+
+def checkpoint_parts(d: Path) -> dict:
+    """A Hugging Face directory as its path and files (name, size, modification time in ns), without reading them."""
+    d = Path(d)
+    files = []
+    for p in sorted(d.iterdir(), key=lambda p: p.name):
+        if p.name != KEY_FILE and p.is_file():
+            st = p.stat()  # a symlinked shard: its target's size and time
+            files.append([p.name, st.st_size, st.st_mtime_ns])
+    return {"path": str(d.resolve()), "files": files}
+
+
+def place(work_dir: Path, stem: str, parts: dict) -> Path:
+    """The folder in work_dir for what `parts` describe: the stem and the fingerprint's first digits."""
+    return Path(work_dir) / f"{stem}-{fingerprint(parts)[:SHOWN_DIGITS]}"
+
+
+def reusable(d: Path, parts: dict) -> bool:
+    """False when nothing is at `d` (build it, then seal); True when archc's key there matches `parts`; else
+    one line naming --work-dir (module docstring)."""
+    if not d.exists() and not d.is_symlink():
+        return False
+    key = d / KEY_FILE
+    try:
+        stored = json.loads(key.read_text()) if d.is_dir() and not d.is_symlink() and key.is_file() else None
+    except (OSError, ValueError):
+        stored = None
+    if isinstance(stored, dict) and stored.get("fingerprint") == fingerprint(parts):
+        return True
+    why = f"its {KEY_FILE} records other inputs" if stored is not None else \
+        f"it has no {KEY_FILE} (a folder of yours, or an archc build that was stopped)"
+    raise UserError(f"--work-dir {d.parent}: {d.name} is in the way and archc neither reuses nor replaces it: {why}; "
+                    "remove it or choose another --work-dir")
+
+
+def seal(d: Path, parts: dict) -> None:
+    """Write the key into a complete folder (atomically: a stopped write leaves no half key)."""
+    tmp = d / f".{KEY_FILE}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fingerprint(parts), "parts": parts}, indent=1, sort_keys=True))
+    os.replace(tmp, d / KEY_FILE)
