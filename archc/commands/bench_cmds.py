@@ -52,7 +52,8 @@ def bench(
     quant_head: QuantHeadOption = False,
     quant_method: QuantMethodOption = "rtn",
     repeats: Annotated[int, typer.Option(help="Timed generate runs (median).")] = 3,
-    work_dir: Annotated[Optional[Path], typer.Option(help="Where the ONNX export goes (default: a temp dir).")] = None,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Where the ONNX export goes (default: a temp dir). An export "
+                                                                 "there is reused only when archc made it from the same inputs.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
 ) -> None:
     """Measure prefill latency, decode tokens/s and peak memory per backend, beside the measured
