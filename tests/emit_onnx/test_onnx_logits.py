@@ -191,7 +191,7 @@ def test_bench_exports_all_and_its_prefill_runs_past_the_full_logits_limit(tmp_p
     """The ort backend exports the contract's `all` for every shape (no `--logits last` fallback): its
     generation feeds logits_start = -1, so a shape whose full prefill logits reach the limit runs, with the
     module's greedy tokens; `ort_logits="last"` (`archc bench --logits last`) still exports the pruned head."""
-    from archc.bench.harness import Bench, Shape, roofline
+    from archc.bench.harness import Bench, Shape, ort_model_dir, roofline
 
     path = SPECS / "llama.yaml"
     graph = archc.compile(archc.loader.load_spec(path, tiny_sets(path)))
@@ -210,8 +210,9 @@ def test_bench_exports_all_and_its_prefill_runs_past_the_full_logits_limit(tmp_p
             assert by["ort"]["logits"] == want and by["torch"]["logits"] is None
             assert by["ort"]["error"] is None or by["ort"]["error"].startswith("T(4) <= T(1)")
             assert by["ort"]["tokens_agree"] == 4  # fp32: the same greedy tokens as archc's PyTorch module
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(graph.spec.name)) == [
-        f"{graph.spec.name}-portable-fp32", f"{graph.spec.name}-portable-fp32-logits-last"]
+    exports = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(graph.spec.name))
+    assert exports == sorted(ort_model_dir(tmp_path, graph, "portable", "fp32", logits).name for logits in ("all", "last"))
+    assert [name.count("-logits-last-") for name in exports] == [0, 1]  # named by a fingerprint (archc.bench.workdir)
     # the prefill floor counts the head on one position per row, as every backend's generation computes it
     c = archc.cost.cost(graph)
     B, P = 2, 9
