@@ -256,3 +256,48 @@ def test_a_folder_archc_did_not_seal_is_never_reused_or_replaced(fake_genai, tmp
     code, text, _ = _bench(tmp_path, ["llama", *_sets(), "--backends", backend, "--prompt-len", "4"], capsys)
     assert code == 2 and "--work-dir" in text and folder.name in text and len(text.strip().splitlines()) == 1, text
     assert sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file()) == before
+
+
+# ---- the worker's log: in archc's own build folder, never a file of the user's -----------------------------------
+
+DYING_INIT = '''
+import os, sys
+__version__ = "0.0-stand-in"
+
+
+class Config:
+    def __init__(self, d): pass
+    def clear_providers(self): pass
+
+
+class Model:
+    def __init__(self, config):
+        print("stand-in genai: out of device memory", file=sys.stderr, flush=True)
+        os._exit(3)
+'''
+
+
+def test_worker_log_never_replaces_a_users_file(fake_genai, tmp_path, capsys):
+    """--work-dir/genai.stderr of the user's stays as it was (the worker's log was written there, replacing it); the
+    log is in the genai build folder archc made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("genai.stderr", "genai-graph.stderr"):
+        (work / name).write_text("the user's notes\n")
+    code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "genai", "--prompt-len", "4"], capsys)
+    assert code == 0, text
+    assert all((work / name).read_text() == "the user's notes\n" for name in ("genai.stderr", "genai-graph.stderr"))
+    [build] = work.glob("genai-fp32-cpu-*")
+    assert (build / "archc-genai.stderr").is_file()
+
+
+def test_a_dead_worker_names_its_log(fake_genai, tmp_path, capsys):
+    """A worker that dies: the message has its last stderr line and the path of the whole log, which holds it."""
+    (fake_genai.parent / "onnxruntime_genai" / "__init__.py").write_text(DYING_INIT)
+    code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "genai", "--prompt-len", "4"], capsys)
+    assert code == 0, text
+    error = data["runs"][0]["backends"][0]["error"]
+    [build] = (tmp_path / "work").glob("genai-fp32-cpu-*")
+    log = build / "archc-genai.stderr"
+    assert error.startswith("RuntimeError: genai worker ended (exit 3): stand-in genai: out of device memory") and str(log) in error, error
+    assert "out of device memory" in log.read_text()
