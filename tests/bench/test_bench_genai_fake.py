@@ -199,6 +199,54 @@ def test_another_seed_is_another_export(tmp_path, capsys):
     assert seeds == [0, 1]
 
 
+def test_other_archc_code_is_another_export(tmp_path, capsys, monkeypatch):
+    """The same spec and options under the same version but other archc code (a development checkout edited
+    between runs): a new export, not the one the older code made (the fingerprint had the version only). Negative
+    control: the code unchanged reuses."""
+    from archc.bench import workdir
+
+    runs, this = [], workdir.code_digest()
+    for code_digest in (this, this, "0" * 64):
+        monkeypatch.setattr(workdir, "code_digest", lambda d=code_digest: d)
+        code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "ort", "--prompt-len", "4"], capsys)
+        assert code == 0, text
+        runs.append((data["runs"][0]["backends"][0]["export_s"], sorted(p.name for p in (tmp_path / "work").iterdir())))
+    assert runs[0][0] is not None and runs[1][0] is None and runs[2][0] is not None
+    assert len(runs[1][1]) == 1 and len(runs[2][1]) == 2
+    assert sorted(_key(tmp_path / "work" / name)["parts"]["code"] for name in runs[2][1]) == ["0" * 64, this]
+
+
+_DIGEST = "from archc.bench.workdir import code_digest; print(code_digest())"
+
+
+def test_code_digest_follows_the_files(tmp_path):
+    """code_digest of a copy of archc and exporters equals this tree's (the same bytes); one byte added to a module of
+    either package changes it; a file that is not .py does not."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    ignore = shutil.ignore_patterns("__pycache__")
+    for pkg in ("archc", "exporters"):
+        shutil.copytree(root / pkg, tmp_path / pkg, ignore=ignore)
+
+    def digest(where: Path) -> str:
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        return subprocess.run([sys.executable, "-c", _DIGEST], env=env, cwd=where, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    here = digest(root)
+    assert digest(tmp_path) == here
+    (tmp_path / "archc" / "notes.txt").write_text("not code")
+    assert digest(tmp_path) == here
+    for module in ("archc/quant.py", "exporters/__init__.py"):
+        with open(tmp_path / module, "a") as f:
+            f.write("\n")
+        changed = digest(tmp_path)
+        assert changed != here
+        here = changed
+
+
 def _export_hf(d: Path, seed: int, force: bool = False) -> Path:
     assert main(["export-hf", "llama", *_sets([f"init.seed={seed}"]), "-o", str(d), *(["--force"] if force else [])]) == 0
     return d
