@@ -105,14 +105,25 @@ def save_tokenizer(tokenizer: Any, out_dir: str | Path, *, bos_token: str | None
     return [TOKENIZER_JSON, TOKENIZER_CONFIG, GENERATION_CONFIG]
 
 
-def _ids(value: Any, where: str) -> list[int]:
-    """An id field of generation_config / config.json: an int, a list of ints, or null."""
-    if value is None:
-        return []
-    values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise UserError(f"{where}: give a non-negative integer token id or a list of them, found {value!r}")
-    return list(values)
+LIST_ID_FIELDS = ("eos_token_id",)  # transformers' GenerationConfig: eos_token_id is an int or a list; bos/pad an int
+
+
+def generation_id(value: Any, field: str, where: str) -> int | list[int] | None:
+    """One `<role>_token_id` of generation_config.json (the policy archc.hf.export._special_token_id applies
+    to tokenizer_config.json's tokens): null is no token, and so is an empty list; a non-negative integer
+    is that id; a list of them where transformers allows one (LIST_ID_FIELDS). Anything else (a string, a
+    bool, a float, a negative id, a list for bos/pad, a list holding a non-id) is one line naming the file
+    and field, exit 2."""
+    if value is None or value == []:
+        return None
+
+    def is_id(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if is_id(value) or (field in LIST_ID_FIELDS and isinstance(value, list) and all(map(is_id, value))):
+        return value
+    allowed = "a token id (a non-negative integer)" + (", a list of them" if field in LIST_ID_FIELDS else "") + " or null"
+    raise UserError(f"{where}: {field}: expected {allowed}; found {json.dumps(value)[:80]}; fix the file, or remove the field")
 
 
 def special_token_ids(model_dir: str | Path) -> dict[str, list[int]]:
@@ -122,7 +133,11 @@ def special_token_ids(model_dir: str | Path) -> dict[str, list[int]]:
     if not _present(p):
         return {"bos": [], "eos": [], "pad": []}
     gen = _json_object(p, GENERATION_CONFIG)
-    return {k: _ids(gen.get(f"{k}_token_id"), f"{p} {k}_token_id") for k in ("bos", "eos", "pad")}
+    out = {}
+    for k in ("bos", "eos", "pad"):
+        ids = generation_id(gen.get(f"{k}_token_id"), f"{k}_token_id", str(p))
+        out[k] = [] if ids is None else ids if isinstance(ids, list) else [ids]
+    return out
 
 
 # ---- reading text ------------------------------------------------------------------------------

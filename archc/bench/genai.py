@@ -175,8 +175,16 @@ def build(python: str, hf_dir: Path, work_dir: Path, args: list[str], log=print)
     return Build(out_dir, export_s, model_bytes(out_dir))
 
 
+def worker_log(model_dir: Path, backend: str) -> Path:
+    """Where a worker's stderr goes: inside the genai build folder the worker loads, which archc made and
+    sealed (build; a folder it did not make is refused before this), so no file of the user's is replaced.
+    It was --work-dir/genai.stderr, which overwrote a user's file of that name."""
+    return Path(model_dir) / f"archc-{backend}.stderr"
+
+
 class Worker:
-    """genai_worker.py in its own process: one JSON request a line in, one REPLY line out."""
+    """genai_worker.py in its own process: one JSON request a line in, one REPLY line out; its stderr in
+    `stderr_path` (worker_log), which the messages below name."""
 
     def __init__(self, python: str, stderr_path: Path):
         self._stderr = open(stderr_path, "w")
@@ -202,9 +210,11 @@ class Worker:
             reply = self._lines.get(timeout=timeout_s)
         except queue.Empty:
             self.close()
-            raise RuntimeError(f"genai worker: no answer to {req['op']} in {timeout_s:.0f} s (stopped)") from None
+            raise RuntimeError(f"genai worker: no answer to {req['op']} in {timeout_s:.0f} s (stopped; its stderr: "
+                               f"{self.stderr_path})") from None
         if reply is None:
-            raise RuntimeError(f"genai worker ended (exit {self.proc.wait()}): {self._last_stderr()}")
+            raise RuntimeError(f"genai worker ended (exit {self.proc.wait()}): {self._last_stderr()} (its stderr: "
+                               f"{self.stderr_path})")
         if "error" in reply:  # the worker's "Type: first line" (genai_worker._first_line), shown as it is
             raise BackendFailure(reply["error"])
         return reply

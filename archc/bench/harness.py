@@ -473,7 +473,7 @@ class GenaiBackend(Backend):
         self.export_s, self.model_bytes = b.export_s[built.model_dir.name], built.model_bytes
         eos = json.loads((built.model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
         self.eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)  # genai holds these off to make N tokens
-        self.worker = genai.Worker(python, b.work_dir / f"{self.name}.stderr")
+        self.worker = genai.Worker(python, genai.worker_log(built.model_dir, self.name))
         self.version = self.worker.ask({"op": "load", "model_dir": str(built.model_dir), "device": "cuda" if b.cuda else "cpu",
                                         "cuda_graph": self.cuda_graph}, timeout_s=b.genai_timeout_s)["version"]
 

@@ -1,4 +1,4 @@
-"""The weight-only quantization options of `archc compile` and `archc bench` (one definition, one check):
+"""The weight-only quantization options of `archc compile`, `archc bench` and `archc show` (one definition, one check):
 the option declarations below and `quant_settings`, which turns their values into archc.quant.QuantSettings
 or one line naming the option (exit 2). Light: archc.quant imports no numpy, torch or onnx."""
 

@@ -18,6 +18,8 @@ import typer
 from archc.atomic import write_text_atomic
 from archc.cli import app
 from archc.commands.common import SetOption, load, resolve_spec_path
+from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
+                                          QuantOption, QuantSchemeOption, quant_settings)
 from archc.dtypes import DType
 from archc.errors import UserError
 from archc.loader import apply_sets, library_dir, library_spec, library_specs, load_spec
@@ -208,25 +210,26 @@ def show(
     file: Annotated[str, typer.Argument(help="Spec file, library name (llama) or compiled model folder.")],
     set_: SetOption = None,
     seq_len: Annotated[Optional[int], typer.Option("--seq-len", min=1, help="Context length for FLOPs/token; default max_seq_len.")] = None,
-    quant: Annotated[Optional[str], typer.Option(help="int4 | int8: also the weight bytes as `compile --quant` stores them (a model folder: what it was compiled with).")] = None,
-    quant_block_size: Annotated[int, typer.Option(help="With --quant: weights per scale (a power of two >= 16).")] = 32,
-    quant_scheme: Annotated[str, typer.Option(help="With --quant: symmetric | asymmetric.")] = "symmetric",
-    quant_head: Annotated[bool, typer.Option("--quant-head", help="With --quant: the head quantized too.")] = False,
+    quant: QuantOption = "none",
+    quant_block_size: QuantBlockSizeOption = 32,
+    quant_scheme: QuantSchemeOption = "symmetric",
+    quant_accuracy_level: QuantAccuracyLevelOption = 0,
+    quant_head: QuantHeadOption = False,
+    quant_method: QuantMethodOption = "rtn",
 ) -> None:
-    """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token, weight bytes."""
+    """Summarise a spec: every axis, head_dim, parameters by component, FLOPs/token, KV-cache bytes/token, weight bytes.
+    The --quant options are compile's (archc.commands.quant_options): with --quant, also the weight bytes as compile
+    stores them (a model folder: what it was compiled with too); accuracy level and method do not change the bytes."""
     from rich.table import Table
 
     from archc.cost import cost, light_graph
 
-    from archc.quant import QuantKind, QuantScheme, QuantSettings, model_dir_quant, weight_bytes
+    from archc.quant import QuantSettings, model_dir_quant, weight_bytes
 
-    if quant is not None and quant not in {v.value for v in QuantKind}:
-        raise UserError(f"--quant {quant}: choose one of {', '.join(v.value for v in QuantKind)}")
-    if quant_scheme not in {v.value for v in QuantScheme}:
-        raise UserError(f"--quant-scheme {quant_scheme}: choose one of {', '.join(v.value for v in QuantScheme)}")
+    # checked as compile checks them at its default --dtype fp32: show has no --dtype, and the bytes are the spec's dtype's
+    asked = quant_settings(quant, quant_block_size, quant_scheme, quant_accuracy_level, quant_head, quant_method, "fp32")
     spec = load(file, set_)
     stored = model_dir_quant(file)  # a compiled folder: its metadata says how its weights are stored
-    asked = QuantSettings(QuantKind(quant), quant_block_size, QuantScheme(quant_scheme), 0, quant_head).check(DType.float32) if quant else None
     lg = light_graph(spec)
     c = cost(lg)  # a few layers built, the rest in closed form
     S = seq_len or spec.max_seq_len

@@ -16,7 +16,11 @@ from typing import Any
 
 from archc.errors import UserError
 
-JSONL_BATCH = 16  # prompts of a --prompts file per generate call (the prompt step's logits grow with the batch)
+# Prompts of a --prompts file per generate call: the KV cache and the prompt step's activations grow with
+# batch x padded length. The logits do not for a model made now (generate feeds logits_start=-1 or the model
+# is --logits last: [batch, 1, vocab]); an `all` export made before logits_start still computes
+# [batch, prompt, vocab] in the prompt step (archc.runner.session.check_logits_size refuses it past the limit).
+JSONL_BATCH = 16
 MAX_JSONL_BYTES = 256 << 20
 
 

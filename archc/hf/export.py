@@ -308,13 +308,6 @@ def _read_json(p: Path) -> dict | None:
     return _text._json_object(p, p.name)
 
 
-def _ids_value(value: Any) -> bool:
-    """A token id (non-negative int) or a non-empty list of them, as generation_config.json holds."""
-    if isinstance(value, list):
-        return bool(value) and all(not isinstance(v, list) and _ids_value(v) for v in value)
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _vocab(tok: dict) -> dict[str, int]:
     """tokenizer.json's token -> id: the model's vocabulary (a dict for BPE/WordPiece/WordLevel, a list of
     [piece, score] pairs for Unigram, where the id is the position) and its added tokens."""
@@ -363,10 +356,14 @@ def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
     if source_dir is None:
         return {}
     out: dict[str, Any] = {}
-    gen = _read_json(source_dir / "generation_config.json")
+    path = source_dir / "generation_config.json"
+    gen = _read_json(path)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if gen is not None and _ids_value(gen.get(key)):
-            out[key] = gen[key]
+        # archc.text.generation_id: an id, a list of them for eos, or null; anything else one line (it was skipped,
+        # config.json said null while the copied generation_config.json kept the value)
+        ids = _text.generation_id(gen.get(key), key, str(path)) if gen is not None else None
+        if ids is not None:
+            out[key] = ids
     named = [(p, conf) for p in (source_dir / "tokenizer_config.json", source_dir / "special_tokens_map.json")
              if (conf := _read_json(p)) is not None]
     tok = _read_json(source_dir / "tokenizer.json")

@@ -199,6 +199,54 @@ def test_another_seed_is_another_export(tmp_path, capsys):
     assert seeds == [0, 1]
 
 
+def test_other_archc_code_is_another_export(tmp_path, capsys, monkeypatch):
+    """The same spec and options under the same version but other archc code (a development checkout edited
+    between runs): a new export, not the one the older code made (the fingerprint had the version only). Negative
+    control: the code unchanged reuses."""
+    from archc.bench import workdir
+
+    runs, this = [], workdir.code_digest()
+    for code_digest in (this, this, "0" * 64):
+        monkeypatch.setattr(workdir, "code_digest", lambda d=code_digest: d)
+        code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "ort", "--prompt-len", "4"], capsys)
+        assert code == 0, text
+        runs.append((data["runs"][0]["backends"][0]["export_s"], sorted(p.name for p in (tmp_path / "work").iterdir())))
+    assert runs[0][0] is not None and runs[1][0] is None and runs[2][0] is not None
+    assert len(runs[1][1]) == 1 and len(runs[2][1]) == 2
+    assert sorted(_key(tmp_path / "work" / name)["parts"]["code"] for name in runs[2][1]) == ["0" * 64, this]
+
+
+_DIGEST = "from archc.bench.workdir import code_digest; print(code_digest())"
+
+
+def test_code_digest_follows_the_files(tmp_path):
+    """code_digest of a copy of archc and exporters equals this tree's (the same bytes); one byte added to a module of
+    either package changes it; a file that is not .py does not."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    ignore = shutil.ignore_patterns("__pycache__")
+    for pkg in ("archc", "exporters"):
+        shutil.copytree(root / pkg, tmp_path / pkg, ignore=ignore)
+
+    def digest(where: Path) -> str:
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        return subprocess.run([sys.executable, "-c", _DIGEST], env=env, cwd=where, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    here = digest(root)
+    assert digest(tmp_path) == here
+    (tmp_path / "archc" / "notes.txt").write_text("not code")
+    assert digest(tmp_path) == here
+    for module in ("archc/quant.py", "exporters/__init__.py"):
+        with open(tmp_path / module, "a") as f:
+            f.write("\n")
+        changed = digest(tmp_path)
+        assert changed != here
+        here = changed
+
+
 def _export_hf(d: Path, seed: int, force: bool = False) -> Path:
     assert main(["export-hf", "llama", *_sets([f"init.seed={seed}"]), "-o", str(d), *(["--force"] if force else [])]) == 0
     return d
@@ -256,3 +304,48 @@ def test_a_folder_archc_did_not_seal_is_never_reused_or_replaced(fake_genai, tmp
     code, text, _ = _bench(tmp_path, ["llama", *_sets(), "--backends", backend, "--prompt-len", "4"], capsys)
     assert code == 2 and "--work-dir" in text and folder.name in text and len(text.strip().splitlines()) == 1, text
     assert sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file()) == before
+
+
+# ---- the worker's log: in archc's own build folder, never a file of the user's -----------------------------------
+
+DYING_INIT = '''
+import os, sys
+__version__ = "0.0-stand-in"
+
+
+class Config:
+    def __init__(self, d): pass
+    def clear_providers(self): pass
+
+
+class Model:
+    def __init__(self, config):
+        print("stand-in genai: out of device memory", file=sys.stderr, flush=True)
+        os._exit(3)
+'''
+
+
+def test_worker_log_never_replaces_a_users_file(fake_genai, tmp_path, capsys):
+    """--work-dir/genai.stderr of the user's stays as it was (the worker's log was written there, replacing it); the
+    log is in the genai build folder archc made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("genai.stderr", "genai-graph.stderr"):
+        (work / name).write_text("the user's notes\n")
+    code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "genai", "--prompt-len", "4"], capsys)
+    assert code == 0, text
+    assert all((work / name).read_text() == "the user's notes\n" for name in ("genai.stderr", "genai-graph.stderr"))
+    [build] = work.glob("genai-fp32-cpu-*")
+    assert (build / "archc-genai.stderr").is_file()
+
+
+def test_a_dead_worker_names_its_log(fake_genai, tmp_path, capsys):
+    """A worker that dies: the message has its last stderr line and the path of the whole log, which holds it."""
+    (fake_genai.parent / "onnxruntime_genai" / "__init__.py").write_text(DYING_INIT)
+    code, text, data = _bench(tmp_path, ["llama", *_sets(), "--backends", "genai", "--prompt-len", "4"], capsys)
+    assert code == 0, text
+    error = data["runs"][0]["backends"][0]["error"]
+    [build] = (tmp_path / "work").glob("genai-fp32-cpu-*")
+    log = build / "archc-genai.stderr"
+    assert error.startswith("RuntimeError: genai worker ended (exit 3): stand-in genai: out of device memory") and str(log) in error, error
+    assert "out of device memory" in log.read_text()
