@@ -110,11 +110,12 @@ LIST_ID_FIELDS = ("eos_token_id",)  # transformers' GenerationConfig: eos_token_
 
 def generation_id(value: Any, field: str, where: str) -> int | list[int] | None:
     """One `<role>_token_id` of generation_config.json (the policy archc.hf.export._special_token_id applies
-    to tokenizer_config.json's tokens): null is no token, and so is an empty list; a non-negative integer
-    is that id; a list of them where transformers allows one (LIST_ID_FIELDS). Anything else (a string, a
-    bool, a float, a negative id, a list for bos/pad, a list holding a non-id) is one line naming the file
-    and field, exit 2."""
-    if value is None or value == []:
+    to tokenizer_config.json's tokens): null is no token, and so are an empty list and a negative integer
+    (older Hugging Face conversions, e.g. LLaMA's, write pad_token_id -1 for "unset"; transformers only warns);
+    a non-negative integer is that id; a list of them where transformers allows one (LIST_ID_FIELDS).
+    Anything else (a string, a bool, a float, a list for bos/pad, a list holding a non-id) is one line naming
+    the file and field, exit 2."""
+    if value is None or value == [] or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
         return None
 
     def is_id(v: Any) -> bool:

@@ -1,7 +1,7 @@
 """export-hf's token ids from a hostile generation_config.json (archc.hf.export.special_token_ids, through
 archc.text.generation_id, the policy commit e61f10d gave tokenizer_config.json's tokens). Expected ids written
 by hand from transformers' GenerationConfig types: bos_token_id and pad_token_id an int, eos_token_id an int or
-a list of ints; null (and an empty list) is no token. Anything else is one line naming the file and field, exit 2;
+a list of ints; null (and an empty list, and a negative id, older conversions' "unset") is no token. Anything else is one line naming the file and field, exit 2;
 it was skipped, so config.json said null (or the tokenizer's id) while the generation_config.json copied beside
 it kept the malformed value. archc run reads the file through the same function (negative control below: both
 readers decide each case alike)."""
@@ -35,6 +35,8 @@ def _dir(tmp_path: Path, gen: dict) -> Path:
     ({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
     ({"eos_token_id": None, "pad_token_id": None}, {}),  # no such token
     ({"eos_token_id": []}, {}),  # an empty list: no token either
+    ({"pad_token_id": -1}, {}),  # "unset" in older conversions (LLaMA's); transformers warns and goes on
+    ({"eos_token_id": -1, "bos_token_id": 1}, {"bos_token_id": 1}),
     ({"temperature": 0.7}, {}),  # fields archc does not read are not looked at
 ])
 def test_accepted_values(tmp_path, gen, expected):
@@ -46,11 +48,11 @@ def test_accepted_values(tmp_path, gen, expected):
 
 @pytest.mark.parametrize("field, value, says", [
     ("eos_token_id", "2", 'found "2"'), ("eos_token_id", True, "found true"), ("eos_token_id", 2.0, "found 2.0"),
-    ("eos_token_id", -1, "found -1"), ("eos_token_id", {"id": 2}, 'found {"id": 2}'),
+    ("eos_token_id", {"id": 2}, 'found {"id": 2}'),
     ("eos_token_id", [2, "3"], 'found [2, "3"]'), ("eos_token_id", [[2]], "found [[2]]"), ("eos_token_id", [True], "found [true]"),
     ("eos_token_id", [2, -1], "found [2, -1]"),
     ("bos_token_id", [1], "found [1]"),  # a list only where transformers takes one (eos)
-    ("pad_token_id", [0, 1], "found [0, 1]"), ("pad_token_id", -1, "found -1"), ("bos_token_id", 1.5, "found 1.5"),
+    ("pad_token_id", [0, 1], "found [0, 1]"), ("bos_token_id", 1.5, "found 1.5"),
 ])
 def test_malformed_values_name_the_file_and_field(tmp_path, field, value, says):
     d = _dir(tmp_path, {field: value})
