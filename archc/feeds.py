@@ -16,6 +16,27 @@ from __future__ import annotations
 import numpy as np
 
 from archc.components import PositionIds
+from archc.errors import UserError
+
+
+def check_prompts(prompts: list[list[int]], max_new_tokens: int, vocab: int, max_seq_len: int) -> None:
+    """--prompt-ids and --max-new-tokens against the model (`archc run`, `archc generate-tp`): every prompt
+    non-empty, every id in [0, vocab), the longest prompt plus the new tokens within max_seq_len."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("--prompt-ids: every prompt needs at least one token id")
+    for p in prompts:
+        a = np.asarray(p)  # integer prompts are checked in numpy (a Python loop took ~1 ms at 16 x 512 ids)
+        if a.ndim == 1 and a.dtype.kind in "iu" and 0 <= a.min() and a.max() < vocab:
+            continue
+        bad = [t for t in p if not 0 <= int(t) < vocab]
+        if bad:
+            raise UserError(f"--prompt-ids: id {bad[0]} is outside the vocabulary [0, {vocab}); use ids below {vocab}")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > max_seq_len:
+        raise UserError(f"--prompt-ids: prompt of {longest} tokens + --max-new-tokens {max_new_tokens} exceeds the "
+                        f"spec's max_seq_len {max_seq_len}; shorten the prompt or generate fewer tokens")
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
 
 
 def left_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,9 +24,9 @@ from typing import Mapping
 from archc.errors import UserError
 from archc.memory_plan import ParallelKind, one_layer_graph
 from archc.parallel.sharding import make_plan
-from archc.train.device import DeviceKind, parse_device
+from archc.train.device import DeviceChoice, DeviceKind, parse_device
 
-TORCHRUN = "torchrun --nproc-per-node N -m archc.cli train ..."
+TORCHRUN = "torchrun --nproc-per-node N -m archc.cli {command} ..."
 
 
 @dataclass(frozen=True)
@@ -63,20 +63,57 @@ def degrees(kind: ParallelKind, world: int, tp: int | None) -> tuple[int, int]:
     raise ValueError(f"unknown parallel kind {kind}")
 
 
-def _env_int(env: Mapping[str, str], name: str, default: str | None = None) -> int:
+@dataclass(frozen=True)
+class World:
+    """torchrun's environment for this process, checked."""
+
+    world: int
+    rank: int
+    local_rank: int
+    local_world: int
+
+
+def _env_int(env: Mapping[str, str], name: str, command: str, default: str | None = None) -> int:
     text = env.get(name, default)
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise UserError(f"environment {name}={text!r}: not a process count or rank; launch with {TORCHRUN}") from None
+        raise UserError(f"environment {name}={text!r}: not a process count or rank; launch with {TORCHRUN.format(command=command)}") from None
     if value < 0:
-        raise UserError(f"environment {name}={value}: negative; launch with {TORCHRUN}")
+        raise UserError(f"environment {name}={value}: negative; launch with {TORCHRUN.format(command=command)}")
     return value
+
+
+def torchrun_world(command: str, what: str, env: Mapping[str, str] = os.environ) -> World:
+    """The torchrun world `archc COMMAND` runs in; `what` (e.g. "--parallel tp") is what needs it. One line
+    when a variable torchrun sets is missing or not a rank, instead of torch's rendezvous traceback."""
+    launch = TORCHRUN.format(command=command)
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        raise UserError(f"{what}: launch with torchrun, e.g. {launch.replace(' N ', ' 2 ')}")
+    world, rank = _env_int(env, "WORLD_SIZE", command), _env_int(env, "RANK", command)
+    if world < 1 or rank >= world:
+        raise UserError(f"environment RANK={rank}, WORLD_SIZE={world}: not a torchrun world; launch with {launch}")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if missing:
+        raise UserError(f"environment {' and '.join(missing)} not set (torchrun sets them); launch with {launch}")
+    local_rank = _env_int(env, "LOCAL_RANK", command, str(rank))
+    local_world = _env_int(env, "LOCAL_WORLD_SIZE", command, str(local_rank + 1))  # torchrun sets it; else what we know
+    return World(world, rank, local_rank, local_world)
+
+
+def check_torchrun_device(text: str, how: str) -> DeviceChoice:
+    """--device of a command that runs one process per GPU under torchrun (`how` says which): an explicit
+    cuda:N would be ignored, so it is refused. Whether CUDA is there is pick_device's, after torch."""
+    device = parse_device(text)
+    if device.kind is DeviceKind.cuda and device.index is not None:
+        raise UserError(f"--device {text} with {how}: each process takes the GPU of its LOCAL_RANK; "
+                        "pass --device cuda (and choose GPUs with CUDA_VISIBLE_DEVICES)")
+    return device
 
 
 def check_one_process(env: Mapping[str, str] = os.environ) -> None:
     """`archc train` without --parallel: refused under a torchrun world of more than one process."""
-    if "RANK" in env and "WORLD_SIZE" in env and _env_int(env, "WORLD_SIZE") > 1:
+    if "RANK" in env and "WORLD_SIZE" in env and _env_int(env, "WORLD_SIZE", "train") > 1:
         raise UserError(f"archc train runs under torchrun with {env['WORLD_SIZE']} processes but without --parallel, so every "
                         "process would train the same run into the same --out; pass --parallel fsdp, tp or fsdp+tp")
 
@@ -95,19 +132,11 @@ def check_launch(cfg, parallel: str, tp: int | None, env: Mapping[str, str] = os
     check_options(cfg)
     if cfg.compile:
         raise UserError("--compile is not supported with --parallel yet; drop one of them")
-    device = parse_device(cfg.device)
-    if device.kind is DeviceKind.cuda and device.index is not None:
-        raise UserError(f"--device {cfg.device} with --parallel: each process takes the GPU of its LOCAL_RANK; "
-                        "pass --device cuda (and choose GPUs with CUDA_VISIBLE_DEVICES)")
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        raise UserError(f"--parallel {kind.value}: launch with torchrun, e.g. torchrun --nproc-per-node 2 -m archc.cli train ...")
-    world, rank = _env_int(env, "WORLD_SIZE"), _env_int(env, "RANK")
-    if world < 1 or rank >= world:
-        raise UserError(f"environment RANK={rank}, WORLD_SIZE={world}: not a torchrun world; launch with {TORCHRUN}")
-    local_rank = _env_int(env, "LOCAL_RANK", str(rank))
-    local_world = _env_int(env, "LOCAL_WORLD_SIZE", str(local_rank + 1))  # torchrun sets it; else what we know
+    check_torchrun_device(cfg.device, "--parallel")
+    w = torchrun_world("train", f"--parallel {kind.value}", env)
+    world = w.world
     dp, tp_deg = degrees(kind, world, tp)
     make_plan(one_layer_graph(cfg.spec), tp_deg)  # every layer's heads and d_ff are the same
     if cfg.batch % dp:
         raise UserError(f"--batch {cfg.batch} (the global batch) does not split over {dp} data-parallel ranks; pass a multiple of {dp}")
-    return Launch(kind, world, rank, local_rank, local_world, dp, tp_deg)
+    return Launch(kind, world, w.rank, w.local_rank, w.local_world, dp, tp_deg)
