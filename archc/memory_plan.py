@@ -392,6 +392,15 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
                      int(kv), prefill, checkpointing)
 
 
+MAX_GPUS = 1 << 24  # far past any cluster; keeps the divisor search of fsdp+tp (sqrt(--gpus) steps) instant
+
+
+def _proper_divisors(n: int) -> list[int]:
+    """Divisors of n in [2, n), ascending, in sqrt(n) steps (a loop to n hung on --gpus 10**12)."""
+    small = [d for d in range(2, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if n // d != d]
+
+
 def strategies(graph1: ComponentGraph, gpus: int, kinds: list[ParallelKind]) -> list[tuple[Strategy, str | None]]:
     """Every strategy of the requested kinds on `gpus` GPUs: (strategy, why it cannot be used or None)."""
     out: list[tuple[Strategy, str | None]] = []
@@ -405,9 +414,8 @@ def strategies(graph1: ComponentGraph, gpus: int, kinds: list[ParallelKind]) -> 
             if gpus > 1:
                 out.append((Strategy(kind, 1, gpus), explain(graph1, gpus)))
         elif kind is ParallelKind.fsdp_tp:
-            for tp in range(2, gpus):
-                if gpus % tp == 0:
-                    out.append((Strategy(kind, gpus // tp, tp), explain(graph1, tp)))
+            for tp in _proper_divisors(gpus):
+                out.append((Strategy(kind, gpus // tp, tp), explain(graph1, tp)))
         else:
             raise ValueError(f"unknown parallel kind {kind}")
     return out

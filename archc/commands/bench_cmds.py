@@ -32,6 +32,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=1), make_folder=True)
 
 
+def _check_work_dir(path: Path) -> None:
+    """--work-dir is a directory, made if absent: the nearest existing path on the way must be a directory
+    (a file there was `afile: File exists` from mkdir, naming neither the option nor the fix)."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise UserError(f"--work-dir {path}: {p} exists and is not a directory; give a directory "
+                                "(made if absent), or leave --work-dir out for a temporary one")
+            return
+
+
 @app.command()
 def bench(
     spec: Annotated[str, typer.Argument(help="Spec file, library name, or a Hugging Face model directory (its checkpoint: "
@@ -68,6 +79,8 @@ def bench(
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
     names = parse_backends(backends)
+    if work_dir is not None:
+        _check_work_dir(work_dir)
     shapes = [Shape(b, p, new_tokens) for b in _ints(batch, "--batch") for p in _ints(prompt_len, "--prompt-len")]
     if dtype not in ("fp16", "bf16", "fp32"):
         raise UserError(f"--dtype: '{dtype}' is not fp16, bf16 or fp32")

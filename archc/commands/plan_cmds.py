@@ -35,11 +35,11 @@ def plan_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from archc.memory_plan import ParallelKind, fmt_bytes, memory_row, one_layer_graph, parse_size, strategies
+    from archc.memory_plan import MAX_GPUS, ParallelKind, fmt_bytes, memory_row, one_layer_graph, parse_size, strategies
     from archc.spec import DType
 
-    if gpus < 1:
-        raise UserError(f"--gpus {gpus}: give at least 1 GPU")
+    if not 1 <= gpus <= MAX_GPUS:
+        raise UserError(f"--gpus {gpus}: give between 1 and {MAX_GPUS:,} GPUs")
     if batch < 1:
         raise UserError(f"--batch {batch}: give at least 1 sequence")
     capacity = parse_size(gpu_memory)
