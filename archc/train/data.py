@@ -220,3 +220,12 @@ def open_data(path: Path, *, vocab_size: int, seq_len: int, seed: int, val_fract
     train = TokenStream(ids, 0, split, seq_len, seed)
     val = TokenStream(ids, split, n, seq_len, seed) if n_val else None
     return TrainData(train, val, n, tokenizer_json)
+
+
+def check_batch_fits(data: TrainData, batch: int, seq_len: int, path: Path) -> None:
+    """A batch is drawn from the training split's windows (one epoch may wrap inside it, so the bound is one epoch's
+    windows): a larger --batch would only repeat windows within one step, and a huge one built a list of that many
+    rows until the machine ran out of memory. Checked before the run folder is made."""
+    if batch > data.train.n_windows:
+        raise UserError(f"--batch {batch}: the training split of --data {path} holds {data.train.n_windows} windows of "
+                        f"--seq-len {seq_len} tokens; use --batch {data.train.n_windows} or less, a smaller --seq-len, or more data")

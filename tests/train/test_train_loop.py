@@ -140,3 +140,18 @@ def test_interrupt_saves_a_loadable_checkpoint(tmp_path, token_file, signum):
     assert "layers.0.attn.q.weight" in weights
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
     assert latest == f"step-{steps[-1]:08d}"
+
+
+@pytest.mark.parametrize("batch, code", [(10**12, 2), (225, 2), (224, 0)])
+def test_batch_past_the_training_windows_is_refused_before_the_run_folder(tmp_path, token_file, capsys, batch, code):
+    """4000 tokens, 10% validation: 3600 training ids hold (3600 - 1) // 16 = 224 windows of --seq-len 16, counted by
+    hand. A bigger --batch is one line naming it, exit 2, and no --out (10**12 built a list of that many rows until
+    the machine ran out of memory, leaving --out behind); 224 itself trains (the negative control)."""
+    args = tiny_args(tmp_path, token_file, "run", "--steps", "1", "--val-fraction", "0.1")
+    args[args.index("--batch") + 1] = str(batch)
+    rc, _, err = run_cli(args, capsys)
+    if code == 2:
+        _one_line_exit_2(rc, err, f"--batch {batch}", "224 windows")
+        assert not (tmp_path / "run").exists()
+    else:
+        assert rc == 0, err
