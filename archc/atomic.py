@@ -5,8 +5,10 @@ is atomic), may be checked there (e.g. loaded as a spec), gets ordinary permissi
 takes the destination's name. Every OSError becomes one UserError line naming the path.
 
 Every destination passes `files.guard_output` first: a FIFO, a device or an input of the command is
-never replaced. Used by `schema -o`, `new`, `import-hf -o`, `diff/compare -o` and the diagram writers. The ONNX
-exporter writes a whole model directory and swaps directories instead (exporters/onnx_export.py).
+never replaced; a single-file option is checked up front by `files.check_output_file` (an existing
+file only with --force) and written here with overwrite=force. Used by `schema -o`, `new`,
+`import-hf -o`, `diff/compare -o`, `bench --json` and the diagram writers. The ONNX exporter writes
+a whole model directory and swaps directories instead (exporters/onnx_export.py).
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ def temp_prefix(name: str) -> str:
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Callable[[Path], None] | None = None,
-                 label: str | None = None, make_folder: bool = False) -> None:
+                 label: str | None = None, make_folder: bool = False,
+                 exists_hint: str = "choose another name or pass -o with a new path") -> None:
     """Write `data` to `path` through a temporary file beside it.
 
     overwrite=False never replaces an existing file (os.link fails if the name is taken, even when it
     appears meanwhile). `check(tmp)` runs on the complete temporary file before it is moved into
     place; a UserError it raises names `path` instead of the temporary file. `label` is how messages
-    name the path (e.g. "-o out.yaml"); make_folder creates missing parent folders.
+    name the path (e.g. "-o out.yaml"); make_folder creates missing parent folders; exists_hint ends the
+    message when overwrite=False meets an existing file.
     """
     shown = label or str(path)
     folder = path.parent
@@ -71,10 +75,10 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = True, check: Call
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
+                raise UserError(f"{shown} already exists; {exists_hint}") from None
             except OSError:  # file systems without hard links
                 if path.exists():
-                    raise UserError(f"{path} already exists; choose another name or pass -o with a new path") from None
+                    raise UserError(f"{shown} already exists; {exists_hint}") from None
                 os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"{shown}: cannot write: {why(e)}") from None

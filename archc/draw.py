@@ -18,6 +18,7 @@ from archc.atomic import write_atomic
 from archc import words
 from archc.diff import norm_position, norm_words, role_name
 from archc.errors import UserError
+from archc.files import FORCE_HINT, check_output_file
 from archc.graph import ComponentGraph, ComponentKind
 
 HIGHLIGHT = "#ffcf70"
@@ -307,23 +308,39 @@ class GraphvizMissing(UserError):
     """`dot` is not on PATH; the DOT text was written next to the requested file."""
 
 
-def write_diagram(dia: Diagram, path: Path, fmt: str) -> Path:
-    """Write `dia` as `fmt` to `path` atomically. Without Graphviz, svg/png write PATH.dot and raise GraphvizMissing."""
+def check_fallback(path: Path, fmt: str, force: bool, label: str) -> None:
+    """svg/png without Graphviz write PATH.dot instead: that file, too, is checked up front
+    (files.check_output_file), so the fallback never replaces a file of the user's without --force."""
+    if fmt in ("svg", "png") and shutil.which("dot") is None:
+        fallback = path.with_suffix(".dot")
+        if fallback != path:
+            check_output_file(fallback, f"{label} (Graphviz is missing, so the DOT text goes to {fallback})",
+                              force=force, make_folder=True)
+
+
+def write_diagram(dia: Diagram, path: Path, fmt: str, *, force: bool = False, label: str | None = None) -> Path:
+    """Write `dia` as `fmt` to `path` atomically; an existing file only with `force` (commands check
+    it up front with files.check_output_file and check_fallback). Without Graphviz, svg/png write
+    PATH.dot and raise GraphvizMissing."""
+    def write(target: Path, data: bytes) -> None:
+        write_atomic(target, data, make_folder=True, overwrite=force, label=label if target == path else None,
+                     exists_hint=FORCE_HINT)
+
     if fmt == "dot":
-        write_atomic(path, to_dot(dia).encode(), make_folder=True)
+        write(path, to_dot(dia).encode())
         return path
     if fmt == "mermaid":
-        write_atomic(path, to_mermaid(dia).encode(), make_folder=True)
+        write(path, to_mermaid(dia).encode())
         return path
     dot = shutil.which("dot")
     text = to_dot(dia)
     if dot is None:
         fallback = path.with_suffix(".dot")
-        write_atomic(fallback, text.encode(), make_folder=True)
+        write(fallback, text.encode())
         raise GraphvizMissing(f"{INSTALL_HINT}. Wrote the DOT text to {fallback}; render it later with "
                               f"`dot -T{fmt} {fallback} -o {path}`")
     proc = subprocess.run([dot, f"-T{fmt}"], input=text.encode(), capture_output=True, check=False)
     if proc.returncode != 0:
         raise UserError(f"dot failed on the diagram for {path}: {proc.stderr.decode(errors='replace').strip()[:300]}")
-    write_atomic(path, proc.stdout, make_folder=True)
+    write(path, proc.stdout)
     return path

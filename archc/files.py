@@ -8,8 +8,9 @@ files read by other libraries (safetensors, onnx) are declared with `note_input`
 
 Writing asks `guard_output` first. It refuses an output path that is a special file (a character
 device or FIFO would be replaced by a regular file), that is one of the command's inputs (`diff
-a.yaml llama -o a.yaml`), or, for a directory, that holds one (`compile hfdir -o hfdir`). Ordinary
-overwrite of a regular file that is not an input stays, as compilers do.
+a.yaml llama -o a.yaml`), or, for a directory, that holds one (`compile hfdir -o hfdir`). A command
+that writes one file (diff/compare/draw/schema/import-hf -o, diff --draw, bench --json) also asks
+`check_output_file` before its work: an existing file there is the user's, replaced only with --force.
 
 Model directories (`guard_model_dir`) are replaced only when every entry in them is a file archc
 wrote there: the names listed in the directory's manifest (MANIFEST, written last by the exporter),
@@ -176,6 +177,35 @@ def guard_output(path: str | os.PathLike, label: str | None = None, *, directory
             if _real(read).startswith(root):
                 raise UserError(one_line(f"{shown}: holds {read}, an input of this command, and would be replaced; "
                                          "write to another directory"))
+
+
+FORCE_HINT = "add --force to replace it, or choose another path"
+
+
+def check_output_file(path: str | os.PathLike, label: str, *, force: bool, make_folder: bool = False) -> None:
+    """The up-front check of a single-file output, run before the command does its work, so a refusal
+    costs nothing and leaves everything as it was: `path` is not special or an input (guard_output), not
+    a directory, not an existing file unless `force` (project rule: nothing a user had is overwritten
+    unless they asked), and its folder exists (or, with make_folder, can be made: the nearest existing
+    path on the way is a directory) and is writable. `label` names the option and path ("-o d.md").
+    The write itself stays atomic and, without force, refuses a file that appeared meanwhile
+    (write_atomic(overwrite=False))."""
+    guard_output(path, label)
+    st = stat_path(path, label)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UserError(one_line(f"{label}: is a directory; give a file name"))
+    if os.path.lexists(path) and not force:  # lexists: a dangling symlink is the user's too
+        raise UserError(one_line(f"{label}: exists; {FORCE_HINT}"))
+    folder = Path(os.path.abspath(path)).parent
+    for p in (folder, *folder.parents):  # the nearest existing path is where a file or folder gets made
+        if os.path.lexists(p):
+            if not p.is_dir():
+                raise UserError(one_line(f"{label}: {p} is not a directory; give a path inside a directory"))
+            if p != folder and not make_folder:
+                raise UserError(one_line(f"{label}: folder {folder} does not exist; create it first"))
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(one_line(f"{label}: cannot write in {p}: permission denied; write elsewhere"))
+            return
 
 
 MANIFEST = ".archc-manifest.json"

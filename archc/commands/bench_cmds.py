@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from archc.cli import app
-from archc.commands.common import SetOption, load
+from archc.commands.common import ForceOption, SetOption, load
 from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
                                           QuantOption, QuantSchemeOption, quant_settings)
 from archc.errors import UserError
+from archc.files import FORCE_HINT, check_output_file
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -25,11 +26,13 @@ def _ints(text: str, option: str) -> list[int]:
     return out
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """The report as JSON, written atomically (archc.atomic): a stopped run keeps the last whole file."""
+def write_json_atomic(path: Path, data: dict, *, overwrite: bool = True) -> None:
+    """The report as JSON, written atomically (archc.atomic): a stopped run keeps the last whole file.
+    overwrite=False (the first write without --force) refuses a file that appeared since the up-front check."""
     from archc.atomic import write_text_atomic
 
-    write_text_atomic(path, json.dumps(data, indent=1), make_folder=True)
+    write_text_atomic(path, json.dumps(data, indent=1), make_folder=True, overwrite=overwrite, label=f"--json {path}",
+                      exists_hint=FORCE_HINT)
 
 
 def _check_work_dir(path: Path) -> None:
@@ -65,7 +68,9 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed generate runs (median).")] = 3,
     work_dir: Annotated[Optional[Path], typer.Option(help="Where the ONNX export goes (default: a temp dir). An export "
                                                                  "there is reused only when archc made it from the same inputs.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this JSON file (an existing "
+                                                                    "one only with --force).")] = None,
+    force: ForceOption = False,
 ) -> None:
     """Measure prefill latency, decode tokens/s and peak memory per backend, beside the measured
     copy bandwidth and GEMM rate of the same card (decode roofline, prefill floor). The --quant options
@@ -81,6 +86,8 @@ def bench(
     names = parse_backends(backends)
     if work_dir is not None:
         _check_work_dir(work_dir)
+    if json_out is not None:  # before anything is exported or measured (and again after loading, for inputs)
+        check_output_file(json_out, f"--json {json_out}", force=force, make_folder=True)
     shapes = [Shape(b, p, new_tokens) for b in _ints(batch, "--batch") for p in _ints(prompt_len, "--prompt-len")]
     if dtype not in ("fp16", "bf16", "fp32"):
         raise UserError(f"--dtype: '{dtype}' is not fp16, bf16 or fp32")
@@ -96,6 +103,8 @@ def bench(
         s = spec_from_dict(config_to_spec(read_config(hf_dir), name=hf_dir.resolve().name, source=source), source=source)
     else:
         s = load(spec, set_)
+    if json_out is not None:
+        check_output_file(json_out, f"--json {json_out}", force=force, make_folder=True)  # now knowing the inputs
     if any(n in ("genai", "genai-graph") for n in names):  # bad input is one line before any model is built
         from archc.bench.genai import builder_args, check_hf_dir, genai_python
 
@@ -113,7 +122,7 @@ def bench(
             report["limits"] = b.limits
             report["runs"].append(run)
             render(run, b.limits)
-            if json_out:
-                write_json_atomic(json_out, report)
+            if json_out:  # the first write replaces a file only with --force; later ones replace this run's own
+                write_json_atomic(json_out, report, overwrite=force or len(report["runs"]) > 1)
     finally:
         b.close()

@@ -9,6 +9,9 @@ import typer
 from archc.loader import load_spec, resolve_spec_path  # noqa: F401  (resolve_spec_path: re-exported for commands)
 from archc.spec import Spec
 
+# --force of a command that writes one file (-o FILE, --json FILE): replace a file already there
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing output file (refused without it).")]
+
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", metavar="FIELD=VALUE", help="Override a field, e.g. --set attention.kv_heads=8 (repeatable)."),

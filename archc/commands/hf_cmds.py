@@ -16,8 +16,9 @@ import typer
 
 from archc.atomic import write_text_atomic
 from archc.cli import app
-from archc.commands.common import SetOption
+from archc.commands.common import ForceOption, SetOption
 from archc.errors import UserError
+from archc.files import FORCE_HINT, check_output_file
 from archc.model_dir import MODEL_FILE, SPEC_FILE
 
 
@@ -35,6 +36,7 @@ def import_hf_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Spec file to write.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Spec name; default: the directory's name.")] = None,
     check_weights: Annotated[bool, typer.Option(help="Check the checkpoint's names and shapes when one is present.")] = True,
+    force: ForceOption = False,
 ) -> None:
     """Write the archc spec equivalent to a Hugging Face config.json (llama, mistral, qwen2, gemma, gpt2,
     gpt_bigcode, gpt_neox, gptj, falcon, bloom, mpt, opt, phi, stablelm)."""
@@ -43,6 +45,7 @@ def import_hf_cmd(
 
     source = str(Path(model_dir) / "config.json")
     config = read_config(model_dir)
+    check_output_file(output, f"-o {output}", force=force)  # after reading (an input named as -o says so), before the work
     data = config_to_spec(config, name=name or Path(model_dir).resolve().name, source=source)
     checked = ""
     if check_weights and has_checkpoint(model_dir):
@@ -56,7 +59,8 @@ def import_hf_cmd(
     from archc.loader import load_spec
 
     # the written file must load as the spec it describes
-    write_text_atomic(output, spec_yaml(data, source), check=load_spec, label=f"-o {output}")
+    write_text_atomic(output, spec_yaml(data, source), check=load_spec, label=f"-o {output}", overwrite=force,
+                      exists_hint=FORCE_HINT)
     typer.echo(f"wrote {output} ({data['name']}, model_type {config['model_type']}){checked}")
 
 

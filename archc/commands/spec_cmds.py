@@ -17,11 +17,12 @@ import typer
 
 from archc.atomic import write_text_atomic
 from archc.cli import app
-from archc.commands.common import SetOption, load, resolve_spec_path
+from archc.commands.common import ForceOption, SetOption, load, resolve_spec_path
 from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
                                           QuantOption, QuantSchemeOption, quant_settings)
 from archc.dtypes import DType
 from archc.errors import UserError
+from archc.files import FORCE_HINT, check_output_file
 from archc.loader import apply_sets, library_dir, library_spec, library_specs, load_spec
 from archc.words import human, human_bytes
 
@@ -288,13 +289,16 @@ def show(
 @app.command()
 def schema(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+    force: ForceOption = False,
 ) -> None:
     """Print the JSON Schema of spec files (specs/archc-spec.schema.json is this output)."""
+    if output is not None:
+        check_output_file(output, f"-o {output}", force=force)
     text = schema_text()
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_text_atomic(output, text)
+        write_text_atomic(output, text, overwrite=force, label=f"-o {output}", exists_hint=FORCE_HINT)
 
 
 # ------------------------------------------------------------------------------------------------

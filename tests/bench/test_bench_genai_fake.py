@@ -90,7 +90,7 @@ def _bench(tmp_path, args, capsys, work="work"):
     out = tmp_path / "b.json"
     try:
         code = main(["bench", *args, "--device", "cpu", "--dtype", "fp32", "--new-tokens", "3", "--repeats", "1",
-                     "--work-dir", str(tmp_path / work), "--json", str(out)])
+                     "--work-dir", str(tmp_path / work), "--json", str(out), "--force"])  # one report file, rewritten per call
     except SystemExit as e:
         code = e.code
     o, e = capsys.readouterr()

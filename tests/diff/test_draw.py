@@ -119,7 +119,8 @@ def test_diff_draw_highlights_only_the_changed_components(capsys, tmp_path):
         for other in ("attn", "attn_norm", "mlp_norm", "attn_residual", "mlp_residual"):
             assert HIGHLIGHT not in nodes[f"{side}_layers_0_{other}"]["fill"], other
     # parallel vs sequential: both sides drawn with all their components
-    rc, _, _ = run(capsys, "diff", "llama", "palm", "--draw", str(out))
+    rc, _, _ = run(capsys, "diff", "llama", "palm", "--draw", str(out), "--force")  # replaces the first drawing
+    assert rc == 1
     nodes = svg_nodes(out)
     for name, tag in (("llama", "A"), ("palm", "B")):
         graph = compile(load_spec(ROOT / "specs" / f"{name}.yaml"))

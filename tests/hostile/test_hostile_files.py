@@ -1,7 +1,8 @@
 """6.4 data loss through -o, and 6.8 paths: long names, symlink loops, extends depth, special files.
 
 Rule under test (archc/files.py): never replace or delete an input, a special file or a file archc
-did not write; ordinary -o FILE overwrite of a regular file stays."""
+did not write; an existing regular file at a single-file output (-o FILE, --draw, --json) is
+replaced only with --force."""
 
 from __future__ import annotations
 
@@ -48,13 +49,116 @@ def test_output_onto_an_extended_file_and_a_hard_link(tmp_path, spec, capsys):
     assert spec.read_bytes() == before
 
 
-def test_ordinary_overwrite_still_works(tmp_path, spec, capsys):
-    """Negative control: -o onto an earlier output (a regular file, not an input) is overwritten."""
+def test_ordinary_overwrite_needs_force(tmp_path, spec, capsys):
+    """-o onto an earlier output (a regular file, not an input) is the user's file: refused without
+    --force, byte for byte kept; with --force (the negative control) replaced by the report."""
     out = tmp_path / "d.md"
     out.write_text("old")
-    code, _, err = in_process(["diff", spec, "llama", "-o", out], capsys)
+    refused(in_process(["diff", spec, "llama", "-o", out], capsys), f"-o {out}", "add --force to replace it")
+    assert out.read_text() == "old"
+    code, _, err = in_process(["diff", spec, "llama", "-o", out, "--force"], capsys)
     assert code in (0, 1), err
-    assert out.read_text() != "old"
+    assert out.read_text().startswith("**archc diff: mine")
+
+
+# ---- every option that writes one file: an existing file only with --force -------------------
+
+def _hf_dir(tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps(CFG))
+    return d
+
+
+# (option as the message names it, argv given the output path, a check that the new bytes are this command's)
+SINGLE_FILE_OUTPUTS = {
+    "diff -o": ("-o", lambda tp, s, o: ["diff", s, "llama", "-o", o.with_suffix(".md")], lambda b: b.startswith(b"**archc diff: mine")),
+    "diff --draw": ("--draw", lambda tp, s, o: ["diff", s, "llama", "--draw", o.with_suffix(".dot")],
+                    lambda b: b.startswith(b"digraph")),
+    "compare -o": ("-o", lambda tp, s, o: ["compare", s, "llama", "-o", o.with_suffix(".json")],
+                   lambda b: json.loads(b) is not None),
+    "draw -o": ("-o", lambda tp, s, o: ["draw", s, "-o", o.with_suffix(".dot")], lambda b: b.startswith(b"digraph")),
+    "schema -o": ("-o", lambda tp, s, o: ["schema", "-o", o.with_suffix(".json")], lambda b: b'"$schema"' in b),
+    "import-hf -o": ("-o", lambda tp, s, o: ["import-hf", _hf_dir(tp), "-o", o.with_suffix(".yaml")],
+                     lambda b: b.startswith(b"# Imported by `archc import-hf`")),
+    "bench --json": ("--json", lambda tp, s, o: ["bench", s, *T, "--device", "cpu", "--dtype", "fp32", "--backends", "torch",
+                                                 "--prompt-len", "8", "--new-tokens", "2", "--repeats", "1",
+                                                 "--json", o.with_suffix(".json")],
+                     lambda b: json.loads(b)["runs"][0]["prompt_len"] == 8),
+}
+
+
+def _output_of(argv, option):
+    return argv[argv.index(option) + 1]
+
+
+@pytest.mark.parametrize("which", list(SINGLE_FILE_OUTPUTS))
+def test_single_file_output_refused_without_force(which, tmp_path, spec, capsys, monkeypatch):
+    """Refused up front, before any work: archc.compile (bench's export and measuring start there)
+    must not be reached, and the file keeps every byte."""
+    import archc
+
+    option, argv_for, _ = SINGLE_FILE_OUTPUTS[which]
+    argv = argv_for(tmp_path, spec, tmp_path / "out")
+    out = _output_of(argv, option)
+    out.write_bytes(b"the user's \x00 bytes\n")
+    monkeypatch.setattr(archc, "compile", lambda *a, **k: pytest.fail("work began before the output was checked"))
+    refused(in_process(argv, capsys), f"{option} {out}: exists", "add --force to replace it")
+    assert out.read_bytes() == b"the user's \x00 bytes\n"
+    assert not list(tmp_path.glob(".archc.*"))
+
+
+@pytest.mark.parametrize("which", list(SINGLE_FILE_OUTPUTS))
+def test_single_file_output_replaced_with_force(which, tmp_path, spec, capsys):
+    option, argv_for, looks_right = SINGLE_FILE_OUTPUTS[which]
+    argv = argv_for(tmp_path, spec, tmp_path / "out") + ["--force"]
+    out = _output_of(argv, option)
+    out.write_bytes(b"old")
+    code, _, err = in_process(argv, capsys)
+    assert code in (0, 1), err  # diff: 1 = the two specs differ
+    assert looks_right(out.read_bytes()), out.read_bytes()[:200]
+    assert not list(tmp_path.glob(".archc.*"))  # replaced atomically: no temporary file left
+
+
+@pytest.mark.parametrize("which", list(SINGLE_FILE_OUTPUTS))
+def test_single_file_output_directory_or_file_on_the_way(which, tmp_path, spec, capsys, monkeypatch):
+    """A directory at the output, or a file where its folder should be: one line up front, --force or not."""
+    import archc
+
+    option, argv_for, _ = SINGLE_FILE_OUTPUTS[which]
+    monkeypatch.setattr(archc, "compile", lambda *a, **k: pytest.fail("work began before the output was checked"))
+    argv = argv_for(tmp_path, spec, tmp_path / "out") + ["--force"]
+    _output_of(argv, option).mkdir()
+    refused(in_process(argv, capsys), option, "is a directory")
+    (tmp_path / "afile").write_text("x")
+    argv = argv_for(tmp_path, spec, tmp_path / "afile" / "sub" / "out") + ["--force"]
+    refused(in_process(argv, capsys), option, "is not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any folder")
+def test_single_file_output_unwritable_folder(tmp_path, spec, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        refused(in_process(["diff", spec, "llama", "-o", ro / "d.md"], capsys), "-o", "permission denied")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_draw_fallback_dot_file_needs_force_too(tmp_path, spec, capsys, monkeypatch):
+    """svg without Graphviz writes PATH.dot instead; an existing PATH.dot is the user's as well."""
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "dot" else real(name, *a, **k))
+    (tmp_path / "d.dot").write_text("mine")
+    refused(in_process(["draw", spec, "-o", tmp_path / "d.svg"], capsys), "d.dot", "add --force to replace it")
+    assert (tmp_path / "d.dot").read_text() == "mine" and not (tmp_path / "d.svg").exists()
+    code, _, err = in_process(["draw", spec, "-o", tmp_path / "d.svg", "--force"], capsys)
+    assert code == 2 and "Graphviz" in err  # the svg was not made (exit 2), the DOT text replaced the old file
+    assert (tmp_path / "d.dot").read_text().startswith("digraph")
 
 
 def test_import_hf_onto_its_own_config(tmp_path, capsys):
