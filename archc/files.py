@@ -197,15 +197,20 @@ def check_output_file(path: str | os.PathLike, label: str, *, force: bool, make_
     if os.path.lexists(path) and not force:  # lexists: a dangling symlink is the user's too
         raise UserError(one_line(f"{label}: exists; {FORCE_HINT}"))
     folder = Path(os.path.abspath(path)).parent
-    for p in (folder, *folder.parents):  # the nearest existing path is where a file or folder gets made
-        if os.path.lexists(p):
-            if not p.is_dir():
-                raise UserError(one_line(f"{label}: {p} is not a directory; give a path inside a directory"))
-            if p != folder and not make_folder:
-                raise UserError(one_line(f"{label}: folder {folder} does not exist; create it first"))
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise UserError(one_line(f"{label}: cannot write in {p}: permission denied; write elsewhere"))
-            return
+    p = nearest_existing(folder)  # where a file or folder gets made
+    if not p.is_dir():
+        raise UserError(one_line(f"{label}: {p} is not a directory; give a path inside a directory"))
+    if p != folder and not make_folder:
+        raise UserError(one_line(f"{label}: folder {folder} does not exist; create it first"))
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(one_line(f"{label}: cannot write in {p}: permission denied; write elsewhere"))
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path` itself or the nearest of its parents that exists (a dangling symlink counts: it is there):
+    what decides whether a file or folder can be made at `path`."""
+    path = Path(os.path.abspath(path))
+    return next(p for p in (path, *path.parents) if os.path.lexists(p))
 
 
 MANIFEST = ".archc-manifest.json"

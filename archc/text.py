@@ -105,6 +105,11 @@ def save_tokenizer(tokenizer: Any, out_dir: str | Path, *, bos_token: str | None
     return [TOKENIZER_JSON, TOKENIZER_CONFIG, GENERATION_CONFIG]
 
 
+def is_int(v: Any) -> bool:
+    """A JSON integer: an int that is not a bool (`true` is no token id)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 LIST_ID_FIELDS = ("eos_token_id",)  # transformers' GenerationConfig: eos_token_id is an int or a list; bos/pad an int
 
 
@@ -115,11 +120,11 @@ def generation_id(value: Any, field: str, where: str) -> int | list[int] | None:
     a non-negative integer is that id; a list of them where transformers allows one (LIST_ID_FIELDS).
     Anything else (a string, a bool, a float, a list for bos/pad, a list holding a non-id) is one line naming
     the file and field, exit 2."""
-    if value is None or value == [] or (isinstance(value, int) and not isinstance(value, bool) and value < 0):
+    if value is None or value == [] or (is_int(value) and value < 0):
         return None
 
     def is_id(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        return is_int(v) and v >= 0
 
     if is_id(value) or (field in LIST_ID_FIELDS and isinstance(value, list) and all(map(is_id, value))):
         return value

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 from archc.errors import UserError
@@ -96,7 +95,7 @@ def reusable(d: Path, parts: dict) -> bool:
 
 
 def seal(d: Path, parts: dict) -> None:
-    """Write the key into a complete folder (atomically: a stopped write leaves no half key)."""
-    tmp = d / f".{KEY_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fingerprint(parts), "parts": parts}, indent=1, sort_keys=True))
-    os.replace(tmp, d / KEY_FILE)
+    """Write the key into a complete folder (atomically, archc.atomic: a stopped write leaves no half key)."""
+    from archc.atomic import write_text_atomic
+
+    write_text_atomic(d / KEY_FILE, json.dumps({"fingerprint": fingerprint(parts), "parts": parts}, indent=1, sort_keys=True))

@@ -13,7 +13,7 @@ from archc.commands.common import ForceOption, SetOption, load
 from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
                                           QuantOption, QuantSchemeOption, quant_settings)
 from archc.errors import UserError
-from archc.files import FORCE_HINT, check_output_file
+from archc.files import FORCE_HINT, check_output_file, nearest_existing
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -38,12 +38,10 @@ def write_json_atomic(path: Path, data: dict, *, overwrite: bool = True) -> None
 def _check_work_dir(path: Path) -> None:
     """--work-dir is a directory, made if absent: the nearest existing path on the way must be a directory
     (a file there was `afile: File exists` from mkdir, naming neither the option nor the fix)."""
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            if not p.is_dir():
-                raise UserError(f"--work-dir {path}: {p} exists and is not a directory; give a directory "
-                                "(made if absent), or leave --work-dir out for a temporary one")
-            return
+    p = nearest_existing(path)
+    if not p.is_dir():
+        raise UserError(f"--work-dir {path}: {p} exists and is not a directory; give a directory "
+                        "(made if absent), or leave --work-dir out for a temporary one")
 
 
 @app.command()
@@ -86,8 +84,6 @@ def bench(
     names = parse_backends(backends)
     if work_dir is not None:
         _check_work_dir(work_dir)
-    if json_out is not None:  # before anything is exported or measured (and again after loading, for inputs)
-        check_output_file(json_out, f"--json {json_out}", force=force, make_folder=True)
     shapes = [Shape(b, p, new_tokens) for b in _ints(batch, "--batch") for p in _ints(prompt_len, "--prompt-len")]
     if dtype not in ("fp16", "bf16", "fp32"):
         raise UserError(f"--dtype: '{dtype}' is not fp16, bf16 or fp32")
@@ -103,8 +99,8 @@ def bench(
         s = spec_from_dict(config_to_spec(read_config(hf_dir), name=hf_dir.resolve().name, source=source), source=source)
     else:
         s = load(spec, set_)
-    if json_out is not None:
-        check_output_file(json_out, f"--json {json_out}", force=force, make_folder=True)  # now knowing the inputs
+    if json_out is not None:  # after loading (an input named as --json says so), before anything is exported or measured
+        check_output_file(json_out, f"--json {json_out}", force=force, make_folder=True)
     if any(n in ("genai", "genai-graph") for n in names):  # bad input is one line before any model is built
         from archc.bench.genai import builder_args, check_hf_dir, genai_python
 

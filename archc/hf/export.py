@@ -315,7 +315,7 @@ def _vocab(tok: dict) -> dict[str, int]:
     model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
     model_vocab = model.get("vocab")
     if isinstance(model_vocab, dict):
-        vocab.update({k: v for k, v in model_vocab.items() if isinstance(v, int) and not isinstance(v, bool)})
+        vocab.update({k: v for k, v in model_vocab.items() if _text.is_int(v)})
     elif isinstance(model_vocab, list):
         vocab.update({e[0]: i for i, e in enumerate(model_vocab) if isinstance(e, list) and e and isinstance(e[0], str)})
     for added in tok.get("added_tokens") or []:
@@ -339,7 +339,7 @@ def _special_token_id(value: Any, vocab: dict[str, int], ids: set[int], where: s
         value = value["content"]
     if isinstance(value, str):
         return vocab.get(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _text.is_int(value):
         if value in ids:
             return value
         raise UserError(f"{where}: token id {value} is not in tokenizer.json's vocabulary; give the token's text, "

@@ -40,7 +40,7 @@ def train_parallel(cfg: TrainConfig, launch: Launch) -> TrainResult:
     from archc.parallel.apply import Layout, clip_grad_norm, init_from_env, make_mesh, parallelize
     from archc.parallel.optim import build_optimizer
     from archc.train.checkpoint import checkpoint_dir, latest_checkpoint, point_latest, step_name
-    from archc.train.data import DataPosition, check_batch_fits, open_data
+    from archc.train.data import DataPosition, open_data
     from archc.training import build_scheduler
 
     spec = cfg.spec
@@ -55,8 +55,7 @@ def train_parallel(cfg: TrainConfig, launch: Launch) -> TrainResult:
     layout = Layout.on(kind, make_mesh(device.type, dp, tp_deg), dp, tp_deg)
 
     data = open_data(cfg.data, vocab_size=spec.vocab_size, seq_len=cfg.seq_len, seed=spec.init.seed,
-                     val_fraction=cfg.val_fraction, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)
-    check_batch_fits(data, cfg.batch, cfg.seq_len, cfg.data)
+                     val_fraction=cfg.val_fraction, batch=cfg.batch, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)
     resume_from = None
     problem = [None]
     if rank == 0:  # the run folder is rank 0's; its verdict reaches every rank, so a bad --out stops all at once

@@ -197,9 +197,12 @@ class TrainData:
     tokenizer_json: str | None  # the tokenizer the ids came from (text data); None for a token file
 
 
-def open_data(path: Path, *, vocab_size: int, seq_len: int, seed: int, val_fraction: float,
+def open_data(path: Path, *, vocab_size: int, seq_len: int, seed: int, val_fraction: float, batch: int,
               dtype: TokenDType = TokenDType.auto, tokenizer: Path | None = None) -> TrainData:
-    """The data at `path`, split: the last `val_fraction` of the ids are held out for validation."""
+    """The data at `path`, split: the last `val_fraction` of the ids are held out for validation. A batch is
+    drawn from the training split's windows (an epoch may wrap inside it, so the bound is one epoch's windows):
+    a larger --batch would only repeat windows within one step, and a huge one built a list of that many rows
+    until the machine ran out of memory, so it is one line, before the caller makes its run folder."""
     tokenizer_json = None
     if is_text_source(path):
         files = text_files(path)
@@ -218,14 +221,8 @@ def open_data(path: Path, *, vocab_size: int, seq_len: int, seed: int, val_fract
         raise UserError(f"--data {path}: {n} tokens are too few for --seq-len {seq_len} with a validation split of "
                         f"{val_fraction:g}; give more data, a smaller --seq-len, or --val-fraction 0")
     train = TokenStream(ids, 0, split, seq_len, seed)
+    if batch > train.n_windows:
+        raise UserError(f"--batch {batch}: the training split of --data {path} holds {train.n_windows} windows of "
+                        f"--seq-len {seq_len} tokens; use --batch {train.n_windows} or less, a smaller --seq-len, or more data")
     val = TokenStream(ids, split, n, seq_len, seed) if n_val else None
     return TrainData(train, val, n, tokenizer_json)
-
-
-def check_batch_fits(data: TrainData, batch: int, seq_len: int, path: Path) -> None:
-    """A batch is drawn from the training split's windows (one epoch may wrap inside it, so the bound is one epoch's
-    windows): a larger --batch would only repeat windows within one step, and a huge one built a list of that many
-    rows until the machine ran out of memory. Checked before the run folder is made."""
-    if batch > data.train.n_windows:
-        raise UserError(f"--batch {batch}: the training split of --data {path} holds {data.train.n_windows} windows of "
-                        f"--seq-len {seq_len} tokens; use --batch {data.train.n_windows} or less, a smaller --seq-len, or more data")

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from archc.errors import UserError
 from archc.spec import Spec
-from archc.train.data import DataPosition, TokenDType, check_batch_fits, open_data
+from archc.train.data import DataPosition, TokenDType, open_data
 from archc.train.device import pick_device
 
 MARKER = "archc-train.json"
@@ -414,8 +414,7 @@ def train(cfg: TrainConfig, *, parallelize: Callable | None = None) -> TrainResu
     check_options(cfg)
     device = pick_device(cfg.device)
     data = open_data(cfg.data, vocab_size=spec.vocab_size, seq_len=cfg.seq_len, seed=spec.init.seed,
-                     val_fraction=cfg.val_fraction, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)
-    check_batch_fits(data, cfg.batch, cfg.seq_len, cfg.data)
+                     val_fraction=cfg.val_fraction, batch=cfg.batch, dtype=cfg.data_dtype, tokenizer=cfg.tokenizer)
     prepare_out(cfg)
 
     resumed = None
