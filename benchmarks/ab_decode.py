@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import outputs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -103,7 +105,8 @@ def main() -> int:
     ap.add_argument("--old-root", default=".baseline")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", default="/tmp/archc-ab")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON file, rewritten after each result (an existing one: --force)")
+    outputs.add_force(ap)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (fp32, with --set to shrink)")
     ap.add_argument("--set", action="append", default=[], help="extra --set on the family's spec (smoke tests)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -111,6 +114,7 @@ def main() -> int:
     if args.child:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
+    outputs.check_outputs(ap, args.force, ("--out", args.out))  # once, before any variant runs; the rewrites after each result are ours
     variants = [parse_variant(x) for x in args.variants.split(";") if x]
     results = []
     for rnd in range(args.rounds):

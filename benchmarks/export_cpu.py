@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import outputs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -82,13 +84,15 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="extra overrides, e.g. n_layers=4 for a smaller run")
     ap.add_argument("--which", default="archc,dynamo")
     ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="JSON report, rewritten after each export (an existing one: --force)")
+    outputs.add_force(ap)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.family, args.set, args.out_dir)))
         return 0
+    outputs.check_outputs(ap, args.force, ("--json", args.json), make_folder=False)
 
     import archc.cost
 

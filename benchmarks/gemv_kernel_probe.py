@@ -28,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import outputs
 from benchmarks.gemv_layout import R, time_captured
 
 # [K -> N] per LLaMA-1.1B projection; "gate,up" is the gated MLP (two [K -> N] weights + SiLU * mul)
@@ -222,8 +223,10 @@ def main() -> int:
     ap.add_argument("--rows", default="1,2,4", help="rows per warp to try (the best is reported per shape)")
     ap.add_argument("--layers", type=int, default=22, help="layers of the decode step the projection is summed over")
     ap.add_argument("--build-dir", type=Path, default=Path("/tmp/archc_gemv_probe"))
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON file (an existing one: --force)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out))
     from archc.bench.harness import environment, measure_limits
 
     lim = measure_limits("cuda", dtypes=("fp16",))

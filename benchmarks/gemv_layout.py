@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import outputs
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,8 +74,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weight-mb", type=int, default=256, help="distinct weights per shape, in MB together")
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON file (an existing one: --force)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out))
     from archc.bench.harness import environment, measure_limits
 
     lim = measure_limits("cuda", dtypes=("fp16",))

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import outputs
+
 NEW_TOKENS = 128
 FP16_SHAPES = [(1, 512), (1, 2048), (16, 512), (16, 2048)]
 INT4_SHAPES = [(1, 512), (1, 2048)]
@@ -213,7 +215,8 @@ def verdicts(report: dict) -> list[tuple[str, str, str]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path, nargs="?")
+    p.add_argument("out", type=Path, nargs="?", help="JSON file, rewritten after each configuration (an existing one: --force)")
+    outputs.add_force(p)
     p.add_argument("--render", type=Path, help="print the table and verdicts of a JSON this module wrote")
     p.add_argument("--tiny", action="store_true", help="the tiny llama (orchestration check)")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.out is None:
         p.error("give OUT.json (or --render JSON)")
+    outputs.check_outputs(p, a.force, ("OUT.json", a.out))
     report = measure(a.out, tiny=a.tiny, device=a.device, deadline_s=a.deadline_s, work_dir=a.work_dir, with_limits=a.limits)
     print(render(report))
 

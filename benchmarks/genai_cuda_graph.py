@@ -1,6 +1,6 @@
 """onnxruntime-genai with CUDA graphs against archc's runner, on a TinyLlama-shaped export (GPU).
 
-    PYTHONPATH=/tmp/site:SRC python -m benchmarks.genai_cuda_graph OUT_JSON [--label NAME]
+    PYTHONPATH=/tmp/site:SRC python -m benchmarks.genai_cuda_graph OUT_JSON [PROMPTS [MODES]] [--force]
 
 Compiles the llama spec at TinyLlama-1.1B's shape (22 layers, d_model 2048, 32 heads, 4 kv heads,
 d_ff 5632, vocab 32000; archc's seeded init) with `--target cuda --dtype fp16`, then greedy-decodes
@@ -12,13 +12,15 @@ tree compiles the model (the test compares a tree before and after a fix)."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import outputs
 
 SHAPE = ["n_layers=22", "d_model=2048", "attention.n_heads=32", "attention.kv_heads=4", "attention.sharing=gqa",
          "mlp.d_ff=5632", "vocab_size=32000", "max_seq_len=4096"]
@@ -52,10 +54,17 @@ def genai_tokens(model, prompt: list[int]) -> list[int]:
     return out
 
 
-def main() -> None:
-    out_json = Path(sys.argv[1])
-    prompts = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else list(PROMPTS)
-    modes = sys.argv[3].split(",") if len(sys.argv) > 3 else ["genai", "genai_graph"]
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_json", type=Path, metavar="OUT_JSON", help="JSON file of the token lists (an existing one: --force)")
+    ap.add_argument("prompts", nargs="?", default=",".join(map(str, PROMPTS)), help="prompt lengths, comma-separated, of %(default)s")
+    ap.add_argument("modes", nargs="?", default="genai,genai_graph", help="genai modes, comma-separated (default %(default)s)")
+    outputs.add_force(ap)
+    args = ap.parse_args(argv)
+    outputs.check_outputs(ap, args.force, ("OUT_JSON", args.out_json), make_folder=False)
+    out_json = args.out_json
+    prompts = [int(x) for x in args.prompts.split(",")]
+    modes = args.modes.split(",")
     import archc
     from archc.runner import Session
     from exporters.onnx_export import export

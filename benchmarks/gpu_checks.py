@@ -9,7 +9,7 @@ head_dim 64), compile the `cuda` target in fp16 and check on CUDAExecutionProvid
 3. `archc run --device cuda` end to end (the CLI in a subprocess), its ids compared with greedy
    decoding of the fp32 PyTorch module.
 
-    python3 -m benchmarks.gpu_checks --out DIR   (writes gpu_checks.json, gpu_checks.log)
+    python3 -m benchmarks.gpu_checks --out DIR   (writes gpu_checks.json, gpu_checks.log; existing ones: --force)
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -229,16 +231,19 @@ def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="folder of gpu_checks.json and gpu_checks.log (made if absent)")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the plumbing (portable fp32)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    log_path = args.out / "gpu_checks.log"
+    outputs.check_outputs(ap, args.force, ("--out", args.out / "gpu_checks.json"), ("--out", log_path))
     import torch
 
     from archc.bench.harness import environment
 
     args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "gpu_checks.log"
+    log_path.write_text("")  # this run's log (the checks below append to it), not a continuation of an earlier run's
     work = Path(tempfile.mkdtemp(prefix="archc-gpu-checks-"))
     report = {"environment": environment(), "families": {}}
     for fam in args.families.split(","):

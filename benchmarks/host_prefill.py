@@ -9,7 +9,7 @@ On archc's TinyLlama-shaped cuda export (benchmarks/prefill_vs_genai.py's shape)
   bound again, as before the binding was kept;
 and the pure-Python pieces of generate with no model run: `check_prompts` (and its Python loop from
 before the numpy check, `check_loop_before`) and `feeds.left_pad`.
-Medians over --runs; writes DIR/host_prefill.json.
+Medians over --runs; writes DIR/host_prefill.json (an existing one: --force).
 """
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import outputs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="folder of host_prefill.json (made if absent)")
     ap.add_argument("--work", default="/tmp/archc-host-prefill")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shapes", default="1x512,1x2048,16x512")
     ap.add_argument("--set", action="append", default=[], help="extra --set overrides (dry runs)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out / "host_prefill.json"))
 
     import archc
     from archc import feeds

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import outputs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,8 +43,10 @@ def main() -> int:
     ap.add_argument("--work-dir", default="/tmp/archc-host-step")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the plumbing (io_binding='static', no graph)")
     ap.add_argument("--set", action="append", default=[], help="extra --set overrides (dry runs)")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON file (an existing one: --force)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out))
 
     from benchmarks import standard
 

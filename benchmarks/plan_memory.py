@@ -18,6 +18,8 @@ import argparse
 import json
 import time
 
+from benchmarks import outputs
+
 CASES = [
     # (name, family, extra --set, mode, batch, seq_len)
     ("llama-1.1b train b4x2048", "llama", [], "train", 4, 2048),
@@ -100,11 +102,13 @@ def measure(spec, mode: str, batch: int, seq_len: int, dtype: str, device: str) 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="JSON file (an existing one: --force)")
+    outputs.add_force(ap)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (a CPU dry run of the harness)")
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out), make_folder=False)
     import torch
 
     from benchmarks.standard import load_family

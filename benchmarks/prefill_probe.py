@@ -11,6 +11,8 @@ import argparse
 import json
 import warnings
 
+from benchmarks import outputs
+
 CASES = [  # (family, extra --set, batch, prompt)
     ("llama", [], 8, 2016),
     ("llama", ["attention.kernel=default"], 8, 2016),
@@ -21,8 +23,10 @@ CASES = [  # (family, extra --set, batch, prompt)
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="JSON file (an existing one: --force)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out), make_folder=False)
     import torch
 
     import archc

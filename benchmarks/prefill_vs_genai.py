@@ -22,7 +22,7 @@
    max-length KV buffers (bound as past and present, as both runtimes do) bound once, logits left on
    the device, then the median of `--runs` calls of run_with_iobinding (which waits for the GPU). A
    CUPTI trace (torch.profiler) of 5 more calls gives the kernels per prefill, grouped by name.
-Writes DIR/prefill_vs_genai.json (one entry per engine) and prints a per-shape comparison.
+Writes DIR/prefill_vs_genai.json (one entry per engine; an existing one: --force) and prints a per-shape comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from benchmarks import outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = dict(n_layers=22, d_model=2048, n_heads=32, kv_heads=4, d_ff=5632, vocab=32000, max_seq_len=4096)
@@ -270,12 +272,13 @@ def child(args) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="folder of prefill_vs_genai.json (made if absent)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/prefill_vs_genai"))
     ap.add_argument("--engines", default="genai-onnx;archc;archc:logits_start=-1;archc:gate_up=two_gemms;archc:logits=last;genai-gen")
     ap.add_argument("--rounds", type=int, default=1, help="repeat the engine list (alternating, as ab_decode does)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    outputs.add_force(ap)
     args = ap.parse_args()
     if args.child:
         try:
@@ -284,6 +287,7 @@ def main() -> int:
             r = {"error": traceback.format_exc()[-3000:]}
         print("RESULT " + json.dumps(r), flush=True)
         return 0
+    outputs.check_outputs(ap, args.force, ("--out", args.out / "prefill_vs_genai.json"))  # before the build, the slow part
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"shape": SHAPE, "build": build_hf_and_genai(args.work), "engines": []}

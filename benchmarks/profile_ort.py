@@ -8,16 +8,22 @@ The gap between wall time and GPU busy time is host overhead (launches, onnxrunt
 work, the sync that brings the logits to the host).
 
     python3 -m benchmarks.profile_ort --out DIR [--family llama] [--prompt 512] [--steps 32]
+
+Writes DIR/profile_FAMILY[_GATE_UP].json (an existing one: --force).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +37,7 @@ def _step_class(steppers):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="folder of the summary JSON (made if absent)")
     ap.add_argument("--family", default="llama")
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--batch", type=int, default=1)
@@ -44,7 +50,10 @@ def main() -> int:
     ap.add_argument("--gate-up", choices=["one_gemm", "two_gemms"], help="the cuda lowering's GATE_UP for this export (A/B)")
     ap.add_argument("--quant", choices=["int4", "int8"], help="a weight-only quantized export (MatMulNBits, compile's defaults)")
     ap.add_argument("--quant-head", action="store_true", help="with --quant: quantize the output head too")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    summary_path = args.out / f"profile_{args.family}{'_' + args.gate_up if args.gate_up else ''}.json"
+    outputs.check_outputs(ap, args.force, ("--out", summary_path))
 
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -104,10 +113,14 @@ def main() -> int:
             sync()
     finally:
         cls.step = orig
-    trace = args.out / "trace.json"
-    prof.export_chrome_trace(str(trace))
-    events = json.loads(trace.read_text())["traceEvents"]
-    trace.unlink()  # large; the summary below is what comes back
+    fd, name = tempfile.mkstemp(prefix=".trace-", suffix=".json", dir=args.out)  # not DIR/trace.json: that may be the user's
+    os.close(fd)
+    trace = Path(name)
+    try:
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    finally:
+        trace.unlink()  # large; the summary below is what comes back
 
     steps = sorted(((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
                     if e.get("cat") == "user_annotation" and e.get("name", "").startswith("archc_step_")),
@@ -152,7 +165,7 @@ def main() -> int:
     }
     if args.ort_profile:
         summary["ort_nodes"] = ort_node_profile(model_dir, prompts, N, args.device)
-    (args.out / f"profile_{args.family}{'_' + args.gate_up if args.gate_up else ''}.json").write_text(json.dumps(summary, indent=1))
+    summary_path.write_text(json.dumps(summary, indent=1))
     d = summary["decode_step_median"]
     if not d["wall_us"]:
         print("no decode steps traced")

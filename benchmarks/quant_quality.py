@@ -8,6 +8,8 @@ as tests/emit_onnx/test_quant_matmulnbits.py does), compiles it fp32 and quantiz
 compares prefill logits of 16 random-id rows and 16 rows of the training stream (32 positions each):
 rms = sqrt(mean (a - ref)^2 / mean ref^2), max = max |a - ref| / max |ref|, kl = mean KL(fp32 || quantized)
 per position, top1 = argmax agreement. Writes OUT_DIR/quality.json and prints one line per export.
+OUT_DIR also gets tokens.bin, the training run (run/) and one model folder per export; existing ones
+are replaced only with --force (the model folders only where archc wrote them, as `archc compile --force`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import outputs
 
 VARIANTS = {
     "int4": ["--quant", "int4"],
@@ -57,8 +61,13 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--d-ff", type=int, default=704)
     ap.add_argument("--steps", type=int, default=300)
+    outputs.add_force(ap)
     args = ap.parse_args()
     root = args.out_dir
+    variants = {k: v for k, v in VARIANTS.items() if "b128" not in k or args.d_model >= 128}  # block 128 needs K >= 128
+    outputs.check_outputs(ap, args.force, ("OUT_DIR", root / "tokens.bin"), ("OUT_DIR", root / "quality.json"))
+    outputs.check_folders(ap, args.force, "OUT_DIR", root / "run", *(root / name for name in ("fp32", *variants)))
+    force = ["--force"] if args.force else []
     root.mkdir(parents=True, exist_ok=True)
     sets = ["n_layers=2", f"d_model={args.d_model}", "attention.n_heads=4", "attention.sharing=gqa", "attention.kv_heads=2",
             f"mlp.d_ff={args.d_ff}", "vocab_size=97", "max_seq_len=64", "training.schedule.warmup_steps=10",
@@ -66,10 +75,9 @@ def main() -> None:
     stream = (np.arange(20000) * 7 + np.arange(20000) // 13) % 97
     stream.astype("<u2").tofile(root / "tokens.bin")
     cli(["train", "llama", *[a for s in sets for a in ("--set", s)], "--data", str(root / "tokens.bin"), "--out", str(root / "run"),
-         "--batch", "8", "--seq-len", "32", "--steps", str(args.steps), "--eval-every", "0", "--device", "cpu"])
-    variants = {k: v for k, v in VARIANTS.items() if "b128" not in k or args.d_model >= 128}  # block 128 needs K >= 128
+         "--batch", "8", "--seq-len", "32", "--steps", str(args.steps), "--eval-every", "0", "--device", "cpu", *force])
     for name, extra in {"fp32": [], **variants}.items():
-        cli(["compile", str(root / "run"), "-o", str(root / name), "--force", *extra])
+        cli(["compile", str(root / "run"), "-o", str(root / name), *force, *extra])
     rng = np.random.default_rng(0)
     rows = {"random": rng.integers(0, 97, (16, 32)).astype(np.int64),
             "stream": np.stack([stream[s:s + 32] for s in rng.integers(0, 19000, 16)]).astype(np.int64)}

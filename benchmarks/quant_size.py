@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import outputs
+
 SHAPE = dict(num_hidden_layers=22, hidden_size=2048, num_attention_heads=32, num_key_value_heads=4,
              intermediate_size=5632, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
              rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -106,13 +108,15 @@ def quantize_seconds(layers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("out_json", type=Path)
+    ap.add_argument("out_json", type=Path, metavar="OUT_JSON", help="JSON file (an existing one: --force)")
     ap.add_argument("--genai-python", default=None)
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--skip-genai", action="store_true")
     ap.add_argument("--archc", nargs="*", default=None, help="archc compile variants to run (names of VARIANTS)")
     ap.add_argument("--quantize-only", action="store_true", help="time exporters.quantize.quantize alone (rtn vs search)")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("OUT_JSON", args.out_json))
     if args.quantize_only:
         result = {"layers": args.layers, "machine": os.uname().nodename, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                   "quantize": quantize_seconds(args.layers), "load_after": os.getloadavg()}

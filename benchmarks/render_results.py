@@ -134,7 +134,8 @@ def targets(report: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("json", type=Path, nargs="+", help="one or more run_standard JSON files (same machine session)")
-    ap.add_argument("--into", type=Path)
+    ap.add_argument("--into", type=Path, help="an existing markdown file (benchmarks/RESULTS.md): the part between its "
+                    "BEGIN and END markers is replaced in place, on purpose; the rest of it is kept (no --force needed)")
     args = ap.parse_args()
     text = render(merge([json.loads(p.read_text()) for p in args.json]))
     if not args.into:

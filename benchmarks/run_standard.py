@@ -87,7 +87,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchmarks import standard  # noqa: E402  (light: no torch)
+from benchmarks import outputs, standard  # noqa: E402  (light: no torch)
 
 ALL_BACKENDS = ["ort", "ort-nograph", "torch", "torch-compile", "hf-eager", "hf-sdpa", "hf-compile"]
 # The targets' backends: every backend but torch-compile (archc's own module under torch.compile, about 3 min
@@ -553,7 +553,7 @@ def detach(args) -> int:
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
-        out.unlink()  # a previous run's file must not read as this run's state
+        out.unlink()  # a previous run's file (replaced with --force, checked in main) must not read as this run's state
     log = out.with_name(out.name + ".log")
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, "-m", "benchmarks.run_standard", *argv], stdout=f, stderr=subprocess.STDOUT,
@@ -573,7 +573,8 @@ def detach(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, help="JSON file (rewritten atomically after every case)")
+    ap.add_argument("--out", type=Path, help="JSON file (rewritten atomically after every case; an existing one: --force)")
+    outputs.add_force(ap)
     ap.add_argument("--plan", action="store_true", help="print the groups, cases, backends and time estimate; run nothing")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (standard.TINY), prompts 8/12, batches 1/2, 4 new tokens")
@@ -627,6 +628,8 @@ def main() -> int:
         ap.error("--out FILE is needed (or --plan)")
     if args.status:
         return status(args.out.resolve(), args.wait_s)
+    # once, before anything runs; --detach's child gets the same argv (--force with it) and finds no file: detach removed it
+    outputs.check_outputs(ap, args.force, ("--out", args.out))
     if args.detach:
         return detach(args)
     return run_parent(args, groups)

@@ -10,7 +10,7 @@ weights (more bytes than the H200's 50 MB L2) and multiplies one [1, K] row by e
   batched MatMul [s, 1, K/s] x [s, K/s, N] -> [s, 1, N], then ReduceSum over the s partial rows.
 Each graph runs under onnxruntime's CUDA graphs (as archc's decode step does); a CUPTI trace of
 `--runs` replays gives the kernel time per product (the ReduceSum included), and the weight bytes over
-it the share of the copy bandwidth. Writes DIR/splitk_probe.json.
+it the share of the copy bandwidth. Writes DIR/splitk_probe.json (an existing one: --force).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from benchmarks import outputs
 
 SHAPES = {"qkv": (2048, 2560), "o": (2048, 2048), "down": (5632, 2048), "gate_up": (2048, 11264)}
 
@@ -86,11 +88,13 @@ def measure(K: int, N: int, s: int, copies: int, runs: int, copy_tbs: float | No
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="folder of splitk_probe.json (made if absent)")
     ap.add_argument("--copies", type=int, default=8)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--splits", default="1,2,4,8")
+    outputs.add_force(ap)
     args = ap.parse_args()
+    outputs.check_outputs(ap, args.force, ("--out", args.out / "splitk_probe.json"))
     import torch
 
     a = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")

@@ -234,7 +234,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default="llama,palm,bloom,gpt2,glm")
     ap.add_argument("--cases", default=",".join(TRAIN_CASES + DECODE_CASES))
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="a .jsonl file: each case appends one line at once, on purpose (a stopped run "
+                    "keeps its lines; an existing file is continued, never replaced)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=8)
