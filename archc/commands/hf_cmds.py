@@ -16,7 +16,7 @@ import typer
 
 from archc.atomic import write_text_atomic
 from archc.cli import app
-from archc.commands.common import ForceOption, SetOption
+from archc.commands.common import ForceOption, Replaces, SetOption, force_option
 from archc.errors import UserError
 from archc.files import FORCE_HINT, check_output_file
 from archc.model_dir import MODEL_FILE, SPEC_FILE
@@ -156,7 +156,7 @@ def export_hf_cmd(
     weights: Annotated[Optional[Path], typer.Option(help="A safetensors file of archc graph parameter names (default: see above).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Init seed for a spec's seeded weights (overrides init.seed).")] = None,
     sets: SetOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    force: force_option(Replaces.OUTPUT_DIR) = False,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB, 2GiB (transformers' save_pretrained default: 50GB); a larger model is written as shards with model.safetensors.index.json.")] = "50GB",  # archc.hf.export.DEFAULT_MAX_SHARD_SIZE
 ) -> None:
     from archc.hf import SUPPORTED_TYPES

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from archc.cli import app
-from archc.commands.common import SetOption, load
+from archc.commands.common import Replaces, SetOption, force_option, load
 from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
                                           QuantOption, QuantSchemeOption, quant_settings)
 from archc.errors import UserError
@@ -74,7 +74,7 @@ def compile_cmd(
     quant_accuracy_level: QuantAccuracyLevelOption = 0,
     quant_head: QuantHeadOption = False,
     quant_method: QuantMethodOption = "rtn",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing model directory at -o.")] = False,
+    force: force_option(Replaces.MODEL_DIR) = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     import archc

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from archc.cli import app
-from archc.commands.common import SetOption, load
+from archc.commands.common import Replaces, SetOption, force_option, load
 from archc.errors import UserError
 
 
@@ -25,7 +25,7 @@ def train_cmd(
     eval_batches: Annotated[int, typer.Option("--eval-batches", help="Validation batches per evaluation.")] = 4,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps; 0: at each evaluation.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists (a previous run or any other folder).")] = False,
+    force: force_option(Replaces.RUN_FOLDER) = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (fullgraph).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N]. CUDA trains with bf16 autocast, the CPU in float32.")] = "auto",
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of the data held out for validation (its tail).")] = 0.1,
