@@ -65,7 +65,7 @@ def train_cmd(
             raise typer.Exit(130) from None
         finally:
             finish()
-        if launch.rank == 0:
+        if launch.process.rank == 0:
             err.print(f"trained {s.name} to step {result.step} ({result.tokens:,} tokens, --parallel {parallel}): "
                       f"loss {result.train_loss:.4f}; checkpoint {result.checkpoint}")
         return

@@ -30,14 +30,22 @@ TORCHRUN = "torchrun --nproc-per-node N -m archc.cli {command} ..."
 
 
 @dataclass(frozen=True)
-class Launch:
-    """Where this process sits in the torchrun world, and the degrees it trains with."""
+class World:
+    """torchrun's environment for this process, checked."""
 
-    kind: ParallelKind
     world: int
     rank: int
     local_rank: int
     local_world: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in the torchrun world (`process`, as torchrun_world read it), and the
+    parallel kind and degrees it trains with."""
+
+    kind: ParallelKind
+    process: World
     dp: int
     tp: int
 
@@ -61,16 +69,6 @@ def degrees(kind: ParallelKind, world: int, tp: int | None) -> tuple[int, int]:
             raise UserError(f"--parallel fsdp+tp needs --tp N dividing the world size {world} (got {tp})")
         return world // tp, tp
     raise ValueError(f"unknown parallel kind {kind}")
-
-
-@dataclass(frozen=True)
-class World:
-    """torchrun's environment for this process, checked."""
-
-    world: int
-    rank: int
-    local_rank: int
-    local_world: int
 
 
 def _env_int(env: Mapping[str, str], name: str, command: str, default: str | None = None) -> int:
@@ -134,9 +132,8 @@ def check_launch(cfg, parallel: str, tp: int | None, env: Mapping[str, str] = os
         raise UserError("--compile is not supported with --parallel yet; drop one of them")
     check_torchrun_device(cfg.device, "--parallel")
     w = torchrun_world("train", f"--parallel {kind.value}", env)
-    world = w.world
-    dp, tp_deg = degrees(kind, world, tp)
+    dp, tp_deg = degrees(kind, w.world, tp)
     make_plan(one_layer_graph(cfg.spec), tp_deg)  # every layer's heads and d_ff are the same
     if cfg.batch % dp:
         raise UserError(f"--batch {cfg.batch} (the global batch) does not split over {dp} data-parallel ranks; pass a multiple of {dp}")
-    return Launch(kind, world, w.rank, w.local_rank, w.local_world, dp, tp_deg)
+    return Launch(kind, w, dp, tp_deg)

@@ -44,11 +44,11 @@ def train_parallel(cfg: TrainConfig, launch: Launch) -> TrainResult:
     from archc.training import build_scheduler
 
     spec = cfg.spec
-    kind, world, dp, tp_deg = launch.kind, launch.world, launch.dp, launch.tp
+    kind, world, dp, tp_deg = launch.kind, launch.process.world, launch.dp, launch.tp
     if not dist.is_available():
         raise UserError(f"--parallel {kind.value}: this torch build has no torch.distributed; train without --parallel")
     # CUDA there, one GPU per local process: asked of torch before any process group or allocation
-    device = pick_device(cfg.device, local_rank=launch.local_rank, local_world=launch.local_world)
+    device = pick_device(cfg.device, local_rank=launch.process.local_rank, local_world=launch.process.local_world)
     graph = archc.compile(spec)
     init_from_env(device.type)
     rank = dist.get_rank()

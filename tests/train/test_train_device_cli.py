@@ -87,7 +87,7 @@ def test_negative_control_a_good_combination_passes_every_check(tmp_path):
     spec = load_spec(ROOT / "specs" / "llama.yaml", [a for a in TINY if a != "--set"])
     cfg = TrainConfig(spec=spec, data=tmp_path / "tok.bin", out=tmp_path / "run", batch=4, seq_len=16, device="cpu")
     launch = check_launch(cfg, "fsdp+tp", 2, env=_world(4, rank=3))
-    assert (launch.dp, launch.tp, launch.rank, launch.local_world) == (2, 2, 3, 4)
+    assert (launch.dp, launch.tp, launch.process.rank, launch.process.local_world) == (2, 2, 3, 4)
     assert check_launch(cfg, "tp", None, env=_world(2)).tp == 2
     cfg.device = "cuda"
     assert check_launch(cfg, "fsdp", None, env=_world(2)).dp == 2
