@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from archc.files import reset_inputs
 
-    _register()
     reset_inputs()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -67,6 +66,7 @@ def _dispatch(argv: list[str] | None) -> int:
     from archc.files import why
 
     try:
+        _register()  # inside the try: a Ctrl-C while the command modules import is exit 130, not a traceback
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int):

@@ -87,16 +87,16 @@ def seeded_hf_dir(graph, work_dir: Path, dtype: str) -> Path:
     """The spec's seeded init as a Hugging Face directory (export-hf) with a placeholder tokenizer, in
     work_dir under a name its spec and dtype fingerprint (archc.bench.workdir: another seed, another folder;
     a folder there that archc did not seal is refused, never replaced)."""
-    from archc.bench.workdir import place, reusable, seal, spec_parts
+    from archc.bench.workdir import building, place, reusable, spec_parts
     from archc.dtypes import DType
     from archc.hf.export import export_hf, seeded_source
 
     parts = {**spec_parts(graph), "what": "seeded Hugging Face checkpoint", "dtype": dtype}
     out_dir = place(work_dir, "hf-seeded", parts)
     if not reusable(out_dir, parts):
-        export_hf(graph, out_dir, seeded_source(graph), dtype=DType.from_short(dtype).value)
-        write_placeholder_tokenizer(out_dir, graph.spec.vocab_size)
-        seal(out_dir, parts)
+        with building(out_dir, parts) as tmp:  # checkpoint and tokenizer sealed together, then renamed into place
+            export_hf(graph, tmp, seeded_source(graph), dtype=DType.from_short(dtype).value)
+            write_placeholder_tokenizer(tmp, graph.spec.vocab_size)
     return out_dir
 
 

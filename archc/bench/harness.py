@@ -193,7 +193,7 @@ def ort_export(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, l
                hf_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, float | None]:
     """The ort export in work_dir, made unless archc made it before from the same inputs (archc.bench.workdir):
     (its folder, seconds the export took, None when reused). A runner can call it ahead of the bench."""
-    from archc.bench.workdir import place, reusable, seal
+    from archc.bench.workdir import building, place, reusable
     from exporters.onnx_export import export
 
     parts = ort_parts(graph, target, dtype, logits, quant, hf_dir)
@@ -201,8 +201,8 @@ def ort_export(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, l
     if reusable(model_dir, parts):
         return model_dir, None
     weights = str(hf_dir) if hf_dir is not None else None
-    t, _ = wall(lambda: export(graph, model_dir, target=target, dtype=dtype, logits=logits, weights=weights, quant=quant), "cpu")
-    seal(model_dir, parts)
+    with building(model_dir, parts) as tmp:  # sealed, then renamed into place: a stopped export leaves nothing
+        t, _ = wall(lambda: export(graph, tmp, target=target, dtype=dtype, logits=logits, weights=weights, quant=quant), "cpu")
     log(f"  exported {model_dir.name} in {t:.1f} s")
     return model_dir, t
 
@@ -563,12 +563,9 @@ class Bench:
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
         self.backend_repeats = dict(backend_repeats or {})  # timed generate runs per backend name, overriding `repeats`
         self._own_work_dir = work_dir is None  # a temporary one is removed by close()
-        if work_dir is None:
-            import tempfile
-
-            work_dir = tempfile.mkdtemp(prefix="archc-bench-")
-        self.work_dir = Path(work_dir)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._work_dir_arg = Path(work_dir) if work_dir is not None else None
+        self._work_dir: Path | None = None  # made on first use (work_dir), inside the caller's try/close()
+        self._made_dirs: list[Path] = []  # folders work_dir made, deepest first: close() removes those left empty
         self.limits = limits
         self._module = None
         self.shape: Shape | None = None  # the shape being measured (backends set up for it read it)
@@ -576,6 +573,35 @@ class Bench:
         self._failed: dict[str, str] = {}
 
     # -- shared pieces --------------------------------------------------------------------------
+    @property
+    def work_dir(self) -> Path:
+        """Where exports and builds go, made when a backend first needs it (a torch-only run, or one stopped
+        or refused before any export, makes nothing). The folder and the record of it are made with Ctrl-C
+        and SIGTERM held (archc.interrupts), so close() always knows what to remove."""
+        if self._work_dir is None:
+            from archc.interrupts import deferred_interrupts
+
+            with deferred_interrupts():
+                if self._work_dir_arg is None:
+                    import tempfile
+
+                    self._work_dir = Path(tempfile.mkdtemp(prefix="archc-bench-"))
+                else:
+                    d = self._work_dir_arg
+                    missing = []
+                    while not d.exists() and not d.is_symlink() and d != d.parent:
+                        missing.append(d)
+                        d = d.parent
+                    self._made_dirs = missing
+                    try:
+                        self._work_dir_arg.mkdir(parents=True, exist_ok=True)
+                    except OSError as e:  # a UserError ends the bench (run() re-raises it); not one backend's failure
+                        from archc.files import why
+
+                        raise UserError(f"--work-dir {self._work_dir_arg}: cannot create it: {why(e)}") from None
+                    self._work_dir = self._work_dir_arg
+        return self._work_dir
+
     def archc_module(self):
         if self._module is None:
             from exporters.torch_module import build_module
@@ -718,10 +744,16 @@ class Bench:
             be.close()
         self._backends.clear()
         self._module = None
-        if self._own_work_dir:
+        if self._own_work_dir and self._work_dir is not None:
             import shutil
 
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+        for d in self._made_dirs:  # a --work-dir folder this run made and left empty (stopped or refused before any export)
+            try:
+                d.rmdir()
+            except OSError:
+                break  # holds something (an export to keep): so do the folders above it
+        self._made_dirs = []
 
 
 def failure_line(e: BaseException) -> str:

@@ -13,6 +13,10 @@ after the folder is complete. So:
 - a folder without archc's key (the user's, or a build that was stopped before its key) or with another
   key: one line naming --work-dir, exit 2. archc never deletes or writes into a folder it did not make.
 Before, the name alone decided, and a changed checkpoint or seed reused the stale export silently.
+A folder is built in a hidden work directory beside it (archc.workdir: removed on Ctrl-C and SIGTERM, by
+`archc clean` after SIGKILL), sealed there, then renamed into place (`building`): before, the export was
+renamed into place first and sealed after, so a Ctrl-C in between (or during the seeded checkpoint's
+tokenizer) left a keyless folder that every later bench into that --work-dir refused.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from archc.errors import UserError
 
@@ -99,3 +107,24 @@ def seal(d: Path, parts: dict) -> None:
     from archc.atomic import write_text_atomic
 
     write_text_atomic(d / KEY_FILE, json.dumps({"fingerprint": fingerprint(parts), "parts": parts}, indent=1, sort_keys=True))
+
+
+@contextmanager
+def building(d: Path, parts: dict, label: str = "--work-dir") -> Iterator[Path]:
+    """Yields a path (not yet made) to build the folder `d` at; on a normal exit the key is written into it
+    and it is renamed to `d`; on any exception, KeyboardInterrupt and SIGTERM included, nothing is left.
+    So a folder under `d`'s name is always whole and sealed."""
+    from archc.interrupts import deferred_interrupts
+    from archc.workdir import make_work_dir, remove_stale
+
+    remove_stale(d.parent)  # work directories of benches that were killed (SIGKILL, OOM)
+    holder = None
+    try:
+        with deferred_interrupts():  # a signal waits until `holder` is bound, so the finally below removes it
+            holder = make_work_dir(d.parent, d.name, label)
+        yield holder / d.name
+        seal(holder / d.name, parts)
+        os.replace(holder / d.name, d)
+    finally:
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)

@@ -26,9 +26,10 @@ sys.exit(main(sys.argv[2:]))
 
 
 def child(argv: list[str], *, cwd: Path | None = None, timeout: float = 90, memory: int = MEMORY_BOUND,
-          start: bool = False):
-    """`archc ARGV` in a subprocess under RLIMIT_AS = `memory`. start=True returns the Popen."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+          start: bool = False, env: dict | None = None):
+    """`archc ARGV` in a subprocess under RLIMIT_AS = `memory`, `env` added to the environment. start=True
+    returns the Popen."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     cmd = [sys.executable, "-c", _CHILD, str(memory), *map(str, argv)]
     if start:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

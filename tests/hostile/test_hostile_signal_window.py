@@ -100,3 +100,18 @@ def test_signal_right_after_the_temporary_exists(tmp_path, monkeypatch, sig, wri
         write(tmp_path)
     left = os.listdir(tmp_path)
     assert (left == []) is deferral, left
+
+
+def test_ctrl_c_while_the_commands_register_is_exit_130(monkeypatch, capsys):
+    """main() imported the command modules before its try: a Ctrl-C there (the first half second of every
+    command) was a KeyboardInterrupt traceback. Now exit 130 and one line."""
+    import archc.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(archc.cli, "_register", interrupted)
+    with pytest.raises(SystemExit) as e:
+        archc.cli.main(["validate", "llama"])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted"
