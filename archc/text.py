@@ -113,13 +113,27 @@ def is_int(v: Any) -> bool:
 LIST_ID_FIELDS = ("eos_token_id",)  # transformers' GenerationConfig: eos_token_id is an int or a list; bos/pad an int
 
 
-def generation_id(value: Any, field: str, where: str) -> int | list[int] | None:
+def check_in_vocab(ids: int | list[int] | None, vocab_size: int | None, field: str, where: str) -> None:
+    """A token id archc uses (feeds as bos/pad, stops at as eos, writes into an export) must be a row of the
+    model's vocabulary: one at or past `vocab_size` is one line naming the file and field, exit 2 (an eos
+    past it never matches, so generation never stops; a bos/pad past it indexes past the embedding).
+    vocab_size None: nothing to check against."""
+    if vocab_size is None or ids is None:
+        return
+    for i in ids if isinstance(ids, list) else [ids]:
+        if i >= vocab_size:
+            raise UserError(f"{where}: {field}: token id {i} is past the model's vocabulary (vocab_size {vocab_size}: "
+                            f"ids 0 to {vocab_size - 1}); fix the file, or remove the field")
+
+
+def generation_id(value: Any, field: str, where: str, vocab_size: int | None = None) -> int | list[int] | None:
     """One `<role>_token_id` of generation_config.json (the policy archc.hf.export._special_token_id applies
     to tokenizer_config.json's tokens): null is no token, and so are an empty list and a negative integer
     (older Hugging Face conversions, e.g. LLaMA's, write pad_token_id -1 for "unset"; transformers only warns);
     a non-negative integer is that id; a list of them where transformers allows one (LIST_ID_FIELDS).
     Anything else (a string, a bool, a float, a list for bos/pad, a list holding a non-id) is one line naming
-    the file and field, exit 2."""
+    the file and field, exit 2; so is an id at or past `vocab_size` (check_in_vocab), given by a caller
+    that will use the id with a model of that vocabulary."""
     if value is None or value == [] or (is_int(value) and value < 0):
         return None
 
@@ -127,23 +141,40 @@ def generation_id(value: Any, field: str, where: str) -> int | list[int] | None:
         return is_int(v) and v >= 0
 
     if is_id(value) or (field in LIST_ID_FIELDS and isinstance(value, list) and all(map(is_id, value))):
+        check_in_vocab(value, vocab_size, field, where)
         return value
     allowed = "a token id (a non-negative integer)" + (", a list of them" if field in LIST_ID_FIELDS else "") + " or null"
     raise UserError(f"{where}: {field}: expected {allowed}; found {json.dumps(value)[:80]}; fix the file, or remove the field")
 
 
-def special_token_ids(model_dir: str | Path) -> dict[str, list[int]]:
+def special_token_ids(model_dir: str | Path, vocab_size: int | None = None) -> dict[str, list[int]]:
     """{'bos': [...], 'eos': [...], 'pad': [...]} from the directory's generation_config.json (empty lists
-    when it has none): what genai_config.json and the stop condition read."""
+    when it has none): what genai_config.json and the stop condition read; with `vocab_size`, each id is
+    checked against the vocabulary of the model that will use it (generation_id)."""
     p = Path(model_dir) / GENERATION_CONFIG
     if not _present(p):
         return {"bos": [], "eos": [], "pad": []}
     gen = _json_object(p, GENERATION_CONFIG)
     out = {}
     for k in ("bos", "eos", "pad"):
-        ids = generation_id(gen.get(f"{k}_token_id"), f"{k}_token_id", str(p))
+        ids = generation_id(gen.get(f"{k}_token_id"), f"{k}_token_id", str(p), vocab_size)
         out[k] = [] if ids is None else ids if isinstance(ids, list) else [ids]
     return out
+
+
+def check_source_token_ids(src_dir: str | Path, vocab_size: int) -> None:
+    """The bos/eos/pad ids copy_tokenizer_files would carry from `src_dir` into a model of `vocab_size`
+    tokens (its generation_config.json, else config.json's ids), checked before the export does any work,
+    so a refusal names the source file rather than the copy."""
+    src = Path(src_dir)
+    if _present(src / GENERATION_CONFIG):
+        special_token_ids(src, vocab_size)
+        return
+    config = stat_path(src / "config.json")
+    if config is not None and stat.S_ISREG(config.st_mode):
+        cfg = _json_object(src / "config.json", "config.json")
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            generation_id(cfg.get(k), k, str(src / "config.json"), vocab_size)
 
 
 # ---- reading text ------------------------------------------------------------------------------
@@ -169,7 +200,9 @@ class Text:
     eos_ids: list[int] = field(default_factory=list)
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "Text":
+    def load(cls, model_dir: str | Path, vocab_size: int | None = None) -> "Text":
+        """The directory's tokenizer and stop ids; with `vocab_size` (the session's), a generation_config.json
+        id past the vocabulary is one line (special_token_ids)."""
         d = Path(model_dir)
         path = d / TOKENIZER_JSON
         if not _present(path):
@@ -190,7 +223,7 @@ class Text:
         if _present(d / TOKENIZER_CONFIG):
             config.update(_json_object(d / TOKENIZER_CONFIG, TOKENIZER_CONFIG))
         text = cls(d, tok, config, _chat_template(d, config))
-        text.eos_ids = special_token_ids(d)["eos"]
+        text.eos_ids = special_token_ids(d, vocab_size)["eos"]
         if not text.eos_ids:  # no generation config: the tokenizer's own eos token, if it names one
             eos = _token_text(config.get("eos_token"))
             if eos is not None and tok.token_to_id(eos) is not None:

@@ -421,6 +421,10 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
     replacing = guard_model_dir(out, label)
     check_export_room(graph, out, DType.of(dtype).itemsize,
                       whole_in_memory=weights is not None and Path(weights).is_dir(), label=label)
+    if tokenizer_dir is not None:  # its ids go into genai_config.json: one past the vocabulary is refused before the work
+        from archc.text import check_source_token_ids
+
+        check_source_token_ids(tokenizer_dir, graph.spec.vocab_size)
     ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant)
     get = weight_source(graph, weights)
     if wrap_source is not None:
@@ -437,7 +441,8 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
             copied = copy_tokenizer_files(tokenizer_dir, tmp)
         from archc.text import special_token_ids
 
-        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, special_token_ids(tmp)), indent=2) + "\n")
+        ids = special_token_ids(tmp, graph.spec.vocab_size)
+        (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(graph, ctx, ids), indent=2) + "\n")
         data_bytes = (tmp / DATA_FILE).stat().st_size
     return ExportResult(out, dict(ctx.lowering), len(inits), data_bytes, ctx.logits, genai_unsupported(graph), copied)
 

@@ -92,7 +92,7 @@ def _run_text(sess, model_dir: Path, prompts: list[str], prompts_file: Path | No
               **sampling: Any) -> list:
     from archc import text as textlib
 
-    text = textlib.Text.load(model_dir)
+    text = textlib.Text.load(model_dir, sess.vocab)  # its stop ids checked against the model's vocabulary
     jsonl = prompts_file is not None
     rows = read_jsonl(prompts_file, chat) if jsonl else [{"prompt": p} for p in prompts]
     if chat and text.chat_template is None:

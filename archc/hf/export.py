@@ -348,11 +348,13 @@ def _special_token_id(value: Any, vocab: dict[str, int], ids: set[int], where: s
                     f"or null; found {json.dumps(value)[:80]}; fix the file, or remove it to export without token ids")
 
 
-def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
+def special_token_ids(source_dir: Path | None, vocab_size: int | None = None) -> dict[str, Any]:
     """{'bos_token_id': ..., 'eos_token_id': ..., 'pad_token_id': ...} of the source directory: its
     generation_config.json's, else the ids its tokenizer names (the tokens of tokenizer_config.json,
     then special_tokens_map.json for a role tokenizer_config.json does not mention, as archc.text.Text
-    merges them; looked up in tokenizer.json: _special_token_id); {} without either."""
+    merges them; looked up in tokenizer.json: _special_token_id); {} without either. With `vocab_size`
+    (the exported model's), an id that would be written and is past the vocabulary is one line naming
+    the file and field (archc.text.check_in_vocab): the export never writes one."""
     if source_dir is None:
         return {}
     out: dict[str, Any] = {}
@@ -361,7 +363,7 @@ def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         # archc.text.generation_id: an id, a list of them for eos, or null; anything else one line (it was skipped,
         # config.json said null while the copied generation_config.json kept the value)
-        ids = _text.generation_id(gen.get(key), key, str(path)) if gen is not None else None
+        ids = _text.generation_id(gen.get(key), key, str(path), vocab_size) if gen is not None else None
         if ids is not None:
             out[key] = ids
     named = [(p, conf) for p in (source_dir / "tokenizer_config.json", source_dir / "special_tokens_map.json")
@@ -377,8 +379,9 @@ def special_token_ids(source_dir: Path | None) -> dict[str, Any]:
         if path is None:
             continue
         i = _special_token_id(conf[field], vocab, ids, f"{path}: {field}")
-        if i is not None:
-            out.setdefault(f"{role}_token_id", i)
+        if i is not None and f"{role}_token_id" not in out:  # generation_config.json's id wins; this one is not written
+            _text.check_in_vocab(i, vocab_size, field, str(path))
+            out[f"{role}_token_id"] = i
     return out
 
 
@@ -424,7 +427,7 @@ def export_hf(graph, out_dir: str | os.PathLike, get: Callable[[str], Any], *, m
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     max_bytes = parse_shard_size(max_shard_size)
     family, config = hf_config(spec, model_type, dtype)
-    ids = special_token_ids(source_dir)
+    ids = special_token_ids(source_dir, spec.vocab_size)
     # without a tokenizer the ids are unknown: null, not the config class's defaults (GPT-2's 50256 may
     # not even be in the vocabulary)
     config.update({"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}, **ids)

@@ -10,6 +10,8 @@ cache, for both targets (cuda: fused ops in fp32 on their CPU kernels). The pref
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,6 +103,14 @@ def test_compile_command_takes_a_hugging_face_directory(tmp_path, capsys):
     hf.save_pretrained(d, safe_serialization=True)
     graph = archc.compile(spec_from_dict(config_to_spec(read_config(d), name="hf")))
     export(graph, tmp_path / "direct", weights=d)
+    # GPT2Config keeps GPT-2's bos/eos 50256 at vocab_size 96: ids compile would carry into genai_config.json
+    # are refused (one line naming the file and field, before any work), then the same with ids in the vocabulary
+    code, _, err = run_cli(["compile", str(d), "-o", str(tmp_path / "cli")], capsys)
+    assert code == 2 and f"{d / 'generation_config.json'}: bos_token_id: token id 50256 is past" in err, err
+    assert not (tmp_path / "cli").exists()
+    for name in ("config.json", "generation_config.json"):
+        data = json.loads((d / name).read_text())
+        (d / name).write_text(json.dumps(dict(data, bos_token_id=V - 1, eos_token_id=V - 1)))
     code, _, err = run_cli(["compile", str(d), "-o", str(tmp_path / "cli")], capsys)
     assert code == 0, err
     assert (tmp_path / "cli" / "model.onnx.data").read_bytes() == (tmp_path / "direct" / "model.onnx.data").read_bytes()
