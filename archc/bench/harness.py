@@ -186,7 +186,9 @@ def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str
 
 def _ort_stem(graph: ComponentGraph, target: str, dtype: str, logits: str, quant) -> str:
     q = f"-{quant.short().replace(' ', '-').replace('+', '')}" if quant is not None and quant.active else ""
-    return f"{graph.spec.name}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else "")
+    from archc.bench.workdir import MAX_NAME, folder_stem
+
+    return f"{folder_stem(graph.spec.name, MAX_NAME)}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else "")
 
 
 def ort_export(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None,

@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,9 +80,21 @@ def checkpoint_parts(d: Path) -> dict:
     return {"path": str(d.resolve()), "files": files}
 
 
+MAX_NAME = 64  # characters of the spec's name kept in a folder name (the fingerprint tells folders apart)
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def folder_stem(text: str, limit: int = 160) -> str:
+    """`text` as (part of) one plain folder name: runs of other characters become '_', no leading '.' or
+    '-', at most `limit` characters. The spec's name is free text: joined as it was, `meta-llama/Llama` made
+    a subfolder, `../x` wrote outside --work-dir (outside the temporary directory that close() removes,
+    too), and a 300-character name failed with 'File name too long'."""
+    return _NOT_IN_NAMES.sub("_", text).lstrip(".-")[:limit] or "model"
+
+
 def place(work_dir: Path, stem: str, parts: dict) -> Path:
-    """The folder in work_dir for what `parts` describe: the stem and the fingerprint's first digits."""
-    return Path(work_dir) / f"{stem}-{fingerprint(parts)[:SHOWN_DIGITS]}"
+    """The folder in work_dir for what `parts` describe: the stem (folder_stem) and the fingerprint's first digits."""
+    return Path(work_dir) / f"{folder_stem(stem)}-{fingerprint(parts)[:SHOWN_DIGITS]}"
 
 
 def reusable(d: Path, parts: dict) -> bool:

@@ -26,18 +26,23 @@ MAX_JSONL_BYTES = 256 << 20
 
 def read_jsonl(path: Path, chat: bool) -> list[dict]:
     """The --prompts file: [{'prompt': str} or {'messages': [...]}], one line each. Bad lines: one line naming file:line."""
-    if not path.is_file():
+    from archc.files import read_text
+
+    # archc.files: a FIFO, device or directory is named as such (was 'no such file'), nothing is read from
+    # it, and bytes that are not UTF-8 are one line (were a UnicodeDecodeError traceback)
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"--prompts {path}: no such file (give a JSONL file, one {{\"prompt\": \"...\"}} per line)")
-    if path.stat().st_size > MAX_JSONL_BYTES:
-        raise UserError(f"--prompts {path}: larger than {MAX_JSONL_BYTES >> 20} MiB; split it")
+    text = read_text(path, f"--prompts {path}", limit=MAX_JSONL_BYTES)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"--prompts {path}:{n}: not JSON ({e.msg})") from None
+        except RecursionError:  # [[[[...: was a RecursionError traceback
+            raise UserError(f"--prompts {path}:{n}: JSON nested too deeply; each line is one {{\"prompt\": text}}") from None
         if not isinstance(obj, dict):
             raise UserError(f"--prompts {path}:{n}: each line must be a JSON object with \"prompt\"")
         if isinstance(obj.get("prompt"), str):

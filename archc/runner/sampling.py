@@ -19,6 +19,8 @@ class Sampler:
             raise UserError("--top-k must be >= 1")
         if top_p is not None and not 0 < top_p <= 1:
             raise UserError("--top-p must be in (0, 1]")
+        if seed < 0:  # numpy's SeedSequence takes none: it was a ValueError traceback
+            raise UserError(f"--seed {seed}: give a non-negative integer")
         self.t, self.k, self.p = temperature, top_k, top_p
         self.rng = np.random.default_rng(seed)
 

@@ -127,3 +127,26 @@ def test_refused_run_leaves_no_work_dir(tmp_path, capsys):
     refused(in_process(["bench", "llama", *sets, "--device", "cpu", "--dtype", "fp32", "--backends", "ort", "--prompt-len", "30",
                         "--new-tokens", "8", "--repeats", "1", "--work-dir", tmp_path / "wd" / "sub"], capsys), "max_seq_len 32")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("../escape/x", "_escape_x"),
+    ("meta-llama/Llama-2", "meta-llama_Llama-2"),
+    ("/abs", "_abs"),
+    ("..", "model"),
+    ("-rf", "rf"),
+    ("a b\\nc\\u0000", "a_b_c_"),
+    ("n" * 300, "n" * 64),
+    ("llama-7b", "llama-7b"),  # negative control: an ordinary name is kept as it was
+], ids=["parent-path", "slash", "absolute", "dotdot", "dash", "control", "long", "plain"])
+def test_spec_name_cannot_leave_the_work_dir(name, stem, tmp_path):
+    """The export folder is one plain name inside --work-dir whatever the spec's name (was: `../escape/x`
+    exported to ../escape/, outside --work-dir; `a/b` made a subfolder; 300 characters failed)."""
+    import archc
+    from archc.bench.harness import ort_export
+
+    work = tmp_path / "work"
+    g = archc.compile(archc.load_spec("llama", TINY + [f'name="{name}"']))
+    d, _ = ort_export(work, g, "portable", "fp32", "all", log=lambda m: None)
+    assert d.parent == work and d.name.startswith(f"{stem}-portable-fp32-"), d
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and [p.name for p in work.iterdir()] == [d.name]

@@ -5,6 +5,10 @@ ever made. Cases run in one fresh interpreter per group (the import state of a s
 
 from __future__ import annotations
 
+import signal
+import socket
+import time
+
 import pytest
 
 from conftest import cli_in_fresh_python
@@ -79,3 +83,35 @@ def test_refused_in_one_line_after_torch(tmp_path, extra, words):
     r = cli_in_fresh_python(_argv(extra(tmp_path)), env=WORLD1)
     lines = _lines(r.stderr)
     assert r.codes == [2] and len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr, (r.codes, r.stderr[-2000:])
+
+
+# ---- Ctrl-C / SIGTERM mid-run ------------------------------------------------------------------
+# generate-tp writes no output file; what it makes is its scratch folder (archc-gen-* in TMPDIR, where a
+# run folder's distributed checkpoint is consolidated). It runs on the CPU (gloo) in a world of one, the
+# process torchrun would start. Under torchrun itself, torch's launcher forwards the signal, prints its own
+# SignalException traceback and leaves its torchelastic_* folder in TMPDIR: torch's, not archc's.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_stopped_mid_run_leaves_no_scratch(sig, code, tmp_path):
+    from hostile_util import child
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    big = ["--set", "n_layers=8", "--set", "d_model=512", "--set", "attention.n_heads=8", "--set", "vocab_size=32000",
+           "--set", "max_seq_len=64"]
+    proc = child(["generate-tp", "llama", "--prompt-ids", "1,2", "--max-new-tokens", "60", *big], start=True,
+                 env={**WORLD1, "MASTER_PORT": str(port), "TMPDIR": str(tmp)})
+    t0 = time.monotonic()
+    while not any(p.name.startswith("archc-gen-") for p in tmp.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120, "generate-tp never made its scratch folder"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the process group's start and the generation
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and "Traceback" not in err and out == "", (proc.returncode, err[-2000:])
+    assert list(tmp.iterdir()) == []

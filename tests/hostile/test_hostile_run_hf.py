@@ -59,6 +59,13 @@ def test_temperature_nan(gpt2_dir, capsys):
     refused(_run(gpt2_dir, capsys, "--top-p", "nan"), "--top-p")
 
 
+def test_negative_sampling_seed(gpt2_dir, capsys):
+    """Was numpy's 'expected non-negative integer' traceback (exit 1). A seed past 64 bits still samples."""
+    refused(_run(gpt2_dir, capsys, "--temperature", "1", "--seed", "-1"), "--seed -1: give a non-negative integer")
+    code, out, err = _run(gpt2_dir, capsys, "--temperature", "1", "--seed", str(10**30))
+    assert code == 0 and len(out.split(",")) == 16, err
+
+
 def test_context_comes_from_the_model_itself(gpt2_dir, capsys):
     """Without genai_config.json, a learned-position model past its table gets archc's message (was
     onnxruntime's Gather error), and a huge --max-new-tokens is refused before anything is reserved."""

@@ -89,3 +89,45 @@ def test_cli_run_names_the_loop(tmp_path, capsys):
     spoil(d / "tokenizer.json", "loop")
     with deadline(20):
         refused(in_process(["run", d, "--prompt", "hello"], capsys), "tokenizer.json", "symbolic link loop")
+
+
+# ---- the --prompts file (archc.commands.text_run.read_jsonl) ------------------------------------
+
+def _prompts_file(tmp_path: Path, kind: str) -> Path:
+    p = tmp_path / "p.jsonl"
+    if kind == "binary":
+        p.write_bytes(b"\xd6\xff" + bytes(range(256)) * 4)
+    elif kind == "nested":
+        p.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", p)
+    else:
+        spoil(p, kind)
+    return p
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("binary", "not UTF-8 text (byte 0)"),  # was a UnicodeDecodeError traceback
+    ("nested", ":1: JSON nested too deeply"),  # was a RecursionError traceback
+    ("fifo", "FIFO"),  # these three said 'no such file'
+    ("directory", "is a directory"),
+    ("dev-zero", "character device"),
+    ("loop", "symbolic link loop"),
+])
+def test_hostile_prompts_file_is_one_line(tmp_path, kind, words):
+    from archc.commands.text_run import read_jsonl
+
+    p = _prompts_file(tmp_path, kind)
+    with deadline(20):
+        with pytest.raises(UserError) as e:
+            read_jsonl(p, chat=False)
+    one_line(e.value, p, words)
+    assert str(e.value).startswith(f"--prompts {p}")
+
+
+def test_prompts_file_negative_control(tmp_path):
+    from archc.commands.text_run import read_jsonl
+
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "hello"}\n\n{"prompt": "w\\u00f6rld"}\n')
+    assert read_jsonl(p, chat=False) == [{"prompt": "hello"}, {"prompt": "wörld"}]
