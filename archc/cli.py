@@ -8,6 +8,7 @@ Errors: a `UserError` anywhere becomes one red line on stderr and exit status 2.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -44,6 +45,19 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Terminated()
 
 
+def _exit_at_once(signum, frame):  # noqa: ARG001
+    """Ctrl-C or SIGTERM after the command has returned, while the interpreter shuts down (torch's and
+    onnxruntime's atexit callbacks run then): every output is already complete or removed, so exit now with
+    the signal's status (130, 143). Left to Python, the KeyboardInterrupt is raised inside an atexit
+    callback and printed as a traceback ("Exception ignored in atexit callback")."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # os._exit skips the flush of what the command printed
+        except Exception:  # noqa: BLE001 - the signal interrupted a write to this stream; exiting matters more
+            pass
+    os._exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
@@ -57,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     finally:
-        if previous is not None:  # in-process callers (tests) get their own handler back
+        if previous is not None and argv is None:  # the process's own command line: it ends after this
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, _exit_at_once)
+        elif previous is not None:  # in-process callers (tests) get their own handler back
             signal.signal(signal.SIGTERM, previous)
 
 
