@@ -9,7 +9,8 @@ work, the sync that brings the logits to the host).
 
     python3 -m benchmarks.profile_ort --out DIR [--family llama] [--prompt 512] [--steps 32]
 
-Writes DIR/profile_FAMILY[_GATE_UP].json (an existing one: --force).
+Writes DIR/profile_FAMILY[_GATE_UP][_QUANT[_head]].json (summary_name; an existing one: --force), so runs
+that differ in the export's lowering or quantization keep their own files.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def _step_class(steppers):
     raise RuntimeError("archc.runner.steppers has no IO-binding stepper class to trace")
 
 
+def summary_name(family: str, gate_up: str | None, quant: str | None, quant_head: bool) -> str:
+    """The summary's file name: every export choice of this script that changes the measured model is in it
+    (as in the export folder's name), so a quantized and an unquantized run of one family do not share a file."""
+    return (f"profile_{family}" + (f"_{gate_up}" if gate_up else "")
+            + (f"_{quant}" + ("_head" if quant_head else "") if quant else "") + ".json")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder of the summary JSON (made if absent)")
@@ -52,7 +60,10 @@ def main() -> int:
     ap.add_argument("--quant-head", action="store_true", help="with --quant: quantize the output head too")
     outputs.add_force(ap)
     args = ap.parse_args()
-    summary_path = args.out / f"profile_{args.family}{'_' + args.gate_up if args.gate_up else ''}.json"
+    if args.quant_head and not args.quant:  # it would be ignored: the run would measure an unquantized export
+        print(f"{ap.prog}: --quant-head quantizes the head of a --quant export; add --quant int4 or --quant int8", file=sys.stderr)
+        return 2
+    summary_path = args.out / summary_name(args.family, args.gate_up, args.quant, args.quant_head)
     outputs.check_outputs(ap, args.force, ("--out", summary_path))
 
     import torch
