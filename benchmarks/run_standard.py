@@ -52,6 +52,8 @@ previous one returns (the machine stays warm for only about 30 s after a call):
     2 the run's process is gone); every copy to $OUT holds what was measured so far.
 
 --detach writes the run's output to OUT.log beside the JSON (OUT.log is results.json.log above).
+--out, OUT.log (with --detach) and the hidden folders .OUT.parts and .OUT.exports (without --work-dir) beside
+it, which a run killed before its end leaves behind, are replaced only with --force.
 --status prints groups done, the one running, cases measured and failed, and an estimate of the time
 left. Run in the foreground (no --detach) where a command may take the whole run.
 
@@ -270,10 +272,25 @@ class Child:
             pass
 
 
+def run_dir_of(out: Path) -> Path:
+    """The children's result files of a run writing `out` (removed at the end)."""
+    return out.parent / f".{out.name}.parts"
+
+
+def exports_of(out: Path) -> Path:
+    """The default work folder of a run writing `out` (no --work-dir; removed at the end unless --keep-exports)."""
+    return out.parent / f".{out.name}.exports"
+
+
+def log_of(out: Path) -> Path:
+    """--detach's output file: OUT.log beside the JSON."""
+    return out.with_name(out.name + ".log")
+
+
 def run_parent(args, groups: list[dict]) -> int:
     t0 = time.time()
     out: Path = args.out.resolve()
-    run_dir = out.parent / f".{out.name}.parts"
+    run_dir = run_dir_of(out)
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
         run_dir.mkdir(parents=True)
@@ -284,7 +301,7 @@ def run_parent(args, groups: list[dict]) -> int:
     if args.work_dir:  # the user's folder: exports already there are reused
         work_dir = Path(args.work_dir).resolve()
     else:  # a fresh folder, so no export of an earlier exporter version is measured by mistake
-        work_dir = out.parent / f".{out.name}.exports"
+        work_dir = exports_of(out)
         shutil.rmtree(work_dir, ignore_errors=True)
     report = {
         "kind": "archc-standard-run", "environment": None, "limits": None,
@@ -554,7 +571,7 @@ def detach(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.unlink()  # a previous run's file (replaced with --force, checked in main) must not read as this run's state
-    log = out.with_name(out.name + ".log")
+    log = log_of(out)
     with open(log, "w") as f:
         p = subprocess.Popen([sys.executable, "-m", "benchmarks.run_standard", *argv], stdout=f, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=_py_env(), start_new_session=True)
@@ -628,8 +645,15 @@ def main() -> int:
         ap.error("--out FILE is needed (or --plan)")
     if args.status:
         return status(args.out.resolve(), args.wait_s)
-    # once, before anything runs; --detach's child gets the same argv (--force with it) and finds no file: detach removed it
+    # once, before anything runs; --detach's child gets the same argv (--force with it) and finds no file: detach removed it.
+    # What the run replaces beside --out follows the same rule: the hidden folders it clears at the start (left by a
+    # run that was killed, or the user's own) and, with --detach, OUT.log (which the child does not check: it is
+    # started writing into it).
     outputs.check_outputs(ap, args.force, ("--out", args.out))
+    out = args.out.resolve()
+    outputs.check_folders(ap, args.force, "--out", run_dir_of(out), *([] if args.work_dir else [exports_of(out)]))
+    if args.detach:
+        outputs.check_outputs(ap, args.force, ("--out", log_of(out)))
     if args.detach:
         return detach(args)
     return run_parent(args, groups)

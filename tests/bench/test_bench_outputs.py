@@ -121,3 +121,45 @@ def test_force_replaces_as_before(tmp_path):
     p = _run("host_prefill", [*argv, "--force"], timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert set(json.loads(out.read_text())["shapes"]) == {"1x8"}
+
+
+RUN_STANDARD_ONE = ["--tiny", "--device", "cpu", "--families", "gpt2", "--dtypes", "fp16", "--batches", "1", "--prompts", "8",
+                    "--backends", "ort", "--repeats", "1"]
+
+
+@pytest.mark.parametrize("leftover, extra", [(".r.json.parts", []), (".r.json.exports", []), ("r.json.log", ["--detach"])])
+def test_run_standard_refuses_what_it_would_replace_beside_out(tmp_path, leftover, extra):
+    """Not only --out: the hidden folders a run clears at its start (a killed run's, or the user's) and, with --detach,
+    OUT.log are refused without --force, by the same one line, before anything is started or removed."""
+    p = tmp_path / leftover
+    if leftover.endswith(".log"):
+        p.write_text("an earlier run's log\n")
+    else:
+        p.mkdir()
+        (p / "kept").write_text("x\n")
+    before = _listing(tmp_path)
+    r = _run("run_standard", [*RUN_STANDARD_ONE, "--out", str(tmp_path / "r.json"), *extra], timeout=60)
+    assert r.returncode == 2 and "started pid" not in r.stdout, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [f"run_standard.py: --out {p}: exists; add --force to replace it, "
+                                             "or choose another path"], r.stderr
+    assert _listing(tmp_path) == before
+
+
+def test_run_standard_checks_only_what_it_replaces(tmp_path):
+    """Negative control: the refusals above are of the run's own outputs. With --work-dir the default .OUT.exports is
+    not the run's (kept, not refused), OUT.log is not written without --detach (kept, not refused); a leftover
+    .OUT.parts with --force is cleared as before and the run finishes."""
+    (tmp_path / ".r.json.parts").mkdir()
+    (tmp_path / ".r.json.parts" / "stale.json").write_text("{}\n")
+    (tmp_path / ".r.json.exports").mkdir()
+    (tmp_path / ".r.json.exports" / "mine").write_text("the user's\n")
+    (tmp_path / "r.json.log").write_text("an earlier run's log\n")
+    argv = [*RUN_STANDARD_ONE, "--out", str(tmp_path / "r.json"), "--work-dir", str(tmp_path / "w")]
+    r = _run("run_standard", argv, timeout=60)
+    assert r.returncode == 2 and f"--out {tmp_path / '.r.json.parts'}: exists" in r.stderr, r.stderr  # the only one named
+    r = _run("run_standard", [*argv, "--force"], timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 1
+    assert not (tmp_path / ".r.json.parts").exists()
+    assert (tmp_path / ".r.json.exports" / "mine").read_text() == "the user's\n"
+    assert (tmp_path / "r.json.log").read_text() == "an earlier run's log\n"
