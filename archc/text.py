@@ -202,7 +202,8 @@ class Text:
     @classmethod
     def load(cls, model_dir: str | Path, vocab_size: int | None = None) -> "Text":
         """The directory's tokenizer and stop ids; with `vocab_size` (the session's), a generation_config.json
-        id past the vocabulary is one line (special_token_ids)."""
+        id past the vocabulary is one line (special_token_ids), and so is the tokenizer's eos token's id where
+        that is the stop id (no eos_token_id in generation_config.json)."""
         d = Path(model_dir)
         path = d / TOKENIZER_JSON
         if not _present(path):
@@ -220,13 +221,17 @@ class Text:
         stm = d / "special_tokens_map.json"
         if _present(stm):
             config.update(_json_object(stm, "special_tokens_map.json"))
-        if _present(d / TOKENIZER_CONFIG):
-            config.update(_json_object(d / TOKENIZER_CONFIG, TOKENIZER_CONFIG))
+        tc = _json_object(d / TOKENIZER_CONFIG, TOKENIZER_CONFIG) if _present(d / TOKENIZER_CONFIG) else {}
+        config.update(tc)
         text = cls(d, tok, config, _chat_template(d, config))
         text.eos_ids = special_token_ids(d, vocab_size)["eos"]
         if not text.eos_ids:  # no generation config: the tokenizer's own eos token, if it names one
             eos = _token_text(config.get("eos_token"))
             if eos is not None and tok.token_to_id(eos) is not None:
+                # checked as a generation_config.json id is: a tokenizer with more ids than the model's rows
+                # gives an eos that is never generated, so generation would never stop
+                source = TOKENIZER_CONFIG if "eos_token" in tc else "special_tokens_map.json"
+                check_in_vocab(tok.token_to_id(eos), vocab_size, "eos_token", str(d / source))  # export-hf's words
                 text.eos_ids = [tok.token_to_id(eos)]
         return text
 

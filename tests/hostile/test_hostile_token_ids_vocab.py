@@ -138,3 +138,57 @@ def test_run_with_text_refuses_a_stop_id_it_could_never_meet(compiled, tmp_path,
         assert result[0] == 0, result
     else:
         refused(result, f"{m / 'generation_config.json'}: eos_token_id: token id {eos} is past")
+
+
+def _save_words(path: Path) -> None:
+    """WORDS as a tokenizer.json the `tokenizers` library reads (<big> is its id 96)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(WORDS["model"]["vocab"], unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+
+
+def _words_dir(tmp_path: Path, config_file: str, eos: str) -> Path:
+    d = tmp_path / "words"
+    d.mkdir()
+    _save_words(d / "tokenizer.json")
+    (d / config_file).write_text(json.dumps({"eos_token": eos}))
+    return d
+
+
+@pytest.mark.parametrize("config_file", ["tokenizer_config.json", "special_tokens_map.json"])
+def test_tokenizer_eos_fallback_past_the_vocabulary(tmp_path, config_file):
+    """Without a generation_config.json eos, Text.load stops at the tokenizer's eos_token: its id (<big>: 96 in the
+    tokenizer, one past the model's 96 rows) is checked as a generation_config.json id is, naming the file that
+    names the token. Negative controls: the same tokenizer with eos </s> (id 2) passes; without a vocabulary
+    (vocab_size None) 96 is taken as before; a generation_config.json eos makes the tokenizer's unused."""
+    from archc.text import Text
+
+    d = _words_dir(tmp_path, config_file, "<big>")
+    with pytest.raises(UserError) as e:
+        Text.load(d, V)
+    msg = str(e.value)
+    assert msg.startswith(f"{d / config_file}: eos_token: token id {V} is past the model's vocabulary "
+                          f"(vocab_size {V}: ids 0 to {V - 1})") and "\n" not in msg, msg
+    assert Text.load(d).eos_ids == [V]
+    assert Text.load(d, V + 1).eos_ids == [V]
+    (d / config_file).write_text(json.dumps({"eos_token": "</s>"}))
+    assert Text.load(d, V).eos_ids == [2]
+    (d / config_file).write_text(json.dumps({"eos_token": "<big>"}))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    assert Text.load(d, V).eos_ids == [2]
+
+
+@pytest.mark.parametrize("eos, ok", [("<big>", False), ("</s>", True)])
+def test_run_refuses_a_tokenizer_eos_it_could_never_meet(compiled, tmp_path, capsys, eos, ok):
+    """archc run --prompt with no generation_config.json: the tokenizer's eos is the stop id, checked before any output."""
+    m = _copy(compiled, tmp_path / "m")
+    (m / "generation_config.json").unlink(missing_ok=True)
+    _save_words(m / "tokenizer.json")
+    (m / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+    result = in_process(["run", m, "--prompt", "a", "--max-new-tokens", "2", "--device", "cpu"], capsys)
+    if ok:
+        assert result[0] == 0, result
+    else:
+        refused(result, f"{m / 'tokenizer_config.json'}: eos_token: token id {V} is past")
