@@ -30,6 +30,9 @@ def test_cpu_check_passes_and_controls_are_caught(tmp_path):
     controls = {(c["variant"], c["mistake"]): c for c in r["negative_controls"]}
     assert set(controls) == {(v, "swap") for v in probe.VARIANTS} | {(v, "concat") for v in probe.MOE_VARIANTS}
     assert all(c["status"] == "caught" and c["rel_error"] >= probe.CONTROL_MIN for c in controls.values()), controls
+    timing = {t["variant"]: t for t in r["timing"]}  # the smoke run of the timing code, checked the same way
+    assert set(timing) == set(probe.VARIANTS)
+    assert all(t["status"] == "pass" and t["us_per_block"] > 0 and t["cuda_graph"] is False for t in timing.values()), timing
     assert r["nodes"]["fp16_moe"]["ops"] == {"Add": 1, "MoE": 1}
     assert r["nodes"]["int4_qmoe"]["ops"] == {"Add": 1, "QMoE": 1}
 
@@ -43,7 +46,7 @@ def test_each_variant_and_its_swap_control_in_process(variant, mistake, tmp_path
     x = np.random.default_rng(4).standard_normal((1, 1, 64)).astype(np.float32)
     ref = probe.reference(x, blocks, qb, "float32")
     y = probe.run_cpu(probe.build_model(variant, blocks, qb, "float32", 1, mistake), x, tmp_path, variant)
-    err = probe.rel_error(y, ref)
+    err = probe.rel_error(y, ref, x)
     if mistake is None:
         assert err <= probe.TOL["float32"], err
     else:
