@@ -14,7 +14,7 @@ FAMILY = {"LLaMA": "llama", "BLOOM": "bloom", "GLM": "glm", "Falcon": "falcon", 
 
 def test_readme_optimizer_attribution_matches_the_specs():
     text = re.sub(r"\s+", " ", README.read_text())
-    m = re.search(r"gives AdamW \(Loshchilov & Hutter 2019; ([^)]*)\) or Adam \(([^)]*)\)", text)
+    m = re.search(r"gives AdamW \(Loshchilov & Hutter 2019; ([^)]*)\) or Adam \(Kingma & Ba 2015; ([^)]*)\)", text)
     assert m, "the Training section's optimizer sentence moved; update this test"
     for kind, names in (("adamw", m.group(1)), ("adam", m.group(2))):
         for name in (n.strip() for n in names.split(",")):
