@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from archc.draw import HIGHLIGHT, dot_id, model_diagram, to_dot, to_mermaid
+from archc.draw import HIGHLIGHT, LEGEND, dot_id, model_diagram, to_dot, to_mermaid
 from archc.graph import compile
 from archc.loader import library_specs, load_spec
 from conftest import run_cli
@@ -195,7 +195,9 @@ def test_committed_diff_image_is_current():
     d = diff(load_spec(ROOT / "specs" / "llama.yaml"), load_spec(ROOT / "specs" / "palm.yaml"))
     dia = layers_diagram(d.a.graph, d.b.graph, changed_roles(d.structure), (d.a.name, d.b.name))
     nodes = svg_nodes(ROOT / "docs" / "img" / "llama-vs-palm.svg")
-    assert set(nodes) == {n.id for n in dia.nodes}
+    # every component, plus the legend a highlighting diagram carries (the image before the legend fails here)
+    assert set(nodes) == {n.id for n in dia.nodes} | {"legend"}
+    assert nodes["legend"]["text"] == [LEGEND] and HIGHLIGHT in nodes["legend"]["fill"]
     for n in dia.nodes:
         assert nodes[n.id]["text"] == n.label.split("\n")
         assert (HIGHLIGHT in nodes[n.id]["fill"]) == n.highlight, n.id
