@@ -88,3 +88,13 @@ class deadline:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.previous)
         return False
+
+
+def generation_config_dir(tmp_path: Path, gen: dict) -> Path:
+    """tmp_path/src holding a generation_config.json with `gen` (made on first use, rewritten after)."""
+    import json
+
+    d = tmp_path / "src"
+    d.mkdir(exist_ok=True)
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    return d

@@ -17,14 +17,8 @@ from archc.errors import UserError
 from archc.hf.export import special_token_ids
 from archc.text import special_token_ids as run_token_ids
 from conftest import save_tiny_hf_llama
-from hostile_util import in_process, refused
+from hostile_util import generation_config_dir, in_process, refused
 
-
-def _dir(tmp_path: Path, gen: dict) -> Path:
-    d = tmp_path / "src"
-    d.mkdir(exist_ok=True)
-    (d / "generation_config.json").write_text(json.dumps(gen))
-    return d
 
 
 @pytest.mark.parametrize("gen, expected", [
@@ -40,7 +34,7 @@ def _dir(tmp_path: Path, gen: dict) -> Path:
     ({"temperature": 0.7}, {}),  # fields archc does not read are not looked at
 ])
 def test_accepted_values(tmp_path, gen, expected):
-    d = _dir(tmp_path, gen)
+    d = generation_config_dir(tmp_path, gen)
     assert special_token_ids(d) == expected
     assert {f"{k}_token_id": v for k, v in run_token_ids(d).items() if v} == \
         {k: v if isinstance(v, list) else [v] for k, v in expected.items()}
@@ -55,7 +49,7 @@ def test_accepted_values(tmp_path, gen, expected):
     ("pad_token_id", [0, 1], "found [0, 1]"), ("bos_token_id", 1.5, "found 1.5"),
 ])
 def test_malformed_values_name_the_file_and_field(tmp_path, field, value, says):
-    d = _dir(tmp_path, {field: value})
+    d = generation_config_dir(tmp_path, {field: value})
     for reader in (special_token_ids, run_token_ids):  # export-hf, and archc run's stop ids
         with pytest.raises(UserError) as e:
             reader(d)

@@ -18,7 +18,7 @@ from archc.errors import UserError
 from archc.hf.export import special_token_ids as export_ids
 from archc.text import special_token_ids as run_ids
 from conftest import save_tiny_hf_llama
-from hostile_util import in_process, refused
+from hostile_util import generation_config_dir, in_process, refused
 
 V = 96  # save_tiny_hf_llama's vocab_size
 WORDS = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<pad>"}, {"id": 1, "content": "<s>"}, {"id": 2, "content": "</s>"}],
@@ -26,19 +26,13 @@ WORDS = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<pad>"}, {"id"
          "pre_tokenizer": {"type": "Whitespace"}}
 
 
-def _gen_dir(tmp_path: Path, gen: dict) -> Path:
-    d = tmp_path / "src"
-    d.mkdir(exist_ok=True)
-    (d / "generation_config.json").write_text(json.dumps(gen))
-    return d
-
 
 @pytest.mark.parametrize("field, value, bad", [
     ("eos_token_id", V, V), ("eos_token_id", [2, V], V), ("eos_token_id", V + 1000, V + 1000),
     ("bos_token_id", V, V), ("pad_token_id", V, V),
 ])
 def test_generation_config_id_past_the_vocabulary(tmp_path, field, value, bad):
-    d = _gen_dir(tmp_path, {field: value})
+    d = generation_config_dir(tmp_path, {field: value})
     for read in (lambda: export_ids(d, V), lambda: run_ids(d, V)):  # export-hf's reader and archc run's
         with pytest.raises(UserError) as e:
             read()
@@ -51,7 +45,7 @@ def test_generation_config_id_past_the_vocabulary(tmp_path, field, value, bad):
 
 @pytest.mark.parametrize("value", [V - 1, [2, V - 1], 0])
 def test_ids_inside_the_vocabulary_pass(tmp_path, value):
-    d = _gen_dir(tmp_path, {"eos_token_id": value, "bos_token_id": V - 1})
+    d = generation_config_dir(tmp_path, {"eos_token_id": value, "bos_token_id": V - 1})
     assert export_ids(d, V) == {"eos_token_id": value, "bos_token_id": V - 1}
     assert run_ids(d, V)["eos"] == (value if isinstance(value, list) else [value])
 
@@ -126,18 +120,19 @@ def test_compile_refuses_before_writing(hf, tmp_path, capsys, where, eos, ok):
 
 @pytest.mark.parametrize("eos, ok", [(V, False), (V - 1, True)])
 def test_run_with_text_refuses_a_stop_id_it_could_never_meet(compiled, tmp_path, capsys, eos, ok):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     m = _copy(compiled, tmp_path / "m")
-    tok = Tokenizer(models.WordLevel(WORDS["model"]["vocab"], unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(m / "tokenizer.json"))
+    _save_words(m / "tokenizer.json")
     (m / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    _run_prompt(m, capsys, ok, f"{m / 'generation_config.json'}: eos_token_id: token id {eos} is past")
+
+
+def _run_prompt(m: Path, capsys, ok: bool, refusal: str) -> None:
+    """archc run --prompt on model folder m: exit 0 when ok, else the one-line refusal naming `refusal`."""
     result = in_process(["run", m, "--prompt", "a", "--max-new-tokens", "2", "--device", "cpu"], capsys)
     if ok:
         assert result[0] == 0, result
     else:
-        refused(result, f"{m / 'generation_config.json'}: eos_token_id: token id {eos} is past")
+        refused(result, refusal)
 
 
 def _save_words(path: Path) -> None:
@@ -187,8 +182,4 @@ def test_run_refuses_a_tokenizer_eos_it_could_never_meet(compiled, tmp_path, cap
     (m / "generation_config.json").unlink(missing_ok=True)
     _save_words(m / "tokenizer.json")
     (m / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
-    result = in_process(["run", m, "--prompt", "a", "--max-new-tokens", "2", "--device", "cpu"], capsys)
-    if ok:
-        assert result[0] == 0, result
-    else:
-        refused(result, f"{m / 'tokenizer_config.json'}: eos_token: token id {V} is past")
+    _run_prompt(m, capsys, ok, f"{m / 'tokenizer_config.json'}: eos_token: token id {V} is past")
