@@ -93,6 +93,18 @@ def stat_path(path: str | os.PathLike, label: str | None = None) -> os.stat_resu
         raise UserError(one_line(f"{label or path!r}: a file name cannot contain a NUL character")) from None
 
 
+def require_regular_file(path: str | os.PathLike, label: str | None = None, what: str = "a file") -> None:
+    """For files a library opens itself (safetensors): nothing there, a directory, a FIFO or a device is one
+    line naming `label`. A FIFO reached safetensors' open(), which blocks in Rust until a writer comes:
+    a hang that not even SIGTERM ended (the Python handler never ran)."""
+    shown = label or str(path)
+    st = stat_path(path, shown)
+    if st is None:
+        raise UserError(one_line(f"{shown}: no such file; give {what}"))
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(one_line(f"{shown}: is {kind_of(st.st_mode)}, not a regular file; give {what}"))
+
+
 def read_bytes(path: str | os.PathLike, label: str | None = None, *, limit: int = MAX_READ) -> bytes:
     """The bytes of a regular file, recorded as an input; every refusal is one UserError line
     '<label>: <reason>'. Nothing is read from a FIFO, device or directory."""

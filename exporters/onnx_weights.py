@@ -62,12 +62,21 @@ def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> C
             return init_tensor(graph, node, local)
 
         return seeded
+    import stat
+
+    from archc.files import kind_of, stat_path
+
     path = Path(weights)
-    if not path.exists():
+    st = stat_path(path, f"--weights {path}")  # a symlink loop or too long a name: its own words (was 'no such file')
+    if st is None:
         raise UserError(f"--weights {path}: no such file or directory")
-    if path.is_file():
+    if stat.S_ISREG(st.st_mode):
         return _safetensors_source(graph, path)
-    return _hf_source(graph, path)
+    if stat.S_ISDIR(st.st_mode):
+        return _hf_source(graph, path)
+    # a FIFO or device was told 'a directory must be a Hugging Face model'
+    raise UserError(f"--weights {path}: is {kind_of(st.st_mode)}, not a regular file; give a safetensors file or a "
+                    "Hugging Face model directory")
 
 
 def _safetensors_source(graph: ComponentGraph, path: Path):

@@ -168,8 +168,10 @@ def export_hf_cmd(
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     parse_shard_size(max_shard_size)
-    if weights is not None and not weights.is_file():
-        raise UserError(f"--weights {weights}: no such file; give a safetensors file of archc parameter names")
+    if weights is not None:  # a FIFO or device named as such (was 'no such file')
+        from archc.files import require_regular_file
+
+        require_regular_file(weights, f"--weights {weights}", "a safetensors file of archc parameter names")
     from archc.atomic import check_dir_target
 
     protect = tuple(x for x in (Path(source), weights) if x is not None and x.exists())

@@ -186,6 +186,9 @@ def safetensors_source(graph, path: Path, label: str = "--weights") -> Callable[
     """A safetensors file of graph parameter names (archc train's checkpoints, `compile --weights`)."""
     from safetensors import safe_open
 
+    from archc.files import require_regular_file
+
+    require_regular_file(path, f"{label} {path}", "a safetensors file of archc parameter names")  # a FIFO hung safe_open
     try:
         f = safe_open(str(path), framework="pt")
         keys = set(f.keys())
