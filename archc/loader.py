@@ -89,6 +89,10 @@ def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap, loader: 
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("keys must be plain names, not a list or mapping (a YAML complex key `? ...`)",
                                 file, key_node.start_mark.line + 1, ".".join(path) or None)
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` was 'could not determine a constructor ...'
+                raise SpecError("YAML merge keys (`<<: *anchor`) are not read in a spec; write the keys out, or put the "
+                                "shared settings in a base spec and use `extends`", file, key_node.start_mark.line + 1,
+                                ".".join(path) or None)
             key = loader.construct_object(key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SpecError(f"keys must be plain names, got {key_node.value!r}", file, key_node.start_mark.line + 1)
@@ -554,6 +558,8 @@ def load_spec(path: str | os.PathLike, sets: list[str] | None = None) -> Spec:
 def resolve_spec_path(arg: str | os.PathLike) -> Path:
     """A spec file, a library spec by name ('llama'), or a compiled model directory (its spec.yaml).
     A file that exists wins over a library name."""
+    if str(arg) == "":  # Path("") is ".": the message named no file ('directory has no spec.yaml')
+        raise SpecError("an empty path; give a spec file, a library spec name (llama) or a directory made by `archc compile`", "''")
     p = Path(arg)
     if p.is_dir():
         inner = p / "spec.yaml"

@@ -120,3 +120,17 @@ def test_infinite_std_no_longer_compiles(tmp_path, capsys):
     """Was: compiled, and `run` printed 0,0,0."""
     refused(in_process(["compile", "llama", *T, "--set", "init.std=.inf", "-o", tmp_path / "m"], capsys), "finite")
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_key_names_the_fix(tmp_path, capsys):
+    """`<<: *base` was 'YAML error: could not determine a constructor for the tag ...merge': no fix named."""
+    (tmp_path / "m.yaml").write_text("extends: llama\nbase: &b {kind: rmsnorm}\nnorm:\n  <<: *b\n  eps: 1.0e-6\n")
+    line = refused(in_process(["validate", tmp_path / "m.yaml"], capsys), "m.yaml:4", "merge keys", "extends")
+    assert "constructor" not in line
+    refused(in_process(["validate", "llama", "--set", "norm={<<: {kind: rmsnorm}}"], capsys), "merge keys")
+
+
+@pytest.mark.parametrize("command", [["validate", ""], ["show", ""], ["diff", "", "llama"]])
+def test_empty_path_argument(command, capsys):
+    """'' is Path('.'): the message was 'directory has no spec.yaml' with no name in it."""
+    refused(in_process(command, capsys), "'': an empty path; give a spec file")
