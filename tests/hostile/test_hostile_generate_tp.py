@@ -74,8 +74,8 @@ def _wrong_shape(tmp_path):
 # any process group (this machine has no CUDA: --device cuda is the refusal a GPU-less user meets).
 @pytest.mark.parametrize("extra,words", [
     (lambda tmp: ["--device", "cuda"], "--device cuda: no CUDA device here; use --device cpu"),
-    (lambda tmp: ["--weights", tmp / "absent.safetensors"], "absent.safetensors: not a readable safetensors file"),
-    (lambda tmp: ["--weights", tmp], "not a readable safetensors file"),
+    (lambda tmp: ["--weights", tmp / "absent.safetensors"], "absent.safetensors: no such file; give a safetensors file"),
+    (lambda tmp: ["--weights", tmp], "is a directory, not a regular file; give a safetensors file"),
     (lambda tmp: ["--weights", _not_a_safetensors(tmp)], "w.safetensors: not a readable safetensors file"),
     (lambda tmp: ["--weights", _wrong_shape(tmp)], "missing"),
 ], ids=["no-cuda", "weights-absent", "weights-dir", "weights-garbage", "weights-foreign"])
