@@ -43,7 +43,15 @@ def load_family(name: str, root=None, tiny: bool = False, extra: list[str] | tup
 
     from archc.loader import load_spec
 
+    import sys
+
+    from archc.errors import UserError
+
     path, sets = FAMILIES[name]
     root = Path(root) if root else Path(__file__).resolve().parent.parent
-    return load_spec(root / path, sets + (TINY[name] if tiny else []) + list(extra))
+    try:
+        return load_spec(root / path, sets + (TINY[name] if tiny else []) + list(extra))
+    except UserError as e:  # a script's --set the spec refuses: archc's one line (it names the --set), exit 2, no traceback
+        print(f"{Path(sys.argv[0]).name}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
