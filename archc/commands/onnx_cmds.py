@@ -188,6 +188,9 @@ def run_cmd(
     # An explicit --temperature samples, 1.0 included; without any sampling option the pick is greedy.
     sampling = {"temperature": 1.0 if temperature is None else temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
                 "greedy": None if temperature is None else False}
+    from archc.runner.sampling import check_sampling
+
+    check_sampling(sampling["temperature"], top_k, top_p, seed)  # before the model opens (its notes, its seconds)
     given = [name for name, v in (("--prompt-ids", prompt_ids), ("--prompt", prompt), ("--prompts", prompts_file)) if v]
     if len(given) != 1:
         raise UserError("archc run: give exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids IDS"

@@ -158,3 +158,12 @@ class _no_warning:
         self.cm.__exit__(*exc)
         assert not [w for w in self.seen if issubclass(w.category, UserWarning)], [str(w.message) for w in self.seen]
         return False
+
+
+@pytest.mark.parametrize("option", [["--temperature", "nan"], ["--top-k", "0"], ["--top-p", "2"], ["--seed", "-1"]])
+def test_sampling_options_are_checked_before_the_model_opens(tmp_path, capsys, option):
+    """In a folder with no model the bad option is what is named (it used to come after the session's notes, the
+    "cuda unavailable" line on a CPU box, and after the model's load time). Negative control: with good
+    options the same folder is refused for its missing model."""
+    refused(in_process(["run", tmp_path, "--prompt-ids", "1", *option], capsys), option[0])
+    refused(in_process(["run", tmp_path, "--prompt-ids", "1", "--temperature", "0.7"], capsys), "no model.onnx here")
