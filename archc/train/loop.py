@@ -263,6 +263,11 @@ def check_options(cfg: TrainConfig) -> None:
     for name, v in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--seq-len", cfg.seq_len), ("--grad-accum", cfg.grad_accum)):
         if v < 1:
             raise UserError(f"{name} {v}: must be at least 1")
+    if cfg.eval_batches < 1:
+        raise UserError(f"--eval-batches {cfg.eval_batches}: must be at least 1")
+    for name, v in (("--eval-every", cfg.eval_every), ("--save-every", cfg.save_every)):
+        if v < 0:  # was taken: step % -1 == 0 evaluated (and saved) at every step, -5 acted as 5
+            raise UserError(f"{name} {v}: give 0 (see --help) or a number of steps")
     if cfg.seq_len > spec.max_seq_len:
         raise UserError(f"--seq-len {cfg.seq_len} is beyond the spec's max_seq_len {spec.max_seq_len}; "
                         f"pass --seq-len {spec.max_seq_len} or less (or --set max_seq_len=...)")
