@@ -366,7 +366,14 @@ def run_steps(cfg: TrainConfig, hooks: LoopHooks, *, loss_fn, optimizer, schedul
                     (loss / cfg.grad_accum).backward()
                     total = loss.detach() if total is None else total + loss.detach()
                 grad_norm = hooks.clip()
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as e:  # a finite but huge lr (1e308): torch's float32 step size overflows, was a traceback
+                    if "without overflow" not in str(e):
+                        raise
+                    raise UserError(f"the optimizer step overflowed at step {step + 1} (learning rate "
+                                    f"{optimizer.param_groups[0]['lr']:g}); lower the learning rate "
+                                    "(--set training.optimizer.lr=...)") from None
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
