@@ -7,7 +7,7 @@ tree, export or provider options) measured in alternation, each in its own proce
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
 folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none,
 logits=all|last (export options), quant=int4|int8 (compile --quant, its defaults; quant_head=1 adds --quant-head), gate_up=one_gemm|two_gemms (the cuda
-lowering's GATE_UP; gate_up_quant=... its GATE_UP_QUANT for --quant exports), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1, env.NAME=VALUE (an environment variable of the
+lowering's GATE_UP; gate_up_quant=qmoe|one_gemm|two_gemms its GATE_UP_QUANT for --quant exports), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1, env.NAME=VALUE (an environment variable of the
 variant's process, e.g. env.ORT_ENABLE_XQA=0: onnxruntime reads some kernel choices only from the environment). Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
 prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after

@@ -122,6 +122,10 @@ class WeightRef:
     shape: tuple[int, ...]
     transpose: bool
     quant: QuantSettings | None = None  # set: written as MatMulNBits' B/scales/zero_points (exporters/quantize.py)
+    # set (with quant): one expert of a com.microsoft QMoE (exporters/quantize.py qmoe_weight): two sources are
+    # interleaved row by row (row 2i from the first, 2i+1 from the second), not stacked, and the arrays carry a
+    # leading expert axis of 1 (B [1, N, K*bits/8], scales [1, N, K/block]); the same bytes as MatMulNBits' otherwise
+    expert: bool = False
 
 
 @dataclass

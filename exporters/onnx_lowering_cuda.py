@@ -23,7 +23,9 @@ recorded in the model's `archc.lowering` metadata):
 - gated MLP -> a MatMul each for gate and up, activation, Mul, as onnxruntime-genai's builder does
   (GATE_UP = two_gemms); or one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer),
   Split, activation, Mul (one_gemm: one GEMM launch fewer per decode step, but the Split copies the
-  prefill's [B, S, 2 d_ff]; see GATE_UP).
+  prefill's [B, S, 2 d_ff]; see GATE_UP). With --quant (GATE_UP_QUANT = qmoe), a SwiGLU MLP is one
+  com.microsoft QMoE node with a single expert (gate|up interleaved in fc1; _lower_qmoe), where QMoE can
+  take it (_qmoe_unfit), else one_gemm's MatMulNBits + Split.
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -41,9 +43,10 @@ from onnx import TensorProto
 
 from archc.components import ComponentKind, NormSettings, UnknownSetting
 from archc.dtypes import DType
-from archc.spec import MaskKind, NormKind
+from archc.spec import Activation, MaskKind, NormKind
 from exporters import onnx_lowering_portable as portable
 from exporters.onnx_export import Ctx, KvCache, WeightLayout, input_of, inputs_of
+from exporters.quantize import qmoe_weight
 
 LOWERING = "cuda ONNX lowering"
 
@@ -57,6 +60,11 @@ class GateUp(str, Enum):
 
     one_gemm = "one_gemm"  # x @ [Wg; Wu] as one MatMul, then Split in halves (one GEMM launch fewer per layer)
     two_gemms = "two_gemms"  # a MatMul each, as onnxruntime-genai's builder does (no Split copy of [B, S, 2F])
+    # --quant only: the whole MLP as ONE com.microsoft QMoE node with a single expert, k = 1 (gate|up interleaved
+    # in fc1, SwiGLU and down inside the op). H200, TinyLlama shape, M = 1 under CUDA graphs
+    # (benchmarks/moe_mlp_probe.py): 20.7 us per MLP block against 26.1 us for one_gemm's MatMulNBits + Split +
+    # QuickGelu + Mul + MatMulNBits. Where QMoE cannot take the MLP (_qmoe_unfit) the MLP is one_gemm's.
+    qmoe = "qmoe"
 
 
 # Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
@@ -65,8 +73,10 @@ class GateUp(str, Enum):
 # (GPU busy 1316 against 1305 us). Dense weights only; GATE_UP_QUANT is the same choice for --quant exports
 # (MatMulNBits), measured apart (benchmarks/ab_decode.py gate_up_quant=..., RESULTS.md optimisation log): int4 decode
 # 826/833 tok/s stacked against 799/839 as two MatMulNBits in two rounds, no difference, so the stacked one stays.
+# QMoE (GateUp.qmoe) replaced one_gemm as the --quant default after benchmarks/moe_mlp_probe.py (above); the fp16
+# MoE op was slower than the dense MatMuls there (57.7 against 34.1 us per block), so GATE_UP has no MoE member.
 GATE_UP = GateUp.two_gemms
-GATE_UP_QUANT = GateUp.one_gemm
+GATE_UP_QUANT = GateUp.qmoe
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
@@ -442,6 +452,12 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     mode = GATE_UP_QUANT if ctx.quant.active else GATE_UP  # MatMulNBits kernels differ from cuBLAS's: measured apart
+    if mode is GateUp.qmoe:
+        if not ctx.quant.active:  # GATE_UP = qmoe: dense weights have no QMoE (the fp16 MoE op was slower, GateUp.qmoe)
+            raise UnknownSetting(name, "gate_up", mode, LOWERING)
+        if _qmoe_unfit(ctx, name, node) is None:
+            return _lower_qmoe(ctx, name, node)
+        mode = GateUp.one_gemm  # the stacked MatMulNBits path where QMoE cannot take the MLP (_qmoe_unfit says why)
     if mode is GateUp.one_gemm:
         y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
         if "gate.bias" in p:
@@ -456,6 +472,65 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
     ctx.lowering[name] = how
     return portable.linear(ctx, h, f"{name}.down", p)
+
+
+def _qmoe_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
+    """Why a gated MLP cannot be one single-expert QMoE node (None: it can). Only what was checked on an H200
+    (benchmarks/moe_mlp_probe.py: fp16, int4 symmetric block 32) and on the CPU (tests/emit_onnx/test_qmoe_mlp.py)
+    is taken; everything else keeps the stacked MatMulNBits path:
+    - biases: QMoE has fc1/fc2 bias inputs, but none was checked (LLaMA-style MLPs have none);
+    - activations other than swiglu (SiLU gate): QMoE's swiglu with alpha 1, beta 0 is silu(g) * u; GeGLU etc. have no mode;
+    - int8, asymmetric (zero points) and block sizes other than 32: not run on the GPU kernel;
+    - a K (d_model or d_ff) not a whole number of blocks: MatMulNBits pads the last block, QMoE has no padding;
+    - accuracy_level: a MatMulNBits attribute QMoE has no counterpart for;
+    - dtype other than fp16: the GPU kernel was measured in fp16 only."""
+    from archc.quant import QuantKind, QuantScheme
+
+    p, q = node["params"], ctx.quant
+    if any(f"{t}.bias" in p for t in ("gate", "up", "down")):
+        return "biases"
+    if node["settings"].activation is not Activation.swiglu:
+        return f"activation {node['settings'].activation.value}"
+    if q.kind is not QuantKind.int4 or q.scheme is not QuantScheme.symmetric or q.block_size != 32:
+        return f"quantization {q.short()}"
+    if q.accuracy_level != 0:
+        return f"accuracy_level {q.accuracy_level}"
+    if ctx.dtype is not DType.float16:
+        return f"dtype {ctx.dtype.value}"
+    F, H = p["up.weight"]
+    if H % q.block_size or F % q.block_size:
+        return f"d_model {H} / d_ff {F} not whole blocks of {q.block_size}"
+    return None
+
+
+def _lower_qmoe(ctx: Ctx, name: str, node: dict) -> str:
+    """down(silu(x Wg^T) * (x Wu^T)) as one com.microsoft QMoE with a single expert and k = 1: fc1 is [Wg; Wu]
+    interleaved row by row (swiglu_fusion=1, the only mode the CPU kernel takes), fc2 is Wd, both in
+    MatMulNBits's byte layout with a leading expert axis (exporters/quantize.py qmoe_weight), no zero points
+    (symmetric: the default 8). The op softmaxes router_probs over the experts, so with one expert any finite
+    value is the weight 1.0: one [rows, 1] zero tensor per model, shared by every layer (the stream's rows
+    are the same B * S tokens in every layer). x may be [B, S, H]: QMoE takes it as B * S rows."""
+    x = input_of(ctx, name, "x")
+    q = ctx.quant
+    F, H = node["params"]["up.weight"]
+    key = ("qmoe_router",)
+    if key not in ctx.memo:
+        rows = ctx.op("ReduceProd", [ctx.op("Shape", [x], end=-1)], keepdims=1)
+        shape = ctx.op("Concat", [rows, ctx.const(np.array([1], np.int64), "one")], axis=0)
+        ctx.memo[key] = ctx.op("ConstantOfShape", [shape], value=_zero(ctx))
+    fc1 = qmoe_weight(ctx, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up_interleaved.weight")
+    fc2 = qmoe_weight(ctx, [f"{name}.down.weight"], f"{name}.down.weight")
+    ctx.lowering[name] = (f"cuda:QMoE {q.kind.value} sym b{q.block_size} (one expert, k=1: gate|up interleaved, "
+                          f"SwiGLU and down inside the op)")
+    return ctx.op("QMoE", [x, ctx.memo[key], *fc1, "", *fc2, ""], domain=MS, k=1, activation_type="swiglu",
+                  swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0, expert_weight_bits=q.bits,
+                  block_size=q.block_size, weights_prepacked=0)
+
+
+def _zero(ctx: Ctx):
+    from onnx import helper
+
+    return helper.make_tensor("value", ctx.elem, [1], [0.0])
 
 
 def lower_mask(ctx: Ctx, name: str, node: dict):

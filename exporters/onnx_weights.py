@@ -133,12 +133,14 @@ def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) 
     def submit(ref):
         return [pool.submit(get, src) for src in (ref.source if isinstance(ref.source, tuple) else (ref.source,))]
 
-    def joined(futures):
+    def joined(ref, futures):
         parts = [f.result() for f in futures]
         if len(parts) == 1:
             return parts[0]
         import torch
 
+        if ref.expert:  # a QMoE fc1: gate and up interleaved row by row (WeightRef.expert)
+            return torch.stack(parts, 1).reshape(-1, *parts[0].shape[1:])
         return torch.cat(parts, 0)
 
     import math
@@ -157,7 +159,7 @@ def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) 
             TensorProgress("writing weights", len(refs), total, enabled=progress) as bar:
         pending = [submit(r) for r in refs[:ahead]]
         for i, ref in enumerate(refs):
-            t = joined(pending.pop(0))
+            t = joined(ref, pending.pop(0))
             if i + ahead < len(refs):
                 pending.append(submit(refs[i + ahead]))
             if ref.quant is None:
@@ -165,10 +167,10 @@ def write_weights(ctx: Ctx, data_path: Path, get, progress: bool | None = None) 
             else:  # one weight -> MatMulNBits' B, scales (and zero points), quantized here, tensor by tensor
                 import numpy as np
 
-                from exporters.quantize import quantized_arrays
+                from exporters.quantize import expert_arrays, quantized_arrays
 
-                parts = [(n, e, list(a.shape), memoryview(np.ascontiguousarray(a)).cast("B"))
-                         for n, e, a in quantized_arrays(ref.name, t, ref.quant, ctx.dtype)]
+                arrays = (expert_arrays if ref.expert else quantized_arrays)(ref.name, t, ref.quant, ctx.dtype)
+                parts = [(n, e, list(a.shape), memoryview(np.ascontiguousarray(a)).cast("B")) for n, e, a in arrays]
             del t
             for name, elem, dims, raw in parts:
                 pad = (-offset) % ALIGN

@@ -239,6 +239,36 @@ def quantized_arrays(name: str, t, q: QuantSettings, dtype: DType) -> list[tuple
     return [(n, e, a) for (n, e), a in zip(initializer_parts(name, q, dtype), arrays, strict=True)]
 
 
+def expert_arrays(name: str, t, q: QuantSettings, dtype: DType) -> list[tuple[str, int, np.ndarray]]:
+    """quantized_arrays of weight `t` as one expert of a com.microsoft QMoE: the same bytes, B [N, kb, blob]
+    as [1, N, kb * blob] and scales [N, kb] as [1, N, kb] (onnxruntime 1.31's fc1/fc2 layouts with
+    weights_prepacked=0, checked by benchmarks/moe_mlp_probe.py). Symmetric only: no zero points."""
+    if q.scheme is not QuantScheme.symmetric:
+        raise ValueError(f"QMoE expert weights: symmetric only, not {q.scheme.value}")
+    return [(n, e, a.reshape(1, a.shape[0], -1)) for n, e, a in quantized_arrays(name, t, q, dtype)]
+
+
+def qmoe_weight(ctx, fulls: list[str], name: str) -> list[str]:
+    """The initializers (B, scales) of one QMoE expert weight made of archc parameters `fulls` ([out, in]
+    each): one parameter as it is (fc2 = down), or two interleaved row by row (fc1 = gate row i at 2i, up
+    row i at 2i + 1: swiglu_fusion=1). Interleaving before quantizing gives the bytes interleaving after
+    would: blocks run along K within a row, so each row's codes and scales depend on that row alone."""
+    from exporters.onnx_export import WeightRef
+
+    tied = ctx.graph.tied()
+    fulls = [tied.get(f, f) for f in fulls]
+    n = k = 0
+    for full in fulls:
+        node, local = _owner(ctx.graph, full)
+        shape = ctx.graph.node(node)["params"][local]
+        n, k = n + shape[0], shape[1]
+    key = f"{name}#qmoe"
+    if key not in ctx._weight_names:
+        ctx.weights.append(WeightRef(name, tuple(fulls) if len(fulls) > 1 else fulls[0], (n, k), False, quant=ctx.quant, expert=True))
+        ctx._weight_names.add(key)
+    return [part for part, _ in initializer_parts(name, ctx.quant, ctx.dtype)]
+
+
 def matmul_nbits(ctx, x: str, fulls: list[str], concat_name: str | None = None) -> str:
     """x @ W^T through MatMulNBits, W = archc parameters `fulls` ([out, in] each) stacked along out."""
     from exporters.onnx_export import WeightRef
