@@ -23,9 +23,9 @@ recorded in the model's `archc.lowering` metadata):
 - gated MLP -> a MatMul each for gate and up, activation, Mul, as onnxruntime-genai's builder does
   (GATE_UP = two_gemms); or one MatMul with [gate; up] concatenated ([d_model, 2 d_ff] initializer),
   Split, activation, Mul (one_gemm: one GEMM launch fewer per decode step, but the Split copies the
-  prefill's [B, S, 2 d_ff]; see GATE_UP). With --quant (GATE_UP_QUANT = qmoe), a SwiGLU MLP is one
-  com.microsoft QMoE node with a single expert (gate|up interleaved in fc1; _lower_qmoe), where QMoE can
-  take it (_qmoe_unfit), else one_gemm's MatMulNBits + Split.
+  prefill's [B, S, 2 d_ff]; see GATE_UP). With --quant: one_gemm's stacked MatMulNBits + Split (GATE_UP_QUANT);
+  GateUp.qmoe, selectable for A/B runs, makes a SwiGLU MLP one com.microsoft QMoE node with a single expert
+  (gate|up interleaved in fc1; _lower_qmoe) where QMoE can take it (_qmoe_unfit): measured slower overall.
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -73,10 +73,14 @@ class GateUp(str, Enum):
 # (GPU busy 1316 against 1305 us). Dense weights only; GATE_UP_QUANT is the same choice for --quant exports
 # (MatMulNBits), measured apart (benchmarks/ab_decode.py gate_up_quant=..., RESULTS.md optimisation log): int4 decode
 # 826/833 tok/s stacked against 799/839 as two MatMulNBits in two rounds, no difference, so the stacked one stays.
-# QMoE (GateUp.qmoe) replaced one_gemm as the --quant default after benchmarks/moe_mlp_probe.py (above); the fp16
-# MoE op was slower than the dense MatMuls there (57.7 against 34.1 us per block), so GATE_UP has no MoE member.
+# QMoE (GateUp.qmoe) is selectable but not the default: in the whole model (benchmarks/ab_decode.py, H200, int4
+# --quant-head, results/ab_qmoe_h200.json) it gained only 1-3% in decode (876.0 / 853.5 against 851.0 / 845.3 tok/s,
+# two rounds, same tokens) and more than doubled the prefill (10.9 / 11.4 against 4.8 / 5.0 ms at 1 x 512; 34.6 ms
+# at 1 x 2048, where genai takes 13.0): onnxruntime 1.31's MoE GEMM profiler finds no config for the [2 d_ff, d_model]
+# fc1 ("No valid GEMM config found"), so M > 1 runs a slow path. The fp16 MoE op was slower even at M = 1 (57.7
+# against 34.1 us per block, moe_mlp_probe), so GATE_UP has no MoE member.
 GATE_UP = GateUp.two_gemms
-GATE_UP_QUANT = GateUp.qmoe
+GATE_UP_QUANT = GateUp.one_gemm
 
 MS = "com.microsoft"
 I32 = TensorProto.INT32
