@@ -227,12 +227,13 @@ class Text:
         text.eos_ids = special_token_ids(d, vocab_size)["eos"]
         if not text.eos_ids:  # no generation config: the tokenizer's own eos token, if it names one
             eos = _token_text(config.get("eos_token"))
-            if eos is not None and tok.token_to_id(eos) is not None:
+            eos_id = None if eos is None else tok.token_to_id(eos)
+            if eos_id is not None:
                 # checked as a generation_config.json id is: a tokenizer with more ids than the model's rows
                 # gives an eos that is never generated, so generation would never stop
                 source = TOKENIZER_CONFIG if "eos_token" in tc else "special_tokens_map.json"
-                check_in_vocab(tok.token_to_id(eos), vocab_size, "eos_token", str(d / source))  # export-hf's words
-                text.eos_ids = [tok.token_to_id(eos)]
+                check_in_vocab(eos_id, vocab_size, "eos_token", str(d / source))  # export-hf's words
+                text.eos_ids = [eos_id]
         return text
 
     def special_tokens(self) -> dict[str, str]:

@@ -589,12 +589,13 @@ class Bench:
 
                     self._work_dir = Path(tempfile.mkdtemp(prefix="archc-bench-"))
                 else:
-                    d = self._work_dir_arg
-                    missing = []
-                    while not d.exists() and not d.is_symlink() and d != d.parent:
-                        missing.append(d)
-                        d = d.parent
-                    self._made_dirs = missing
+                    import itertools
+                    import os
+
+                    from archc.files import nearest_existing
+
+                    top, arg = nearest_existing(self._work_dir_arg), Path(os.path.abspath(self._work_dir_arg))
+                    self._made_dirs = list(itertools.takewhile(lambda p: p != top, (arg, *arg.parents)))  # deepest first
                     try:
                         self._work_dir_arg.mkdir(parents=True, exist_ok=True)
                     except OSError as e:  # a UserError ends the bench (run() re-raises it); not one backend's failure

@@ -260,11 +260,10 @@ def _write_plot(out: Path, records: list[dict]) -> None:
 def check_options(cfg: TrainConfig) -> None:
     """The run options a loop checks before it opens data or a process group."""
     spec = cfg.spec
-    for name, v in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--seq-len", cfg.seq_len), ("--grad-accum", cfg.grad_accum)):
+    for name, v in (("--steps", cfg.steps), ("--batch", cfg.batch), ("--seq-len", cfg.seq_len), ("--grad-accum", cfg.grad_accum),
+                    ("--eval-batches", cfg.eval_batches)):
         if v < 1:
             raise UserError(f"{name} {v}: must be at least 1")
-    if cfg.eval_batches < 1:
-        raise UserError(f"--eval-batches {cfg.eval_batches}: must be at least 1")
     for name, v in (("--eval-every", cfg.eval_every), ("--save-every", cfg.save_every)):
         if v < 0:  # was taken: step % -1 == 0 evaluated (and saved) at every step, -5 acted as 5
             raise UserError(f"{name} {v}: give 0 (see --help) or a number of steps")
