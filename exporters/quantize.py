@@ -253,42 +253,39 @@ def qmoe_weight(ctx, fulls: list[str], name: str) -> list[str]:
     each): one parameter as it is (fc2 = down), or two interleaved row by row (fc1 = gate row i at 2i, up
     row i at 2i + 1: swiglu_fusion=1). Interleaving before quantizing gives the bytes interleaving after
     would: blocks run along K within a row, so each row's codes and scales depend on that row alone."""
-    from exporters.onnx_export import WeightRef
-
-    tied = ctx.graph.tied()
-    fulls = [tied.get(f, f) for f in fulls]
-    n = k = 0
-    for full in fulls:
-        node, local = _owner(ctx.graph, full)
-        shape = ctx.graph.node(node)["params"][local]
-        n, k = n + shape[0], shape[1]
-    key = f"{name}#qmoe"
-    if key not in ctx._weight_names:
-        ctx.weights.append(WeightRef(name, tuple(fulls) if len(fulls) > 1 else fulls[0], (n, k), False, quant=ctx.quant, expert=True))
-        ctx._weight_names.add(key)
+    _register_quantized(ctx, fulls, name, expert=True)
     return [part for part, _ in initializer_parts(name, ctx.quant, ctx.dtype)]
 
 
 def matmul_nbits(ctx, x: str, fulls: list[str], concat_name: str | None = None) -> str:
     """x @ W^T through MatMulNBits, W = archc parameters `fulls` ([out, in] each) stacked along out."""
+    name = concat_name or ctx.graph.tied().get(fulls[0], fulls[0])
+    n, k = _register_quantized(ctx, fulls, name, expert=False)
+    ctx.nbits_nodes.add(ctx.scope)  # the lowering summary names MatMulNBits for this node (onnx_export.nbits_words)
+    inputs = [x] + [part for part, _ in initializer_parts(name, ctx.quant, ctx.dtype)]
+    return ctx.op("MatMulNBits", inputs, domain=MS, K=k, N=n, bits=ctx.quant.bits, block_size=ctx.quant.block_size,
+                  accuracy_level=ctx.quant.accuracy_level)
+
+
+def _register_quantized(ctx, fulls: list[str], name: str, *, expert: bool) -> tuple[int, int]:
+    """Queue the quantized weight `name` made of archc parameters `fulls` ([out, in] each, tied names
+    resolved) for write_weights, once per name and layout (a MatMulNBits B stacks them, a QMoE expert
+    interleaves them: WeightRef.expert); (N, K) of the whole."""
     from exporters.onnx_export import WeightRef
 
     tied = ctx.graph.tied()
     fulls = [tied.get(f, f) for f in fulls]
-    name = concat_name or fulls[0]
-    key = f"{name}#quant"
     n = k = 0
     for full in fulls:
         node, local = _owner(ctx.graph, full)
         shape = ctx.graph.node(node)["params"][local]
         n, k = n + shape[0], shape[1]
+    key = f"{name}#{'qmoe' if expert else 'quant'}"
     if key not in ctx._weight_names:
-        ctx.weights.append(WeightRef(name, tuple(fulls) if len(fulls) > 1 else fulls[0], (n, k), False, quant=ctx.quant))
+        ctx.weights.append(WeightRef(name, tuple(fulls) if len(fulls) > 1 else fulls[0], (n, k), False, quant=ctx.quant,
+                                     expert=expert))
         ctx._weight_names.add(key)
-    ctx.nbits_nodes.add(ctx.scope)  # the lowering summary names MatMulNBits for this node (onnx_export.nbits_words)
-    inputs = [x] + [part for part, _ in initializer_parts(name, ctx.quant, ctx.dtype)]
-    return ctx.op("MatMulNBits", inputs, domain=MS, K=k, N=n, bits=ctx.quant.bits, block_size=ctx.quant.block_size,
-                  accuracy_level=ctx.quant.accuracy_level)
+    return n, k
 
 
 def _owner(graph, full: str):
