@@ -7,7 +7,8 @@ tree, export or provider options) measured in alternation, each in its own proce
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
 folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none,
 logits=all|last (export options), quant=int4|int8 (compile --quant, its defaults; quant_head=1 adds --quant-head), gate_up=one_gemm|two_gemms (the cuda
-lowering's GATE_UP; gate_up_quant=qmoe|one_gemm|two_gemms its GATE_UP_QUANT for --quant exports), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1, env.NAME=VALUE (an environment variable of the
+lowering's GATE_UP; gate_up_quant=qmoe|one_gemm|two_gemms its GATE_UP_QUANT for --quant exports), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1,
+decode_window=N (the runner's greedy steps per host round trip, Session(decode_window); 1 = the one-step loop), env.NAME=VALUE (an environment variable of the
 variant's process, e.g. env.ORT_ENABLE_XQA=0: onnxruntime reads some kernel choices only from the environment). Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
 prefill = median T(1) of 5, time per output token = (median T(N) of 3 - T(1)) / (N - 1), after
@@ -54,7 +55,8 @@ def child(args) -> dict:
 
     v = json.loads(args.child)
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=[x for x in args.set if x]))
-    export_opts = {k: x for k, x in v["opts"].items() if not k.startswith("env.")}  # env alone does not change the export
+    # env and the runner's window do not change the export
+    export_opts = {k: x for k, x in v["opts"].items() if not k.startswith("env.") and k != "decode_window"}
     d = Path(args.work) / (f"{args.family}-{args.dtype}-{v['root']}-" + "".join(c if c.isalnum() else "_" for c in json.dumps(export_opts, sort_keys=True)))
     kw = {k: v["opts"][k] for k in ("next_token", "logits") if k in v["opts"]}
     if "quant" in v["opts"]:
@@ -72,6 +74,8 @@ def child(args) -> dict:
     export_s = time.perf_counter() - t0
     cuda_options = {k: v["opts"][k] for k in ("sdpa_kernel",) if k in v["opts"]}
     skw = {"cuda_options": cuda_options} if cuda_options else {}
+    if "decode_window" in v["opts"]:
+        skw["decode_window"] = int(v["opts"]["decode_window"])
     s = Session(d, device=args.device, cuda_graph=v["opts"].get("cuda_graph", "1") == "1", **skw)
     rng = np.random.default_rng(args.prompt)
     prompts = rng.integers(1, graph.spec.vocab_size, (args.batch, args.prompt)).tolist()

@@ -87,7 +87,7 @@ class Session:
     """A compiled model directory loaded in onnxruntime."""
 
     def __init__(self, model_dir: str | Path, device: str = "auto", *, io_binding: bool | str | None = None,
-                 cuda_graph: bool = True, cuda_options: dict | None = None):
+                 cuda_graph: bool = True, cuda_options: dict | None = None, decode_window: int | None = None):
         """device: 'auto' | 'cuda' | 'cpu' (archc.runner.providers.open_session). The other switches exist for
         tests and benchmarks; `archc run` and the text commands leave them at their defaults:
         io_binding: None (default) binds IO on CUDA and feeds numpy on the CPU. True runs the IO-binding
@@ -97,9 +97,14 @@ class Session:
             host_prefill.py).
         cuda_graph: False makes the CUDA session without enable_cuda_graph (the bench harness's ort-nograph
             backend, benchmarks/ab_decode.py).
-        cuda_options: extra CUDA provider options, applied last (benchmarks/ab_decode.py's A/B runs)."""
+        cuda_options: extra CUDA provider options, applied last (benchmarks/ab_decode.py's A/B runs).
+        decode_window: greedy steps queued per host round trip on the fixed-buffer path (steppers._Window;
+            None: steppers.DECODE_WINDOW); 1 runs the one-step loop (benchmarks/ab_decode.py's A/B runs)."""
         self.model_dir = Path(model_dir)
         self.io_binding = io_binding
+        self.decode_window = steppers.DECODE_WINDOW if decode_window is None else decode_window
+        if isinstance(self.decode_window, bool) or not isinstance(self.decode_window, int) or self.decode_window < 1:
+            raise UserError(f"decode_window must be a whole number of at least 1 (got {decode_window!r})")
         self.sess, self.device, self.note = open_session(model_dir, device, cuda_graph=cuda_graph, cuda_options=cuda_options)
         cuda_opts = self.sess.get_provider_options().get("CUDAExecutionProvider", {})
         self.cuda_graph = self.device == "cuda" and cuda_opts.get("enable_cuda_graph") == "1"
@@ -263,14 +268,19 @@ class Session:
         n = 1  # tokens generated
         stop = on_token is not None and on_token(tok)
         t1 = time.perf_counter()
-        for k in range(1, max_new_tokens):
-            if stop:
-                break
-            mask = masks[:, :L + k]
-            tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
-            out[:, k] = tok
-            n = k + 1
-            stop = on_token is not None and on_token(tok)
+        windowed = stepper.device_pick and getattr(stepper, "graph_id", None) is not None and self.decode_window > 1
+        if stop:
+            pass
+        elif windowed:
+            n = self._decode_windows(stepper, tok, out, masks, L, lens, on_token)
+        else:
+            for k in range(1, max_new_tokens):
+                mask = masks[:, :L + k]
+                tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
+                out[:, k] = tok
+                n = k + 1
+                if on_token is not None and on_token(tok):
+                    break
         decode_s = time.perf_counter() - t1
         n_decode = B * (n - 1)
         gen = out[:, :n].tolist()
@@ -278,18 +288,47 @@ class Session:
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
                                 self.device, seqs)
 
+    def _decode_windows(self, st: _BoundSteps, tok: np.ndarray, out: np.ndarray, masks: np.ndarray, L: int,
+                        lens: np.ndarray, on_token) -> int:
+        """Greedy decode of out[:, 1:] in windows of decode_window steps (steppers._Window), after the
+        prefill's token `tok`; stops after the token on_token accepts. Returns how many tokens there are."""
+        n, k, max_new = 1, 1, out.shape[1]
+        while k < max_new:
+            w = min(self.decode_window, max_new - k)
+            feeds = [self._step_feeds(masks[:, :L + k + i], lens, k + i) for i in range(w)]
+            toks = st.window_of({name: np.shape(v) for name, v in feeds[0].items()}, self.decode_window).run(tok, feeds)
+            for i in range(w):
+                tok = toks[i]
+                out[:, k + i] = tok
+                n = k + i + 1
+                if on_token is not None and on_token(tok):
+                    return n
+            k += w
+        return n
+
+    def _step_feeds(self, mask: np.ndarray, lens: np.ndarray, k: int) -> dict:
+        """The feeds of the k-th generated token's step other than its ids (they come from the device)."""
+        feeds = {"attention_mask": mask}
+        if self.has_positions:
+            feeds["position_ids"] = self._positions(mask, 1, lens, k)
+        if self.has_prefix:
+            feeds["prefix_len"] = lens
+        return feeds
+
     def _static_stepper(self, batch: int, max_len: int) -> "_BoundSteps":
         """The fixed-buffer stepper of this shape, kept across generate calls: a captured graph replays
         into the buffers it was captured with. At most four shapes are kept (their graphs released)."""
         key = (batch, max_len)
         st = self._steppers.pop(key, None)
         if st is None:
-            self._graph_ids += 1
-            st = _BoundSteps(self, batch, max_len, self.device, graph_id=self._graph_ids)
+            st = _BoundSteps(self, batch, max_len, self.device, graph_id=self._graph_ids + 1)
+            self._graph_ids += 1 + self.decode_window  # the one-step graph, then the window's (steppers._Window)
             while len(self._steppers) >= 4:
                 old = self._steppers.pop(next(iter(self._steppers)))
                 if self.cuda_graph:
                     self.sess.release_captured_graph(old.graph_id)
+                    for gid in sorted(old.window.captured if old.window is not None else ()):
+                        self.sess.release_captured_graph(gid)
         self._steppers[key] = st
         return st
 

@@ -20,6 +20,14 @@ IOBinding.bind_cpu_input cannot bind an overridable initializer (it looks the na
 inputs), bind_ortvalue_input can. A model without it (exported before it) computes every position of the
 prefill; on CUDA those logits stay on the device and only the last position comes to the host
 (Session.last_position, a one-node Slice session).
+Greedy decoding on the fixed-buffer path runs in windows (_Window, Session(decode_window=N)): the
+next_token output of step i is bound as the input_ids of step i + 1 (a ring of [B] token rows on the
+device), the feeds of the window's N steps are known in advance (mask and positions do not depend on the
+tokens) and go up in one copy, and the N runs are queued without waiting for the device
+(disable_synchronize_execution_providers), each on its own captured graph. The host reads the N tokens
+once per window and checks them for stops (tokens past a stop are computed and dropped). Per token the
+host then only queues a Run, which overlaps the device's previous step: the ~0.25 ms of host time per
+token that the one-step loop adds to the ~1.3 ms of GPU time (benchmarks/RESULTS.md) drops out.
 The CPU can run both device paths with host buffers (Session(io_binding=True | "static")): that is how
 the tests and the benchmarks' CPU dry runs exercise them without a GPU.
 """
@@ -36,6 +44,9 @@ from archc.model_dir import LOGITS_START
 from archc.runner.providers import _ort
 
 GENERATE_LOGITS_START = -1  # generation reads the last position only (tests patch it here; Session.generate reads it here)
+# greedy decode steps queued per window on the fixed-buffer path (_Window): each is one captured graph per shape,
+# and the host waits for the device once per window; 1 = the one-step loop (Session(decode_window=1), A/B runs)
+DECODE_WINDOW = 16
 
 if TYPE_CHECKING:
     from archc.runner.session import Session
@@ -95,6 +106,13 @@ class _BoundSteps:
         # logits_start = -1 as a host OrtValue, bound to every step (see the module docstring)
         self.logits_start = (ort.OrtValue.ortvalue_from_numpy(np.array([GENERATE_LOGITS_START], np.int64), "cpu", 0)
                              if s.has_logits_start else None)
+        self.window: _Window | None = None  # greedy decode windows (graph_id only), made at the first one
+
+    def window_of(self, shapes: dict, steps: int) -> "_Window":
+        """This shape's decode window of `steps` steps (graphs graph_id + 1 ... graph_id + steps), made once."""
+        if self.window is None:
+            self.window = _Window(self, shapes, steps, self.graph_id + 1)
+        return self.window
 
     def _cache_binding(self, on_device: bool):
         """(IOBinding with the feeds still to bind, names of its outputs in binding order). Outputs are
@@ -253,3 +271,73 @@ class _FixedBuffers:
 
     def bound_shape(self, name: str) -> tuple:
         return self.feeds.slots[name][1]
+
+
+class _Window:
+    """Greedy decode steps queued without a host round trip per token (see the module docstring): `steps`
+    IO bindings over the stepper's cache, step i reading its ids from token row i and writing next_token
+    into row i + 1, its positions / max_len-wide mask / prefix_len from feed slot i. Under CUDA graphs
+    step i runs as graph first_graph_id + i, so every binding keeps the addresses its graph captured."""
+
+    def __init__(self, st: _BoundSteps, shapes: dict, steps: int, first_graph_id: int):
+        s, ort, B = st.s, st.ort, st.batch
+        self.st, self.steps, self.batch = st, steps, B
+        self.graph_ids = [first_graph_id + i for i in range(steps)] if s.cuda_graph else []  # none without capture
+        self.captured: set = set()  # graph ids run at least once (released with the stepper)
+        shapes = dict(shapes, attention_mask=(B, st.max_len))
+        self.tok_host = np.zeros((steps + 1) * B, np.int64)
+        self.tok_dev = ort.OrtValue.ortvalue_from_numpy(self.tok_host, st.dev, 0)
+        per_slot = sum(math.prod(sh) for sh in shapes.values())
+        self.feed_host = np.zeros(steps * per_slot, np.int64)
+        self.feed_dev = ort.OrtValue.ortvalue_from_numpy(self.feed_host, st.dev, 0)
+        self.slots: list[dict] = []  # per step: feed name -> its view of feed_host
+        logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], _BoundSteps.FLOAT, st.dev, 0)  # unread
+        self.logits = logits
+        self.io, self.opts = [], []
+        tok, feed, item = self.tok_dev.data_ptr(), self.feed_dev.data_ptr(), self.feed_host.itemsize
+        for i in range(steps):
+            io, views, off = s.sess.io_binding(), {}, i * per_slot
+            for name, shape in shapes.items():
+                n = math.prod(shape)
+                io.bind_input(name, st.dev, 0, np.int64, list(shape), feed + off * item)
+                views[name] = self.feed_host[off:off + n].reshape(shape)
+                off += n
+            io.bind_input("input_ids", st.dev, 0, np.int64, [B, 1], tok + i * B * item)
+            io.bind_output("next_token", st.dev, 0, np.int64, [B, 1], tok + (i + 1) * B * item)
+            if st.logits_start is not None:
+                io.bind_ortvalue_input(LOGITS_START, st.logits_start)
+            for name, v in st.cache.items():
+                io.bind_ortvalue_input(name, v)
+                io.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)
+            io.bind_ortvalue_output("logits", logits)
+            opts = ort.RunOptions()
+            if s.cuda_graph:
+                opts.add_run_config_entry("gpu_graph_id", str(self.graph_ids[i]))
+            # queue the run and return: the next step's ids are already on the device (the host waits in tokens())
+            opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            self.io.append(io)
+            self.opts.append(opts)
+            self.slots.append(views)
+
+    def run(self, first: np.ndarray, feeds: list[dict]) -> np.ndarray:
+        """Queue len(feeds) steps from the tokens `first` [B]; feeds[i] holds step i's positions / mask /
+        prefix_len (the mask as wide as the step sees it: the slot's columns past it are 0). Returns the
+        steps' tokens [len(feeds), B], read once the device is done."""
+        w = len(feeds)
+        self.tok_host[:self.batch] = first
+        for views, f in zip(self.slots, feeds):
+            for name, v in f.items():
+                view = views[name]
+                if name == "attention_mask":
+                    view[:, :v.shape[1]] = v
+                    view[:, v.shape[1]:] = 0
+                else:
+                    view[...] = v
+        self.tok_dev.update_inplace(self.tok_host)  # the device is idle here: the previous window was read
+        self.feed_dev.update_inplace(self.feed_host)
+        sess = self.st.s.sess
+        for i in range(w):
+            sess.run_with_iobinding(self.io[i], self.opts[i])
+        self.captured.update(self.graph_ids[:w])
+        self.io[w - 1].synchronize_outputs()  # the device finished every queued step (the runs did not wait)
+        return self.tok_dev.numpy().reshape(self.steps + 1, self.batch)[1:w + 1]
