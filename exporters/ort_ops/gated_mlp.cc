@@ -1,0 +1,222 @@
+// archc's onnxruntime custom-op library: archc.GatedMLP (domain "archc", opset 1).
+//
+//   GatedMLP(x [..., K] fp16, w [2F, K] fp16) -> y [..., F] fp16,  y = silu(x Wg^T) * (x Wu^T)
+//
+// w holds the gate rows then the up rows, each in torch's Linear layout [out, in]; products accumulate in fp32 and
+// silu(g) * u is taken in fp32 before the one rounding to fp16. This is the SwiGLU of Shazeer 2020 ("GLU Variants
+// Improve Transformer", FFN_SwiGLU without the down projection, which stays an ONNX MatMul).
+//
+// Built with g++ alone it registers the CPU kernel (the op's semantics, provable without a GPU); built with
+// -DARCHC_ORT_OPS_CUDA and linked with gated_mlp_cuda.cu it registers the CUDA kernel too (exporters/ort_ops/build.py).
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#ifdef ARCHC_ORT_OPS_CUDA
+#include "gated_mlp_cuda.h"
+#endif
+
+namespace {
+
+constexpr const char* kDomain = "archc";
+constexpr const char* kOpName = "GatedMLP";
+
+struct Problem {
+  int64_t rows = 0, K = 0, F = 0;
+  std::vector<int64_t> y_shape;
+};
+
+// Shapes of x [..., K] and w [2F, K]; a mismatch is an INVALID_ARGUMENT naming both shapes.
+Problem check_shapes(const Ort::ConstValue& x, const Ort::ConstValue& w) {
+  auto shape_text = [](const std::vector<int64_t>& s) {
+    std::string t = "[";
+    for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+    return t + "]";
+  };
+  const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
+  const std::vector<int64_t> ws = w.GetTensorTypeAndShapeInfo().GetShape();
+  if (xs.empty() || ws.size() != 2 || ws[0] % 2 != 0 || ws[1] != xs.back() || ws[1] < 1)
+    throw Ort::Exception("archc.GatedMLP: x " + shape_text(xs) + " and w " + shape_text(ws) +
+                             " do not fit (want x [..., K], w [2F, K] with K >= 1)",
+                         ORT_INVALID_ARGUMENT);
+  Problem p;
+  p.K = xs.back();
+  p.F = ws[0] / 2;
+  p.rows = 1;
+  for (size_t i = 0; i + 1 < xs.size(); ++i) p.rows *= xs[i];
+  p.y_shape = xs;
+  p.y_shape.back() = p.F;
+  return p;
+}
+
+template <typename Fn>
+OrtStatusPtr as_status(Fn&& fn) {
+  try {
+    fn();
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (std::string("archc.GatedMLP: ") + e.what()).c_str());
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// CPU: the reference semantics (tests compare it with numpy), not a fast path.
+
+struct CpuKernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return as_status([&] {
+      Ort::KernelContext ctx(context);
+      Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
+      const Problem p = check_shapes(x, w);
+      Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
+      const auto* xp = x.GetTensorData<Ort::Float16_t>();
+      const auto* wp = w.GetTensorData<Ort::Float16_t>();
+      auto* yp = y.GetTensorMutableData<Ort::Float16_t>();
+      const int64_t K = p.K, F = p.F;
+      std::vector<float> xf(p.rows * K), g(K), u(K);
+      for (int64_t i = 0; i < p.rows * K; ++i) xf[i] = xp[i].ToFloat();
+      for (int64_t f = 0; f < F; ++f) {
+        for (int64_t k = 0; k < K; ++k) {
+          g[k] = wp[f * K + k].ToFloat();
+          u[k] = wp[(F + f) * K + k].ToFloat();
+        }
+        for (int64_t m = 0; m < p.rows; ++m) {
+          const float* xr = xf.data() + m * K;
+          float gs = 0.f, us = 0.f;
+          for (int64_t k = 0; k < K; ++k) {
+            gs += xr[k] * g[k];
+            us += xr[k] * u[k];
+          }
+          yp[m * F + f] = Ort::Float16_t(gs / (1.f + std::exp(-gs)) * us);
+        }
+      }
+    });
+  }
+};
+
+template <typename Op, typename Kernel>
+struct GatedMlpOpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  const char* GetName() const { return kOpName; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
+
+struct CpuOp : GatedMlpOpBase<CpuOp, CpuKernel> {
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
+    *kernel = new CpuKernel;
+    return nullptr;
+  }
+};
+
+#ifdef ARCHC_ORT_OPS_CUDA
+// ------------------------------------------------------------------------------------------------------------
+// CUDA: everything on onnxruntime's compute stream; nothing allocates with cudaMalloc or waits on the GPU during
+// Compute (onnxruntime may be capturing a CUDA graph). Scratch comes from onnxruntime's allocator for the stream.
+
+struct CudaKernel {
+  archc_ops::Blas* blas = nullptr;
+  ~CudaKernel() { archc_ops::blas_close(blas); }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return as_status([&] {
+      Ort::KernelContext ctx(context);
+      Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
+      const Problem p = check_shapes(x, w);
+      Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
+      if (p.rows == 0 || p.F == 0) return;
+      if (p.rows > INT32_MAX / 2 || 2 * p.F > INT32_MAX || p.K > INT32_MAX)
+        throw Ort::Exception("archc.GatedMLP: dimensions past 32-bit indexing", ORT_INVALID_ARGUMENT);
+      const void* xp = x.GetTensorRawData();
+      const void* wp = w.GetTensorRawData();
+      void* yp = y.GetTensorMutableRawData();
+      void* stream = ctx.GetGPUComputeStream();
+      std::string err;
+      if (archc_ops::gemv_fits(xp, wp, p.rows, p.K)) {
+        err = archc_ops::launch_gemv_swiglu(xp, wp, yp, p.rows, p.K, p.F, stream);
+      } else {
+        // scratch: cuBLAS's workspace, then the fp32 [rows, 2F] product (256-byte aligned after the workspace)
+        const size_t ws = archc_ops::blas_workspace_bytes(blas);
+        const size_t bytes = ws + sizeof(float) * (size_t)p.rows * 2 * (size_t)p.F;
+        Ort::ConstMemoryInfo info = x.GetTensorMemoryInfo();
+        const OrtApi& api = Ort::GetApi();
+        void* scratch = nullptr;
+        Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(context, info, bytes, &scratch));
+        OrtAllocator* alloc = ctx.GetAllocator(*info);
+        err = archc_ops::gemm_swiglu(blas, xp, wp, yp, p.rows, p.K, p.F, static_cast<char*>(scratch) + ws, scratch,
+                                     stream);
+        // Freed as soon as the work is queued: the allocator hands it out again only in stream order.
+        alloc->Free(alloc, scratch);
+        api.ReleaseAllocator(alloc);
+      }
+      if (!err.empty()) throw Ort::Exception("archc.GatedMLP: " + err, ORT_EP_FAIL);
+    });
+  }
+};
+
+struct CudaOp : GatedMlpOpBase<CudaOp, CudaKernel> {
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo*, void** kernel) const {
+    std::string err;
+    archc_ops::Blas* blas = archc_ops::blas_open(&err);
+    if (!blas) return api.CreateStatus(ORT_EP_FAIL, ("archc.GatedMLP: " + err).c_str());
+    auto* k = new CudaKernel;
+    k->blas = blas;
+    *kernel = k;
+    return nullptr;
+  }
+};
+#endif
+
+// The ops live as long as the process: onnxruntime keeps pointers to them in every session that registered them.
+CpuOp cpu_op;
+#ifdef ARCHC_ORT_OPS_CUDA
+CudaOp cuda_op;
+#endif
+
+}  // namespace
+
+extern "C" {
+
+// What the library is, for archc's Python side (exporters/ort_ops/build.py info) to check a prebuilt file before
+// copying it into a model: which kernels it holds, and the op-set version of its ops.
+__attribute__((visibility("default"))) const char* archc_ort_ops_info() {
+#ifdef ARCHC_ORT_OPS_CUDA
+  return "name=archc-ort-ops;version=1;ops=GatedMLP;kernels=cpu,cuda";
+#else
+  return "name=archc-ort-ops;version=1;ops=GatedMLP;kernels=cpu";
+#endif
+}
+
+// What SessionOptions.register_custom_ops_library calls. Each session gets its own domain object (onnxruntime
+// refers to it until the session ends; one that registers this library again gets another).
+__attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(ORT_API_VERSION);
+  if (!api)  // an onnxruntime older than these headers: report it through the API every version has
+    return base->GetApi(1)->CreateStatus(ORT_FAIL, ("archc ops: this onnxruntime lacks C API version " + std::to_string(ORT_API_VERSION)).c_str());
+  Ort::InitApi(api);
+  return as_status([&] {
+    static std::mutex lock;
+    static std::vector<Ort::CustomOpDomain> domains;  // kept alive for the sessions that use them
+    std::lock_guard<std::mutex> g(lock);
+    Ort::CustomOpDomain domain(kDomain);
+    domain.Add(&cpu_op);
+#ifdef ARCHC_ORT_OPS_CUDA
+    domain.Add(&cuda_op);
+#endif
+    Ort::UnownedSessionOptions(options).Add(domain);
+    domains.push_back(std::move(domain));
+  });
+}
+
+}  // extern "C"

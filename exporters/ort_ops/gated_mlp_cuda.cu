@@ -1,0 +1,241 @@
+// archc.GatedMLP on CUDA: a warp-per-row kernel for up to 4 rows, cuBLAS + one silu*mul kernel beyond.
+//
+// Why a hand kernel: at M = 1 a decode step's gated MLP is memory-bound, and onnxruntime runs it as two cuBLAS
+// GEMMs (~40-55% of the copy bandwidth at these small-N shapes), a SiLU and a Mul. One kernel that streams the
+// gate and up rows of W in the same warp and stores silu(g) * u reached 83% of the bandwidth on an H200
+// (benchmarks/gemv_kernel_probe.py, benchmarks/RESULTS.md "Hand-written M = 1 kernels against cuBLAS").
+//
+// cuBLAS is not linked: it is looked up in the process with dlopen when a kernel is created. onnxruntime's CUDA
+// provider links it and is loaded before any CUDA kernel is created, so the library finds the very copy the
+// provider uses, and the .so carries no path to a CUDA installation (cudart is linked statically by nvcc).
+// The five entry points are declared below from cuBLAS's documented C ABI (enums are ints), so the build needs
+// nvcc alone, not cuBLAS's headers.
+#include "gated_mlp_cuda.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <mutex>
+
+namespace archc_ops {
+namespace {
+
+// Each lane reads 16-byte vectors (8 halves); U vectors of the gate row and U of the up row are loaded before any
+// is used, so a lane keeps 2 * U weight loads in flight: what hides the memory latency when M is 1.
+constexpr int U = 4;
+constexpr int WARPS = 4;  // 128 threads a block; one output column f per warp
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+  const half2* ah = reinterpret_cast<const half2*>(&a);
+  const half2* bh = reinterpret_cast<const half2*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 p = __half22float2(ah[i]), q = __half22float2(bh[i]);
+    s += p.x * q.x + p.y * q.y;
+  }
+  return s;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
+
+// One warp per f: the gate row W[f] and the up row W[F + f] are read once for all ROWS rows of x (the weights are
+// the bytes that matter; x is a few KB and stays in L1/L2). fp32 accumulation, a warp-shuffle sum.
+template <int ROWS>
+__global__ void gemv_swiglu_kernel(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
+                                   int K, int F) {
+  const int f = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (f >= F) return;
+  const int KV = K / 8;
+  const uint4* wg = reinterpret_cast<const uint4*>(w + (size_t)f * K);
+  const uint4* wu = reinterpret_cast<const uint4*>(w + (size_t)(F + f) * K);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  float g[ROWS] = {}, u[ROWS] = {};
+  for (int k0 = lane; k0 < KV; k0 += 32 * U) {
+    uint4 a[U], b[U], xr[ROWS][U];
+#pragma unroll
+    for (int j = 0; j < U; ++j) {
+      const int k = k0 + 32 * j;
+      const bool in = k < KV;
+      a[j] = in ? __ldcs(wg + k) : make_uint4(0, 0, 0, 0);
+      b[j] = in ? __ldcs(wu + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) xr[r][j] = in ? __ldg(xv + (size_t)r * KV + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int j = 0; j < U; ++j)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        g[r] += dot8(xr[r][j], a[j]);
+        u[r] += dot8(xr[r][j], b[j]);
+      }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    g[r] = warp_sum(g[r]);
+    u[r] = warp_sum(u[r]);
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+}
+
+// y[m, f] = silu(c[m, f]) * c[m, F + f] over the fp32 [rows, 2F] product cuBLAS wrote.
+__global__ void silu_mul_kernel(const float* __restrict__ c, half* __restrict__ y, int64_t rows, int64_t F) {
+  const int64_t n = rows * F;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / F, f = i - m * F;
+    y[i] = __float2half(silu(c[m * 2 * F + f]) * c[m * 2 * F + F + f]);
+  }
+}
+
+std::string cuda_error(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
+}
+
+template <int ROWS>
+void launch(const void* x, const void* w, void* y, int K, int F, cudaStream_t s) {
+  const int blocks = (F + WARPS - 1) / WARPS;
+  gemv_swiglu_kernel<ROWS><<<blocks, 32 * WARPS, 0, s>>>(static_cast<const half*>(x), static_cast<const half*>(w),
+                                                         static_cast<half*>(y), K, F);
+}
+
+}  // namespace
+
+bool gemv_fits(const void* x, const void* w, int64_t rows, int64_t K) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return rows >= 1 && rows <= kGemvMaxRows && K % 8 == 0 && K <= (int64_t)1 << 30 && aligned(x) && aligned(w);
+}
+
+std::string launch_gemv_swiglu(const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (rows) {
+    case 1: launch<1>(x, w, y, (int)K, (int)F, s); break;
+    case 2: launch<2>(x, w, y, (int)K, (int)F, s); break;
+    case 3: launch<3>(x, w, y, (int)K, (int)F, s); break;
+    case 4: launch<4>(x, w, y, (int)K, (int)F, s); break;
+    default: return "gemv_swiglu: rows must be 1..4";
+  }
+  return cuda_error("gemv_swiglu kernel launch");
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// cuBLAS through dlopen
+
+namespace {
+using cublasHandle_t = void*;  // cublasContext*
+using cublasStatus_t = int;
+constexpr cublasStatus_t CUBLAS_STATUS_SUCCESS = 0;
+constexpr int CUBLAS_OP_N = 0, CUBLAS_OP_T = 1;  // cublasOperation_t
+constexpr int CUBLAS_COMPUTE_32F = 68;         // cublasComputeType_t
+constexpr int CUBLAS_GEMM_DEFAULT = -1;        // cublasGemmAlgo_t
+using CreateFn = cublasStatus_t (*)(cublasHandle_t*);
+using DestroyFn = cublasStatus_t (*)(cublasHandle_t);
+using SetStreamFn = cublasStatus_t (*)(cublasHandle_t, cudaStream_t);
+using SetWorkspaceFn = cublasStatus_t (*)(cublasHandle_t, void*, size_t);
+using GemmExFn = cublasStatus_t (*)(cublasHandle_t, int transa, int transb, int m, int n, int k, const void* alpha,
+                                    const void* A, cudaDataType Atype, int lda, const void* B, cudaDataType Btype,
+                                    int ldb, const void* beta, void* C, cudaDataType Ctype, int ldc, int compute,
+                                    int algo);
+}  // namespace
+
+struct Blas {
+  CreateFn create = nullptr;
+  DestroyFn destroy = nullptr;
+  SetStreamFn set_stream = nullptr;
+  SetWorkspaceFn set_workspace = nullptr;
+  GemmExFn gemm_ex = nullptr;
+  cublasHandle_t handle = nullptr;
+  size_t workspace_bytes = 0;
+  // onnxruntime may run one session from several threads: the handle's stream and workspace are set per call,
+  // so setting them and enqueueing the GEMM happen under this lock (all host-side, nothing waits on the GPU).
+  std::mutex lock;
+};
+
+namespace {
+
+void* find_cublas() {
+  // Already loaded by onnxruntime's CUDA provider (RTLD_NOLOAD finds it by its soname), else the usual search.
+  for (int flags : {RTLD_NOW | RTLD_NOLOAD, RTLD_NOW})
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+      if (void* h = dlopen(name, flags)) return h;
+  return nullptr;
+}
+
+template <typename T>
+bool sym(void* lib, const char* name, T* out) {
+  *out = reinterpret_cast<T>(dlsym(lib, name));
+  return *out != nullptr;
+}
+
+}  // namespace
+
+Blas* blas_open(std::string* err) {
+  void* lib = find_cublas();
+  if (!lib) {
+    *err = "cuBLAS (libcublas.so.13/.12) is not loaded in this process and dlopen cannot find it";
+    return nullptr;
+  }
+  auto* b = new Blas;
+  if (!sym(lib, "cublasCreate_v2", &b->create) || !sym(lib, "cublasDestroy_v2", &b->destroy) ||
+      !sym(lib, "cublasSetStream_v2", &b->set_stream) || !sym(lib, "cublasSetWorkspace_v2", &b->set_workspace) ||
+      !sym(lib, "cublasGemmEx", &b->gemm_ex)) {
+    *err = "cuBLAS lacks cublasCreate_v2/SetStream_v2/SetWorkspace_v2/GemmEx";
+    delete b;
+    return nullptr;
+  }
+  if (b->create(&b->handle) != CUBLAS_STATUS_SUCCESS) {
+    *err = "cublasCreate failed";
+    delete b;
+    return nullptr;
+  }
+  // cuBLAS's advice for its workspace: 32 MiB on Hopper and newer, 4 MiB before. It is scratch from onnxruntime's
+  // allocator per call (set with cublasSetWorkspace), never cuBLAS's own pool, which may cudaMalloc: not allowed
+  // while onnxruntime captures a CUDA graph.
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  b->workspace_bytes = (major >= 9 ? 32u : 4u) << 20;
+  return b;
+}
+
+void blas_close(Blas* b) {
+  if (!b) return;
+  if (b->handle) b->destroy(b->handle);
+  delete b;
+}
+
+size_t blas_workspace_bytes(const Blas* b) { return b->workspace_bytes; }
+
+std::string gemm_swiglu(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F, void* c,
+                        void* workspace, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  const float one = 1.f, zero = 0.f;
+  {
+    std::lock_guard<std::mutex> g(b->lock);
+    // cublasSetStream resets the workspace to cuBLAS's own pool: the workspace is set after it, every call.
+    if (b->set_stream(b->handle, s) != CUBLAS_STATUS_SUCCESS) return "cublasSetStream failed";
+    if (b->set_workspace(b->handle, workspace, b->workspace_bytes) != CUBLAS_STATUS_SUCCESS)
+      return "cublasSetWorkspace failed";
+    // Row-major c[rows, 2F] = x[rows, K] @ W[2F, K]^T is column-major c^T[2F, rows] = (W viewed as K x 2F)^T @ x^T.
+    cublasStatus_t st = b->gemm_ex(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * F), (int)rows, (int)K, &one, w,
+                                   CUDA_R_16F, (int)K, x, CUDA_R_16F, (int)K, &zero, c, CUDA_R_32F, (int)(2 * F),
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) return "cublasGemmEx failed (status " + std::to_string((int)st) + ")";
+  }
+  const int64_t n = rows * F;
+  const int threads = 256;
+  const int blocks = (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
+  silu_mul_kernel<<<blocks, threads, 0, s>>>(static_cast<const float*>(c), static_cast<half*>(y), rows, F);
+  return cuda_error("silu_mul kernel launch");
+}
+
+}  // namespace archc_ops
