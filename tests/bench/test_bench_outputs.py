@@ -29,6 +29,7 @@ CASES = {
     "host_prefill": (lambda t: ["--out", str(t / "d"), "--work", str(t / "w"), "--device", "cpu"], "d/host_prefill.json", "--out"),
     "host_step": (lambda t: ["--out", str(t / "h.json"), "--work-dir", str(t / "w"), "--device", "cpu"], "h.json", "--out"),
     "moe_mlp_probe": (lambda t: ["--out", str(t / "m.json"), "--device", "cpu"], "m.json", "--out"),
+    "ort_ops_check": (lambda t: ["--out", str(t / "d"), "--device", "cpu"], "d/ort_ops_check.json", "--out"),
     "nccl_world1": (lambda t: ["--out", str(t / "n.json"), "--device", "cpu"], "n.json", "--out"),
     "plan_memory": (lambda t: ["--out", str(t / "p.json"), "--tiny", "--device", "cpu"], "p.json", "--out"),
     "prefill_probe": (lambda t: ["--out", str(t / "p.json")], "p.json", "--out"),
