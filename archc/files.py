@@ -150,12 +150,31 @@ def read_text(path: str | os.PathLike, label: str | None = None, *, limit: int =
         raise UserError(one_line(f"{label or path}: not UTF-8 text (byte {e.start})")) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_object(pairs: list) -> dict:
+    """json's object_pairs_hook: a key given twice in one object is refused, not read as its last value
+    (json.loads' default), which would silently drop the value a reader of the file may take for the one used."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return d
+
+
 def read_json(path: str | os.PathLike, label: str | None = None, *, limit: int = MAX_READ):
-    """A JSON file's value (any JSON type: callers check the shape); bad JSON is one line."""
+    """A JSON file's value (any JSON type: callers check the shape); bad JSON, or a key given twice in
+    one object (which value is meant is not ours to guess), is one line."""
     shown = label or str(path)
     text = read_text(path, shown, limit=limit)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_object)
+    except _DuplicateKey as e:
+        raise UserError(one_line(f"{shown}: key {json.dumps(e.key)[:80]} appears twice in one JSON object; "
+                                 "keep the one you mean and delete the other")) from None
     except json.JSONDecodeError as e:
         raise UserError(one_line(f"{shown}: not valid JSON (line {e.lineno}: {e.msg})")) from None
     except RecursionError:
