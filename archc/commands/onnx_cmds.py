@@ -5,6 +5,7 @@ Heavy imports (onnx, onnxruntime, torch) happen inside the command functions.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +15,7 @@ from archc.cli import app
 from archc.commands.common import Replaces, SetOption, force_option, load
 from archc.commands.quant_options import (QuantAccuracyLevelOption, QuantBlockSizeOption, QuantHeadOption, QuantMethodOption,
                                           QuantOption, QuantSchemeOption, quant_settings)
-from archc.errors import UserError
+from archc.errors import UserError, one_line
 from archc.model_dir import MODEL_FILE, SPEC_FILE
 
 
@@ -154,12 +155,22 @@ def compile_cmd(
 
 
 def _parse_ids(values: list[str]) -> list[list[int]]:
+    """Each --prompt-ids value as its ids. Spaces around an id are allowed, inside one refused ("1 2" was
+    read as 12). An empty item ("1,,2", "1,2,") is refused, not skipped: it stands for an id the user
+    meant (it was read as 1,2 without a word); so is anything but optionally signed ASCII digits (int()
+    also takes "1_0" as 10). A value with no ids at all is left empty for check_prompts' message."""
     prompts = []
     for v in values:
-        try:
-            prompts.append([int(t) for t in v.replace(" ", "").split(",") if t != ""])
-        except ValueError:
-            raise UserError(f"--prompt-ids {v!r}: give comma-separated integer token ids, e.g. 1,2,3") from None
+        items = [t.strip() for t in v.split(",")]
+        if items == [""]:
+            prompts.append([])
+            continue
+        if "" in items:
+            raise UserError(one_line(f"--prompt-ids {v!r}: item {items.index('') + 1} is empty; give comma-separated "
+                                     "integer token ids with no empty item, e.g. 1,2,3"))
+        if not all(re.fullmatch(r"-?[0-9]{1,30}", t) for t in items):  # 30 digits: far past any vocabulary, under int()'s cap
+            raise UserError(one_line(f"--prompt-ids {v[:80]!r}: give comma-separated integer token ids, e.g. 1,2,3"))
+        prompts.append([int(t) for t in items])
     return prompts
 
 
