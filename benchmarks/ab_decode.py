@@ -28,16 +28,44 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import outputs
+from benchmarks import outputs, standard
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A variant's keys and their values (None: a non-negative integer; env.NAME takes any value). Spelled out here
+# rather than read from exporters' enums, which import onnx into a parent that only orchestrates;
+# tests/bench/test_ab_decode_errors.py holds them equal to Logits, NextToken, QuantKind and GateUp.
+VARIANT_KEYS: dict[str, tuple[str, ...] | None] = {
+    "next_token": ("argmax", "none"), "logits": ("all", "last"), "quant": ("int4", "int8"), "quant_head": ("0", "1"),
+    "gate_up": ("one_gemm", "two_gemms", "qmoe"), "gate_up_quant": ("one_gemm", "two_gemms", "qmoe"),
+    "sdpa_kernel": None, "cuda_graph": ("0", "1"),
+}
+
+
+class VariantError(ValueError):
+    """A --variants item this script cannot run: the message is the whole line."""
+
+
 def parse_variant(text: str) -> dict:
+    """ROOT[:key=value,...] -> {name, root, opts}. An unknown key or value is refused (a misspelt key was
+    ignored, so the run measured the default under the variant's name)."""
     root, _, opts = text.partition(":")
     out = {"name": text, "root": root, "opts": {}}
     for kv in filter(None, opts.split(",")):
-        k, _, v = kv.partition("=")
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise VariantError(f"--variants {text!r}: {kv!r} is not key=value")
+        if k.startswith("env.") and len(k) > 4:
+            pass
+        elif k not in VARIANT_KEYS:
+            raise VariantError(f"--variants {text!r}: unknown key {k!r}; keys: {', '.join(VARIANT_KEYS)}, env.NAME")
+        elif VARIANT_KEYS[k] is None and not (v.isascii() and v.isdigit()):
+            raise VariantError(f"--variants {text!r}: {k} takes a non-negative integer, got {v!r}")
+        elif VARIANT_KEYS[k] is not None and v not in VARIANT_KEYS[k]:
+            raise VariantError(f"--variants {text!r}: {k}={v!r}; choose one of {'|'.join(VARIANT_KEYS[k])}")
+        if k in out["opts"]:
+            raise VariantError(f"--variants {text!r}: {k} is given twice; keep one")
         out["opts"][k] = v
     return out
 
@@ -100,7 +128,7 @@ def child(args) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="llama")
+    ap.add_argument("--family", default="llama", choices=sorted(standard.FAMILIES))
     ap.add_argument("--dtype", default="fp16")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=512)
@@ -119,11 +147,23 @@ def main() -> int:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
     outputs.check_outputs(ap, args.force, ("--out", args.out))  # once, before any variant runs; the rewrites after each result are ours
-    variants = [parse_variant(x) for x in args.variants.split(";") if x]
+    # Bad input is one line and exit 2 before any variant runs, not an error row among the results and exit 0:
+    # the variants' syntax, their trees, and the spec with --set (load_family prints archc's line and exits 2)
+    try:
+        variants = [parse_variant(x) for x in args.variants.split(";") if x]
+    except VariantError as e:
+        return _refuse(ap, str(e))
+    if not variants:
+        return _refuse(ap, f"--variants {args.variants!r}: no variant; give e.g. \"new;old\"")
+    roots = {v["name"]: _root(v, args) for v in variants}
+    for name, root in roots.items():
+        if not (root / "archc").is_dir():
+            return _refuse(ap, f"--variants {name!r}: {root} holds no archc/ tree; give new, old (--old-root) or such a folder")
+    standard.load_family(args.family, ROOT, extra=[x for x in args.set if x])
     results = []
     for rnd in range(args.rounds):
         for v in variants:
-            root = {"new": ROOT, "old": (ROOT / args.old_root).resolve()}.get(v["root"]) or (ROOT / v["root"]).resolve()
+            root = roots[v["name"]]
             extra_env = {k[len("env."):]: x for k, x in v["opts"].items() if k.startswith("env.")}
             env = dict(os.environ, **extra_env, PYTHONPATH=os.pathsep.join([str(root), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             cmd = [sys.executable, __file__, "--child", json.dumps(v), "--family", args.family, "--dtype", args.dtype,
@@ -131,6 +171,9 @@ def main() -> int:
                    "--device", args.device] + [a for x in args.set for a in ("--set", x)]
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)
             line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None and p.returncode == 2:  # the child's one-line refusal (e.g. a spec an older tree rejects)
+                said = [x for x in p.stderr.splitlines() if x.strip()]
+                return _refuse(ap, f"variant {v['name']!r}: " + (said[-1] if said else "refused its input (exit 2)"))
             if line is None:
                 r = {"variant": v["name"], "error": (p.stderr or p.stdout).strip().splitlines()[-3:]}
             else:
@@ -143,6 +186,17 @@ def main() -> int:
                 args.out.write_text(json.dumps({"family": args.family, "dtype": args.dtype, "batch": args.batch,
                                                 "prompt": args.prompt, "results": results}, indent=1))
     return 0
+
+
+def _root(v: dict, args) -> Path:
+    return {"new": ROOT, "old": (ROOT / args.old_root).resolve()}.get(v["root"]) or (ROOT / v["root"]).resolve()
+
+
+def _refuse(ap: argparse.ArgumentParser, message: str) -> int:
+    from archc.errors import one_line
+
+    print(f"{ap.prog}: " + one_line(message), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

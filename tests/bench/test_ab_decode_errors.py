@@ -1,0 +1,80 @@
+"""benchmarks/ab_decode.py's bad input is one line on stderr and exit 2 before any variant runs, no --out written.
+A --set the spec refuses was caught only in each variant's child process and recorded as an error row, so the
+script printed rows and exited 0 (as if it had measured); a misspelt variant key was ignored, measuring the
+default under the variant's name. The negative control runs one tiny CPU variant end to end: exit 0, one row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["n_layers=2", "d_model=64", "attention.n_heads=4", "attention.kv_heads=2", "mlp.d_ff=128", "vocab_size=100",
+        "max_seq_len=64"]
+
+
+def _run(t: Path, *argv: str, sets=TINY) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "benchmarks.ab_decode", "--device", "cpu", "--dtype", "fp32", "--work", str(t / "w"),
+           "--out", str(t / "ab.json"), "--rounds", "1", "--prompt", "4", "--new-tokens", "2",
+           *[a for s in sets for a in ("--set", s)], *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _one_line(p: subprocess.CompletedProcess, *needles: str) -> str:
+    assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stdout[-1000:], p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ab_decode.py: "), lines
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not p.stdout.strip(), p.stdout  # no result row
+    return lines[0]
+
+
+def test_a_refused_set_exits_2_without_rows(tmp_path):
+    p = _run(tmp_path, "--variants", "new", sets=TINY + ["attention.n_heads=3"])
+    _one_line(p, "--set ", "attention.n_heads=3")
+    assert not (tmp_path / "ab.json").exists() and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("variants, says", [
+    ("new:next_tokn=none", "unknown key 'next_tokn'"),
+    ("new:gate_up_quant=bogus", "gate_up_quant='bogus'; choose one of one_gemm|two_gemms|qmoe"),
+    ("new:sdpa_kernel=x", "sdpa_kernel takes a non-negative integer"),
+    ("new:logits", "'logits' is not key=value"),
+    ("new:quant=int4,quant=int8", "quant is given twice"),
+    ("no/such/tree", "holds no archc/ tree"),
+    (";", "no variant"),
+])
+def test_a_bad_variant_exits_2_before_any_run(tmp_path, variants, says):
+    _one_line(_run(tmp_path, "--variants", variants), says)
+    assert not (tmp_path / "ab.json").exists() and not (tmp_path / "w").exists()
+
+
+def test_an_unknown_family_is_argparse_s_line(tmp_path):
+    p = _run(tmp_path, "--family", "t5")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "invalid choice: 't5'" in p.stderr, p.stderr[-2000:]
+
+
+def test_variant_values_match_the_exporters_enums():
+    """ab_decode spells the values out (its parent imports no onnx); they must stay the exporters' own."""
+    from archc.quant import QuantKind
+    from benchmarks.ab_decode import VARIANT_KEYS
+    from exporters.onnx_export import Logits, NextToken
+    from exporters.onnx_lowering_cuda import GateUp
+
+    assert set(VARIANT_KEYS["logits"]) == {x.value for x in Logits}
+    assert set(VARIANT_KEYS["next_token"]) == {x.value for x in NextToken}
+    assert set(VARIANT_KEYS["gate_up"]) == set(VARIANT_KEYS["gate_up_quant"]) == {x.value for x in GateUp}
+    assert set(VARIANT_KEYS["quant"]) <= {x.value for x in QuantKind}
+
+
+def test_a_good_variant_still_measures(tmp_path):
+    """Negative control: the same call with a valid --set and variant runs and records one row, exit 0."""
+    p = _run(tmp_path, "--variants", "new:next_token=none,cuda_graph=0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((tmp_path / "ab.json").read_text())["results"]
+    assert len(rows) == 1 and "error" not in rows[0] and rows[0]["variant"] == "new:next_token=none,cuda_graph=0", rows
