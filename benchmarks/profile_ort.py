@@ -74,7 +74,6 @@ def main() -> int:
     from archc import runner
     from archc.runner import steppers
     from archc.bench.harness import measure_limits, roofline, Shape
-    from archc.model_dir import MODEL_FILE
     from exporters.onnx_export import export
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,12 +87,28 @@ def main() -> int:
 
     quant = QuantSettings(QuantKind(args.quant), head=args.quant_head) if args.quant else None
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=args.set))
-    model_dir = Path(args.work_dir) / (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else "")
-                                   + (f"-{args.quant}" + ("-head" if args.quant_head else "") if args.quant else ""))
-    if not (model_dir / MODEL_FILE).exists():
-        t = time.time()
-        export(graph, model_dir, target=target, dtype=args.dtype, quant=quant)
-        print(f"exported {model_dir} in {time.time() - t:.1f} s")
+    # The export folder is keyed as `archc bench` keys its own (archc.bench.workdir): the name ends in a fingerprint of
+    # the resolved spec (so of every --set), the export options, the --set list as given and archc's code, and a
+    # folder is reused only when its sealed key matches. It was named by spec name, target, dtype and options alone,
+    # so a run with another --set (n_layers=1: the same name) silently measured the model an earlier run exported.
+    from archc.bench.workdir import building, place, reusable, spec_parts
+    from archc.errors import UserError
+
+    parts = {**spec_parts(graph), "sets": list(args.set),
+             "export": {"target": target, "dtype": args.dtype, "gate_up": args.gate_up, "quant": args.quant,
+                        "quant_head": args.quant_head}}
+    stem = (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else "")
+            + (f"-{args.quant}" + ("-head" if args.quant_head else "") if args.quant else ""))
+    model_dir = place(Path(args.work_dir), stem, parts)
+    try:
+        if not reusable(model_dir, parts):
+            t = time.time()
+            with building(model_dir, parts) as into:
+                export(graph, into, target=target, dtype=args.dtype, quant=quant)
+            print(f"exported {model_dir} in {time.time() - t:.1f} s")
+    except UserError as e:  # a folder in the way under that name, an unwritable --work-dir: one line, exit 2
+        print(f"{ap.prog}: {e}", file=sys.stderr)
+        return 2
     s = runner.Session(model_dir, device=args.device, io_binding=True)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     print("providers", s.sess.get_providers(), "kv_cache", s.kv_cache)
@@ -164,7 +179,7 @@ def main() -> int:
     roof = roofline(graph, args.dtype, Shape(args.batch, args.prompt, N), limits)
     med = lambda key: statistics.median(d[key] for d in decode) if decode else None  # noqa: E731
     summary = {
-        "spec": graph.spec.name, "batch": args.batch, "prompt": args.prompt, "decode_steps": len(decode),
+        "spec": graph.spec.name, "sets": list(args.set), "model_dir": str(model_dir), "batch": args.batch, "prompt": args.prompt, "decode_steps": len(decode),
         "plain_generate_ms": plain, "plain_tpot_ms": (plain - r.prefill_ms) / (N - 1),
         "runner_prefill_ms": r.prefill_ms, "runner_decode_tok_s": r.decode_tokens_per_s,
         "roofline_tpot_ms": roof["decode_tpot_ms"],

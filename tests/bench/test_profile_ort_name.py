@@ -56,3 +56,35 @@ def test_quant_head_alone_is_refused(tmp_path):
     assert p.stderr.strip().splitlines() == ["profile_ort.py: --quant-head quantizes the head of a --quant export; "
                                              "add --quant int4 or --quant int8"]
     assert not (tmp_path / "d").exists()
+
+
+def test_runs_with_other_sets_do_not_share_an_export(tmp_path):
+    """Two CPU dry runs differing only in --set n_layers (the spec's name stays llama-1.1b) each measure their own
+    export: two folders in --work-dir, each holding the spec of its run (spec.yaml, written by the exporter: the
+    independent record of what was exported). Before, both used llama-1.1b-portable-fp16 and the second run
+    measured the first run's 2-layer model. Negative control: the first call again reuses its folder (no export)."""
+    w = tmp_path / "w"
+
+    def run(layers: int, out: str) -> subprocess.CompletedProcess:
+        sets = TINY + [f"n_layers={layers}"]
+        p = _run(["--out", str(tmp_path / out), "--work-dir", str(w), "--device", "cpu", "--prompt", "4", "--steps", "2",
+                  *[a for s in sets for a in ("--set", s)]])
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p
+
+    first = run(2, "a")
+    second = run(1, "b")
+    assert "exported" in first.stdout and "exported" in second.stdout, second.stdout
+    folders = sorted(d for d in w.iterdir() if not d.name.startswith("."))
+    assert len(folders) == 2, folders
+    import yaml
+
+    used = {json.loads((tmp_path / o / "profile_llama.json").read_text())["model_dir"] for o in ("a", "b")}
+    assert used == {str(d) for d in folders}
+    layers = {yaml.safe_load((d / "spec.yaml").read_text())["n_layers"] for d in folders}
+    assert layers == {1, 2}
+    again = run(2, "c")
+    assert "exported" not in again.stdout
+    assert json.loads((tmp_path / "c" / "profile_llama.json").read_text())["model_dir"] == \
+        json.loads((tmp_path / "a" / "profile_llama.json").read_text())["model_dir"]
+    assert len([d for d in w.iterdir() if not d.name.startswith(".")]) == 2
