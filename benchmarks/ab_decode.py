@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANT_KEYS: dict[str, tuple[str, ...] | None] = {
     "next_token": ("argmax", "none"), "logits": ("all", "last"), "quant": ("int4", "int8"), "quant_head": ("0", "1"),
     "gate_up": ("one_gemm", "two_gemms", "qmoe"), "gate_up_quant": ("one_gemm", "two_gemms", "qmoe"),
-    "sdpa_kernel": None, "cuda_graph": ("0", "1"),
+    "sdpa_kernel": None, "cuda_graph": ("0", "1"), "decode_window": None,
 }
+AT_LEAST_ONE = {"decode_window"}  # integer keys where 0 means nothing (Session(decode_window) takes 1 and more)
 
 
 class VariantError(ValueError):
@@ -60,14 +61,38 @@ def parse_variant(text: str) -> dict:
             pass
         elif k not in VARIANT_KEYS:
             raise VariantError(f"--variants {text!r}: unknown key {k!r}; keys: {', '.join(VARIANT_KEYS)}, env.NAME")
-        elif VARIANT_KEYS[k] is None and not (v.isascii() and v.isdigit()):
-            raise VariantError(f"--variants {text!r}: {k} takes a non-negative integer, got {v!r}")
+        elif VARIANT_KEYS[k] is None and not (v.isascii() and v.isdigit() and len(v) <= 9 and (int(v) >= 1 or k not in AT_LEAST_ONE)):
+            raise VariantError(f"--variants {text!r}: {k} takes {'a positive' if k in AT_LEAST_ONE else 'a non-negative'} "
+                               f"integer, got {v!r}")
         elif VARIANT_KEYS[k] is not None and v not in VARIANT_KEYS[k]:
             raise VariantError(f"--variants {text!r}: {k}={v!r}; choose one of {'|'.join(VARIANT_KEYS[k])}")
         if k in out["opts"]:
             raise VariantError(f"--variants {text!r}: {k} is given twice; keep one")
         out["opts"][k] = v
     return out
+
+
+def _export_key(sets: list[str], spec) -> str:
+    """First digits of a sha256 of what the folder name above leaves out but the export depends on: the --set list
+    (in order: a later --set overrides an earlier one), the resolved spec (an edited spec file; an older tree
+    without Spec.to_yaml_dict: its name), and the .py files of the archc and exporters this process imported
+    (the variant's tree: a changed tree is another export). An export is reused when its folder has a
+    model.onnx, so without these a run with another --set, or after an edit of the code, measured the export
+    an earlier run made."""
+    import hashlib
+
+    import archc
+    import exporters
+
+    resolved = spec.to_yaml_dict() if hasattr(spec, "to_yaml_dict") else spec.name
+    h = hashlib.sha256(json.dumps({"sets": list(sets), "spec": resolved}, sort_keys=True, default=str).encode())
+    for pkg in (archc, exporters):
+        root = Path(pkg.__file__).resolve().parent
+        for p in sorted(root.rglob("*.py")):
+            data = p.read_bytes()
+            h.update(f"{p.relative_to(root.parent).as_posix()}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:12]
 
 
 def child(args) -> dict:
@@ -85,7 +110,8 @@ def child(args) -> dict:
     graph = archc.compile(standard.load_family(args.family, ROOT, extra=[x for x in args.set if x]))
     # env and the runner's window do not change the export
     export_opts = {k: x for k, x in v["opts"].items() if not k.startswith("env.") and k != "decode_window"}
-    d = Path(args.work) / (f"{args.family}-{args.dtype}-{v['root']}-" + "".join(c if c.isalnum() else "_" for c in json.dumps(export_opts, sort_keys=True)))
+    d = Path(args.work) / (f"{args.family}-{args.dtype}-{v['root']}-" + "".join(c if c.isalnum() else "_" for c in json.dumps(export_opts, sort_keys=True))
+                           + "-" + _export_key(args.set, graph.spec))
     kw = {k: v["opts"][k] for k in ("next_token", "logits") if k in v["opts"]}
     if "quant" in v["opts"]:
         from archc.quant import QuantKind, QuantSettings
@@ -123,7 +149,7 @@ def child(args) -> dict:
     tpot = (tn - t1) / (N - 1)
     return {"variant": v["name"], "export_s": export_s, "cold_ms": cold * 1e3, "prefill_ms": t1 * 1e3,
             "tpot_ms": tpot * 1e3, "tok_s": args.batch / tpot, "cuda_graph": s.cuda_graph,
-            "next_token": getattr(s, "has_next_token", False), "ids_head": runs[-1][1].ids[0][:16]}
+            "next_token": getattr(s, "has_next_token", False), "ids_head": runs[-1][1].ids[0][:16], "model_dir": str(d)}
 
 
 def main() -> int:

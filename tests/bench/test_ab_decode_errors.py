@@ -44,6 +44,8 @@ def test_a_refused_set_exits_2_without_rows(tmp_path):
     ("new:next_tokn=none", "unknown key 'next_tokn'"),
     ("new:gate_up_quant=bogus", "gate_up_quant='bogus'; choose one of one_gemm|two_gemms|qmoe"),
     ("new:sdpa_kernel=x", "sdpa_kernel takes a non-negative integer"),
+    ("new:decode_window=0", "decode_window takes a positive integer"),
+    ("new:sdpa_kernel=" + "9" * 5000, "sdpa_kernel takes a non-negative integer"),
     ("new:logits", "'logits' is not key=value"),
     ("new:quant=int4,quant=int8", "quant is given twice"),
     ("no/such/tree", "holds no archc/ tree"),
@@ -78,3 +80,22 @@ def test_a_good_variant_still_measures(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = json.loads((tmp_path / "ab.json").read_text())["results"]
     assert len(rows) == 1 and "error" not in rows[0] and rows[0]["variant"] == "new:next_token=none,cuda_graph=0", rows
+
+
+def test_runs_with_other_sets_do_not_share_an_export(tmp_path):
+    """The export folder's name holds a key of the --set list (and the spec, the code): a run with n_layers=1 after one
+    with n_layers=2 exports its own model (spec.yaml in each folder, the exporter's record, says which), where it
+    reused the first run's folder. Negative control: the first call again reuses its folder."""
+    import yaml
+
+    def folder(t: Path, layers: int) -> Path:
+        p = _run(t, "--variants", "new:cuda_graph=0", "--force", sets=TINY + [f"n_layers={layers}"])
+        assert p.returncode == 0, p.stderr[-2000:]
+        return Path(json.loads((t / "ab.json").read_text())["results"][0]["model_dir"])
+
+    two, one = folder(tmp_path, 2), folder(tmp_path, 1)
+    assert two != one and two.parent == one.parent == tmp_path / "w"
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted([two.name, one.name])
+    assert yaml.safe_load((two / "spec.yaml").read_text())["n_layers"] == 2
+    assert yaml.safe_load((one / "spec.yaml").read_text())["n_layers"] == 1
+    assert folder(tmp_path, 2) == two and len(list((tmp_path / "w").iterdir())) == 2
