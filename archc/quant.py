@@ -113,12 +113,34 @@ class QuantSettings:
         scheme = {QuantScheme.symmetric: "sym", QuantScheme.asymmetric: "asym"}[self.scheme]
         return f"MatMulNBits {self.kind.value} {scheme} b{self.block_size}"
 
-    def describe(self) -> str:
+    def describe(self, lowering: dict[str, str]) -> str:
+        """compile's `quantized:` line. Which ops hold the quantized weights is read from the export's lowering
+        record (`lowering`, the model's archc.lowering metadata), not assumed: a --quant MLP lowered as one QMoE
+        node (the cuda lowering's GateUp.qmoe) was reported as MatMulNBits."""
         if not self.active:
             return "none"
         method = {QuantMethod.rtn: "round-to-nearest", QuantMethod.search: "per-block scale search"}[self.method]
+        ops = quantized_ops(lowering)
+        held = ", ".join(f"{op} in {n} component{'s' if n != 1 else ''}" for op, n in ops.items()) or \
+            "no quantized op in the lowering record"
         return (f"{self.kind.value} {self.scheme.value}, block {self.block_size}, accuracy_level {self.accuracy_level}"
-                f"{', head too' if self.head else ''} ({method}, MatMulNBits)")
+                f"{', head too' if self.head else ''} ({method}; {held})")
+
+
+# The onnxruntime com.microsoft ops that take archc's quantized weights (exporters/quantize.py writes their bytes):
+# MatMulNBits per projection, QMoE for a whole gated MLP (the cuda lowering's GateUp.qmoe). A lowering record's
+# words name the op a graph node was lowered to (`cuda:QMoE int4 sym b32 (...)`, `MatMulNBits int4 sym b32`).
+QUANTIZED_OPS = ("MatMulNBits", "QMoE")
+
+
+def quantized_ops(lowering: dict[str, str]) -> dict[str, int]:
+    """QUANTIZED_OPS named in a lowering record ({graph node: lowering words}) -> how many graph nodes name each,
+    in QUANTIZED_OPS' order; ops no node names are left out."""
+    import re
+
+    counts = {op: sum(1 for how in lowering.values() if re.search(rf"(?<![A-Za-z]){op}(?![A-Za-z])", how))
+              for op in QUANTIZED_OPS}
+    return {op: n for op, n in counts.items() if n}
 
 
 def model_dir_quant(path) -> QuantSettings | None:

@@ -139,7 +139,7 @@ def compile_cmd(
     con.print(f"compiled {s.name} -> {out} (target {target}, {dtype}, logits {result.logits.value} {shape}, "
               f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
     if qs.active:
-        con.print(f"quantized: {qs.describe()}")
+        con.print(f"quantized: {qs.describe(result.lowering)}")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)

@@ -227,3 +227,26 @@ def test_closed_form_size_is_the_written_size(tmp_path, monkeypatch):
                   if t.data_location == TensorProto.EXTERNAL)
     assert weight_bytes(archc.compile(spec), DType.float16, INT4) == written
     assert weight_bytes(light_graph(spec), DType.float16, INT4) == written
+
+
+@pytest.mark.parametrize("mode", ["qmoe", "one_gemm"])
+def test_compile_says_which_ops_hold_the_quantized_weights(tmp_path, monkeypatch, capsys, mode):
+    """`archc compile --quant`'s `quantized:` line names the ops the written model.onnx holds (the oracle: its node
+    op types), with the number of MLPs as QMoE nodes. It said `MatMulNBits` always, also when every MLP was one QMoE
+    node. Negative control (one_gemm): no QMoE in the graph, none in the line."""
+    from conftest import SPECS, run_cli, tiny_sets
+
+    monkeypatch.setattr(onnx_lowering_cuda, "GATE_UP_QUANT", onnx_lowering_cuda.GateUp(mode))
+    out = tmp_path / "m"
+    sets = [a for s in tiny_sets(SPECS / "llama.yaml") + ["mlp.d_ff=128"] for a in ("--set", s)]
+    rc, stdout, err = run_cli(["compile", "llama", *sets, "-o", str(out), "--target", "cuda", "--dtype", "fp16",
+                               "--quant", "int4"], capsys)
+    assert rc == 0, err
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("quantized: "))
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node]
+    for op in ("MatMulNBits", "QMoE"):
+        assert (op in line) == (op in ops), (op, line)
+    if mode == "qmoe":
+        assert ops.count("QMoE") == 2 and "QMoE in 2 components" in line, line
+    else:
+        assert "QMoE" not in ops
