@@ -39,8 +39,10 @@ its last reader: the additive mask it builds for a call with attention_mask ([b,
       mlp        gated: act(gate), up and their product (3 f), then the product and down's output (f + D);
                  otherwise up's output and act(up) (2 f), then f + D
       residual   its output (and alpha x skip under DeepNorm)
-  - the head: the values still held (the final norm's output) and the logits of every position in the
-    compute dtype and float32.
+  - the head: the values still held (the final norm's output) and the logits of the LAST position only
+    ([b, 1, V]) in the compute dtype and float32: every generate feeds logits_start = -1 (archc run's
+    onnxruntime steps, archc.runner.steppers; generate-tp's greedy loop, exporters.torch_module.greedy_generate;
+    the bench's backends), so the head never makes the prompt's [b, S, V] (PaLM at 16 x 2048: 33 GB).
 
 Activation model: the tensors autograd keeps for backward, counted per layer from the graph's
 nodes as the PyTorch emitter computes them (b local sequences, S tokens, D d_model; per rank
@@ -384,7 +386,9 @@ def memory_row(spec: Spec, graph1: ComponentGraph, strategy: Strategy, *, batch:
         widths = (m.held_d + m.d) * D + m.q * sh.q_local + m.kv * sh.kv_local + m.f * sh.f_local
         return bs * widths * w + m.scores * b * seq_len * seq_len * (2 * w + 1)
 
-    logits = bs * V * (4 if w == 4 else 4 + w)  # the head's product in the compute dtype, then .float() (no copy in float32)
+    # the head on the last position (logits_start = -1, module docstring): its product in the compute dtype, then .float()
+    # (no copy in float32)
+    logits = b * V * (4 if w == 4 else 4 + w)
     alibi_heads = sh.mask_heads if graph1.nodes(K.alibi) else 0
     prefill_mask = b * seq_len * seq_len * w * (len(graph1.nodes(K.mask)) + alibi_heads)  # the mask, [+ mask + bias per head]
     prefill = int(prefill_mask + max(max(map(moment, sh.prefill_layer)), moment(sh.prefill_head) + logits))

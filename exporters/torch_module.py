@@ -90,6 +90,7 @@ class _Context:
     cache_position: torch.Tensor | None = None
     present: list = field(default_factory=list)
     memo: dict = field(default_factory=dict)
+    logits_start: int = 0  # the head computes positions logits_start: (forward's argument, the ONNX input's twin)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -706,7 +707,10 @@ class GraphModel(nn.Module):
         return linear_cross_entropy(h.flatten(0, 1), self.head_weight(), self.get_submodule("head").bias, targets.flatten(), chunk)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, prefix_len=None, past_key_values=None,
-                cache: StaticKVCache | None = None, cache_position=None, return_hidden: bool = False):
+                cache: StaticKVCache | None = None, cache_position=None, return_hidden: bool = False, logits_start: int = 0):
+        """logits_start: the first position the head computes, Python-style, as the ONNX model's input of that
+        name (archc.model_dir.LOGITS_START): 0 every position (logits [B, S, V]), -1 the last ([B, 1, V]),
+        what generation reads (greedy_generate's prefill feeds it, as archc's runner does onnxruntime)."""
         B, S = input_ids.shape
         device = input_ids.device
         past_len = 0
@@ -735,7 +739,7 @@ class GraphModel(nn.Module):
         weight_dtype = self.get_submodule("embed").weight.dtype
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight_dtype
         ctx = _Context(seq=S, past=past_key_values, dtype=dtype, causal=causal, cache=cache, cache_position=cache_position,
-                       present=[None] * self.n_cache)
+                       present=[None] * self.n_cache, logits_start=logits_start)
         values: dict = {}
         checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for seg in self._segments:
@@ -778,6 +782,8 @@ class GraphModel(nn.Module):
                     return kw["x"]
                 if kind is K.head:
                     kw["weight"] = self.head_weight()
+                    if ctx.logits_start:
+                        kw["x"] = kw["x"][:, ctx.logits_start:]  # a view: only these positions' logits are made
                 values[name] = module(**kw, ctx=ctx) if getattr(module, "uses_context", False) else module(**kw)
                 del kw
             for gone in done:
@@ -828,9 +834,9 @@ def greedy_generate(model: GraphModel, graph: ComponentGraph, prompts: list[list
     out, past, cur = [], None, ids
     for k in range(n_new):
         pos = feeds.positions(mask.numpy(), cur.shape[1], layout, lens.numpy(), k)
-        with torch.no_grad():
+        with torch.no_grad():  # logits_start=-1: the head on the last position only, as archc's runner feeds onnxruntime
             logits, past = model(cur, mask, None if pos is None else torch.from_numpy(pos),
-                                 lens if "prefix_len" in names else None, past)
+                                 lens if "prefix_len" in names else None, past, logits_start=-1)
         tok = logits[:, -1].argmax(-1)
         out.append(tok)
         cur = tok[:, None]

@@ -36,9 +36,9 @@ class _OnDevice(torch.nn.Module):
         super().__init__()
         self.model, self.device = model, torch.device(device)
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         moved = [a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args]
-        logits, present = self.model(*moved)
+        logits, present = self.model(*moved, **kwargs)  # kwargs: greedy_generate's logits_start (an int)
         return logits.cpu(), present
 
 
