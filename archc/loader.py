@@ -33,19 +33,31 @@ class _Loader(_SafeBase):  # type: ignore[valid-type,misc]
     """SafeLoader that keeps each scalar's text for floats like 1e-5 (YAML 1.1 reads them as strings)."""
 
 
+class _PyLoader(yaml.SafeLoader):
+    """_Loader's pure-Python twin, for text that could nest deeply (_compose): libyaml's composer recurses in C
+    with no depth check, so 50000 nested '[' (a 100 KB file, or one --set value) crashed the process with a
+    segmentation fault; the Python composer stops at the recursion limit (RecursionError: one line)."""
+
+
 # YAML 1.1 only reads floats with a dot and a signed exponent; published configs write 1e-5 and 1.0e-05.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    __import__("re").compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        __import__("re").X,
-    ),
-    list("-+0123456789."),
-)
+for _cls in (_Loader, _PyLoader):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        __import__("re").compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            __import__("re").X,
+        ),
+        list("-+0123456789."),
+    )
+
+# Every level of YAML nesting needs one of these characters ('[', '{', a block entry's '-', a value's ':', an
+# explicit key's '?'), so text with fewer of them cannot nest deeper than that. libyaml's composer ran 20000
+# levels on an 8 MB stack and crashed at 50000; under this bound it runs (library specs hold under 100).
+_C_SAFE_STRUCTURE = 2000
 
 
 # A spec is a few hundred values. Aliases let a small file expand into a huge tree (9 levels of 9
@@ -110,8 +122,9 @@ def _construct(node: yaml.Node, file: str, path: Path_, lines: LineMap, loader: 
 def _compose(text: str, shown: str) -> yaml.Node | None:
     """One YAML document as nodes (aliases stay shared nodes, nothing is expanded yet), with every
     parse failure as a SpecError naming `shown`."""
+    structure = sum(text.count(c) for c in "[{-:?")
     try:
-        return yaml.compose(text, Loader=_Loader)
+        return yaml.compose(text, Loader=_Loader if structure < _C_SAFE_STRUCTURE else _PyLoader)
     except RecursionError:
         raise SpecError("YAML nested too deeply", shown) from None
     except yaml.reader.ReaderError as e:  # a control character (NUL, ...) that YAML does not allow
