@@ -141,9 +141,10 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def parse_size(text: str, option: str = "--gpu-memory") -> int:
     m = _SIZE.match(text)
-    if not m or float(m.group(1)) <= 0:
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()]) if m else 0
+    if size < 1:  # 0.0000001B was 0 bytes: every strategy "does not fit" under a header saying "0 B"
         raise UserError(f"{option} {text!r}: give a positive size with a unit, e.g. 141GiB, 80GB or 24576MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return size
 
 
 def fmt_bytes(n: float) -> str:
@@ -403,6 +404,17 @@ def _proper_divisors(n: int) -> list[int]:
     """Divisors of n in [2, n), ascending, in sqrt(n) steps (a loop to n hung on --gpus 10**12)."""
     small = [d for d in range(2, math.isqrt(n) + 1) if n % d == 0]
     return small + [n // d for d in reversed(small) if n // d != d]
+
+
+def no_strategy_reason(kind: ParallelKind, gpus: int) -> str:
+    """Why `strategies` offers nothing of `kind` on `gpus` GPUs (it offers every kind it can)."""
+    if kind is ParallelKind.single:
+        return "always possible"  # strategies always offers it; named for completeness of the branches
+    if kind in (ParallelKind.fsdp, ParallelKind.tp):
+        return f"needs --gpus 2 or more (got {gpus})"
+    if kind is ParallelKind.fsdp_tp:
+        return f"needs --gpus that splits into fsdp x tp, both at least 2 (4, 6, 8, ...; got {gpus})"
+    raise ValueError(f"unknown parallel kind {kind}")
 
 
 def strategies(graph1: ComponentGraph, gpus: int, kinds: list[ParallelKind]) -> list[tuple[Strategy, str | None]]:

@@ -35,7 +35,8 @@ def plan_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from archc.memory_plan import MAX_GPUS, ParallelKind, fmt_bytes, memory_row, one_layer_graph, parse_size, strategies
+    from archc.memory_plan import (MAX_GPUS, ParallelKind, fmt_bytes, memory_row, no_strategy_reason, one_layer_graph, parse_size,
+                                   strategies)
     from archc.spec import DType
 
     if not 1 <= gpus <= MAX_GPUS:
@@ -55,18 +56,26 @@ def plan_cmd(
         raise UserError(f"--seq-len {S}: give at least 1 token")
     if S > s.max_seq_len:
         raise UserError(f"--seq-len {S} is beyond max_seq_len={s.max_seq_len} of {s.name}; lower it or --set max_seq_len={S}")
-    try:
-        dt = DType(dtype) if dtype else s.dtype
+    try:  # `is not None`: an empty --dtype '' is refused, not read as the default
+        dt = DType(dtype) if dtype is not None else s.dtype
     except ValueError:
         raise UserError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16") from None
     try:
-        ct = DType(compute_dtype) if compute_dtype else dt
+        ct = DType(compute_dtype) if compute_dtype is not None else dt
     except ValueError:
         raise UserError(f"--compute-dtype {compute_dtype!r}: choose float32, bfloat16 or float16") from None
 
     graph1 = one_layer_graph(s)
-    rows, refused = [], []
-    for strategy, problem in strategies(graph1, gpus, kinds):
+    found = strategies(graph1, gpus, kinds)
+    # A kind asked for with --parallel that has no strategy on --gpus (fsdp or tp on one GPU, fsdp+tp on a prime count)
+    # was left out without a word: `--parallel fsdp --gpus 1` printed two empty tables and exit 0. (Without --parallel
+    # every kind is tried and those that do not apply stay out, as before.)
+    offered = {st.kind for st, _ in found}
+    missing = [f"{k.value}: {no_strategy_reason(k, gpus)}" for k in dict.fromkeys(kinds) if parallel and k not in offered]
+    if not found:
+        raise UserError("; ".join(f"--parallel {m}" for m in missing))
+    rows, refused = [], list(missing)
+    for strategy, problem in found:
         if problem:
             refused.append(f"{strategy.label}: {problem}")
         elif batch % strategy.dp:
