@@ -11,6 +11,7 @@ alibi must not drag `theta` along).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from archc.errors import SpecError, UserError
-from archc.files import read_bytes, stat_path
+from archc.files import kind_of, read_bytes, stat_path
 from archc.spec import OptimizerKind, PositionKind, ScheduleKind, Spec
 
 Path_ = tuple[str, ...]
@@ -252,7 +253,12 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LineMap]
         raise SpecError("extends must be a relative path to another spec file", _display(path), lines.get(("extends",), (None, None))[1], "extends")
     target = Path(os.path.realpath(path.parent / parent))
     where = f"{_display(path)}:{lines[('extends',)][1]}: extends"
-    if stat_path(target, where) is None:
+    st = stat_path(target, where)
+    if st is not None and not stat.S_ISREG(st.st_mode):  # named here: the read's own line ('adir: is a directory, not a
+        # file') said neither which file's extends led there nor what to give instead
+        raise SpecError(f"extends target '{parent}' is {kind_of(st.st_mode)}; give a path to a spec file",
+                        _display(path), lines[("extends",)][1], "extends")
+    if st is None:
         # Library specs may be named without a path ("extends: llama").
         lib = library_spec(parent)
         if lib is None:
@@ -576,7 +582,7 @@ def resolve_spec_path(arg: str | os.PathLike) -> Path:
     p = Path(arg)
     if p.is_dir():
         inner = p / "spec.yaml"
-        if not inner.exists():
+        if not os.path.lexists(inner):  # a link there that leads nowhere (or loops) is reported by the read, naming it
             raise SpecError("directory has no spec.yaml; give a spec file or a directory made by `archc compile`", str(arg))
         return inner
     if not p.exists() and not p.suffix and isinstance(arg, str):
