@@ -9,6 +9,7 @@ MODEL_FILE = "model.onnx"  # the graph; onnxruntime-genai's genai_config.json na
 DATA_FILE = "model.onnx.data"  # every weight, external data, 64-byte aligned
 SPEC_FILE = "spec.yaml"  # the resolved spec the model was compiled from (also in a training run's folder)
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's model description
+ORT_OPS_FILE = "archc_ort_ops.so"  # archc's onnxruntime custom-op library (exporters/ort_ops), in models that use its ops
 
 # metadata_props of model.onnx
 META_LOWERING = "archc.lowering"  # JSON {node: lowering that emitted it}
@@ -18,6 +19,8 @@ META_KV_CACHE = "archc.kv_cache"  # concat | shared (absent in older models: con
 META_LOGITS = "archc.logits"  # all | last (absent in older models: all)
 META_NEXT_TOKEN = "archc.next_token"  # argmax | none
 META_QUANT = "archc.quant"  # JSON archc.quant.QuantSettings; absent: not quantized
+META_ORT_OPS = "archc.ort_ops"  # the file name (in the model folder) of the custom-op library onnxruntime must
+# register before loading the model (`archc compile --kernels archc`); absent: the model uses onnxruntime's ops only
 META_POSITION_IDS = "archc.position_ids"  # PositionIds: none | flat | glm2d (absent in older models: read from
 # the rank of the position_ids input, archc.runner.session.position_layout)
 

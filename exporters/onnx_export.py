@@ -50,12 +50,15 @@ from archc.model_dir import (
     META_LOGITS,
     META_LOWERING,
     META_NEXT_TOKEN,
+    META_ORT_OPS,
     META_POSITION_IDS,
     META_QUANT,
     META_TARGET,
     MODEL_FILE,
+    ORT_OPS_FILE,
     SPEC_FILE,
 )
+from archc.errors import UserError
 from archc.quant import QuantSettings
 from archc.room import check_export_room
 from exporters.onnx_weights import param_owner as _owner
@@ -73,6 +76,19 @@ IR_VERSION = 11  # opset 23 needs IR 11; onnxruntime 1.2x/1.3x reads up to IR 13
 class Target(str, Enum):
     portable = "portable"  # standard ONNX operators only, any execution provider
     cuda = "cuda"  # com.microsoft fused operators where they fit (onnxruntime CUDA EP)
+
+
+class Kernels(str, Enum):
+    """Whose kernels a cuda-target model may call beyond onnxruntime's own operators (`archc compile --kernels`)."""
+
+    onnxruntime = "onnxruntime"  # onnxruntime's operators only (standard ONNX and com.microsoft)
+    archc = "archc"  # also archc's custom-op library (exporters/ort_ops) where its ops fit: archc.GatedMLP for an fp16
+    # SwiGLU MLP's gate|up, SiLU and Mul (exporters/onnx_lowering_cuda.py); the library is copied into the model
+    # folder, named by the metadata archc.ort_ops, and `archc run` registers it with onnxruntime
+
+
+ORT_OPS_DOMAIN = "archc"  # the custom ops' ONNX domain (opset ORT_OPS_OPSET)
+ORT_OPS_OPSET = 1
 
 
 class Logits(str, Enum):
@@ -142,6 +158,7 @@ class Ctx:
     kv_cache: KvCache = KvCache.concat  # the cuda plan makes it shared where every attention is GroupQueryAttention
     cuda_plan: CudaPlan | None = None  # set by onnx_lowering_cuda.plan on the cuda target
     quant: QuantSettings = field(default_factory=QuantSettings)  # --quant: projections through MatMulNBits
+    kernels: Kernels = Kernels.onnxruntime  # --kernels: whether archc's custom ops may be emitted (cuda target)
     nbits_nodes: set = field(default_factory=set)  # graph nodes whose projections went through MatMulNBits
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
@@ -281,19 +298,30 @@ def lowerings(target: Target) -> dict[ComponentKind, Lowering]:
 
 
 def _new_ctx(graph: ComponentGraph, target: Target | str, dtype: DType | str, *, fused_fp32: bool, logits: Logits | str,
-             next_token: NextToken | str, quant: QuantSettings | None) -> Ctx:
+             next_token: NextToken | str, quant: QuantSettings | None, kernels: Kernels | str = Kernels.onnxruntime) -> Ctx:
     """The one place a Ctx is made, and the only writer of its fused_fp32."""
     ctx = Ctx(graph, Target(target), DType.of(dtype), logits=Logits(logits), next_token=NextToken(next_token),
-              quant=(quant or QuantSettings()).check(DType.of(dtype)))
+              quant=(quant or QuantSettings()).check(DType.of(dtype)), kernels=check_kernels(kernels, target))
     ctx._fused_fp32 = bool(fused_fp32)
     return ctx
 
 
+def check_kernels(kernels: Kernels | str, target: Target | str) -> Kernels:
+    """--kernels as an enum; archc's ops are CUDA kernels for onnxruntime's CUDA provider: cuda target only."""
+    if not isinstance(kernels, Kernels) and kernels not in {k.value for k in Kernels}:
+        raise UserError(f"--kernels {kernels}: choose one of {', '.join(k.value for k in Kernels)}")
+    k = Kernels(kernels)
+    if k is Kernels.archc and Target(target) is not Target.cuda:
+        raise UserError(f"--kernels archc: needs --target cuda (archc's ops replace cuda-lowered nodes), not --target {Target(target).value}")
+    return k
+
+
 def build_graph(graph: ComponentGraph, target: Target | str = Target.portable, dtype: DType | str = DType.float32,
                 *, fused_fp32: bool = False, logits: Logits | str = Logits.all,
-                next_token: NextToken | str = NextToken.argmax, quant: QuantSettings | None = None) -> Ctx:
+                next_token: NextToken | str = NextToken.argmax, quant: QuantSettings | None = None,
+                kernels: Kernels | str = Kernels.onnxruntime) -> Ctx:
     """Lower every node; returns the context holding the nodes and the (not yet loaded) weights."""
-    ctx = _new_ctx(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant)
+    ctx = _new_ctx(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant, kernels=kernels)
     table = lowerings(ctx.target)
     if ctx.target is Target.cuda:
         from exporters import onnx_lowering_cuda as cuda
@@ -355,6 +383,8 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
     opsets = [helper.make_operatorsetid("", OPSET)]
     if any(n.domain == "com.microsoft" for n in ctx.nodes):
         opsets.append(helper.make_operatorsetid("com.microsoft", MS_OPSET))
+    if uses_ort_ops(ctx):
+        opsets.append(helper.make_operatorsetid(ORT_OPS_DOMAIN, ORT_OPS_OPSET))
     m = helper.make_model(g, opset_imports=opsets, ir_version=IR_VERSION, producer_name="archc", producer_version=_version())
     meta = {
         META_LOWERING: json.dumps(ctx.lowering, sort_keys=True),
@@ -367,10 +397,17 @@ def make_model(ctx: Ctx, initializers: list) -> onnx.ModelProto:
     }
     if ctx.quant.active:  # absent: not quantized (older models and --quant none alike)
         meta[META_QUANT] = ctx.quant.to_json()
+    if uses_ort_ops(ctx):  # absent: onnxruntime's operators only
+        meta[META_ORT_OPS] = ORT_OPS_FILE
     for k, v in meta.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
     return m
+
+
+def uses_ort_ops(ctx: Ctx) -> bool:
+    """Whether the graph calls archc's custom ops (then the model folder carries their library)."""
+    return any(n.domain == ORT_OPS_DOMAIN for n in ctx.nodes)
 
 
 def _version() -> str:
@@ -383,7 +420,8 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
            dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
            spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
            next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-           progress: bool | None = None, quant: QuantSettings | None = None) -> ExportResult:
+           progress: bool | None = None, quant: QuantSettings | None = None, kernels: Kernels | str = Kernels.onnxruntime,
+           ort_ops_lib: str | os.PathLike | None = None) -> ExportResult:
     """Write model.onnx, model.onnx.data, spec.yaml and genai_config.json into `out_dir`, atomically.
 
     `tokenizer_dir` (a Hugging Face directory): its tokenizer files are copied in too (archc.text.
@@ -392,9 +430,12 @@ def export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target 
     `logits`: `all` (the contract's [batch, seq, vocab]) or `last` ([batch, 1, vocab], see Logits).
     `next_token`: `argmax` adds the output next_token [batch, 1] (the greedy pick, see NextToken).
     `progress`: a progress bar on stderr while weights are written (None: when stderr is a terminal).
-    `quant`: weight-only quantization of the projections (archc.quant, exporters/quantize.py)."""
+    `quant`: weight-only quantization of the projections (archc.quant, exporters/quantize.py).
+    `kernels`: `archc` lets the cuda lowering emit archc's custom ops (Kernels); the model folder then carries their
+    library: `ort_ops_lib`, else exporters.ort_ops.build.library (ARCHC_ORT_OPS_LIB, else built with nvcc)."""
     return _export(graph, out_dir, target=target, dtype=dtype, weights=weights, spec_yaml=spec_yaml, fused_fp32=fused_fp32,
-                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress, quant=quant)
+                   logits=logits, next_token=next_token, tokenizer_dir=tokenizer_dir, progress=progress, quant=quant,
+                   kernels=kernels, ort_ops_lib=ort_ops_lib)
 
 
 def _export_interrupted_after(n: int, graph: ComponentGraph, out_dir: str | os.PathLike, **options) -> ExportResult:
@@ -418,9 +459,14 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
             dtype: DType | str = DType.float32, weights: str | os.PathLike | None = None,
             spec_yaml: str | None = None, fused_fp32: bool = False, logits: Logits | str = Logits.all,
             next_token: NextToken | str = NextToken.argmax, tokenizer_dir: str | os.PathLike | None = None,
-            progress: bool | None = None, wrap_source: Callable | None = None, quant: QuantSettings | None = None) -> ExportResult:
+            progress: bool | None = None, wrap_source: Callable | None = None, quant: QuantSettings | None = None,
+            kernels: Kernels | str = Kernels.onnxruntime, ort_ops_lib: str | os.PathLike | None = None) -> ExportResult:
     out = Path(out_dir)
     label = f"-o {out}"
+    if check_kernels(kernels, target) is Kernels.archc and ort_ops_lib is None:  # before any work: no nvcc is one line
+        from exporters.ort_ops.build import Kind, library
+
+        ort_ops_lib = library(Kind.cuda)
     # only a directory holding nothing but archc's own files is replaced; never an input, never a user's file
     replacing = guard_model_dir(out, label)
     check_export_room(graph, out, DType.of(dtype).itemsize,
@@ -429,7 +475,8 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
         from archc.text import check_source_token_ids
 
         check_source_token_ids(tokenizer_dir, graph.spec.vocab_size)
-    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant)
+    ctx = build_graph(graph, target, dtype, fused_fp32=fused_fp32, logits=logits, next_token=next_token, quant=quant,
+                      kernels=kernels)
     get = weight_source(graph, weights)
     if wrap_source is not None:
         get = wrap_source(get)
@@ -438,6 +485,10 @@ def _export(graph: ComponentGraph, out_dir: str | os.PathLike, *, target: Target
         model = make_model(ctx, inits)
         (tmp / MODEL_FILE).write_bytes(model.SerializeToString(deterministic=True))
         (tmp / SPEC_FILE).write_text(spec_yaml if spec_yaml is not None else _spec_yaml(graph, ctx.dtype))
+        if uses_ort_ops(ctx):  # the model folder is self-contained: `archc run` registers this copy (META_ORT_OPS)
+            import shutil
+
+            shutil.copyfile(ort_ops_lib, tmp / ORT_OPS_FILE)
         copied = []
         if tokenizer_dir is not None:
             from archc.text import copy_tokenizer_files

@@ -45,7 +45,7 @@ from archc.components import ComponentKind, NormSettings, UnknownSetting
 from archc.dtypes import DType
 from archc.spec import Activation, MaskKind, NormKind
 from exporters import onnx_lowering_portable as portable
-from exporters.onnx_export import Ctx, KvCache, WeightLayout, input_of, inputs_of
+from exporters.onnx_export import ORT_OPS_DOMAIN, Ctx, Kernels, KvCache, WeightLayout, input_of, inputs_of
 from exporters.quantize import qmoe_weight
 
 LOWERING = "cuda ONNX lowering"
@@ -65,6 +65,12 @@ class GateUp(str, Enum):
     # (benchmarks/moe_mlp_probe.py): 20.7 us per MLP block against 26.1 us for one_gemm's MatMulNBits + Split +
     # QuickGelu + Mul + MatMulNBits. Where QMoE cannot take the MLP (_qmoe_unfit) the MLP is one_gemm's.
     qmoe = "qmoe"
+    # --kernels archc only: gate|up, SiLU and Mul as ONE archc.GatedMLP (archc's onnxruntime custom-op library,
+    # exporters/ort_ops: a warp-per-row CUDA kernel at M <= 4, cuBLAS + silu*mul beyond) on [Wg; Wu] in torch's
+    # [out, in] layout, then the down MatMul. A hand-written M = 1 kernel of this shape ran 13.3 us against 20.1 us for
+    # cuBLAS's two GEMMs + SiLU + Mul on an H200 (benchmarks/gemv_kernel_probe.py); benchmarks/ort_ops_check.py measures
+    # the op inside onnxruntime. Where the op cannot take the MLP (_archc_op_unfit) the MLP is GATE_UP's / GATE_UP_QUANT's.
+    archc_op = "archc_op"
 
 
 # Chosen by measurement (benchmarks/prefill_vs_genai.py, profile_ort.py --gate-up; RESULTS.md, optimisation log):
@@ -452,16 +458,30 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     x*Sigmoid(x) is fused by onnxruntime (QuickGelu)."""
     p = node["params"]
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
-        return portable.lower_mlp(ctx, name, node)
+        y = portable.lower_mlp(ctx, name, node)
+        if ctx.kernels is Kernels.archc:
+            why = "no gate (not a gated MLP)" if "gate.weight" not in p else "gate/up biases"
+            ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')} (not archc.GatedMLP: {why})"
+        return y
     act = node["settings"].activation
     x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     mode = GATE_UP_QUANT if ctx.quant.active else GATE_UP  # MatMulNBits kernels differ from cuBLAS's: measured apart
+    not_archc = ""  # why archc.GatedMLP could not take the MLP, where --kernels archc asked for it
+    if ctx.kernels is Kernels.archc:
+        why = _archc_op_unfit(ctx, name, node)
+        if why is None:
+            return _lower_archc_op(ctx, name, node)
+        not_archc = f" (not archc.GatedMLP: {why})"
+    elif ctx.kernels is not Kernels.onnxruntime:
+        raise UnknownSetting(name, "kernels", ctx.kernels, LOWERING)
     if mode is GateUp.qmoe:
         if not ctx.quant.active:  # GATE_UP = qmoe: dense weights have no QMoE (the fp16 MoE op was slower, GateUp.qmoe)
             raise UnknownSetting(name, "gate_up", mode, LOWERING)
         if _qmoe_unfit(ctx, name, node) is None:
             return _lower_qmoe(ctx, name, node)
         mode = GateUp.one_gemm  # the stacked MatMulNBits path where QMoE cannot take the MLP (_qmoe_unfit says why)
+    if mode is GateUp.archc_op:  # chosen by --kernels archc (Ctx.kernels), never as GATE_UP: it needs the library
+        raise UnknownSetting(name, "gate_up", mode, LOWERING)
     if mode is GateUp.one_gemm:
         y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
         if "gate.bias" in p:
@@ -474,8 +494,37 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     else:
         raise UnknownSetting(name, "gate_up", mode, LOWERING)
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
-    ctx.lowering[name] = how
+    ctx.lowering[name] = how + not_archc
     return portable.linear(ctx, h, f"{name}.down", p)
+
+
+def _archc_op_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
+    """Why archc.GatedMLP cannot take this gated MLP (None: it can). The op computes silu(x Wg^T) * (x Wu^T) in fp16
+    (fp32 accumulation) from one [2F, K] weight and nothing else:
+    - quantized weights (--quant): it reads fp16 rows, not MatMulNBits's codes;
+    - gate/up biases: it has no bias input (a down bias is fine: the down MatMul stays ONNX);
+    - activations other than swiglu (SiLU gate): GeGLU etc. keep the ONNX path;
+    - dtype other than fp16: its kernels are fp16 only (bf16 and fp32 would be other kernels, not measured)."""
+    p = node["params"]
+    if ctx.quant.active:
+        return f"quantized ({ctx.quant.short()}); the op reads fp16 weights"
+    if "gate.bias" in p or "up.bias" in p:
+        return "gate/up biases"
+    if node["settings"].activation is not Activation.swiglu:
+        return f"activation {node['settings'].activation.value}"
+    if ctx.dtype is not DType.float16:
+        return f"dtype {ctx.dtype.value}"
+    return None
+
+
+def _lower_archc_op(ctx: Ctx, name: str, node: dict) -> str:
+    """down(archc.GatedMLP(x, [Wg; Wu])): the op's weight is gate's rows then up's, each [F, d_model] as archc holds
+    them (torch's Linear layout, whatever the target's WEIGHT_LAYOUT: the kernel reads a row per output)."""
+    x = input_of(ctx, name, "x")
+    w = ctx.weight_concat([f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
+    h = ctx.op("GatedMLP", [x, w], domain=ORT_OPS_DOMAIN)
+    ctx.lowering[name] = "archc:GatedMLP (gate|up, SiLU and Mul in one custom op) + MatMul (down)"
+    return portable.linear(ctx, h, f"{name}.down", node["params"])
 
 
 def _qmoe_unfit(ctx: Ctx, name: str, node: dict) -> str | None:

@@ -75,15 +75,20 @@ def compile_cmd(
     quant_accuracy_level: QuantAccuracyLevelOption = 0,
     quant_head: QuantHeadOption = False,
     quant_method: QuantMethodOption = "rtn",
+    kernels: Annotated[str, typer.Option(help="onnxruntime (its own operators only) | archc (--target cuda: an fp16 SwiGLU MLP's "
+                                              "gate|up GEMMs, SiLU and Mul as one archc.GatedMLP custom op, a hand-written CUDA "
+                                              "kernel for decode; needs nvcc to build the op library, which goes into -o and "
+                                              "which `archc run` registers; opt-in).")] = "onnxruntime",
     force: force_option(Replaces.MODEL_DIR) = False,
 ) -> None:
     """Compile a spec into an ONNX model directory that `archc run` and onnxruntime-genai load."""
     import archc
     from archc.dtypes import SHORT_WORDS, DType
-    from exporters.onnx_export import Logits, NextToken, Target, export
+    from exporters.onnx_export import Kernels, Logits, NextToken, Target, check_kernels, export
 
     if target not in {t.value for t in Target}:
         raise UserError(f"--target {target}: choose one of {', '.join(t.value for t in Target)}")
+    use_ort_ops = check_kernels(kernels, target) is Kernels.archc
     if logits not in {v.value for v in Logits}:
         raise UserError(f"--logits {logits}: choose one of {', '.join(v.value for v in Logits)}")
     if next_token not in {v.value for v in NextToken}:
@@ -93,6 +98,11 @@ def compile_cmd(
     qs = quant_settings(quant, quant_block_size, quant_scheme, quant_accuracy_level, quant_head, quant_method, dtype)
     if out.is_dir() and (out / MODEL_FILE).exists() and not force:
         raise UserError(f"-o {out}: a compiled model is already there; pass --force to replace it, or choose another directory")
+    ort_ops_lib = None
+    if use_ort_ops:  # before the graph: no nvcc / no headers is one line, at once
+        from exporters.ort_ops.build import Kind, library
+
+        ort_ops_lib = library(Kind.cuda)
     sets = list(sets or [])
     if seed is not None:
         sets.append(f"init.seed={seed}")
@@ -132,7 +142,7 @@ def compile_cmd(
             found = run_weights_file(Path(spec), graph, Path(scratch))
             weights = str(found) if found is not None else None
         result = export(graph, out, target=target, dtype=DType.from_short(dtype), weights=weights, logits=logits, next_token=next_token,
-                        tokenizer_dir=tokenizer_dir, quant=qs)
+                        tokenizer_dir=tokenizer_dir, quant=qs, kernels=kernels, ort_ops_lib=ort_ops_lib)
     con = _console()
     mb = result.data_bytes / 2**20
     shape = "[batch, seq, vocab]" if result.logits is Logits.all else "[batch, 1, vocab]: last position only"
@@ -140,6 +150,12 @@ def compile_cmd(
               f"{result.n_weights} weight tensors, {mb:.1f} MiB)")
     if qs.active:
         con.print(f"quantized: {qs.describe(result.lowering)}")
+    if use_ort_ops:
+        from archc.model_dir import ORT_OPS_FILE
+
+        con.print(f"archc ops: {ORT_OPS_FILE} copied into {out} (`archc run` registers it with onnxruntime)"
+                  if (out / ORT_OPS_FILE).exists() else "archc ops: none fits this model (see the lowering below); "
+                  "it uses onnxruntime's operators only")
     con.print("lowering:")
     for line in lowering_summary(result.lowering):
         con.print(line)

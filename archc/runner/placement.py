@@ -19,7 +19,11 @@ def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tup
     with tempfile.TemporaryDirectory() as tmp:
         used = s.sess.get_providers()
         path = Path(model_dir) / MODEL_FILE if Path(model_dir).is_dir() else Path(model_dir)
-        s.sess = providers._session(path, used, profile_prefix=str(Path(tmp) / "archc"))
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        s.sess = providers._session(path, used, profile_prefix=str(Path(tmp) / "archc"),
+                                    ort_ops=providers.ort_ops_library(path, meta))  # archc's ops, where the model has them
         s.generate([[0, 1, 2]], 2)
         prof = s.sess.end_profiling()
         events = json.loads(Path(prof).read_text())

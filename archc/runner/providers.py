@@ -16,7 +16,7 @@ from pathlib import Path
 from archc.dtypes import DType
 from archc.errors import UserError
 from archc.files import kind_of, stat_path
-from archc.model_dir import META_DTYPE, META_KV_CACHE, MODEL_FILE
+from archc.model_dir import META_DTYPE, META_KV_CACHE, META_ORT_OPS, MODEL_FILE
 
 ORT_DEFAULT_LOG_SEVERITY = 2  # onnxruntime's own default for its process-wide logger (warning)
 # CUDA provider's sdpa_kernel for models whose attention is MultiHeadAttention / ONNX Attention (concatenated
@@ -72,9 +72,31 @@ def cuda_library_problem() -> str | None:
     return None
 
 
-def _session(path: Path, providers: list, quiet: bool = True, profile_prefix: str | None = None):
+def ort_ops_library(path: Path, meta: dict) -> Path | None:
+    """The custom-op library a model needs (`archc compile --kernels archc`: metadata archc.ort_ops names a file in
+    the model folder), checked to load into this onnxruntime; None for models of onnxruntime's operators only."""
+    name = meta.get(META_ORT_OPS)
+    if name is None:
+        return None
+    fix = "re-run `archc compile ... --target cuda --kernels archc` (or compile with --kernels onnxruntime)"
+    if not name or Path(name).name != name:
+        raise UserError(f"{path}: metadata {META_ORT_OPS} is {name!r}, not a file name in the model folder; {fix}")
+    lib = path.parent / name
+    st = stat_path(lib, str(lib))
+    if st is None or not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{lib}: missing (the model's archc ops need this library, metadata {META_ORT_OPS}); {fix}")
+    try:
+        _ort().SessionOptions().register_custom_ops_library(str(lib))
+    except Exception as e:  # noqa: BLE001 - onnxruntime's reason, in one line
+        raise UserError(f"{lib}: onnxruntime cannot load it ({' '.join(str(e).split())[:200]}); {fix}") from None
+    return lib
+
+
+def _session(path: Path, providers: list, quiet: bool = True, profile_prefix: str | None = None, ort_ops: Path | None = None):
     ort = _ort()
     so = ort.SessionOptions()
+    if ort_ops is not None:
+        so.register_custom_ops_library(str(ort_ops))
     so.log_severity_level = 3 if quiet else 2
     if profile_prefix:
         so.enable_profiling = True
@@ -116,6 +138,7 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
         raise UserError(f"{path}: not a readable ONNX model ({type(e).__name__}); re-run `archc compile`") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     del proto
+    ort_ops = ort_ops_library(path, meta)
     providers, note = choose_providers(device)
     if providers[0] != "CPUExecutionProvider":
         opts = dict(providers[0][1])
@@ -131,17 +154,18 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     sess = None
     if cuda_graph and meta.get(META_KV_CACHE) == "shared" and providers[0] != "CPUExecutionProvider":
         try:
-            sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:])
+            sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:],
+                            ort_ops=ort_ops)
         except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
             sess = None
     try:
-        sess = sess or _session(path, providers)
+        sess = sess or _session(path, providers, ort_ops=ort_ops)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0][:200]
         if providers[0] != "CPUExecutionProvider" and device == "auto":
             note = f"cuda unavailable ({msg}); running on CPU"
             try:
-                sess = _session(path, ["CPUExecutionProvider"])
+                sess = _session(path, ["CPUExecutionProvider"], ort_ops=ort_ops)
             except Exception as e2:  # noqa: BLE001
                 raise UserError(f"{path}: onnxruntime cannot load the model ({str(e2).splitlines()[0][:200]})") from None
         elif "CUDA" in msg and device == "cuda":

@@ -11,6 +11,7 @@ into ~/.cache/archc/ (ARCHC_CACHE_DIR, else XDG_CACHE_HOME, moves it). Their tex
 
 Overrides, for machines without a network or a compiler (the GPU machine gets a library built elsewhere):
 - ARCHC_ORT_INCLUDE: a folder holding onnxruntime_cxx_api.h and friends (used instead of the download);
+- ARCHC_NVCC: the nvcc to build with (default: the one on PATH, else CUDA_HOME/bin, else /usr/local/cuda/bin);
 - ARCHC_ORT_OPS_LIB: a library built already; `library()` checks it (ours, and with CUDA where asked) and
   returns it instead of building.
 
@@ -35,6 +36,7 @@ from enum import Enum
 from pathlib import Path
 
 from archc.errors import UserError
+from archc.model_dir import ORT_OPS_FILE
 
 HERE = Path(__file__).resolve().parent
 SOURCES_CPU = ("gated_mlp.cc",)
@@ -45,9 +47,10 @@ HEADERS_DEB_SHA256 = "4630a94adb36dc056feb124e51c6e952e2cab5188bc093a25bee8a7e1a
 HEADERS_NAME = "onnxruntime-dev-1.23.2"  # the cache folder: include/onnxruntime/*.h below it
 HEADERS_MEMBER = "./usr/include/onnxruntime/"
 
-LIBRARY_FILE = "archc_ort_ops.so"  # its name inside a compiled model folder
+LIBRARY_FILE = ORT_OPS_FILE  # its name inside a compiled model folder (and in the build cache)
 ENV_INCLUDE = "ARCHC_ORT_INCLUDE"
 ENV_LIB = "ARCHC_ORT_OPS_LIB"
+ENV_NVCC = "ARCHC_NVCC"  # the nvcc to use (default: PATH, CUDA_HOME/bin, /usr/local/cuda/bin)
 
 # Real GPUs the CUDA build carries machine code for (A100, L4/L40, H100/H200, B200), plus sm_90's PTX for
 # newer ones to JIT. Each costs a few seconds of nvcc.
@@ -149,12 +152,18 @@ def compiler(kind: Kind) -> str:
             raise UserError("building archc's onnxruntime ops (CPU) needs g++; install it (apt-get install g++)")
         return found
     if kind is Kind.cuda:
+        no = (f"--kernels archc needs nvcc (the CUDA toolkit, 12.x or 13.x) to build its CUDA kernel, and {{}}; install it, "
+              f"or set {ENV_LIB} to a library built elsewhere with `python3 -m exporters.ort_ops.build --cuda -o FILE`, "
+              f"or use --kernels onnxruntime")
+        given = os.environ.get(ENV_NVCC)
+        if given:
+            if not Path(given).is_file():
+                raise UserError(no.format(f"{ENV_NVCC}={given} is not a file"))
+            return given
         for c in (shutil.which("nvcc"), *(Path(h) / "bin" / "nvcc" for h in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if h)):
             if c and Path(c).is_file():
                 return str(c)
-        raise UserError(f"--kernels archc needs nvcc (the CUDA toolkit, 12.x or 13.x) to build its CUDA kernel, and none "
-                        f"is on PATH or in /usr/local/cuda; install it, or set {ENV_LIB} to a library built with "
-                        f"`python3 -m exporters.ort_ops.build --cuda -o FILE` elsewhere, or use --kernels onnxruntime")
+        raise UserError(no.format("none is on PATH, in CUDA_HOME/bin or in /usr/local/cuda/bin"))
     raise ValueError(kind)
 
 
