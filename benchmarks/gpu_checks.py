@@ -67,8 +67,10 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
 
     orig = runner_providers._session
 
-    def profiled(path, providers, quiet=True):
+    def profiled(path, providers, quiet=True, ort_ops=None):
         so = ort.SessionOptions()
+        if ort_ops is not None:  # a `--kernels archc` model: its op library (archc.runner.providers.ort_ops_library)
+            so.register_custom_ops_library(str(ort_ops))
         so.enable_profiling = True
         so.profile_file_prefix = str(log_path.parent / f"ort_profile_{model_dir.name}")
         so.log_severity_level = 0

@@ -218,8 +218,10 @@ def ort_node_profile(model_dir: Path, prompts, N: int, device: str = "cuda") -> 
 
     orig = runner_providers._session
 
-    def profiled(path, providers, quiet=True):
+    def profiled(path, providers, quiet=True, ort_ops=None):
         so = ort.SessionOptions()
+        if ort_ops is not None:  # a `--kernels archc` model: its op library (archc.runner.providers.ort_ops_library)
+            so.register_custom_ops_library(str(ort_ops))
         so.enable_profiling = True
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

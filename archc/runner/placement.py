@@ -22,8 +22,8 @@ def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tup
         import onnx
 
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        s.sess = providers._session(path, used, profile_prefix=str(Path(tmp) / "archc"),
-                                    ort_ops=providers.ort_ops_library(path, meta))  # archc's ops, where the model has them
+        ops = providers.ort_ops_library(path, meta)  # archc's op library, where the model has its ops
+        s.sess = providers._session(path, used, profile_prefix=str(Path(tmp) / "archc"), **({} if ops is None else {"ort_ops": ops}))
         s.generate([[0, 1, 2]], 2)
         prof = s.sess.end_profiling()
         events = json.loads(Path(prof).read_text())

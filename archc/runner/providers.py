@@ -139,6 +139,8 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     meta = {p.key: p.value for p in proto.metadata_props}
     del proto
     ort_ops = ort_ops_library(path, meta)
+    # passed only where the model has archc's ops: benchmarks replace _session with (path, providers, quiet) functions
+    ops_kw = {} if ort_ops is None else {"ort_ops": ort_ops}
     providers, note = choose_providers(device)
     if providers[0] != "CPUExecutionProvider":
         opts = dict(providers[0][1])
@@ -155,17 +157,17 @@ def open_session(model_dir: str | Path, device: str = "auto", cuda_graph: bool =
     if cuda_graph and meta.get(META_KV_CACHE) == "shared" and providers[0] != "CPUExecutionProvider":
         try:
             sess = _session(path, [("CUDAExecutionProvider", {**providers[0][1], "enable_cuda_graph": "1"})] + providers[1:],
-                            ort_ops=ort_ops)
+                            **ops_kw)
         except Exception:  # noqa: BLE001 - fall back to the plain session below, which reports real errors
             sess = None
     try:
-        sess = sess or _session(path, providers, ort_ops=ort_ops)
+        sess = sess or _session(path, providers, **ops_kw)
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0][:200]
         if providers[0] != "CPUExecutionProvider" and device == "auto":
             note = f"cuda unavailable ({msg}); running on CPU"
             try:
-                sess = _session(path, ["CPUExecutionProvider"], ort_ops=ort_ops)
+                sess = _session(path, ["CPUExecutionProvider"], **ops_kw)
             except Exception as e2:  # noqa: BLE001
                 raise UserError(f"{path}: onnxruntime cannot load the model ({str(e2).splitlines()[0][:200]})") from None
         elif "CUDA" in msg and device == "cuda":
