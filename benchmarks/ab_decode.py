@@ -7,7 +7,8 @@ tree, export or provider options) measured in alternation, each in its own proce
 Variants are separated by ';'. A variant is `ROOT[:key=value,...]`: ROOT `new` (this tree), `old` (--old-root), or a
 folder relative to the repository (e.g. a `git archive` of another commit's archc/ and exporters/); keys: next_token=argmax|none,
 logits=all|last (export options), quant=int4|int8 (compile --quant, its defaults; quant_head=1 adds --quant-head), gate_up=one_gemm|two_gemms (the cuda
-lowering's GATE_UP; gate_up_quant=qmoe|one_gemm|two_gemms its GATE_UP_QUANT for --quant exports), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1,
+lowering's GATE_UP; gate_up_quant=qmoe|one_gemm|two_gemms its GATE_UP_QUANT for --quant exports), kernels=onnxruntime|archc (compile
+--kernels; archc takes its op library from ARCHC_ORT_OPS_LIB, else builds it with nvcc), sdpa_kernel=N (CUDA provider option), cuda_graph=0|1,
 decode_window=N (the runner's greedy steps per host round trip, Session(decode_window); 1 = the one-step loop), env.NAME=VALUE (an environment variable of the
 variant's process, e.g. env.ORT_ENABLE_XQA=0: onnxruntime reads some kernel choices only from the environment). Every variant exports the same family of
 benchmarks/standard.py with seeded weights, then measures, exactly as `archc bench`'s ort backend:
@@ -112,7 +113,7 @@ def child(args) -> dict:
     export_opts = {k: x for k, x in v["opts"].items() if not k.startswith("env.") and k != "decode_window"}
     d = Path(args.work) / (f"{args.family}-{args.dtype}-{v['root']}-" + "".join(c if c.isalnum() else "_" for c in json.dumps(export_opts, sort_keys=True))
                            + "-" + _export_key(args.set, graph.spec))
-    kw = {k: v["opts"][k] for k in ("next_token", "logits") if k in v["opts"]}
+    kw = {k: v["opts"][k] for k in ("next_token", "logits", "kernels") if k in v["opts"]}
     if "quant" in v["opts"]:
         from archc.quant import QuantKind, QuantSettings
 
