@@ -4,12 +4,16 @@
     python3 -m benchmarks.ort_ops_check --device cpu --out out/ort_ops_cpu  # the CPU kernel, small sizes (a smoke run)
 
 The library: --lib FILE, else ARCHC_ORT_OPS_LIB, else built here (exporters/ort_ops/build.py: nvcc and onnxruntime's
-headers). A GPU machine without network gets one built elsewhere (nvcc 13, sm_80/89/90/100 + sm_90 PTX, ~1.5 MB; cuBLAS
-comes from onnxruntime's CUDA provider at run time), in out/ (ignored by git, so it travels as an ignored path):
+headers). The GPU machine has no network: build the library and copy the headers here into out/ (ignored by git, so it
+travels as an ignored path: carry out/ort_ops, ~2.3 MB), and run there; should the library built here not load there
+(another image's system libraries), that machine's own nvcc builds one from the carried headers:
 
-    python3 -m exporters.ort_ops.build --cuda -o out/ort_ops/archc_ort_ops.so        # here (nvcc + network)
-    PYTHONPATH=/tmp/site:$PWD python3 -m benchmarks.ort_ops_check \
-        --lib out/ort_ops/archc_ort_ops.so --out $OUT/ort_ops                          # there (carry out/ort_ops)
+    python3 -m exporters.ort_ops.build --cuda -o out/ort_ops/archc_ort_ops.so --headers-out out/ort_ops/include  # here
+    export PYTHONPATH=/tmp/site:$PWD ARCHC_ORT_INCLUDE=$PWD/out/ort_ops/include ARCHC_CACHE_DIR=/tmp/archc-cache  # there
+    LIB=out/ort_ops/archc_ort_ops.so
+    python3 -c "import ctypes, sys; ctypes.CDLL(sys.argv[1])" $LIB || {
+        python3 -m exporters.ort_ops.build --cuda -o /tmp/archc_ort_ops.so && LIB=/tmp/archc_ort_ops.so; }
+    python3 -m benchmarks.ort_ops_check --lib $LIB --out $OUT/ort_ops
 
 (a) check: the op alone (x [M, K] fed, W [2F, K] an initializer, as in a compiled model) against numpy in float64
     from the SwiGLU definition (Shazeer 2020: silu(x Wg^T) * (x Wu^T)), in a CUDA session that may not fall back
