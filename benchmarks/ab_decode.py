@@ -36,10 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A variant's keys and their values (None: a non-negative integer; env.NAME takes any value). Spelled out here
 # rather than read from exporters' enums, which import onnx into a parent that only orchestrates;
-# tests/bench/test_ab_decode_errors.py holds them equal to Logits, NextToken, QuantKind and GateUp.
+# tests/bench/test_ab_decode_errors.py holds them equal to Logits, NextToken, QuantKind, Kernels and GateUp (less
+# GateUp.archc_op, which kernels=archc selects: it needs the op library, not a lowering constant).
 VARIANT_KEYS: dict[str, tuple[str, ...] | None] = {
     "next_token": ("argmax", "none"), "logits": ("all", "last"), "quant": ("int4", "int8"), "quant_head": ("0", "1"),
     "gate_up": ("one_gemm", "two_gemms", "qmoe"), "gate_up_quant": ("one_gemm", "two_gemms", "qmoe"),
+    "kernels": ("onnxruntime", "archc"),
     "sdpa_kernel": None, "cuda_graph": ("0", "1"), "decode_window": None,
 }
 AT_LEAST_ONE = {"decode_window"}  # integer keys where 0 means nothing (Session(decode_window) takes 1 and more)

@@ -65,12 +65,14 @@ def test_variant_values_match_the_exporters_enums():
     """ab_decode spells the values out (its parent imports no onnx); they must stay the exporters' own."""
     from archc.quant import QuantKind
     from benchmarks.ab_decode import VARIANT_KEYS
-    from exporters.onnx_export import Logits, NextToken
+    from exporters.onnx_export import Kernels, Logits, NextToken
     from exporters.onnx_lowering_cuda import GateUp
 
     assert set(VARIANT_KEYS["logits"]) == {x.value for x in Logits}
     assert set(VARIANT_KEYS["next_token"]) == {x.value for x in NextToken}
-    assert set(VARIANT_KEYS["gate_up"]) == set(VARIANT_KEYS["gate_up_quant"]) == {x.value for x in GateUp}
+    assert set(VARIANT_KEYS["kernels"]) == {x.value for x in Kernels}
+    # GateUp.archc_op is chosen by kernels=archc (it needs the op library), never as a lowering constant
+    assert set(VARIANT_KEYS["gate_up"]) == set(VARIANT_KEYS["gate_up_quant"]) == {x.value for x in GateUp} - {GateUp.archc_op.value}
     assert set(VARIANT_KEYS["quant"]) <= {x.value for x in QuantKind}
 
 
