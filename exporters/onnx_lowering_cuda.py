@@ -26,6 +26,8 @@ recorded in the model's `archc.lowering` metadata):
   prefill's [B, S, 2 d_ff]; see GATE_UP). With --quant: one_gemm's stacked MatMulNBits + Split (GATE_UP_QUANT);
   GateUp.qmoe, selectable for A/B runs, makes a SwiGLU MLP one com.microsoft QMoE node with a single expert
   (gate|up interleaved in fc1; _lower_qmoe) where QMoE can take it (_qmoe_unfit): measured slower overall.
+  With --kernels archc (Ctx.kernels), GateUp.archc_op: an fp16 SwiGLU MLP's gate|up, SiLU and Mul as one archc.GatedMLP
+  custom op (exporters/ort_ops; _lower_archc_op) where it can take the MLP (_archc_op_unfit).
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
