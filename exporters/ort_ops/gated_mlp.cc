@@ -6,6 +6,13 @@
 // silu(g) * u is taken in fp32 before the one rounding to fp16. This is the SwiGLU of Shazeer 2020 ("GLU Variants
 // Improve Transformer", FFN_SwiGLU without the down projection, which stays an ONNX MatMul).
 //
+//   GatedMLPNBits(x [..., K] fp16, B uint8 [2F, k_blocks, block_size / 2], scales fp16 [2F, k_blocks]) -> y [..., F] fp16
+//     attributes K, bits (4), block_size; the same y from the weight as com.microsoft MatMulNBits stores it
+//     (exporters/quantize.py): row n, column k (block j = k / block_size) is (q[n, k] - 8) * scales[n, j], q the 4-bit
+//     code, two a byte, the first of each pair in the LOW nibble; symmetric (no zero points: MatMulNBits's default 8).
+//     A second op rather than extra inputs of GatedMLP: an op's input count and element types are fixed per op in
+//     onnxruntime's custom-op API, and MatMulNBits's attributes (K, bits, block_size) belong to the quantized form only.
+//
 // Built with g++ alone it registers the CPU kernel (the op's semantics, provable without a GPU); built with
 // -DARCHC_ORT_OPS_CUDA and linked with gated_mlp_cuda.cu it registers the CUDA kernel too (exporters/ort_ops/build.py).
 #define ORT_API_MANUAL_INIT
@@ -26,6 +33,7 @@ namespace {
 
 constexpr const char* kDomain = "archc";
 constexpr const char* kOpName = "GatedMLP";
+constexpr const char* kNBitsName = "GatedMLPNBits";
 
 struct Problem {
   int64_t rows = 0, K = 0, F = 0;
@@ -33,12 +41,13 @@ struct Problem {
 };
 
 // Shapes of x [..., K] and w [2F, K]; a mismatch is an INVALID_ARGUMENT naming both shapes.
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string t = "[";
+  for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+
 Problem check_shapes(const Ort::ConstValue& x, const Ort::ConstValue& w) {
-  auto shape_text = [](const std::vector<int64_t>& s) {
-    std::string t = "[";
-    for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-    return t + "]";
-  };
   const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
   const std::vector<int64_t> ws = w.GetTensorTypeAndShapeInfo().GetShape();
   if (xs.empty() || ws.size() != 2 || ws[0] % 2 != 0 || ws[1] != xs.back() || ws[1] < 1)
@@ -53,6 +62,79 @@ Problem check_shapes(const Ort::ConstValue& x, const Ort::ConstValue& w) {
   p.y_shape = xs;
   p.y_shape.back() = p.F;
   return p;
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// GatedMLPNBits: attributes and shapes
+
+struct NBitsAttrs {
+  int64_t K = 0, bits = 0, block_size = 0;
+};
+
+// The attributes as MatMulNBits has them; only what the kernels implement is taken (bits 4; an even block_size of
+// at least 16, MatMulNBits's own rule, so that a block is whole bytes). Read at kernel creation: a bad model fails
+// when the session is made, not at the first run.
+NBitsAttrs read_attrs(const OrtKernelInfo* info) {
+  Ort::ConstKernelInfo ki(info);
+  NBitsAttrs a;
+  a.K = ki.GetAttribute<int64_t>("K");
+  a.bits = ki.GetAttribute<int64_t>("bits");
+  a.block_size = ki.GetAttribute<int64_t>("block_size");
+  if (a.bits != 4)
+    throw Ort::Exception("archc.GatedMLPNBits: bits " + std::to_string(a.bits) + " (only 4-bit codes)", ORT_INVALID_ARGUMENT);
+  if (a.block_size < 16 || (a.block_size & (a.block_size - 1)) != 0)
+    throw Ort::Exception("archc.GatedMLPNBits: block_size " + std::to_string(a.block_size) + " (a power of two >= 16, as MatMulNBits)",
+                         ORT_INVALID_ARGUMENT);
+  if (a.K < 1) throw Ort::Exception("archc.GatedMLPNBits: K " + std::to_string(a.K), ORT_INVALID_ARGUMENT);
+  return a;
+}
+
+struct NBitsProblem {
+  int64_t rows = 0, K = 0, F = 0, k_blocks = 0, blob = 0;
+  std::vector<int64_t> y_shape;
+};
+
+// x [..., K], B [2F, k_blocks, block_size / 2] (k_blocks = ceil(K / block_size)), scales [2F, k_blocks] (or flat
+// [2F * k_blocks], as MatMulNBits also takes it); a mismatch is an INVALID_ARGUMENT naming the shapes.
+NBitsProblem check_nbits(const NBitsAttrs& a, const Ort::ConstValue& x, const Ort::ConstValue& b, const Ort::ConstValue& s) {
+  const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
+  const std::vector<int64_t> bs = b.GetTensorTypeAndShapeInfo().GetShape();
+  const std::vector<int64_t> ss = s.GetTensorTypeAndShapeInfo().GetShape();
+  NBitsProblem p;
+  p.K = a.K;
+  p.k_blocks = (a.K + a.block_size - 1) / a.block_size;
+  p.blob = a.block_size * a.bits / 8;
+  int64_t s_count = 1;
+  for (int64_t d : ss) s_count *= d;
+  const bool ok = !xs.empty() && xs.back() == a.K && bs.size() == 3 && bs[0] % 2 == 0 && bs[1] == p.k_blocks &&
+                  bs[2] == p.blob && (ss.size() == 1 || ss.size() == 2) && (ss.size() == 1 || ss[0] == bs[0]) &&
+                  s_count == bs[0] * p.k_blocks;
+  if (!ok)
+    throw Ort::Exception("archc.GatedMLPNBits: x " + shape_text(xs) + ", B " + shape_text(bs) + " and scales " + shape_text(ss) +
+                             " do not fit K " + std::to_string(a.K) + ", block_size " + std::to_string(a.block_size) +
+                             " (want x [..., K], B [2F, ceil(K / block_size), block_size / 2], scales [2F, ceil(K / block_size)])",
+                         ORT_INVALID_ARGUMENT);
+  p.F = bs[0] / 2;
+  p.rows = 1;
+  for (size_t i = 0; i + 1 < xs.size(); ++i) p.rows *= xs[i];
+  p.y_shape = xs;
+  p.y_shape.back() = p.F;
+  return p;
+}
+
+// Row n of the stacked weight, dequantized to fp32: (q - 8) * scale, codes two a byte, the first in the low nibble.
+void dequant_row(const uint8_t* b, const Ort::Float16_t* scales, const NBitsProblem& p, int64_t block_size, int64_t n,
+                 float* out) {
+  for (int64_t j = 0; j < p.k_blocks; ++j) {
+    const float s = scales[n * p.k_blocks + j].ToFloat();
+    const uint8_t* blk = b + (n * p.k_blocks + j) * p.blob;
+    for (int64_t i = 0; i < block_size; ++i) {
+      const int64_t k = j * block_size + i;
+      if (k >= p.K) break;  // the last block's padding
+      const int q = (i & 1) ? (blk[i / 2] >> 4) : (blk[i / 2] & 0xF);
+      out[k] = float(q - 8) * s;
+    }
+  }
 }
 
 template <typename Fn>
@@ -102,6 +184,39 @@ struct CpuKernel {
   }
 };
 
+// GatedMLPNBits on the CPU: each weight row dequantized to fp32, then as GatedMLP's CPU kernel.
+struct CpuNBitsKernel {
+  NBitsAttrs a;
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return as_status([&] {
+      Ort::KernelContext ctx(context);
+      Ort::ConstValue x = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
+      const NBitsProblem p = check_nbits(a, x, b, s);
+      Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
+      const auto* xp = x.GetTensorData<Ort::Float16_t>();
+      const auto* bp = b.GetTensorData<uint8_t>();
+      const auto* sp = s.GetTensorData<Ort::Float16_t>();
+      auto* yp = y.GetTensorMutableData<Ort::Float16_t>();
+      const int64_t K = p.K, F = p.F;
+      std::vector<float> xf(p.rows * K), g(K), u(K);
+      for (int64_t i = 0; i < p.rows * K; ++i) xf[i] = xp[i].ToFloat();
+      for (int64_t f = 0; f < F; ++f) {
+        dequant_row(bp, sp, p, a.block_size, f, g.data());
+        dequant_row(bp, sp, p, a.block_size, F + f, u.data());
+        for (int64_t m = 0; m < p.rows; ++m) {
+          const float* xr = xf.data() + m * K;
+          float gs = 0.f, us = 0.f;
+          for (int64_t k = 0; k < K; ++k) {
+            gs += xr[k] * g[k];
+            us += xr[k] * u[k];
+          }
+          yp[m * F + f] = Ort::Float16_t(gs / (1.f + std::exp(-gs)) * us);
+        }
+      }
+    });
+  }
+};
+
 template <typename Op, typename Kernel>
 struct GatedMlpOpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
   const char* GetName() const { return kOpName; }
@@ -116,6 +231,34 @@ struct CpuOp : GatedMlpOpBase<CpuOp, CpuKernel> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo*, void** kernel) const {
     *kernel = new CpuKernel;
     return nullptr;
+  }
+};
+
+// GatedMLPNBits's schema: x fp16, B uint8, scales fp16 -> y fp16.
+template <typename Op, typename Kernel>
+struct NBitsOpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  const char* GetName() const { return kNBitsName; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
+
+struct CpuNBitsOp : NBitsOpBase<CpuNBitsOp, CpuNBitsKernel> {
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return as_status([&] {
+      auto* k = new CpuNBitsKernel;
+      try {
+        k->a = read_attrs(info);
+      } catch (...) {
+        delete k;
+        throw;
+      }
+      *kernel = k;
+    });
   }
 };
 
@@ -176,12 +319,78 @@ struct CudaOp : GatedMlpOpBase<CudaOp, CudaKernel> {
     return nullptr;
   }
 };
+// GatedMLPNBits on CUDA: the int4 warp-per-row-pair kernel where it fits (q4_gemv_fits: M <= 4, block_size 32, whole
+// blocks, x staged in shared memory); beyond, the weight is dequantized into fp16 scratch and GatedMLP's cuBLAS +
+// silu*mul path runs on it (prefill: the GEMM's cost dwarfs the dequantization's).
+struct CudaNBitsKernel {
+  NBitsAttrs a;
+  archc_ops::Blas* blas = nullptr;
+  ~CudaNBitsKernel() { archc_ops::blas_close(blas); }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return as_status([&] {
+      Ort::KernelContext ctx(context);
+      Ort::ConstValue x = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
+      const NBitsProblem p = check_nbits(a, x, b, s);
+      Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
+      if (p.rows == 0 || p.F == 0) return;
+      if (p.rows > INT32_MAX / 2 || 2 * p.F > INT32_MAX || p.K > INT32_MAX || 2 * p.F * p.k_blocks * p.blob > INT32_MAX)
+        throw Ort::Exception("archc.GatedMLPNBits: dimensions past 32-bit indexing", ORT_INVALID_ARGUMENT);
+      const void* xp = x.GetTensorRawData();
+      const void* bp = b.GetTensorRawData();
+      const void* sp = s.GetTensorRawData();
+      void* yp = y.GetTensorMutableRawData();
+      void* stream = ctx.GetGPUComputeStream();
+      std::string err;
+      if (archc_ops::q4_gemv_fits(xp, bp, p.rows, p.K, a.block_size)) {
+        err = archc_ops::launch_gemv_swiglu_q4(xp, bp, sp, yp, p.rows, p.K, p.F, stream);
+      } else {
+        // scratch: cuBLAS's workspace, the fp32 [rows, 2F] product, the dequantized fp16 [2F, K] weight (each 256-byte aligned)
+        auto up = [](size_t v) { return (v + 255) / 256 * 256; };
+        const size_t ws = up(archc_ops::blas_workspace_bytes(blas));
+        const size_t c_bytes = up(sizeof(float) * (size_t)p.rows * 2 * (size_t)p.F);
+        const size_t w_bytes = 2 * (size_t)p.F * (size_t)p.K * 2;
+        Ort::ConstMemoryInfo info = x.GetTensorMemoryInfo();
+        const OrtApi& api = Ort::GetApi();
+        void* scratch = nullptr;
+        Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(context, info, ws + c_bytes + w_bytes, &scratch));
+        OrtAllocator* alloc = ctx.GetAllocator(*info);
+        char* base = static_cast<char*>(scratch);
+        void* w = base + ws + c_bytes;
+        err = archc_ops::dequant_q4(bp, sp, w, 2 * p.F, p.K, p.k_blocks, a.block_size, stream);
+        if (err.empty())
+          err = archc_ops::gemm_swiglu(blas, xp, w, yp, p.rows, p.K, p.F, base + ws, scratch, stream);
+        alloc->Free(alloc, scratch);  // as GatedMLP's: handed out again only in stream order
+        api.ReleaseAllocator(alloc);
+      }
+      if (!err.empty()) throw Ort::Exception("archc.GatedMLPNBits: " + err, ORT_EP_FAIL);
+    });
+  }
+};
+
+struct CudaNBitsOp : NBitsOpBase<CudaNBitsOp, CudaNBitsKernel> {
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    NBitsAttrs attrs;
+    if (OrtStatusPtr st = as_status([&] { attrs = read_attrs(info); })) return st;
+    std::string err;
+    archc_ops::Blas* blas = archc_ops::blas_open(&err);
+    if (!blas) return api.CreateStatus(ORT_EP_FAIL, ("archc.GatedMLPNBits: " + err).c_str());
+    auto* k = new CudaNBitsKernel;
+    k->a = attrs;
+    k->blas = blas;
+    *kernel = k;
+    return nullptr;
+  }
+};
 #endif
 
 // The ops live as long as the process: onnxruntime keeps pointers to them in every session that registered them.
 CpuOp cpu_op;
+CpuNBitsOp cpu_nbits_op;
 #ifdef ARCHC_ORT_OPS_CUDA
 CudaOp cuda_op;
+CudaNBitsOp cuda_nbits_op;
 #endif
 
 }  // namespace
@@ -192,9 +401,9 @@ extern "C" {
 // copying it into a model: which kernels it holds, and the op-set version of its ops.
 __attribute__((visibility("default"))) const char* archc_ort_ops_info() {
 #ifdef ARCHC_ORT_OPS_CUDA
-  return "name=archc-ort-ops;version=1;ops=GatedMLP;kernels=cpu,cuda";
+  return "name=archc-ort-ops;version=1;ops=GatedMLP,GatedMLPNBits;kernels=cpu,cuda";
 #else
-  return "name=archc-ort-ops;version=1;ops=GatedMLP;kernels=cpu";
+  return "name=archc-ort-ops;version=1;ops=GatedMLP,GatedMLPNBits;kernels=cpu";
 #endif
 }
 
@@ -211,8 +420,10 @@ __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOp
     std::lock_guard<std::mutex> g(lock);
     Ort::CustomOpDomain domain(kDomain);
     domain.Add(&cpu_op);
+    domain.Add(&cpu_nbits_op);
 #ifdef ARCHC_ORT_OPS_CUDA
     domain.Add(&cuda_op);
+    domain.Add(&cuda_nbits_op);
 #endif
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));

@@ -131,6 +131,157 @@ std::string launch_gemv_swiglu(const void* x, const void* w, void* y, int64_t ro
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// archc.GatedMLPNBits: int4 codes as MatMulNBits stores them (exporters/quantize.py), symmetric, block_size 32.
+//
+// One warp per output column f reads gate row f and up row F + f of B: one 16-byte load is one whole 32-value block
+// (its 32 codes, first in the low nibble), a lane takes blocks lane, lane + 32, ... with Q4_U blocks of each row (2 Q4_U
+// 16-byte loads) in flight. x is staged once per thread block in shared memory as fp32 (the conversion done once, not
+// per weight), each 32-value block padded to 36 floats so the 8 lanes of a 16-byte shared-memory phase, which read
+// consecutive blocks, hit distinct banks. Dequantization without integer-to-float conversions: a code q placed in the
+// top mantissa bits of 1.0f reads as 1 + q / 16, so for a block sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x,
+// one scale multiply per block; fp32 accumulation throughout, silu(g) * u rounded once to fp16.
+
+namespace {
+
+constexpr int Q4_BLOCK = 32;  // values per quantization block: 16 bytes of codes, one uint4 load
+constexpr int Q4_PAD = 36;    // floats per staged block of x (32 + 4: bank-conflict-free 16-byte reads, see above)
+constexpr int Q4_WARPS = 8;   // 256 threads a block, one f per warp: x is staged once for 8 columns
+constexpr int Q4_U = 2;       // blocks of each row per lane per step: gate + up = 4 16-byte loads in flight
+constexpr size_t Q4_SMEM_MAX = 48 * 1024;  // the default dynamic shared-memory limit (no opt-in attribute needed)
+
+// Code t (0..7) of a 32-bit word of a block (values 8w .. 8w + 7, first in the low nibble) as the float 1 + q / 16.
+__device__ __forceinline__ float code_f(uint32_t v, int t) {
+  const int sh = 19 - 4 * t;  // nibble t to bits 19..22, the top of the mantissa
+  const uint32_t m = sh >= 0 ? (v << sh) : (v >> -sh);
+  return __uint_as_float((m & 0x00780000u) | 0x3F800000u);
+}
+
+template <int ROWS>
+__global__ void __launch_bounds__(32 * Q4_WARPS)
+    gemv_swiglu_q4_kernel(const half* __restrict__ x, const uint4* __restrict__ b, const half* __restrict__ scales,
+                          half* __restrict__ y, int K, int F) {
+  extern __shared__ float4 xs4[];  // [ROWS][KB][Q4_PAD / 4]
+  const int KB = K / Q4_BLOCK;
+  const uint2* x4 = reinterpret_cast<const uint2*>(x);
+  for (int i = threadIdx.x; i < ROWS * K / 4; i += blockDim.x) {
+    const int e = 4 * i, r = e / K, k = e - r * K;
+    const uint2 v = __ldg(x4 + i);
+    const float2 lo = __half22float2(*reinterpret_cast<const half2*>(&v.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const half2*>(&v.y));
+    xs4[((r * KB + k / Q4_BLOCK) * Q4_PAD + k % Q4_BLOCK) / 4] = make_float4(lo.x, lo.y, hi.x, hi.y);
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int f = blockIdx.x * Q4_WARPS + warp;
+  if (f >= F) return;
+  const uint4* bg = b + (size_t)f * KB;
+  const uint4* bu = b + (size_t)(F + f) * KB;
+  const half* sg = scales + (size_t)f * KB;
+  const half* su = scales + (size_t)(F + f) * KB;
+  float g[ROWS] = {}, u[ROWS] = {};
+  for (int j0 = lane; j0 < KB; j0 += 32 * Q4_U) {
+    uint4 wg[Q4_U], wu[Q4_U];
+    float cg[Q4_U], cu[Q4_U];
+#pragma unroll
+    for (int i = 0; i < Q4_U; ++i) {
+      const int j = j0 + 32 * i;
+      const bool in = j < KB;
+      wg[i] = in ? __ldcs(bg + j) : make_uint4(0, 0, 0, 0);
+      wu[i] = in ? __ldcs(bu + j) : make_uint4(0, 0, 0, 0);
+      cg[i] = in ? __half2float(__ldg(sg + j)) : 0.f;
+      cu[i] = in ? __half2float(__ldg(su + j)) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < Q4_U; ++i) {
+      const int j = j0 + 32 * i;
+      if (j >= KB) break;
+      const uint32_t gw[4] = {wg[i].x, wg[i].y, wg[i].z, wg[i].w}, uw[4] = {wu[i].x, wu[i].y, wu[i].z, wu[i].w};
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) {
+        const float4* xb = xs4 + (size_t)(r * KB + j) * (Q4_PAD / 4);
+        float dg = 0.f, du = 0.f, sx = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const float4 a = xb[2 * w], c = xb[2 * w + 1];
+          const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+            dg = fmaf(xv[t], code_f(gw[w], t), dg);
+            du = fmaf(xv[t], code_f(uw[w], t), du);
+            sx += xv[t];
+          }
+        }
+        g[r] = fmaf(cg[i], fmaf(16.f, dg, -24.f * sx), g[r]);
+        u[r] = fmaf(cu[i], fmaf(16.f, du, -24.f * sx), u[r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    g[r] = warp_sum(g[r]);
+    u[r] = warp_sum(u[r]);
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+}
+
+size_t q4_smem_bytes(int64_t rows, int64_t K) { return sizeof(float) * (size_t)rows * (size_t)(K / Q4_BLOCK) * Q4_PAD; }
+
+template <int ROWS>
+void launch_q4(const void* x, const void* b, const void* scales, void* y, int K, int F, cudaStream_t s) {
+  const int blocks = (F + Q4_WARPS - 1) / Q4_WARPS;
+  gemv_swiglu_q4_kernel<ROWS><<<blocks, 32 * Q4_WARPS, q4_smem_bytes(ROWS, K), s>>>(
+      static_cast<const half*>(x), static_cast<const uint4*>(b), static_cast<const half*>(scales), static_cast<half*>(y), K, F);
+}
+
+// One thread per byte of B: its two codes, (q - 8) * scale, to w [N, K] (the last block's padding dropped).
+__global__ void dequant_q4_kernel(const uint8_t* __restrict__ b, const half* __restrict__ scales, half* __restrict__ w, int N,
+                                  int K, int KB, int blob) {
+  const int total = N * KB * blob;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    const int n = i / (KB * blob), rem = i - n * KB * blob, j = rem / blob, byte = rem - j * blob;
+    const uint8_t v = b[i];
+    const float sc = __half2float(scales[n * KB + j]);
+    const int k = j * 2 * blob + 2 * byte;
+    if (k < K) w[(size_t)n * K + k] = __float2half(float((int)(v & 15) - 8) * sc);
+    if (k + 1 < K) w[(size_t)n * K + k + 1] = __float2half(float((int)(v >> 4) - 8) * sc);
+  }
+}
+
+}  // namespace
+
+bool q4_gemv_fits(const void* x, const void* b, int64_t rows, int64_t K, int64_t block_size) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return rows >= 1 && rows <= kGemvMaxRows && block_size == Q4_BLOCK && K % Q4_BLOCK == 0 &&
+         q4_smem_bytes(rows, K) <= Q4_SMEM_MAX && aligned(x) && aligned(b);
+}
+
+std::string launch_gemv_swiglu_q4(const void* x, const void* b, const void* scales, void* y, int64_t rows, int64_t K, int64_t F,
+                                  void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (rows) {
+    case 1: launch_q4<1>(x, b, scales, y, (int)K, (int)F, s); break;
+    case 2: launch_q4<2>(x, b, scales, y, (int)K, (int)F, s); break;
+    case 3: launch_q4<3>(x, b, scales, y, (int)K, (int)F, s); break;
+    case 4: launch_q4<4>(x, b, scales, y, (int)K, (int)F, s); break;
+    default: return "gemv_swiglu_q4: rows must be 1..4";
+  }
+  return cuda_error("gemv_swiglu_q4 kernel launch");
+}
+
+std::string dequant_q4(const void* b, const void* scales, void* w, int64_t N, int64_t K, int64_t k_blocks, int64_t block_size,
+                       void* stream) {
+  const int64_t total = N * k_blocks * (block_size / 2);
+  const int threads = 256;
+  const int blocks = (int)std::min<int64_t>((total + threads - 1) / threads, 65535 * 4);
+  dequant_q4_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint8_t*>(b), static_cast<const half*>(scales), static_cast<half*>(w), (int)N, (int)K, (int)k_blocks,
+      (int)(block_size / 2));
+  return cuda_error("dequant_q4 kernel launch");
+}
+
+// ------------------------------------------------------------------------------------------------------------
 // cuBLAS through dlopen
 
 namespace {

@@ -28,4 +28,18 @@ size_t blas_workspace_bytes(const Blas* b);
 std::string gemm_swiglu(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F,
                         void* c, void* workspace, void* stream);
 
+// archc.GatedMLPNBits (int4 codes as MatMulNBits stores them: B [2F, K / 32, 16], scales [2F, K / 32] fp16, zero point 8).
+// Whether the int4 kernel takes it: rows <= kGemvMaxRows, block_size 32, K a whole number of blocks, x (fp32, padded)
+// fits the default 48 KB of shared memory, x and B 16-byte aligned.
+bool q4_gemv_fits(const void* x, const void* b, int64_t rows, int64_t K, int64_t block_size);
+
+// y[m, f] = silu(x[m] . Wg[f]) * (x[m] . Wu[f]) with W dequantized on the fly, one warp per f (reads rows f and F + f).
+std::string launch_gemv_swiglu_q4(const void* x, const void* b, const void* scales, void* y, int64_t rows, int64_t K, int64_t F,
+                                  void* stream);
+
+// w [N, K] fp16 = (q - 8) * scale from B [N, k_blocks, block_size / 2] and scales [N, k_blocks] (any even block_size;
+// a last block's padding is dropped): what the cuBLAS path of GatedMLPNBits multiplies by.
+std::string dequant_q4(const void* b, const void* scales, void* w, int64_t N, int64_t K, int64_t k_blocks, int64_t block_size,
+                       void* stream);
+
 }  // namespace archc_ops
