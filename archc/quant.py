@@ -128,9 +128,11 @@ class QuantSettings:
 
 
 # The onnxruntime com.microsoft ops that take archc's quantized weights (exporters/quantize.py writes their bytes):
-# MatMulNBits per projection, QMoE for a whole gated MLP (the cuda lowering's GateUp.qmoe). A lowering record's
-# words name the op a graph node was lowered to (`cuda:QMoE int4 sym b32 (...)`, `MatMulNBits int4 sym b32`).
-QUANTIZED_OPS = ("MatMulNBits", "QMoE")
+# MatMulNBits per projection, QMoE for a whole gated MLP (the cuda lowering's GateUp.qmoe), and archc's own
+# GatedMLPNBits (--kernels archc: gate|up on MatMulNBits's bytes, exporters/ort_ops). A lowering record's words name
+# the op a graph node was lowered to (`cuda:QMoE int4 sym b32 (...)`, `MatMulNBits int4 sym b32`,
+# `archc:GatedMLPNBits int4 sym b32 (...)`).
+QUANTIZED_OPS = ("MatMulNBits", "QMoE", "GatedMLPNBits")
 
 
 def quantized_ops(lowering: dict[str, str]) -> dict[str, int]:

@@ -27,7 +27,8 @@ recorded in the model's `archc.lowering` metadata):
   GateUp.qmoe, selectable for A/B runs, makes a SwiGLU MLP one com.microsoft QMoE node with a single expert
   (gate|up interleaved in fc1; _lower_qmoe) where QMoE can take it (_qmoe_unfit): measured slower overall.
   With --kernels archc (Ctx.kernels), GateUp.archc_op: an fp16 SwiGLU MLP's gate|up, SiLU and Mul as one archc.GatedMLP
-  custom op (exporters/ort_ops; _lower_archc_op) where it can take the MLP (_archc_op_unfit).
+  custom op (exporters/ort_ops; _lower_archc_op) where it can take the MLP (_archc_op_unfit); with --quant int4 sym b32
+  one archc.GatedMLPNBits on one_gemm's stacked MatMulNBits bytes (_nbits_op_unfit), down staying MatMulNBits.
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -71,7 +72,9 @@ class GateUp(str, Enum):
     # exporters/ort_ops: a warp-per-row CUDA kernel at M <= 4, cuBLAS + silu*mul beyond) on [Wg; Wu] in torch's
     # [out, in] layout, then the down MatMul. A hand-written M = 1 kernel of this shape ran 13.3 us against 20.1 us for
     # cuBLAS's two GEMMs + SiLU + Mul on an H200 (benchmarks/gemv_kernel_probe.py); benchmarks/ort_ops_check.py measures
-    # the op inside onnxruntime. Where the op cannot take the MLP (_archc_op_unfit) the MLP is GATE_UP's / GATE_UP_QUANT's.
+    # the op inside onnxruntime. With --quant int4 (sym, b32): archc.GatedMLPNBits on the stacked gate|up's MatMulNBits
+    # bytes (benchmarks/ort_ops_nbits_check.py). Where the op cannot take the MLP (_archc_op_unfit) the MLP is GATE_UP's /
+    # GATE_UP_QUANT's.
     archc_op = "archc_op"
 
 
@@ -501,29 +504,64 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
 
 
 def _archc_op_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
-    """Why archc.GatedMLP cannot take this gated MLP (None: it can). The op computes silu(x Wg^T) * (x Wu^T) in fp16
-    (fp32 accumulation) from one [2F, K] weight and nothing else:
-    - quantized weights (--quant): it reads fp16 rows, not MatMulNBits's codes;
-    - gate/up biases: it has no bias input (a down bias is fine: the down MatMul stays ONNX);
+    """Why archc's gated-MLP op cannot take this gated MLP (None: it can). archc.GatedMLP computes silu(x Wg^T) * (x Wu^T)
+    in fp16 (fp32 accumulation) from one [2F, K] weight and nothing else; with --quant, archc.GatedMLPNBits does the same
+    from the stacked gate|up's MatMulNBits bytes (_nbits_op_unfit says which). Neither takes:
+    - gate/up biases: no bias input (a down bias is fine: the down projection stays ONNX);
     - activations other than swiglu (SiLU gate): GeGLU etc. keep the ONNX path;
-    - dtype other than fp16: its kernels are fp16 only (bf16 and fp32 would be other kernels, not measured)."""
+    - dtype other than fp16: the kernels are fp16 only (bf16 and fp32 would be other kernels, not measured)."""
     p = node["params"]
-    if ctx.quant.active:
-        return f"quantized ({ctx.quant.short()}); the op reads fp16 weights"
     if "gate.bias" in p or "up.bias" in p:
         return "gate/up biases"
     if node["settings"].activation is not Activation.swiglu:
         return f"activation {node['settings'].activation.value}"
     if ctx.dtype is not DType.float16:
         return f"dtype {ctx.dtype.value}"
+    if ctx.quant.active:
+        return _nbits_op_unfit(ctx, node)
+    return None
+
+
+def _nbits_op_unfit(ctx: Ctx, node: dict) -> str | None:
+    """Why archc.GatedMLPNBits cannot take a --quant MLP (None: it can). Only what its CUDA kernel was written and checked
+    for (benchmarks/ort_ops_nbits_check.py) is taken; everything else keeps the stacked MatMulNBits path:
+    - int8, asymmetric (zero points), block sizes other than 32: the int4 kernel reads one 32-code block per 16-byte
+      load with the symmetric zero point 8;
+    - accuracy_level: a MatMulNBits compute mode (e.g. int8 activations) the op, which accumulates fp16 x in fp32,
+      would not honour;
+    - a d_model not a whole number of blocks: MatMulNBits pads the last block; the int4 kernel takes whole blocks."""
+    from archc.quant import QuantKind, QuantScheme
+
+    q = ctx.quant
+    if q.kind is not QuantKind.int4 or q.scheme is not QuantScheme.symmetric or q.block_size != 32:
+        return f"quantization {q.short()}; GatedMLPNBits takes int4 sym b32"
+    if q.accuracy_level != 0:
+        return f"accuracy_level {q.accuracy_level}"
+    H = node["params"]["up.weight"][1]
+    if H % q.block_size:
+        return f"d_model {H} not whole blocks of {q.block_size}"
     return None
 
 
 def _lower_archc_op(ctx: Ctx, name: str, node: dict) -> str:
     """down(archc.GatedMLP(x, [Wg; Wu])): the op's weight is gate's rows then up's, each [F, d_model] as archc holds
-    them (torch's Linear layout, whatever the target's WEIGHT_LAYOUT: the kernel reads a row per output)."""
+    them (torch's Linear layout, whatever the target's WEIGHT_LAYOUT: the kernel reads a row per output). With --quant,
+    down(archc.GatedMLPNBits(x, B, scales)) on the very initializers one_gemm's stacked MatMulNBits would read
+    ({name}.gate_up.weight.q4 / .scales, exporters/quantize.py), so the model's bytes and size are those of the
+    --kernels onnxruntime export; down stays MatMulNBits (the lowering words say so once onnx_export.nbits_words runs)."""
     x = input_of(ctx, name, "x")
-    w = ctx.weight_concat([f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
+    fulls = [f"{name}.gate.weight", f"{name}.up.weight"]
+    if ctx.quant.active:
+        from exporters.quantize import initializer_parts, quantized_weight
+
+        q = ctx.quant
+        _, k = quantized_weight(ctx, fulls, f"{name}.gate_up.weight")
+        parts = [part for part, _ in initializer_parts(f"{name}.gate_up.weight", q, ctx.dtype)]
+        h = ctx.op("GatedMLPNBits", [x, *parts], domain=ORT_OPS_DOMAIN, K=k, bits=q.bits, block_size=q.block_size)
+        ctx.lowering[name] = (f"archc:GatedMLPNBits {q.kind.value} sym b{q.block_size} (gate|up codes, SiLU and Mul in one "
+                              f"custom op) + MatMul (down)")
+        return portable.linear(ctx, h, f"{name}.down", node["params"])
+    w = ctx.weight_concat(fulls, f"{name}.gate_up.weight")
     h = ctx.op("GatedMLP", [x, w], domain=ORT_OPS_DOMAIN)
     ctx.lowering[name] = "archc:GatedMLP (gate|up, SiLU and Mul in one custom op) + MatMul (down)"
     return portable.linear(ctx, h, f"{name}.down", node["params"])

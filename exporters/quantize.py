@@ -267,6 +267,13 @@ def matmul_nbits(ctx, x: str, fulls: list[str], concat_name: str | None = None) 
                   accuracy_level=ctx.quant.accuracy_level)
 
 
+def quantized_weight(ctx, fulls: list[str], name: str) -> tuple[int, int]:
+    """Queue the MatMulNBits-layout weight `name` made of archc parameters `fulls` ([out, in] each, stacked along out)
+    for a consumer other than MatMulNBits (archc.GatedMLPNBits reads the same B and scales); (N, K) of the whole.
+    Once per name: a MatMulNBits on the same name shares the initializers."""
+    return _register_quantized(ctx, fulls, name, expert=False)
+
+
 def _register_quantized(ctx, fulls: list[str], name: str, *, expert: bool) -> tuple[int, int]:
     """Queue the quantized weight `name` made of archc parameters `fulls` ([out, in] each, tied names
     resolved) for write_weights, once per name and layout (a MatMulNBits B stacks them, a QMoE expert

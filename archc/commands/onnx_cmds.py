@@ -77,7 +77,7 @@ def compile_cmd(
     quant_method: QuantMethodOption = "rtn",
     kernels: Annotated[str, typer.Option(help="onnxruntime (its own operators only) | archc (--target cuda: an fp16 SwiGLU MLP's "
                                               "gate|up GEMMs, SiLU and Mul as one archc.GatedMLP custom op, a hand-written CUDA "
-                                              "kernel for decode; needs nvcc to build the op library, which goes into -o and "
+                                              "kernel for decode; with --quant int4, archc.GatedMLPNBits on the same int4 codes; needs nvcc to build the op library, which goes into -o and "
                                               "which `archc run` registers; opt-in).")] = "onnxruntime",
     force: force_option(Replaces.MODEL_DIR) = False,
 ) -> None:
@@ -153,7 +153,8 @@ def compile_cmd(
     if use_ort_ops:
         from archc.model_dir import ORT_OPS_FILE
 
-        con.print(f"archc ops: {ORT_OPS_FILE} copied into {out} (`archc run` registers it with onnxruntime)"
+        held = archc_ops_held(result.lowering)
+        con.print(f"archc ops: {held}; {ORT_OPS_FILE} copied into {out} (`archc run` registers it with onnxruntime)"
                   if (out / ORT_OPS_FILE).exists() else "archc ops: none fits this model (see the lowering below); "
                   "it uses onnxruntime's operators only")
     con.print("lowering:")
@@ -247,3 +248,16 @@ def run_cmd(
         con.print(",".join(map(str, ids)))
     err.print(f"device {res.device}: prefill {res.prefill_ms:.1f} ms, decode {res.decode_tokens_per_s:.1f} tokens/s "
               f"(batch {len(prompts)}, {max_new_tokens} new tokens)")
+
+
+def archc_ops_held(lowering: dict[str, str]) -> str:
+    """compile's `archc ops:` words: which of archc's custom ops the export holds, from its lowering record
+    (`archc:GatedMLP (...)`, `archc:GatedMLPNBits int4 sym b32 (...)`), e.g. `GatedMLPNBits in 22 MLPs`."""
+    import re
+
+    counts: dict[str, int] = {}
+    for how in lowering.values():
+        m = re.match(r"archc:([A-Za-z0-9]+)", how)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return ", ".join(f"{op} in {n} MLP{'s' if n != 1 else ''}" for op, n in sorted(counts.items())) or "none named in the lowering"

@@ -108,7 +108,7 @@ def test_op_matches_the_standard_export_and_the_module(tmp_path):
     (["mlp.bias=true"], "fp16", None, "gate/up biases"),
     ([], "fp32", None, "dtype float32"),
     ([], "bf16", None, "dtype bfloat16"),
-    ([], "fp16", "int4", "quantized"),
+    ([], "fp32", "int4", "dtype float32"),
     (["mlp.activation=gelu"], "fp16", None, "no gate"),
 ])
 def test_what_the_op_cannot_take_keeps_the_onnx_path(tmp_path, sets, dtype, quant, why):
