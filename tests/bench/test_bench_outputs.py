@@ -30,6 +30,7 @@ CASES = {
     "host_step": (lambda t: ["--out", str(t / "h.json"), "--work-dir", str(t / "w"), "--device", "cpu"], "h.json", "--out"),
     "moe_mlp_probe": (lambda t: ["--out", str(t / "m.json"), "--device", "cpu"], "m.json", "--out"),
     "ort_ops_check": (lambda t: ["--out", str(t / "d"), "--device", "cpu"], "d/ort_ops_check.json", "--out"),
+    "ort_ops_nbits_check": (lambda t: ["--out", str(t / "d"), "--device", "cpu"], "d/ort_ops_nbits_check.json", "--out"),
     "nccl_world1": (lambda t: ["--out", str(t / "n.json"), "--device", "cpu"], "n.json", "--out"),
     "plan_memory": (lambda t: ["--out", str(t / "p.json"), "--tiny", "--device", "cpu"], "p.json", "--out"),
     "prefill_probe": (lambda t: ["--out", str(t / "p.json")], "p.json", "--out"),
