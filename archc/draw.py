@@ -17,7 +17,7 @@ from pathlib import Path
 from archc.atomic import write_atomic
 from archc import words
 from archc.diff import norm_position, norm_words, role_name
-from archc.errors import UserError
+from archc.errors import UserError, one_line
 from archc.files import FORCE_HINT, check_output_file
 from archc.graph import ComponentGraph, ComponentKind
 
@@ -300,7 +300,8 @@ def format_for(path: Path, explicit: str | None) -> str:
     ext = path.suffix.lower().lstrip(".")
     by_ext = {"svg": "svg", "png": "png", "dot": "dot", "gv": "dot", "mmd": "mermaid", "mermaid": "mermaid"}
     if ext not in by_ext:
-        raise UserError(f"{path}: cannot tell the format from the suffix '.{ext}'; use .svg, .png, .dot or .mmd, or give --format")
+        told = f"the suffix '.{ext}'" if ext else "a name without a suffix"  # 'adir' was "the suffix '.'"
+        raise UserError(one_line(f"{path}: cannot tell the format from {told}; use .svg, .png, .dot or .mmd, or give --format"))
     return by_ext[ext]
 
 

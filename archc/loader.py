@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from archc.errors import SpecError, UserError
+from archc.errors import SpecError, UserError, one_line
 from archc.files import kind_of, read_bytes, stat_path
 from archc.spec import OptimizerKind, PositionKind, ScheduleKind, Spec
 
@@ -162,7 +162,9 @@ def read_yaml(path: Path) -> tuple[dict, LineMap]:
     try:  # a regular file only: a FIFO or /dev/zero is refused before reading
         raw = read_bytes(path, shown, limit=MAX_SPEC_BYTES)
     except UserError as e:
-        raise SpecError(str(e).removeprefix(f"{shown}: "), shown) from None
+        # the line names the file once: str(e) holds it escaped by one_line (a name with an undecodable byte,
+        # 'bad\\udcff.yaml', differs from `shown` there), and SpecError adds `shown` again
+        raise SpecError(str(e).removeprefix(f"{shown}: ").removeprefix(one_line(f"{shown}: ")), shown) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
