@@ -55,6 +55,19 @@ for _cls in (_Loader, _PyLoader):
         list("-+0123456789."),
     )
 
+# Integers as written: YAML 1.1 also reads a leading zero as octal (n_layers: 012 was 10 layers) and colons as base 60
+# (n_layers: 1:00 was 60). Such text stays a string, which the spec's types then read or refuse (an integer field
+# takes "012" as 12, as written; "1:00" is refused in one line). Decimal (with _), 0x and 0b integers read as before.
+_INT = "tag:yaml.org,2002:int"
+for _cls in (_Loader, _PyLoader):
+    _cls.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != _INT]
+                                    for first, rules in _cls.yaml_implicit_resolvers.items()}
+    _cls.add_implicit_resolver(
+        _INT,
+        __import__("re").compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+        list("-+0123456789"),
+    )
+
 # Every level of YAML nesting needs one of these characters ('[', '{', a block entry's '-', a value's ':', an
 # explicit key's '?'), so text with fewer of them cannot nest deeper than that. libyaml's composer ran 20000
 # levels on an 8 MB stack and crashed at 50000; under this bound it runs (library specs hold under 100).
