@@ -58,7 +58,8 @@ def configs(tiny: bool) -> list[dict]:
             {"name": "int4h", "quant": int4h, "backends": ["ort", "genai-graph"], "shapes": INT4_SHAPES, "est_s": 120}]
 
 
-def measure(out_json: Path, *, tiny: bool, device: str, deadline_s: float, work_dir: Path | None, with_limits: bool = False) -> dict:
+def measure(out_json: Path, *, tiny: bool, device: str, deadline_s: float, work_dir: Path | None, with_limits: bool = False,
+            kernels: str = "onnxruntime") -> dict:
     import archc
     from archc.bench.genai import write_placeholder_tokenizer
     from archc.bench.harness import Bench, Shape, environment, measure_limits
@@ -78,7 +79,7 @@ def measure(out_json: Path, *, tiny: bool, device: str, deadline_s: float, work_
         export_hf(graph, hf, seeded_source(graph), dtype="float16" if dtype == "fp16" else "float32", force=True)
         write_placeholder_tokenizer(hf, spec.vocab_size)
     report: dict = {"environment": environment(), "spec": spec.name, "params": None, "dtype": dtype, "new_tokens": new_tokens,
-                    "hf_dir_s": time.perf_counter() - t, "limits": None, "configs": []}
+                    "hf_dir_s": time.perf_counter() - t, "limits": None, "configs": [], "ort_kernels": kernels}
     try:
         import onnxruntime_genai as og
 
@@ -100,7 +101,7 @@ def measure(out_json: Path, *, tiny: bool, device: str, deadline_s: float, work_
             continue
         b = Bench(graph, dtype=dtype, device=device, backends=cfg["backends"], repeats=3, prefill_repeats=5, work_dir=work,
                   limits=limits, hf_dir=hf, quant=cfg["quant"], genai_timeout_s=min(240.0, left), log=lambda m: print(m, flush=True),
-                  ort_logits=cfg.get("logits"))
+                  ort_logits=cfg.get("logits"), kernels=kernels)
         try:
             for batch, prompt in cfg["shapes"]:
                 if time.perf_counter() - t_start > deadline_s:
@@ -149,7 +150,8 @@ def _fmt(x, f="{:.2f}") -> str:
 def render(report: dict) -> str:
     env = report["environment"]
     lines = [f"Card: {env.get('card', 'cpu')}; archc {env.get('archc_commit')}; onnxruntime {env.get('onnxruntime')}, "
-             f"onnxruntime-genai {env.get('onnxruntime_genai')}; torch {env.get('torch')}; {env.get('date')}.", "",
+             f"onnxruntime-genai {env.get('onnxruntime_genai')}; torch {env.get('torch')}; {env.get('date')}; "
+             f"ort rows compiled with --kernels {report.get('ort_kernels', 'onnxruntime')}.", "",
              "| config | backend | batch | prompt | prefill ms | decode tok/s | tokens = archc | export s | model MiB | note |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in report["configs"]:
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline-s", type=float, default=540.0, help="no configuration or shape starts past this")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--limits", action="store_true", help="measure the card's copy bandwidth and GEMM rate too (roofline columns)")
+    p.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
+                   help="the ort rows' `archc compile --kernels` (archc: archc's custom ops where they fit; the library from "
+                        "ARCHC_ORT_OPS_LIB, else built with nvcc)")
     a = p.parse_args(argv)
     if a.render:
         print(render(json.loads(a.render.read_text())))
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.out is None:
         p.error("give OUT.json (or --render JSON)")
     outputs.check_outputs(p, a.force, ("OUT.json", a.out))
-    report = measure(a.out, tiny=a.tiny, device=a.device, deadline_s=a.deadline_s, work_dir=a.work_dir, with_limits=a.limits)
+    report = measure(a.out, tiny=a.tiny, device=a.device, deadline_s=a.deadline_s, work_dir=a.work_dir, with_limits=a.limits,
+                     kernels=a.kernels)
     print(render(report))
 
 

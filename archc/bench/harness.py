@@ -167,44 +167,53 @@ class Shape:
     new_tokens: int
 
 
-def ort_parts(graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None, hf_dir: Path | None = None) -> dict:
-    """Everything that decides the ort export's bytes (archc.bench.workdir: its fingerprint names the folder)."""
+def ort_parts(graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None, hf_dir: Path | None = None,
+              kernels: str = "onnxruntime") -> dict:
+    """Everything that decides the ort export's bytes (archc.bench.workdir: its fingerprint names the folder).
+    kernels (compile --kernels) joins the parts only when it is not the default, so earlier folders keep their key."""
     from archc.bench.workdir import checkpoint_parts, spec_parts
 
-    return {**spec_parts(graph), "what": "archc ONNX export", "target": target, "dtype": dtype, "logits": logits,
-            "quant": quant.to_json() if quant is not None and quant.active else None,
-            "weights": checkpoint_parts(hf_dir) if hf_dir is not None else "the spec's seeded init"}
+    parts = {**spec_parts(graph), "what": "archc ONNX export", "target": target, "dtype": dtype, "logits": logits,
+             "quant": quant.to_json() if quant is not None and quant.active else None,
+             "weights": checkpoint_parts(hf_dir) if hf_dir is not None else "the spec's seeded init"}
+    if kernels != "onnxruntime":
+        parts["kernels"] = kernels
+    return parts
 
 
 def ort_model_dir(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None,
-                  hf_dir: Path | None = None) -> Path:
+                  hf_dir: Path | None = None, kernels: str = "onnxruntime") -> Path:
     """Where the ort backend keeps (and looks for) its export: what it is, then its fingerprint's digits."""
     from archc.bench.workdir import place
 
-    return place(work_dir, _ort_stem(graph, target, dtype, logits, quant), ort_parts(graph, target, dtype, logits, quant, hf_dir))
+    return place(work_dir, _ort_stem(graph, target, dtype, logits, quant, kernels),
+                 ort_parts(graph, target, dtype, logits, quant, hf_dir, kernels))
 
 
-def _ort_stem(graph: ComponentGraph, target: str, dtype: str, logits: str, quant) -> str:
+def _ort_stem(graph: ComponentGraph, target: str, dtype: str, logits: str, quant, kernels: str = "onnxruntime") -> str:
     q = f"-{quant.short().replace(' ', '-').replace('+', '')}" if quant is not None and quant.active else ""
     from archc.bench.workdir import MAX_NAME, folder_stem
 
-    return f"{folder_stem(graph.spec.name, MAX_NAME)}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else "")
+    return (f"{folder_stem(graph.spec.name, MAX_NAME)}-{target}-{dtype}{q}" + ("-logits-last" if logits == "last" else "")
+            + ("" if kernels == "onnxruntime" else f"-kernels-{kernels}"))
 
 
 def ort_export(work_dir: Path, graph: ComponentGraph, target: str, dtype: str, logits: str, quant=None,
-               hf_dir: Path | None = None, log: Callable[[str], None] = print) -> tuple[Path, float | None]:
+               hf_dir: Path | None = None, log: Callable[[str], None] = print,
+               kernels: str = "onnxruntime") -> tuple[Path, float | None]:
     """The ort export in work_dir, made unless archc made it before from the same inputs (archc.bench.workdir):
     (its folder, seconds the export took, None when reused). A runner can call it ahead of the bench."""
     from archc.bench.workdir import building, place, reusable
     from exporters.onnx_export import export
 
-    parts = ort_parts(graph, target, dtype, logits, quant, hf_dir)
-    model_dir = place(work_dir, _ort_stem(graph, target, dtype, logits, quant), parts)
+    parts = ort_parts(graph, target, dtype, logits, quant, hf_dir, kernels)
+    model_dir = place(work_dir, _ort_stem(graph, target, dtype, logits, quant, kernels), parts)
     if reusable(model_dir, parts):
         return model_dir, None
     weights = str(hf_dir) if hf_dir is not None else None
     with building(model_dir, parts) as tmp:  # sealed, then renamed into place: a stopped export leaves nothing
-        t, _ = wall(lambda: export(graph, tmp, target=target, dtype=dtype, logits=logits, weights=weights, quant=quant), "cpu")
+        t, _ = wall(lambda: export(graph, tmp, target=target, dtype=dtype, logits=logits, weights=weights, quant=quant,
+                                 kernels=kernels), "cpu")
     log(f"  exported {model_dir.name} in {t:.1f} s")
     return model_dir, t
 
@@ -415,7 +424,8 @@ class OrtBackend(Backend):
         b = self.bench
         target = "cuda" if b.cuda else "portable"
         self.logits = b.ort_logits or "all"
-        model_dir, t = ort_export(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant, b.hf_dir, log=b.log)
+        model_dir, t = ort_export(b.work_dir, b.graph, target, b.dtype, self.logits, b.quant, b.hf_dir, log=b.log,
+                                  kernels=b.kernels if b.cuda else "onnxruntime")
         if t is not None:
             b.export_s[model_dir.name] = t
         from archc.bench.genai import model_bytes
@@ -535,7 +545,8 @@ class Bench:
     def __init__(self, graph: ComponentGraph, *, dtype: str = "fp16", device: str = "cuda", backends=("torch",),
                  repeats: int = 3, prefill_repeats: int = 5, work_dir: str | Path | None = None, limits: dict | None = None,
                  seed: int = 0, log: Callable[[str], None] = print, backend_repeats: dict[str, int] | None = None,
-                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0, ort_logits: str | None = None):
+                 hf_dir: str | Path | None = None, quant=None, genai_timeout_s: float = 600.0, ort_logits: str | None = None,
+                 kernels: str = "onnxruntime"):
         import torch
 
         if dtype not in SHORT_WORDS:
@@ -560,6 +571,9 @@ class Bench:
         if ort_logits not in (None, "all", "last"):
             raise UserError(f"--logits {ort_logits}: choose all or last")
         self.ort_logits = ort_logits  # the ort export's --logits for every shape (None: all, the contract)
+        from exporters.onnx_export import Kernels
+
+        self.kernels = Kernels(kernels).value  # the ort export's --kernels (archc: archc's custom ops where they fit)
         self.genai_timeout_s = genai_timeout_s  # per request to the genai worker (load, or one shape's runs)
         self.export_s: dict[str, float] = {}  # export / build seconds by output directory name (timed once)
         self.repeats, self.prefill_repeats, self.seed, self.log = repeats, prefill_repeats, seed, log
