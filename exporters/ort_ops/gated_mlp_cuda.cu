@@ -156,12 +156,44 @@ __device__ __forceinline__ float code_f(uint32_t v, int t) {
   return __uint_as_float((m & 0x00780000u) | 0x3F800000u);
 }
 
+// Loads of one step of a lane: Q4_U blocks of the gate row and of the up row (16 bytes each) and their scales.
+__device__ __forceinline__ void q4_load(const uint4* __restrict__ bg, const uint4* __restrict__ bu, const half* __restrict__ sg,
+                                        const half* __restrict__ su, int j0, int KB, uint4 (&wg)[Q4_U], uint4 (&wu)[Q4_U],
+                                        float (&cg)[Q4_U], float (&cu)[Q4_U]) {
+#pragma unroll
+  for (int i = 0; i < Q4_U; ++i) {
+    const int j = j0 + 32 * i;
+    const bool in = j < KB;
+    wg[i] = in ? __ldcs(bg + j) : make_uint4(0, 0, 0, 0);
+    wu[i] = in ? __ldcs(bu + j) : make_uint4(0, 0, 0, 0);
+    cg[i] = in ? __half2float(__ldg(sg + j)) : 0.f;
+    cu[i] = in ? __half2float(__ldg(su + j)) : 0.f;
+  }
+}
+
+// Resident blocks per SM the register budget must allow: at M = 1 the TinyLlama shape's F / Q4_WARPS = 704 blocks then fit
+// 132 SMs in one wave (6 x 132 = 792; at 48 registers only 5 fit: 660, and 44 blocks ran as a second wave).
+constexpr int q4_min_blocks(int rows) { return rows == 1 ? 6 : 2; }  // rows 2..4: ~110-125 registers, no spills
+
 template <int ROWS>
-__global__ void __launch_bounds__(32 * Q4_WARPS)
+__global__ void __launch_bounds__(32 * Q4_WARPS, q4_min_blocks(ROWS))
     gemv_swiglu_q4_kernel(const half* __restrict__ x, const uint4* __restrict__ b, const half* __restrict__ scales,
                           half* __restrict__ y, int K, int F) {
   extern __shared__ float4 xs4[];  // [ROWS][KB][Q4_PAD / 4]
   const int KB = K / Q4_BLOCK;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int f = blockIdx.x * Q4_WARPS + warp;
+  const bool live = f < F;  // a warp past F still helps stage x (every thread reaches the barrier)
+  const size_t fg = live ? (size_t)f : 0, fu = live ? (size_t)(F + f) : 0;
+  const uint4* bg = b + fg * KB;
+  const uint4* bu = b + fu * KB;
+  const half* sg = scales + fg * KB;
+  const half* su = scales + fu * KB;
+  // The first step's weight loads go out before x is staged: they do not depend on x, and at M = 1 (K = 2048: 2 blocks
+  // per lane per row) they are all of the warp's weight traffic, so the staging's latency hides under theirs.
+  uint4 wg[Q4_U], wu[Q4_U];
+  float cg[Q4_U], cu[Q4_U];
+  if (live) q4_load(bg, bu, sg, su, lane, KB, wg, wu, cg, cu);
   const uint2* x4 = reinterpret_cast<const uint2*>(x);
   for (int i = threadIdx.x; i < ROWS * K / 4; i += blockDim.x) {
     const int e = 4 * i, r = e / K, k = e - r * K;
@@ -171,26 +203,10 @@ __global__ void __launch_bounds__(32 * Q4_WARPS)
     xs4[((r * KB + k / Q4_BLOCK) * Q4_PAD + k % Q4_BLOCK) / 4] = make_float4(lo.x, lo.y, hi.x, hi.y);
   }
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int f = blockIdx.x * Q4_WARPS + warp;
-  if (f >= F) return;
-  const uint4* bg = b + (size_t)f * KB;
-  const uint4* bu = b + (size_t)(F + f) * KB;
-  const half* sg = scales + (size_t)f * KB;
-  const half* su = scales + (size_t)(F + f) * KB;
+  if (!live) return;
   float g[ROWS] = {}, u[ROWS] = {};
   for (int j0 = lane; j0 < KB; j0 += 32 * Q4_U) {
-    uint4 wg[Q4_U], wu[Q4_U];
-    float cg[Q4_U], cu[Q4_U];
-#pragma unroll
-    for (int i = 0; i < Q4_U; ++i) {
-      const int j = j0 + 32 * i;
-      const bool in = j < KB;
-      wg[i] = in ? __ldcs(bg + j) : make_uint4(0, 0, 0, 0);
-      wu[i] = in ? __ldcs(bu + j) : make_uint4(0, 0, 0, 0);
-      cg[i] = in ? __half2float(__ldg(sg + j)) : 0.f;
-      cu[i] = in ? __half2float(__ldg(su + j)) : 0.f;
-    }
+    if (j0 != lane) q4_load(bg, bu, sg, su, j0, KB, wg, wu, cg, cu);
 #pragma unroll
     for (int i = 0; i < Q4_U; ++i) {
       const int j = j0 + 32 * i;
@@ -211,6 +227,7 @@ __global__ void __launch_bounds__(32 * Q4_WARPS)
             sx += xv[t];
           }
         }
+        // sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x
         g[r] = fmaf(cg[i], fmaf(16.f, dg, -24.f * sx), g[r]);
         u[r] = fmaf(cu[i], fmaf(16.f, du, -24.f * sx), u[r]);
       }
