@@ -136,16 +136,23 @@ def check_graph(lib: Path, sz: dict, seed: int) -> list[dict]:
     """Under enable_cuda_graph: fixed device buffers; after the capture the input is rewritten in place and the
     replayed graph must compute from the new values (a graph that captured a copy, or scratch that moved,
     would not)."""
+    K, F = sz["K"], sz["F"]
+    w = weights(K, F, seed)
+    return graph_rows(lib, sz, seed, lambda: op_model(K, F, w), lambda M, y, x: check_row(M, K, F, y, x, w))
+
+
+def graph_rows(lib: Path, sz: dict, seed: int, make_model, check) -> list[dict]:
+    """check_graph's method, shared with benchmarks/ort_ops_nbits_check.py: a row per M in sz["graph_rows"]; the
+    session of make_model() under a CUDA graph, checked by check(M, y, x) -> row before and after x is rewritten."""
     import numpy as np
     import onnxruntime as ort
 
     K, F = sz["K"], sz["F"]
-    w = weights(K, F, seed)
     rows = []
     for M in sz["graph_rows"]:
         row = {"M": M, "K": K, "F": F, "cuda_graph": True}
         try:
-            sess = session(op_model(K, F, w), lib, "cuda", graph=True)
+            sess = session(make_model(), lib, "cuda", graph=True)
             rng = np.random.default_rng(seed + 100 + M)
             x1, x2 = (rng.standard_normal((M, K)).astype(np.float16) for _ in range(2))
             y_host = np.zeros((M, F), np.float16)
@@ -158,10 +165,10 @@ def check_graph(lib: Path, sz: dict, seed: int) -> list[dict]:
             ro.add_run_config_entry("gpu_graph_id", "1")
             for _ in range(4):  # onnxruntime's plain runs, then the capture, then replays
                 sess.run_with_iobinding(io, ro)
-            first = check_row(M, K, F, y_dev.numpy(), x1, w)
+            first = check(M, y_dev.numpy(), x1)
             x_dev.update_inplace(x2)
             sess.run_with_iobinding(io, ro)
-            row.update(check_row(M, K, F, y_dev.numpy(), x2, w), rel_error_before_rewrite=first["rel_error"])
+            row.update(check(M, y_dev.numpy(), x2), rel_error_before_rewrite=first["rel_error"])
             if first["status"] != "pass":
                 row["status"] = "FAIL"
         except Exception as e:  # noqa: BLE001
@@ -231,9 +238,18 @@ def run_timing(lib: Path, device: str, sz: dict, seed: int, work: Path, warmup: 
     blocks = probe.make_blocks(sz["layers"], sz["K"], sz["F"], seed)
     xs = {t: (np.random.default_rng(seed + t).standard_normal((1, t, sz["K"])) * 0.5).astype(np.float16) for t in TIMED_ROWS}
     refs = chain_references(xs, blocks)
+    return time_variants(("onnx", "archc_op"), lambda v: chain_model(v, blocks), lib, device, sz, xs, refs, work, warmup, runs)
+
+
+def time_variants(variants, make_model, lib: Path, device: str, sz: dict, xs: dict, refs: dict, work: Path, warmup: int,
+                  runs: int) -> list[dict]:
+    """A row per variant and M (xs and refs keyed by M): make_model(variant) saved once, timed by time_one per M.
+    Shared with benchmarks/ort_ops_nbits_check.py."""
+    from benchmarks import moe_mlp_probe as probe
+
     rows = []
-    for variant in ("onnx", "archc_op"):
-        path = probe.save(chain_model(variant, blocks), work / f"{variant}.onnx")  # one file, a session per M
+    for variant in variants:
+        path = probe.save(make_model(variant), work / f"{variant}.onnx")  # one file, a session per M
         for tokens, x in xs.items():
             row = {"variant": variant, "M": tokens, "layers": sz["layers"]}
             try:
@@ -279,13 +295,14 @@ def time_one(path: str, lib: Path, device: str, x, ref, warmup: int, runs: int, 
             "tol": CHAIN_TOL, "status": "pass" if err <= CHAIN_TOL else "FAIL"}
 
 
-def saving(rows: list[dict]) -> dict:
+def saving(rows: list[dict], baseline: str = "onnx") -> dict:
+    """Per timed M: the `baseline` variant's time per block against archc_op's."""
     out = {}
     for M in TIMED_ROWS:
         t = {r["variant"]: r.get("us_per_block") for r in rows if r["M"] == M}
-        if t.get("onnx") and t.get("archc_op"):
-            out[f"M{M}"] = {"onnx_us_per_block": t["onnx"], "archc_op_us_per_block": t["archc_op"],
-                            "saved_us_per_layer": t["onnx"] - t["archc_op"], "speedup": t["onnx"] / t["archc_op"]}
+        if t.get(baseline) and t.get("archc_op"):
+            out[f"M{M}"] = {f"{baseline}_us_per_block": t[baseline], "archc_op_us_per_block": t["archc_op"],
+                            "saved_us_per_layer": t[baseline] - t["archc_op"], "speedup": t[baseline] / t["archc_op"]}
     return out
 
 
@@ -312,43 +329,62 @@ def find_library(given: str | None, device: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ort_ops_check", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser("ort_ops_check", __doc__)
     ap.add_argument("--out", required=True, type=Path, help=f"folder for {RESULT_FILE} (an existing file there: --force)")
+    add_run_args(ap, "MLP blocks in the timed chain (cuda 12: 830 MB of weights, far beyond L2)")
+    return run_main(ap, argv, "ort_ops_check", RESULT_FILE, "archc-ort-ops-check", SIZES, check_plain, check_graph, run_timing,
+                    baseline="onnx")
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_run_args(ap: argparse.ArgumentParser, layers_help: str) -> None:
+    """The options after --out, shared with benchmarks/ort_ops_nbits_check.py."""
     outputs.add_force(ap)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda: the check above; cpu: a smoke run of the same code")
     ap.add_argument("--lib", help="the op library (default: ARCHC_ORT_OPS_LIB, else built here)")
-    ap.add_argument("--layers", type=int, help="MLP blocks in the timed chain (cuda 12: 830 MB of weights, far beyond L2)")
+    ap.add_argument("--layers", type=int, help=layers_help)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+
+
+def run_main(ap: argparse.ArgumentParser, argv, prog: str, result_file: str, kind: str, sizes: dict, check_plain, check_graph,
+             run_timing, baseline: str, need_op: str | None = None) -> int:
+    """The check scripts' main after their parser: refuse bad input (exit 2, one line), run (a) and (b), write
+    DIR/result_file; exit 1 if a check fails. need_op: an op the library must list (an older build lacks it)."""
     a = ap.parse_args(argv)
-    result_path = a.out / RESULT_FILE
+    result_path = a.out / result_file
     outputs.check_outputs(ap, a.force, ("--out", result_path))
     if a.layers is not None and a.layers < 1:
-        print(f"ort_ops_check: --layers {a.layers}: must be at least 1", file=sys.stderr)
+        print(f"{prog}: --layers {a.layers}: must be at least 1", file=sys.stderr)
         return 2
     from archc.errors import UserError
+    from exporters.ort_ops.build import info
 
     try:
         lib = find_library(a.lib, a.device)
+        if need_op is not None and need_op not in info(lib).get("ops", "").split(","):
+            raise UserError(f"{lib}: an older archc op library without {need_op}; rebuild it with "
+                            f"`python3 -m exporters.ort_ops.build --{a.device} -o FILE`")
     except UserError as e:
-        print(f"ort_ops_check: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     import onnxruntime as ort
 
-    sz = dict(SIZES[a.device], **({"layers": a.layers} if a.layers else {}))
+    sz = dict(sizes[a.device], **({"layers": a.layers} if a.layers else {}))
     t0 = time.perf_counter()
-    result = {"kind": "archc-ort-ops-check", "device": a.device, "gpu": gpu_name() if a.device == "cuda" else None,
-              "onnxruntime": ort.__version__, "library": str(lib), "sizes": {k: v for k, v in sz.items()}, "tol": TOL,
-              "control_min": CONTROL_MIN}
+    result = {"kind": kind, "device": a.device, "gpu": gpu_name() if a.device == "cuda" else None,
+              "onnxruntime": ort.__version__, "library": str(lib), "sizes": dict(sz), "tol": TOL, "control_min": CONTROL_MIN}
     check = check_plain(lib, a.device, sz, a.seed) + (check_graph(lib, sz, a.seed) if a.device == "cuda" else [])
     for r in check:
         print(json.dumps(r), file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="ort_ops_check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{prog}-") as tmp:
         timing = run_timing(lib, a.device, sz, a.seed, Path(tmp), a.warmup, a.runs)
     ok = all(r["status"] == "pass" for r in check + timing)
-    result.update(check=check, timing=timing, saving=saving(timing), warmup=a.warmup, runs=a.runs, ok=ok,
+    result.update(check=check, timing=timing, saving=saving(timing, baseline), warmup=a.warmup, runs=a.runs, ok=ok,
                   seconds=time.perf_counter() - t0)
     a.out.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

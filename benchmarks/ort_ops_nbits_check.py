@@ -24,21 +24,16 @@ Writes DIR/ort_ops_nbits_check.json; exit 1 if a check fails.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from benchmarks import outputs
-from benchmarks.ort_ops_check import CONTROL_MIN, TOL, find_library, gpu_name, rel, session
+from benchmarks.ort_ops_check import (CONTROL_MIN, TIMED_ROWS, TOL, add_run_args, graph_rows, parser, rel, run_main,
+                                      session, time_variants)
 
 RESULT_FILE = "ort_ops_nbits_check.json"
 BLOCK = 32  # archc's default int4 block: what the CUDA kernel takes
 SIZES = {"cuda": {"K": 2048, "F": 5632, "layers": 6, "rows": (1, 4, 16, 512), "graph_rows": (1, 4, 16), "tail_K": 2080},
          "cpu": {"K": 64, "F": 96, "layers": 2, "rows": (1, 4, 16, 40), "graph_rows": (), "tail_K": 96}}
-TIMED_ROWS = (1, 16)
 
 
 def op_model(K: int, F: int, b, scales, block_size: int = BLOCK):
@@ -120,39 +115,11 @@ def check_plain(lib: Path, device: str, sz: dict, seed: int) -> list[dict]:
 
 def check_graph(lib: Path, sz: dict, seed: int) -> list[dict]:
     """Under enable_cuda_graph: fixed device buffers; after the capture the input is rewritten in place and the replayed
-    graph must compute from the new values (ort_ops_check.check_graph's method)."""
-    import numpy as np
-    import onnxruntime as ort
-
+    graph must compute from the new values (ort_ops_check.check_graph's method: ort_ops_check.graph_rows)."""
     K, F = sz["K"], sz["F"]
     b, s = random_weight(K, F, seed + K + BLOCK)
     w = dequant(b, s, K)
-    rows = []
-    for M in sz["graph_rows"]:
-        row = {"M": M, "K": K, "F": F, "cuda_graph": True}
-        try:
-            sess = session(op_model(K, F, b, s), lib, "cuda", graph=True)
-            rng = np.random.default_rng(seed + 100 + M)
-            x1, x2 = (rng.standard_normal((M, K)).astype(np.float16) for _ in range(2))
-            x_dev = ort.OrtValue.ortvalue_from_numpy(x1, "cuda", 0)
-            y_dev = ort.OrtValue.ortvalue_from_numpy(np.zeros((M, F), np.float16), "cuda", 0)
-            io = sess.io_binding()
-            io.bind_ortvalue_input("x", x_dev)
-            io.bind_ortvalue_output("y", y_dev)
-            ro = ort.RunOptions()
-            ro.add_run_config_entry("gpu_graph_id", "1")
-            for _ in range(4):  # plain runs, the capture, replays
-                sess.run_with_iobinding(io, ro)
-            first = check_row(M, K, F, y_dev.numpy(), x1, w)
-            x_dev.update_inplace(x2)
-            sess.run_with_iobinding(io, ro)
-            row.update(check_row(M, K, F, y_dev.numpy(), x2, w), rel_error_before_rewrite=first["rel_error"])
-            if first["status"] != "pass":
-                row["status"] = "FAIL"
-        except Exception as e:  # noqa: BLE001
-            row.update(status="error", error=" ".join(str(e).split())[:500])
-        rows.append(row)
-    return rows
+    return graph_rows(lib, sz, seed, lambda: op_model(K, F, b, s), lambda M, y, x: check_row(M, K, F, y, x, w))
 
 
 # (b) timing
@@ -204,7 +171,6 @@ def run_timing(lib: Path, device: str, sz: dict, seed: int, work: Path, warmup: 
     import numpy as np
 
     from benchmarks import moe_mlp_probe as probe
-    from benchmarks.ort_ops_check import time_one
 
     K, F = sz["K"], sz["F"]
     blocks = probe.make_blocks(sz["layers"], K, F, seed)
@@ -214,78 +180,16 @@ def run_timing(lib: Path, device: str, sz: dict, seed: int, work: Path, warmup: 
     ref = probe.reference(np.concatenate(list(xs.values()), axis=1), blocks, qblocks, "float16")
     cut = np.cumsum([0, *TIMED_ROWS])
     refs = {t: ref[:, cut[i]:cut[i + 1]] for i, t in enumerate(xs)}
-    rows = []
-    for variant in ("matmulnbits", "archc_op"):
-        path = probe.save(chain_model(variant, qblocks, K, F), work / f"{variant}.onnx")
-        for tokens, x in xs.items():
-            row = {"variant": variant, "M": tokens, "layers": sz["layers"]}
-            try:
-                row.update(time_one(path, lib, device, x, refs[tokens], warmup, runs, sz["layers"]))
-            except Exception as e:  # noqa: BLE001 - recorded; the other variant still runs
-                row.update(status="error", error=" ".join(str(e).split())[:500])
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
-        for f in work.glob(f"{variant}.onnx*"):
-            f.unlink()
-    return rows
-
-
-def saving(rows: list[dict]) -> dict:
-    out = {}
-    for M in TIMED_ROWS:
-        t = {r["variant"]: r.get("us_per_block") for r in rows if r["M"] == M}
-        if t.get("matmulnbits") and t.get("archc_op"):
-            out[f"M{M}"] = {"matmulnbits_us_per_block": t["matmulnbits"], "archc_op_us_per_block": t["archc_op"],
-                            "saved_us_per_layer": t["matmulnbits"] - t["archc_op"], "speedup": t["matmulnbits"] / t["archc_op"]}
-    return out
+    return time_variants(("matmulnbits", "archc_op"), lambda v: chain_model(v, qblocks, K, F), lib, device, sz, xs, refs, work,
+                         warmup, runs)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ort_ops_nbits_check", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser("ort_ops_nbits_check", __doc__)
     ap.add_argument("--out", required=True, type=Path, help=f"folder for {RESULT_FILE} (an existing file there: --force)")
-    outputs.add_force(ap)
-    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda: the check above; cpu: a smoke run of the same code")
-    ap.add_argument("--lib", help="the op library (default: ARCHC_ORT_OPS_LIB, else built here)")
-    ap.add_argument("--layers", type=int, help="int4 MLP blocks in the timed chain (cuda 6: 105 MB of codes and scales, twice the L2)")
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    result_path = a.out / RESULT_FILE
-    outputs.check_outputs(ap, a.force, ("--out", result_path))
-    if a.layers is not None and a.layers < 1:
-        print(f"ort_ops_nbits_check: --layers {a.layers}: must be at least 1", file=sys.stderr)
-        return 2
-    from archc.errors import UserError
-    from exporters.ort_ops.build import info
-
-    try:
-        lib = find_library(a.lib, a.device)
-        if "GatedMLPNBits" not in info(lib).get("ops", "").split(","):
-            raise UserError(f"{lib}: an older archc op library without GatedMLPNBits; rebuild it with "
-                            f"`python3 -m exporters.ort_ops.build --{a.device} -o FILE`")
-    except UserError as e:
-        print(f"ort_ops_nbits_check: {e}", file=sys.stderr)
-        return 2
-    import onnxruntime as ort
-
-    sz = dict(SIZES[a.device], **({"layers": a.layers} if a.layers else {}))
-    t0 = time.perf_counter()
-    result = {"kind": "archc-ort-ops-nbits-check", "device": a.device, "gpu": gpu_name() if a.device == "cuda" else None,
-              "onnxruntime": ort.__version__, "library": str(lib), "sizes": dict(sz), "tol": TOL, "control_min": CONTROL_MIN}
-    check = check_plain(lib, a.device, sz, a.seed) + (check_graph(lib, sz, a.seed) if a.device == "cuda" else [])
-    for r in check:
-        print(json.dumps(r), file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="ort_ops_nbits_check-") as tmp:
-        timing = run_timing(lib, a.device, sz, a.seed, Path(tmp), a.warmup, a.runs)
-    ok = all(r["status"] == "pass" for r in check + timing)
-    result.update(check=check, timing=timing, saving=saving(timing), warmup=a.warmup, runs=a.runs, ok=ok,
-                  seconds=time.perf_counter() - t0)
-    a.out.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(json.dumps({"ok": ok, "saving": result["saving"], "seconds": round(result["seconds"], 1)}, indent=1))
-    return 0 if ok else 1
+    add_run_args(ap, "int4 MLP blocks in the timed chain (cuda 6: 105 MB of codes and scales, twice the L2)")
+    return run_main(ap, argv, "ort_ops_nbits_check", RESULT_FILE, "archc-ort-ops-nbits-check", SIZES, check_plain, check_graph,
+                    run_timing, baseline="matmulnbits", need_op="GatedMLPNBits")
 
 
 if __name__ == "__main__":
