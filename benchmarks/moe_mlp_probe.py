@@ -389,15 +389,21 @@ def time_chain(path: str, x, warmup: int, runs: int, device: str, graph: bool) -
     """(median seconds per run of the chain, the output on the host). cuda: fixed device buffers bound once,
     with `graph` the first run captures a CUDA graph that each later run replays. cpu (the smoke run of this
     same code): CPU buffers, no graph."""
-    import numpy as np
-    import onnxruntime as ort
-
     if device == "cuda":
         sess = cuda_session(path, graph=graph)
     elif device == "cpu":
         sess = cpu_session(path)
     else:
         raise ValueError(f"unknown device {device!r}")
+    return time_session(sess, x, warmup, runs, device, graph)
+
+
+def time_session(sess, x, warmup: int, runs: int, device: str, graph: bool) -> tuple[float, object]:
+    """time_chain's timing of an open session (also benchmarks/ort_ops_check.py's, whose sessions register the op
+    library): (median seconds per run, the output on the host)."""
+    import numpy as np
+    import onnxruntime as ort
+
     # On cpu an OrtValue made from a numpy array uses that array's memory: y_host must outlive y_dev (an
     # inline np.zeros_like(x) here gave garbage outputs once it was collected); on cuda they are copies.
     y_host = np.zeros_like(x)

@@ -265,32 +265,12 @@ def time_variants(variants, make_model, lib: Path, device: str, sz: dict, xs: di
 
 def time_one(path: str, lib: Path, device: str, x, ref, warmup: int, runs: int, layers: int) -> dict:
     """benchmarks/moe_mlp_probe.py's time_chain with the library registered: fixed device buffers bound once; on
-    cuda the first runs capture a CUDA graph that each later run replays."""
-    import numpy as np
-    import onnxruntime as ort
-
+    cuda the first runs capture a CUDA graph that each later run replays (moe_mlp_probe.time_session)."""
     from benchmarks import moe_mlp_probe as probe
 
     graph = device == "cuda"
-    sess = session(path, lib, device, graph=graph)
-    y_host = np.zeros_like(x)  # on cpu the OrtValue below uses this memory: it must outlive y_dev
-    x_dev = ort.OrtValue.ortvalue_from_numpy(x, device, 0)
-    y_dev = ort.OrtValue.ortvalue_from_numpy(y_host, device, 0)
-    io = sess.io_binding()
-    io.bind_ortvalue_input("x", x_dev)
-    io.bind_ortvalue_output("y", y_dev)
-    ro = ort.RunOptions()
-    if graph:
-        ro.add_run_config_entry("gpu_graph_id", "1")
-    for _ in range(warmup):
-        sess.run_with_iobinding(io, ro)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(io, ro)  # returns after onnxruntime synchronizes the device
-        times.append(time.perf_counter() - t0)
-    err = probe.rel_error(y_dev.numpy(), ref, x)
-    med = float(np.median(times))
+    med, y = probe.time_session(session(path, lib, device, graph=graph), x, warmup, runs, device, graph)
+    err = probe.rel_error(y, ref, x)
     return {"cuda_graph": graph, "us_per_chain": med * 1e6, "us_per_block": med * 1e6 / layers, "rel_error": err,
             "tol": CHAIN_TOL, "status": "pass" if err <= CHAIN_TOL else "FAIL"}
 
