@@ -1,4 +1,6 @@
-"""archc's onnxruntime op library for the tests: the CPU build (g++), made once per test session.
+"""archc's onnxruntime op library for the tests: the CPU build (g++), made once per test session, and what the
+tests in tests/ort_ops share around it (an export's session, its error against a
+reference, and a copy with the op's gate and up halves swapped).
 
 Skipped, with the reason, only where it cannot be built here: no g++, or no way to fetch onnxruntime's headers
 (no network and no ARCHC_ORT_INCLUDE). CI has both."""
@@ -6,6 +8,7 @@ Skipped, with the reason, only where it cannot be built here: no g++, or no way 
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,50 @@ def cpu_library() -> Path:
     if lib is None:
         pytest.skip(f"archc's onnxruntime op library cannot be built here: {why}")
     return lib
+
+
+
+def export_session(d: Path):
+    """A CPU session of the export in folder `d`, registering its copied library where it has one."""
+    import onnxruntime as ort
+
+    from archc.model_dir import ORT_OPS_FILE
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if (d / ORT_OPS_FILE).exists():
+        so.register_custom_ops_library(str(d / ORT_OPS_FILE))
+    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+
+
+def max_err(ours, ref) -> float:
+    """The largest relative logits error over real positions of two runs (ort_steps.run_ort / run_torch)."""
+    import numpy as np
+
+    from ort_steps import real_positions, rel_err
+
+    return max(rel_err(o[real_positions(f)].astype(np.float32), r[real_positions(f)].astype(np.float32))
+               for (f, o), (_, r) in zip(ours, ref, strict=True))
+
+
+def with_gate_up_swapped(src: Path, dst: Path, op_type: str) -> Path:
+    """A copy of export `src` whose `op_type` nodes' weights (every input after x: [2F, ...] gate rows, then up rows)
+    hold up's rows where gate's belong and gate's where up's belong."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from archc.model_dir import ORT_OPS_FILE
+
+    model = onnx.load(str(src / "model.onnx"))
+    ws = {i for n in model.graph.node if n.op_type == op_type for i in n.input[1:]}
+    for t in model.graph.initializer:
+        if t.name in ws:
+            a = numpy_helper.to_array(t)
+            F = a.shape[0] // 2
+            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(np.concatenate([a[F:], a[:F]])), t.name))
+    dst.mkdir()
+    onnx.save(model, str(dst / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    shutil.copyfile(src / ORT_OPS_FILE, dst / ORT_OPS_FILE)
+    return dst
+

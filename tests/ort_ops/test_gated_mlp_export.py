@@ -13,16 +13,12 @@ run on the CPU (the library's CPU kernel), against
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 import archc
 from archc.errors import UserError
@@ -30,8 +26,9 @@ from archc.model_dir import META_ORT_OPS, ORT_OPS_FILE
 from conftest import tiny_spec
 from exporters.onnx_export import export
 from exporters.torch_module import build_module
-from ort_ops_build import cpu_library
-from ort_steps import real_positions, rel_err, run_ort, run_torch
+from ort_ops_build import cpu_library, max_err, with_gate_up_swapped
+from ort_ops_build import export_session as session
+from ort_steps import run_ort, run_torch
 from tests.emit_onnx.test_qmoe_mlp import loud_mlp_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,34 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAME_TOL = 2e-3
 ORACLE_TOL = 4e-3
 CONTROL_MIN = 0.1
-
-
-def session(d: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if (d / ORT_OPS_FILE).exists():
-        so.register_custom_ops_library(str(d / ORT_OPS_FILE))
-    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
-
-
-def max_err(ours, ref) -> float:
-    return max(rel_err(o[real_positions(f)].astype(np.float32), r[real_positions(f)].astype(np.float32))
-               for (f, o), (_, r) in zip(ours, ref, strict=True))
-
-
-def with_gate_up_swapped(src: Path, dst: Path) -> Path:
-    """A copy of export `src` whose GatedMLP weights hold up's rows where gate's belong and gate's where up's belong."""
-    model = onnx.load(str(src / "model.onnx"))
-    ws = {n.input[1] for n in model.graph.node if n.op_type == "GatedMLP"}
-    for t in model.graph.initializer:
-        if t.name in ws:
-            a = numpy_helper.to_array(t)
-            F = a.shape[0] // 2
-            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(np.concatenate([a[F:], a[:F]])), t.name))
-    dst.mkdir()
-    onnx.save(model, str(dst / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
-    shutil.copyfile(src / ORT_OPS_FILE, dst / ORT_OPS_FILE)
-    return dst
 
 
 def test_op_matches_the_standard_export_and_the_module(tmp_path):
@@ -96,7 +65,8 @@ def test_op_matches_the_standard_export_and_the_module(tmp_path):
         std = run_ort(session(tmp_path / "std"), spec, steps=3, pads=pads, prompt=5)
         oracle = run_torch(module, graph, steps=3, pads=pads, prompt=5)
         errs[pads] = (max_err(ours, std), max_err(ours, oracle), max_err(std, oracle))
-    bad = run_ort(session(with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped")), spec, steps=3, pads=(0, 2), prompt=5)
+    swapped = with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped", "GatedMLP")
+    bad = run_ort(session(swapped), spec, steps=3, pads=(0, 2), prompt=5)
     control = max_err(bad, run_torch(module, graph, steps=3, pads=(0, 2), prompt=5))
     print(f"(op vs standard, op vs module, standard vs module) per pads: {errs}; control {control:.2e}")
     assert all(same <= SAME_TOL and oracle <= ORACLE_TOL for same, oracle, _ in errs.values()), errs

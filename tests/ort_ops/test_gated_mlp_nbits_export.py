@@ -14,12 +14,9 @@ kernel), against
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -29,8 +26,9 @@ from archc.quant import QuantKind, QuantScheme, QuantSettings
 from conftest import tiny_spec
 from exporters.onnx_export import export
 from exporters.torch_module import build_module
-from ort_ops_build import cpu_library
-from ort_steps import real_positions, rel_err, run_ort, run_torch
+from ort_ops_build import cpu_library, max_err, with_gate_up_swapped
+from ort_ops_build import export_session as session
+from ort_steps import run_ort, run_torch
 from tests.emit_onnx.test_qmoe_mlp import dequantized_state, loud_mlp_weights
 
 INT4 = QuantSettings(QuantKind.int4)
@@ -41,34 +39,6 @@ ORACLE_TOL = 4e-3
 CONTROL_MIN = 0.1
 GREEDY_STEPS = 8
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11]]
-
-
-def session(d: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if (d / ORT_OPS_FILE).exists():
-        so.register_custom_ops_library(str(d / ORT_OPS_FILE))
-    return ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
-
-
-def max_err(ours, ref) -> float:
-    return max(rel_err(o[real_positions(f)].astype(np.float32), r[real_positions(f)].astype(np.float32))
-               for (f, o), (_, r) in zip(ours, ref, strict=True))
-
-
-def with_gate_up_swapped(src: Path, dst: Path) -> Path:
-    """A copy of export `src` whose GatedMLPNBits codes and scales hold up's rows where gate's belong and vice versa."""
-    model = onnx.load(str(src / "model.onnx"))
-    ws = {i for n in model.graph.node if n.op_type == "GatedMLPNBits" for i in n.input[1:3]}
-    for t in model.graph.initializer:
-        if t.name in ws:
-            a = numpy_helper.to_array(t)
-            F = a.shape[0] // 2
-            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(np.concatenate([a[F:], a[:F]])), t.name))
-    dst.mkdir()
-    onnx.save(model, str(dst / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
-    shutil.copyfile(src / ORT_OPS_FILE, dst / ORT_OPS_FILE)
-    return dst
 
 
 def initializers(d: Path) -> dict[str, bytes]:
@@ -112,7 +82,8 @@ def test_int4_op_matches_the_matmulnbits_export_and_the_module(tmp_path):
         b = run_ort(session(tmp_path / "std"), spec, steps=3, pads=pads, prompt=5)
         oracle = run_torch(module, graph, steps=3, pads=pads, prompt=5)
         errs[pads] = (max_err(a, b), max_err(a, oracle), max_err(b, oracle))
-    bad = run_ort(session(with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped")), spec, steps=3, pads=(0, 2), prompt=5)
+    swapped = with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped", "GatedMLPNBits")
+    bad = run_ort(session(swapped), spec, steps=3, pads=(0, 2), prompt=5)
     control = max_err(bad, run_torch(module, graph, steps=3, pads=(0, 2), prompt=5))
     print(f"(op vs MatMulNBits export, op vs module, MatMulNBits export vs module) per pads: {errs}; control {control:.2e}")
     assert all(same <= SAME_TOL and oracle <= ORACLE_TOL for same, oracle, _ in errs.values()), errs
