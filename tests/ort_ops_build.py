@@ -1,5 +1,5 @@
 """archc's onnxruntime op library for the tests: the CPU build (g++), made once per test session, and what the
-tests in tests/ort_ops share around it (an export's session, its error against a
+tests in tests/ort_ops share around it (one op's model and session; an export's session, its error against a
 reference, and a copy with the op's gate and up halves swapped).
 
 Skipped, with the reason, only where it cannot be built here: no g++, or no way to fetch onnxruntime's headers
@@ -31,6 +31,25 @@ def cpu_library() -> Path:
         pytest.skip(f"archc's onnxruntime op library cannot be built here: {why}")
     return lib
 
+
+
+def op_model(node, inputs: list, name: str) -> bytes:
+    """One archc op `node` alone: the given graph inputs, output y fp16 (shape left to the op), opset 23 + archc 1."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([node], name, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_operatorsetid("", 23), helper.make_operatorsetid("archc", 1)], ir_version=11)
+    return m.SerializeToString()
+
+
+def cpu_session(model: bytes):
+    """A CPU session of `model` with the library registered."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.register_custom_ops_library(str(cpu_library()))
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def export_session(d: Path):

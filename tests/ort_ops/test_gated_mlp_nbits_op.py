@@ -14,11 +14,11 @@ Tolerance: fp32 accumulation and one fp16 rounding of y, as GatedMLP (tests/ort_
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from ort_ops_build import cpu_library
+from ort_ops_build import cpu_session as session
+from ort_ops_build import op_model as single_op_model
 
 TOL = 2e-3  # max |y - ref| / max |ref|
 CONTROL_MIN = 0.1
@@ -27,20 +27,10 @@ CONTROL_MIN = 0.1
 def op_model(x_dims: list, K: int, F: int, block_size: int = 32, bits: int = 4, b_dims: list | None = None) -> bytes:
     kb = -(-K // block_size)
     node = helper.make_node("GatedMLPNBits", ["x", "b", "scales"], ["y"], domain="archc", K=K, bits=bits, block_size=block_size)
-    g = helper.make_graph([node], "gated_mlp_nbits", [
+    return single_op_model(node, [
         helper.make_tensor_value_info("x", TensorProto.FLOAT16, x_dims),
         helper.make_tensor_value_info("b", TensorProto.UINT8, b_dims or [2 * F, kb, block_size // 2]),
-        helper.make_tensor_value_info("scales", TensorProto.FLOAT16, [2 * F, kb])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
-    m = helper.make_model(g, opset_imports=[helper.make_operatorsetid("", 23), helper.make_operatorsetid("archc", 1)], ir_version=11)
-    return m.SerializeToString()
-
-
-def session(model: bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.register_custom_ops_library(str(cpu_library()))
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT16, [2 * F, kb])], "gated_mlp_nbits")
 
 
 def dequant(b: np.ndarray, scales: np.ndarray, K: int, low_first: bool = True) -> np.ndarray:

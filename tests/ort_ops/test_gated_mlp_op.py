@@ -9,11 +9,12 @@ relative) plus fp32 summation noise; the controls (gate and up swapped, SiLU dro
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from ort_ops_build import cpu_library
+from ort_ops_build import cpu_session as session
+from ort_ops_build import op_model as single_op_model
 
 TOL = 2e-3  # max |y - ref| / max |ref|; measured (onnxruntime 1.31.1, CPU): 1.9e-4 .. 4.1e-4 (fp16 output rounding)
 CONTROL_MIN = 0.1  # measured: 0.46 .. 1.9
@@ -21,18 +22,8 @@ CONTROL_MIN = 0.1  # measured: 0.46 .. 1.9
 
 def op_model(x_dims: list, K: int, F: int, w_dims: list | None = None) -> bytes:
     node = helper.make_node("GatedMLP", ["x", "w"], ["y"], domain="archc")
-    g = helper.make_graph([node], "gated_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, x_dims),
-                                                helper.make_tensor_value_info("w", TensorProto.FLOAT16, w_dims or [2 * F, K])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
-    m = helper.make_model(g, opset_imports=[helper.make_operatorsetid("", 23), helper.make_operatorsetid("archc", 1)], ir_version=11)
-    return m.SerializeToString()
-
-
-def session(model: bytes) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.register_custom_ops_library(str(cpu_library()))
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return single_op_model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, x_dims),
+                                  helper.make_tensor_value_info("w", TensorProto.FLOAT16, w_dims or [2 * F, K])], "gated_mlp")
 
 
 def swiglu(x: np.ndarray, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
