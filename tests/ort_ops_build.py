@@ -1,6 +1,6 @@
 """archc's onnxruntime op library for the tests: the CPU build (g++), made once per test session, and what the
 tests in tests/ort_ops share around it (one op's model and session; an export's session, its error against a
-reference, and a copy with the op's gate and up halves swapped).
+reference, and a copy with the op's gate and up halves swapped; a run of a benchmarks/ check script).
 
 Skipped, with the reason, only where it cannot be built here: no g++, or no way to fetch onnxruntime's headers
 (no network and no ARCHC_ORT_INCLUDE). CI has both."""
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,8 @@ def cpu_library() -> Path:
         pytest.skip(f"archc's onnxruntime op library cannot be built here: {why}")
     return lib
 
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def op_model(node, inputs: list, name: str) -> bytes:
@@ -96,3 +100,8 @@ def with_gate_up_swapped(src: Path, dst: Path, op_type: str) -> Path:
     shutil.copyfile(src / ORT_OPS_FILE, dst / ORT_OPS_FILE)
     return dst
 
+
+def run_check_script(module: str, *argv: str) -> subprocess.CompletedProcess:
+    """python3 -m benchmarks.<module> argv, from the checkout's root."""
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)

@@ -1,22 +1,18 @@
 """benchmarks/ort_ops_check.py (the GPU check the lead runs) on the CPU: the same code at small sizes with the CPU
 kernel, so a broken script is found here, not on the GPU machine. Its checks pass, its negative control (gate and up
-swapped) misses, and a library without a CUDA kernel is refused for --device cuda in one line."""
+swapped) misses, and a library without a CUDA kernel is refused for --device cuda in one line (by
+benchmarks/ort_ops_nbits_check.py too)."""
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from ort_ops_build import cpu_library
+import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from ort_ops_build import cpu_library, run_check_script
 
-
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.ort_ops_check", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+run = functools.partial(run_check_script, "ort_ops_check")
 
 
 def test_cpu_smoke_run_passes(tmp_path):
@@ -29,8 +25,9 @@ def test_cpu_smoke_run_passes(tmp_path):
     assert set(r["saving"]) == {"M1", "M16"}
 
 
-def test_cuda_refuses_a_library_without_cuda_kernel(tmp_path):
-    p = run("--device", "cuda", "--lib", str(cpu_library()), "--out", str(tmp_path / "d"))
+@pytest.mark.parametrize("script", ["ort_ops_check", "ort_ops_nbits_check"])
+def test_cuda_refuses_a_library_without_cuda_kernel(tmp_path, script):
+    p = run_check_script(script, "--device", "cuda", "--lib", str(cpu_library()), "--out", str(tmp_path / "d"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "has no CUDA kernel" in p.stderr and "Traceback" not in p.stderr
-    assert not (tmp_path / "d" / "ort_ops_check.json").exists()
+    assert not (tmp_path / "d" / f"{script}.json").exists()

@@ -1,22 +1,16 @@
 """benchmarks/ort_ops_nbits_check.py (the int4 GPU check the lead runs) on the CPU: the same code at small sizes with the
 CPU kernel, so a broken script is found here, not on the GPU machine. Its checks pass, its negative controls (high
-nibble first, gate and up swapped) miss, and a library without a CUDA kernel is refused for --device cuda in one line."""
+nibble first, gate and up swapped) miss. Its refusal of a library without a CUDA kernel for --device cuda (one line) is
+tests/ort_ops/test_ort_ops_check.py's test_cuda_refuses_a_library_without_cuda_kernel, run for both scripts."""
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from ort_ops_build import cpu_library
+from ort_ops_build import cpu_library, run_check_script
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.ort_ops_nbits_check", *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+run = functools.partial(run_check_script, "ort_ops_nbits_check")
 
 
 def test_cpu_smoke_run_passes(tmp_path):
@@ -28,10 +22,3 @@ def test_cpu_smoke_run_passes(tmp_path):
                for c in r["check"]), r["check"]
     assert {(t["variant"], t["M"]) for t in r["timing"]} == {(v, m) for v in ("matmulnbits", "archc_op") for m in (1, 16)}
     assert set(r["saving"]) == {"M1", "M16"}
-
-
-def test_cuda_refuses_a_library_without_cuda_kernel(tmp_path):
-    p = run("--device", "cuda", "--lib", str(cpu_library()), "--out", str(tmp_path / "d"))
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    assert "has no CUDA kernel" in p.stderr and "Traceback" not in p.stderr
-    assert not (tmp_path / "d" / "ort_ops_nbits_check.json").exists()
