@@ -47,6 +47,15 @@ std::string shape_text(const std::vector<int64_t>& s) {
   return t + "]";
 }
 
+// Both ops' problems (Problem, NBitsProblem), p.F set: rows = the product of x's leading dims, y = x's shape with F last.
+template <typename P>
+void set_rows_and_y(const std::vector<int64_t>& xs, P& p) {
+  p.rows = 1;
+  for (size_t i = 0; i + 1 < xs.size(); ++i) p.rows *= xs[i];
+  p.y_shape = xs;
+  p.y_shape.back() = p.F;
+}
+
 Problem check_shapes(const Ort::ConstValue& x, const Ort::ConstValue& w) {
   const std::vector<int64_t> xs = x.GetTensorTypeAndShapeInfo().GetShape();
   const std::vector<int64_t> ws = w.GetTensorTypeAndShapeInfo().GetShape();
@@ -57,10 +66,7 @@ Problem check_shapes(const Ort::ConstValue& x, const Ort::ConstValue& w) {
   Problem p;
   p.K = xs.back();
   p.F = ws[0] / 2;
-  p.rows = 1;
-  for (size_t i = 0; i + 1 < xs.size(); ++i) p.rows *= xs[i];
-  p.y_shape = xs;
-  p.y_shape.back() = p.F;
+  set_rows_and_y(xs, p);
   return p;
 }
 
@@ -115,10 +121,7 @@ NBitsProblem check_nbits(const NBitsAttrs& a, const Ort::ConstValue& x, const Or
                              " (want x [..., K], B [2F, ceil(K / block_size), block_size / 2], scales [2F, ceil(K / block_size)])",
                          ORT_INVALID_ARGUMENT);
   p.F = bs[0] / 2;
-  p.rows = 1;
-  for (size_t i = 0; i + 1 < xs.size(); ++i) p.rows *= xs[i];
-  p.y_shape = xs;
-  p.y_shape.back() = p.F;
+  set_rows_and_y(xs, p);
   return p;
 }
 
@@ -152,6 +155,26 @@ OrtStatusPtr as_status(Fn&& fn) {
 // ------------------------------------------------------------------------------------------------------------
 // CPU: the reference semantics (tests compare it with numpy), not a fast path.
 
+// Both CPU kernels' loop: y[m, f] = silu(x_m . g) * (x_m . u) in fp32, one rounding to fp16, where gate_up_rows(f, g, u)
+// writes gate row f and up row f as fp32 [K] (GatedMLP: its fp16 weights converted; GatedMLPNBits: dequantized).
+template <typename Rows>
+void cpu_swiglu(const Ort::Float16_t* xp, int64_t rows, int64_t K, int64_t F, Ort::Float16_t* yp, Rows&& gate_up_rows) {
+  std::vector<float> xf(rows * K), g(K), u(K);
+  for (int64_t i = 0; i < rows * K; ++i) xf[i] = xp[i].ToFloat();
+  for (int64_t f = 0; f < F; ++f) {
+    gate_up_rows(f, g.data(), u.data());
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* xr = xf.data() + m * K;
+      float gs = 0.f, us = 0.f;
+      for (int64_t k = 0; k < K; ++k) {
+        gs += xr[k] * g[k];
+        us += xr[k] * u[k];
+      }
+      yp[m * F + f] = Ort::Float16_t(gs / (1.f + std::exp(-gs)) * us);
+    }
+  }
+}
+
 struct CpuKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return as_status([&] {
@@ -159,27 +182,15 @@ struct CpuKernel {
       Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
       const Problem p = check_shapes(x, w);
       Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
-      const auto* xp = x.GetTensorData<Ort::Float16_t>();
       const auto* wp = w.GetTensorData<Ort::Float16_t>();
-      auto* yp = y.GetTensorMutableData<Ort::Float16_t>();
       const int64_t K = p.K, F = p.F;
-      std::vector<float> xf(p.rows * K), g(K), u(K);
-      for (int64_t i = 0; i < p.rows * K; ++i) xf[i] = xp[i].ToFloat();
-      for (int64_t f = 0; f < F; ++f) {
-        for (int64_t k = 0; k < K; ++k) {
-          g[k] = wp[f * K + k].ToFloat();
-          u[k] = wp[(F + f) * K + k].ToFloat();
-        }
-        for (int64_t m = 0; m < p.rows; ++m) {
-          const float* xr = xf.data() + m * K;
-          float gs = 0.f, us = 0.f;
-          for (int64_t k = 0; k < K; ++k) {
-            gs += xr[k] * g[k];
-            us += xr[k] * u[k];
-          }
-          yp[m * F + f] = Ort::Float16_t(gs / (1.f + std::exp(-gs)) * us);
-        }
-      }
+      cpu_swiglu(x.GetTensorData<Ort::Float16_t>(), p.rows, K, F, y.GetTensorMutableData<Ort::Float16_t>(),
+                 [&](int64_t f, float* g, float* u) {
+                   for (int64_t k = 0; k < K; ++k) {
+                     g[k] = wp[f * K + k].ToFloat();
+                     u[k] = wp[(F + f) * K + k].ToFloat();
+                   }
+                 });
     });
   }
 };
@@ -193,26 +204,14 @@ struct CpuNBitsKernel {
       Ort::ConstValue x = ctx.GetInput(0), b = ctx.GetInput(1), s = ctx.GetInput(2);
       const NBitsProblem p = check_nbits(a, x, b, s);
       Ort::UnownedValue y = ctx.GetOutput(0, p.y_shape);
-      const auto* xp = x.GetTensorData<Ort::Float16_t>();
       const auto* bp = b.GetTensorData<uint8_t>();
       const auto* sp = s.GetTensorData<Ort::Float16_t>();
-      auto* yp = y.GetTensorMutableData<Ort::Float16_t>();
-      const int64_t K = p.K, F = p.F;
-      std::vector<float> xf(p.rows * K), g(K), u(K);
-      for (int64_t i = 0; i < p.rows * K; ++i) xf[i] = xp[i].ToFloat();
-      for (int64_t f = 0; f < F; ++f) {
-        dequant_row(bp, sp, p, a.block_size, f, g.data());
-        dequant_row(bp, sp, p, a.block_size, F + f, u.data());
-        for (int64_t m = 0; m < p.rows; ++m) {
-          const float* xr = xf.data() + m * K;
-          float gs = 0.f, us = 0.f;
-          for (int64_t k = 0; k < K; ++k) {
-            gs += xr[k] * g[k];
-            us += xr[k] * u[k];
-          }
-          yp[m * F + f] = Ort::Float16_t(gs / (1.f + std::exp(-gs)) * us);
-        }
-      }
+      const int64_t F = p.F;
+      cpu_swiglu(x.GetTensorData<Ort::Float16_t>(), p.rows, p.K, F, y.GetTensorMutableData<Ort::Float16_t>(),
+                 [&](int64_t f, float* g, float* u) {
+                   dequant_row(bp, sp, p, a.block_size, f, g);
+                   dequant_row(bp, sp, p, a.block_size, F + f, u);
+                 });
     });
   }
 };
