@@ -1,6 +1,7 @@
 """archc's onnxruntime op library for the tests: the CPU build (g++), made once per test session, and what the
 tests in tests/ort_ops share around it (one op's model and session; an export's session, its error against a
-reference, and a copy with the op's gate and up halves swapped; a run of a benchmarks/ check script).
+reference, a copy with the op's gate and up halves swapped, and the comparison of the op's export with the standard
+export and the module; a run of a benchmarks/ check script).
 
 Skipped, with the reason, only where it cannot be built here: no g++, or no way to fetch onnxruntime's headers
 (no network and no ARCHC_ORT_INCLUDE). CI has both."""
@@ -100,6 +101,23 @@ def with_gate_up_swapped(src: Path, dst: Path, op_type: str) -> Path:
     shutil.copyfile(src / ORT_OPS_FILE, dst / ORT_OPS_FILE)
     return dst
 
+
+def errors_and_control(d: Path, op_type: str, spec, graph, module) -> tuple[dict, float]:
+    """The export tests' comparison. d holds exports op/ (with op_type) and std/ (the same spec without it); per pads,
+    batch 2 (prefill M = 10 rows, decode M = 2) and batch 1 (decode M = 1): (op vs std, op vs module, std vs module) as
+    max_err over 3 cached steps; and the control, d/swapped (op/ with op_type's gate and up halves swapped) vs the
+    module at batch 2. The bounds stay in the tests."""
+    from ort_steps import run_ort, run_torch
+
+    errs = {}
+    for pads in ((0, 2), (0,)):
+        ours = run_ort(export_session(d / "op"), spec, steps=3, pads=pads, prompt=5)
+        std = run_ort(export_session(d / "std"), spec, steps=3, pads=pads, prompt=5)
+        oracle = run_torch(module, graph, steps=3, pads=pads, prompt=5)
+        errs[pads] = (max_err(ours, std), max_err(ours, oracle), max_err(std, oracle))
+    bad = run_ort(export_session(with_gate_up_swapped(d / "op", d / "swapped", op_type)), spec, steps=3, pads=(0, 2), prompt=5)
+    control = max_err(bad, run_torch(module, graph, steps=3, pads=(0, 2), prompt=5))
+    return errs, control
 
 def run_check_script(module: str, *argv: str) -> subprocess.CompletedProcess:
     """python3 -m benchmarks.<module> argv, from the checkout's root."""

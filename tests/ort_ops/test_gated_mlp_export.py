@@ -26,9 +26,7 @@ from archc.model_dir import META_ORT_OPS, ORT_OPS_FILE
 from conftest import tiny_spec
 from exporters.onnx_export import export
 from exporters.torch_module import build_module
-from ort_ops_build import cpu_library, max_err, with_gate_up_swapped
-from ort_ops_build import export_session as session
-from ort_steps import run_ort, run_torch
+from ort_ops_build import cpu_library, errors_and_control
 from tests.emit_onnx.test_qmoe_mlp import loud_mlp_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,15 +57,7 @@ def test_op_matches_the_standard_export_and_the_module(tmp_path):
     assert shapes[op.input[1]] == (2 * spec.mlp.d_ff, spec.d_model)  # [2F, K]: torch's [out, in], gate rows then up rows
 
     module = build_module(graph, weights=state)
-    errs = {}
-    for pads in ((0, 2), (0,)):  # batch 2 (prefill M = 10 rows, decode M = 2); batch 1 (decode M = 1)
-        ours = run_ort(session(tmp_path / "op"), spec, steps=3, pads=pads, prompt=5)
-        std = run_ort(session(tmp_path / "std"), spec, steps=3, pads=pads, prompt=5)
-        oracle = run_torch(module, graph, steps=3, pads=pads, prompt=5)
-        errs[pads] = (max_err(ours, std), max_err(ours, oracle), max_err(std, oracle))
-    swapped = with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped", "GatedMLP")
-    bad = run_ort(session(swapped), spec, steps=3, pads=(0, 2), prompt=5)
-    control = max_err(bad, run_torch(module, graph, steps=3, pads=(0, 2), prompt=5))
+    errs, control = errors_and_control(tmp_path, "GatedMLP", spec, graph, module)  # pads (0, 2), (0,)
     print(f"(op vs standard, op vs module, standard vs module) per pads: {errs}; control {control:.2e}")
     assert all(same <= SAME_TOL and oracle <= ORACLE_TOL for same, oracle, _ in errs.values()), errs
     assert control >= CONTROL_MIN, control

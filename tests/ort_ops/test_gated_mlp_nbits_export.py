@@ -26,9 +26,7 @@ from archc.quant import QuantKind, QuantScheme, QuantSettings
 from conftest import tiny_spec
 from exporters.onnx_export import export
 from exporters.torch_module import build_module
-from ort_ops_build import cpu_library, max_err, with_gate_up_swapped
-from ort_ops_build import export_session as session
-from ort_steps import run_ort, run_torch
+from ort_ops_build import cpu_library, errors_and_control
 from tests.emit_onnx.test_qmoe_mlp import dequantized_state, loud_mlp_weights
 
 INT4 = QuantSettings(QuantKind.int4)
@@ -76,15 +74,7 @@ def test_int4_op_matches_the_matmulnbits_export_and_the_module(tmp_path):
     assert size(tmp_path / "op") == size(tmp_path / "std")
 
     module = build_module(graph, weights=dequantized_state(graph, state))
-    errs = {}
-    for pads in ((0, 2), (0,)):
-        a = run_ort(session(tmp_path / "op"), spec, steps=3, pads=pads, prompt=5)
-        b = run_ort(session(tmp_path / "std"), spec, steps=3, pads=pads, prompt=5)
-        oracle = run_torch(module, graph, steps=3, pads=pads, prompt=5)
-        errs[pads] = (max_err(a, b), max_err(a, oracle), max_err(b, oracle))
-    swapped = with_gate_up_swapped(tmp_path / "op", tmp_path / "swapped", "GatedMLPNBits")
-    bad = run_ort(session(swapped), spec, steps=3, pads=(0, 2), prompt=5)
-    control = max_err(bad, run_torch(module, graph, steps=3, pads=(0, 2), prompt=5))
+    errs, control = errors_and_control(tmp_path, "GatedMLPNBits", spec, graph, module)  # pads (0, 2), (0,)
     print(f"(op vs MatMulNBits export, op vs module, MatMulNBits export vs module) per pads: {errs}; control {control:.2e}")
     assert all(same <= SAME_TOL and oracle <= ORACLE_TOL for same, oracle, _ in errs.values()), errs
     assert control >= CONTROL_MIN, control
