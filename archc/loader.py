@@ -40,10 +40,15 @@ class _PyLoader(yaml.SafeLoader):
     segmentation fault; the Python composer stops at the recursion limit (RecursionError: one line)."""
 
 
-# YAML 1.1 only reads floats with a dot and a signed exponent; published configs write 1e-5 and 1.0e-05.
+# YAML 1.1 only reads floats with a dot and a signed exponent; published configs write 1e-5 and 1.0e-05. This rule
+# replaces YAML 1.1's float rule, which also read colons as base 60 (theta: 2:46:40.0 was 10000.0); every other
+# float YAML 1.1 reads, this rule reads the same. Base-60 text stays a string, which a float field refuses.
+_FLOAT = "tag:yaml.org,2002:float"
 for _cls in (_Loader, _PyLoader):
+    _cls.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != _FLOAT]
+                                    for first, rules in _cls.yaml_implicit_resolvers.items()}
     _cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
+        _FLOAT,
         __import__("re").compile(
             r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
             |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
@@ -56,8 +61,8 @@ for _cls in (_Loader, _PyLoader):
     )
 
 # Integers as written: YAML 1.1 also reads a leading zero as octal (n_layers: 012 was 10 layers) and colons as base 60
-# (n_layers: 1:00 was 60). Such text stays a string, which the spec's types then read or refuse (an integer field
-# takes "012" as 12, as written; "1:00" is refused in one line). Decimal (with _), 0x and 0b integers read as before.
+# (n_layers: 1:00 was 60). Such text stays a string, which an integer field refuses in one line
+# (tests/hostile/test_hostile_yaml_ints.py). Decimal (with _), 0x and 0b integers read as before.
 _INT = "tag:yaml.org,2002:int"
 for _cls in (_Loader, _PyLoader):
     _cls.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != _INT]

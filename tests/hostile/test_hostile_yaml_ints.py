@@ -47,3 +47,23 @@ def test_library_specs_read_the_same_as_with_yaml_1_1_integers():
         text = path.read_text()
         assert yaml.load(text, Loader=_Loader) == yaml.load(text, Loader=Yaml11Ints), path
         load_spec(path)
+
+
+@pytest.mark.parametrize("text, yaml11", [("2:46:40.0", 10000.0), ("-1:30.5", -90.5)])
+def test_base_60_floats_are_refused(tmp_path, capsys, text, yaml11):
+    """YAML 1.1's float rule read colons as base 60 too: position.theta=2:46:40.0 was a rope theta of 10000.0."""
+    assert yaml.safe_load(f"x: {text}")["x"] == yaml11  # the control: what YAML 1.1 made of it
+    for loader in (_Loader, _PyLoader):
+        assert yaml.load(f"x: {text}", Loader=loader)["x"] == text  # a string now
+    refused(in_process(["validate", "llama", "--set", f"position.theta={text}"], capsys), "position.theta", f"(got '{text}')")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"extends: llama\nposition: {{kind: rope, theta: {text}, style: half}}\n")
+    refused(in_process(["validate", spec], capsys), "theta", f"(got '{text}')")
+
+
+@pytest.mark.parametrize("text, value", [("1.5", 1.5), ("1e-5", 1e-5), ("1.0e-05", 1e-5), ("-2.", -2.0), (".5", 0.5), ("1_0.5", 10.5),
+                                         ("+.inf", float("inf")), ("-.inf", float("-inf"))])
+def test_other_floats_read_as_before(text, value):
+    for loader in (_Loader, _PyLoader):
+        assert yaml.load(f"x: {text}", Loader=loader)["x"] == value
+    assert yaml.load("x: .nan", Loader=_Loader)["x"] != yaml.load("x: .nan", Loader=_Loader)["x"]
