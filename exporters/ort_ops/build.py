@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if os.path.lexists(args.out) and not args.force:
             raise UserError(f"-o {args.out}: exists; pass --force to replace it")
+        if args.headers_out and os.path.lexists(args.headers_out) and not args.force:  # before the build and the -o copy
+            raise UserError(f"--headers-out {args.headers_out}: exists; pass --force to write into it, or choose another folder")
         lib = build(args.kind)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(lib, args.out)
