@@ -183,7 +183,7 @@ def _parse_ids(values: list[str]) -> list[list[int]]:
             prompts.append([])
             continue
         if "" in items:
-            raise UserError(one_line(f"--prompt-ids {v!r}: item {items.index('') + 1} is empty; give comma-separated "
+            raise UserError(one_line(f"--prompt-ids {v[:80]!r}: item {items.index('') + 1} is empty; give comma-separated "
                                      "integer token ids with no empty item, e.g. 1,2,3"))
         if not all(re.fullmatch(r"-?[0-9]{1,30}", t) for t in items):  # 30 digits: far past any vocabulary, under int()'s cap
             raise UserError(one_line(f"--prompt-ids {v[:80]!r}: give comma-separated integer token ids, e.g. 1,2,3"))
@@ -253,8 +253,6 @@ def run_cmd(
 def archc_ops_held(lowering: dict[str, str]) -> str:
     """compile's `archc ops:` words: which of archc's custom ops the export holds, from its lowering record
     (`archc:GatedMLP (...)`, `archc:GatedMLPNBits int4 sym b32 (...)`), e.g. `GatedMLPNBits in 22 MLPs`."""
-    import re
-
     counts: dict[str, int] = {}
     for how in lowering.values():
         m = re.match(r"archc:([A-Za-z0-9]+)", how)

@@ -38,3 +38,14 @@ def test_what_int_would_stretch_to_read_is_refused(value):
     with pytest.raises(UserError) as e:
         _parse_ids([value])
     assert str(e.value).startswith("--prompt-ids ") and "integer token ids" in str(e.value)
+
+
+def test_a_long_value_is_quoted_in_part_in_either_refusal():
+    """Both refusals quote the value as far as its first 80 characters: the empty-item one echoed all of it
+    (a 10,000-character line for 5,000 ids with one empty)."""
+    from archc.commands.onnx_cmds import _parse_ids
+
+    for value in ["1," * 5000 + ",2", "1;" * 5000]:
+        with pytest.raises(UserError) as e:
+            _parse_ids([value])
+        assert len(str(e.value)) < 300 and str(e.value).startswith("--prompt-ids '1")
