@@ -75,11 +75,15 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+KEYED_SOURCES = (".py", ".cc", ".cu", ".h")  # the files of archc/ and exporters/ an export's key reads (_export_key)
+
+
 def _export_key(sets: list[str], spec) -> str:
     """First digits of a sha256 of what the folder name above leaves out but the export depends on: the --set list
     (in order: a later --set overrides an earlier one), the resolved spec (an edited spec file; an older tree
     without Spec.to_yaml_dict: its name), and the .py files of the archc and exporters this process imported
-    (the variant's tree: a changed tree is another export). An export is reused when its folder has a
+    (the variant's tree: a changed tree is another export) with the op library's C++/CUDA sources (KEYED_SOURCES) or
+    the ARCHC_ORT_OPS_LIB file that replaces their build. An export is reused when its folder has a
     model.onnx, so without these a run with another --set, or after an edit of the code, measured the export
     an earlier run made."""
     import hashlib
@@ -91,10 +95,14 @@ def _export_key(sets: list[str], spec) -> str:
     h = hashlib.sha256(json.dumps({"sets": list(sets), "spec": resolved}, sort_keys=True, default=str).encode())
     for pkg in (archc, exporters):
         root = Path(pkg.__file__).resolve().parent
-        for p in sorted(root.rglob("*.py")):
+        # the op library's sources too: a kernels=archc export copies the library built from them into its folder
+        for p in sorted(q for q in root.rglob("*") if q.suffix in KEYED_SOURCES and q.is_file()):
             data = p.read_bytes()
             h.update(f"{p.relative_to(root.parent).as_posix()}\0{len(data)}\0".encode())
             h.update(data)
+    lib = os.environ.get("ARCHC_ORT_OPS_LIB")  # a library built elsewhere replaces the build (exporters.ort_ops.build)
+    if lib and Path(lib).is_file():
+        h.update(b"ARCHC_ORT_OPS_LIB\0" + Path(lib).read_bytes())
     return h.hexdigest()[:12]
 
 

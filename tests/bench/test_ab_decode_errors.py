@@ -101,3 +101,35 @@ def test_runs_with_other_sets_do_not_share_an_export(tmp_path):
     assert yaml.safe_load((two / "spec.yaml").read_text())["n_layers"] == 2
     assert yaml.safe_load((one / "spec.yaml").read_text())["n_layers"] == 1
     assert folder(tmp_path, 2) == two and len(list((tmp_path / "w").iterdir())) == 2
+
+
+def test_export_key_follows_the_op_library_sources_and_given_library(tmp_path, monkeypatch):
+    """A kernels=archc export copies the op library into its folder, so an edited .cu (or another ARCHC_ORT_OPS_LIB)
+    is another export; the key read .py files only, so the A/B run reused the folder holding the old library."""
+    import archc
+    import exporters
+    from archc.loader import load_spec
+    from benchmarks.ab_decode import _export_key
+    from tests.conftest import SPECS
+
+    for name, pkg in (("archc", archc), ("exporters", exporters)):
+        (tmp_path / name / "ort_ops").mkdir(parents=True)
+        (tmp_path / name / "__init__.py").write_text("")
+        monkeypatch.setattr(pkg, "__file__", str(tmp_path / name / "__init__.py"))
+    cu = tmp_path / "exporters" / "ort_ops" / "k.cu"
+    cu.write_text("// v1\n")
+    monkeypatch.delenv("ARCHC_ORT_OPS_LIB", raising=False)
+    spec = load_spec(SPECS / "llama.yaml")
+    k1 = _export_key([], spec)
+    assert _export_key([], spec) == k1  # the control: same inputs, same key
+    (tmp_path / "exporters" / "ort_ops" / "notes.txt").write_text("not a source")
+    assert _export_key([], spec) == k1  # only the sources count
+    cu.write_text("// v2\n")
+    k2 = _export_key([], spec)
+    assert k2 != k1
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"one")
+    monkeypatch.setenv("ARCHC_ORT_OPS_LIB", str(lib))
+    k3 = _export_key([], spec)
+    lib.write_bytes(b"two")
+    assert len({k2, k3, _export_key([], spec)}) == 3
