@@ -176,8 +176,11 @@ def ort_parts(graph: ComponentGraph, target: str, dtype: str, logits: str, quant
     parts = {**spec_parts(graph), "what": "archc ONNX export", "target": target, "dtype": dtype, "logits": logits,
              "quant": quant.to_json() if quant is not None and quant.active else None,
              "weights": checkpoint_parts(hf_dir) if hf_dir is not None else "the spec's seeded init"}
-    if kernels != "onnxruntime":
+    if kernels != "onnxruntime":  # with the op library the folder will hold: an edited kernel is another export
+        from archc.bench.workdir import ort_ops_digest
+
         parts["kernels"] = kernels
+        parts["ort_ops"] = ort_ops_digest()
     return parts
 
 

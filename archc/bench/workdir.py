@@ -61,6 +61,31 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+ORT_OPS_SOURCES = (".cc", ".cu", ".h")  # exporters/ort_ops' C++/CUDA files (code_digest reads the .py ones)
+
+
+def ort_ops_digest() -> str:
+    """sha256 of what decides the op library a `--kernels archc` export copies into its folder: exporters/ort_ops'
+    C++/CUDA sources, or the ARCHC_ORT_OPS_LIB file that replaces their build (exporters.ort_ops.build.library).
+    Read on each call (the environment may change between exports)."""
+    h = hashlib.sha256()
+    given = os.environ.get("ARCHC_ORT_OPS_LIB")
+    if given and Path(given).is_file():
+        h.update(b"ARCHC_ORT_OPS_LIB\0" + Path(given).read_bytes())
+        return h.hexdigest()
+    root = _ort_ops_dir()
+    for p in sorted(q for q in root.rglob("*") if q.suffix in ORT_OPS_SOURCES and q.is_file()):
+        data = p.read_bytes()
+        h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _ort_ops_dir() -> Path:
+    """exporters/ort_ops, found without importing exporters (as code_digest finds its packages)."""
+    return Path(next(iter(importlib.util.find_spec("exporters").submodule_search_locations))) / "ort_ops"
+
+
 def spec_parts(graph) -> dict:
     """What of archc decides an export's bytes, apart from its options: the resolved spec, archc's version and
     its code (code_digest)."""
