@@ -183,7 +183,7 @@ def build(kind: Kind) -> Path:
     """The library of this kind, built (or found already built) in the cache."""
     cc = compiler(kind)
     include = headers()
-    srcs = SOURCES_CPU if kind is Kind.cpu else SOURCES_CUDA
+    srcs = {Kind.cpu: SOURCES_CPU, Kind.cuda: SOURCES_CUDA}[kind]  # each kind named: a new one is a KeyError, not CUDA's
     h = hashlib.sha256()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
