@@ -26,8 +26,9 @@ device), the feeds of the window's N steps are known in advance (mask and positi
 tokens) and go up in one copy, and the N runs are queued without waiting for the device
 (disable_synchronize_execution_providers), each on its own captured graph. The host reads the N tokens
 once per window and checks them for stops (tokens past a stop are computed and dropped). Per token the
-host then only queues a Run, which overlaps the device's previous step: the ~0.25 ms of host time per
-token that the one-step loop adds to the ~1.3 ms of GPU time (benchmarks/RESULTS.md) drops out.
+host then only queues a Run (53-95 us on an H200), which overlaps the device's previous step: a decode step
+costs its GPU time alone (1.38 ms fp16 / 1.13 ms int4). The one-step loop's host share had already shrunk to
+~70 us per token (session 4 estimated up to 0.25 ms), so the gain was +2-9% (benchmarks/RESULTS.md, "s6 10:58").
 The CPU can run both device paths with host buffers (Session(io_binding=True | "static")): that is how
 the tests and the benchmarks' CPU dry runs exercise them without a GPU.
 """
