@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.out is None:
         p.error("give OUT.json (or --render JSON)")
+    if a.kernels == "archc" and a.device != "cuda":  # archc's ops are for the cuda target; refused before any work
+        p.error(f"--kernels archc needs --device cuda (the ort rows' export targets cuda there), not --device {a.device}")
     outputs.check_outputs(p, a.force, ("OUT.json", a.out))
     report = measure(a.out, tiny=a.tiny, device=a.device, deadline_s=a.deadline_s, work_dir=a.work_dir, with_limits=a.limits,
                      kernels=a.kernels)
