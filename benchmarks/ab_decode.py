@@ -192,6 +192,10 @@ def main() -> int:
         return _refuse(ap, str(e))
     if not variants:
         return _refuse(ap, f"--variants {args.variants!r}: no variant; give e.g. \"new;old\"")
+    for v in variants:  # archc's ops need the cuda target, which only --device cuda exports (the child's export refused
+        # it with a traceback, recorded as an error row of an exit-0 run)
+        if v["opts"].get("kernels") == "archc" and args.device != "cuda":
+            return _refuse(ap, f"--variants {v['name']!r}: kernels=archc needs --device cuda, not --device {args.device}")
     roots = {v["name"]: _root(v, args) for v in variants}
     for name, root in roots.items():
         if not (root / "archc").is_dir():

@@ -50,6 +50,7 @@ def test_a_refused_set_exits_2_without_rows(tmp_path):
     ("new:quant=int4,quant=int8", "quant is given twice"),
     ("no/such/tree", "holds no archc/ tree"),
     (";", "no variant"),
+    ("new;new:kernels=archc", "kernels=archc needs --device cuda, not --device cpu"),
 ])
 def test_a_bad_variant_exits_2_before_any_run(tmp_path, variants, says):
     _one_line(_run(tmp_path, "--variants", variants), says)
