@@ -79,7 +79,7 @@ def ort_ops_library(path: Path, meta: dict) -> Path | None:
     if name is None:
         return None
     fix = "re-run `archc compile ... --target cuda --kernels archc` (or compile with --kernels onnxruntime)"
-    if not name or Path(name).name != name:
+    if not name or name in (".", "..") or Path(name).name != name:  # '..' is its own Path.name: the folder's parent
         raise UserError(f"{path}: metadata {META_ORT_OPS} is {name!r}, not a file name in the model folder; {fix}")
     lib = path.parent / name
     st = stat_path(lib, str(lib))
