@@ -40,38 +40,29 @@ class _PyLoader(yaml.SafeLoader):
     segmentation fault; the Python composer stops at the recursion limit (RecursionError: one line)."""
 
 
+def _replace_resolver(tag: str, pattern: str, first: str) -> None:
+    """Both loaders read `tag` by `pattern` (re.X) alone, in place of YAML 1.1's rule for it."""
+    import re
+
+    for cls in (_Loader, _PyLoader):
+        cls.yaml_implicit_resolvers = {c: [(t, rx) for t, rx in rules if t != tag] for c, rules in cls.yaml_implicit_resolvers.items()}
+        cls.add_implicit_resolver(tag, re.compile(pattern, re.X), list(first))
+
+
 # YAML 1.1 only reads floats with a dot and a signed exponent; published configs write 1e-5 and 1.0e-05. This rule
 # replaces YAML 1.1's float rule, which also read colons as base 60 (theta: 2:46:40.0 was 10000.0); every other
 # float YAML 1.1 reads, this rule reads the same. Base-60 text stays a string, which a float field refuses.
-_FLOAT = "tag:yaml.org,2002:float"
-for _cls in (_Loader, _PyLoader):
-    _cls.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != _FLOAT]
-                                    for first, rules in _cls.yaml_implicit_resolvers.items()}
-    _cls.add_implicit_resolver(
-        _FLOAT,
-        __import__("re").compile(
-            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-            |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-            |[-+]?\.(?:inf|Inf|INF)
-            |\.(?:nan|NaN|NAN))$""",
-            __import__("re").X,
-        ),
-        list("-+0123456789."),
-    )
+_replace_resolver("tag:yaml.org,2002:float",
+                  r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", "-+0123456789.")
 
 # Integers as written: YAML 1.1 also reads a leading zero as octal (n_layers: 012 was 10 layers) and colons as base 60
 # (n_layers: 1:00 was 60). Such text stays a string, which an integer field refuses in one line
 # (tests/hostile/test_hostile_yaml_ints.py). Decimal (with _), 0x and 0b integers read as before.
-_INT = "tag:yaml.org,2002:int"
-for _cls in (_Loader, _PyLoader):
-    _cls.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in rules if tag != _INT]
-                                    for first, rules in _cls.yaml_implicit_resolvers.items()}
-    _cls.add_implicit_resolver(
-        _INT,
-        __import__("re").compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-        list("-+0123456789"),
-    )
+_replace_resolver("tag:yaml.org,2002:int", r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$", "-+0123456789")
 
 # Every level of YAML nesting needs one of these characters ('[', '{', a block entry's '-', a value's ':', an
 # explicit key's '?'), so text with fewer of them cannot nest deeper than that. libyaml's composer ran 20000
