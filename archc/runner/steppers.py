@@ -226,7 +226,7 @@ class _PackedFeeds:
     shapes: dict  # feed name -> its shape as the caller gave it
     host: np.ndarray  # int64, every feed back to back
     dev: object  # OrtValue holding `host` on the device
-    slots: dict  # feed name -> (offset in elements, bound shape)
+    slots: dict  # feed name (or another key: _Window's (step, name)) -> (offset in elements, bound shape)
 
     @staticmethod
     def make(ort, device: str, shapes: dict) -> "_PackedFeeds":
@@ -237,8 +237,11 @@ class _PackedFeeds:
         host = np.zeros(n, np.int64)
         return _PackedFeeds(dict(shapes), host, ort.OrtValue.ortvalue_from_numpy(host, device, 0), slots)
 
-    def bind(self, io, device: str) -> None:
-        for name, (off, shape) in self.slots.items():
+    def bind(self, io, device: str, names: dict | None = None) -> None:
+        """Bind every feed by pointer at its offset; `names` ({slot key: input name}) binds those slots only
+        (_Window: the slots of one step, keyed (step, name))."""
+        for key, name in (names or {k: k for k in self.slots}).items():
+            off, shape = self.slots[key]
             io.bind_input(name, device, 0, np.int64, list(shape), self.dev.data_ptr() + off * self.host.itemsize)
 
     def view(self, name: str) -> np.ndarray:
@@ -288,21 +291,14 @@ class _Window:
         shapes = dict(shapes, attention_mask=(B, st.max_len))
         self.tok_host = np.zeros((steps + 1) * B, np.int64)
         self.tok_dev = ort.OrtValue.ortvalue_from_numpy(self.tok_host, st.dev, 0)
-        per_slot = sum(math.prod(sh) for sh in shapes.values())
-        self.feed_host = np.zeros(steps * per_slot, np.int64)
-        self.feed_dev = ort.OrtValue.ortvalue_from_numpy(self.feed_host, st.dev, 0)
-        self.slots: list[dict] = []  # per step: feed name -> its view of feed_host
-        logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], _BoundSteps.FLOAT, st.dev, 0)  # unread
-        self.logits = logits
+        # every step's feeds in one _PackedFeeds, keyed (step, feed name): one upload per window
+        self.feeds = _PackedFeeds.make(ort, st.dev, {(i, name): sh for i in range(steps) for name, sh in shapes.items()})
+        self.logits = ort.OrtValue.ortvalue_from_shape_and_type([B, 1, s.vocab], _BoundSteps.FLOAT, st.dev, 0)  # unread
         self.io, self.opts = [], []
-        tok, feed, item = self.tok_dev.data_ptr(), self.feed_dev.data_ptr(), self.feed_host.itemsize
+        tok, item = self.tok_dev.data_ptr(), self.tok_host.itemsize
         for i in range(steps):
-            io, views, off = s.sess.io_binding(), {}, i * per_slot
-            for name, shape in shapes.items():
-                n = math.prod(shape)
-                io.bind_input(name, st.dev, 0, np.int64, list(shape), feed + off * item)
-                views[name] = self.feed_host[off:off + n].reshape(shape)
-                off += n
+            io = s.sess.io_binding()
+            self.feeds.bind(io, st.dev, {(i, name): name for name in shapes})
             io.bind_input("input_ids", st.dev, 0, np.int64, [B, 1], tok + i * B * item)
             io.bind_output("next_token", st.dev, 0, np.int64, [B, 1], tok + (i + 1) * B * item)
             if st.logits_start is not None:
@@ -310,15 +306,14 @@ class _Window:
             for name, v in st.cache.items():
                 io.bind_ortvalue_input(name, v)
                 io.bind_ortvalue_output(name.replace("past_key_values.", "present."), v)
-            io.bind_ortvalue_output("logits", logits)
+            io.bind_ortvalue_output("logits", self.logits)
             opts = ort.RunOptions()
             if s.cuda_graph:
                 opts.add_run_config_entry("gpu_graph_id", str(self.graph_ids[i]))
-            # queue the run and return: the next step's ids are already on the device (the host waits in tokens())
+            # queue the run and return: the next step's ids are already on the device (the host waits in run())
             opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
             self.io.append(io)
             self.opts.append(opts)
-            self.slots.append(views)
 
     def run(self, first: np.ndarray, feeds: list[dict]) -> np.ndarray:
         """Queue len(feeds) steps from the tokens `first` [B]; feeds[i] holds step i's positions / mask /
@@ -326,16 +321,9 @@ class _Window:
         steps' tokens [len(feeds), B], read once the device is done."""
         w = len(feeds)
         self.tok_host[:self.batch] = first
-        for views, f in zip(self.slots, feeds):
-            for name, v in f.items():
-                view = views[name]
-                if name == "attention_mask":
-                    view[:, :v.shape[1]] = v
-                    view[:, v.shape[1]:] = 0
-                else:
-                    view[...] = v
         self.tok_dev.update_inplace(self.tok_host)  # the device is idle here: the previous window was read
-        self.feed_dev.update_inplace(self.feed_host)
+        # the masks narrower than their slot are written left-aligned, 0 past them (_PackedFeeds.update)
+        self.feeds.update({(i, name): v for i, f in enumerate(feeds) for name, v in f.items()})
         sess = self.st.s.sess
         for i in range(w):
             sess.run_with_iobinding(self.io[i], self.opts[i])

@@ -93,7 +93,7 @@ def test_window_masks_are_full_width(shared_model):
     s = Session(d, device="cpu", io_binding="static", decode_window=4)
     s.generate(PROMPTS, 6)
     w = s._static_stepper(2, 11).window
-    assert [v["attention_mask"].shape for v in w.slots] == [(2, 11)] * 4
+    assert [w.feeds.slots[(i, "attention_mask")][1] for i in range(4)] == [(2, 11)] * 4
 
 
 def test_fixed_buffer_mask_is_full_width(shared_model, monkeypatch):
