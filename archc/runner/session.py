@@ -269,24 +269,29 @@ class Session:
         stop = on_token is not None and on_token(tok)
         t1 = time.perf_counter()
         windowed = stepper.device_pick and getattr(stepper, "graph_id", None) is not None and self.decode_window > 1
-        if stop:
-            pass
-        elif windowed:
-            n = self._decode_windows(stepper, tok, out, masks, L, lens, on_token)
-        else:
-            for k in range(1, max_new_tokens):
-                mask = masks[:, :L + k]
-                tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
-                out[:, k] = tok
-                n = k + 1
-                if on_token is not None and on_token(tok):
-                    break
+        if not stop:
+            n = (self._decode_windows(stepper, tok, out, masks, L, lens, on_token) if windowed
+                 else self._decode_steps(stepper, pick, tok, out, masks, L, lens, on_token))
         decode_s = time.perf_counter() - t1
         n_decode = B * (n - 1)
         gen = out[:, :n].tolist()
         seqs = [ids[b, L - len(p):].tolist() + g for b, (p, g) in enumerate(zip(prompts, gen))]  # the prompt as left_pad stored it
         return GenerationResult(gen, prefill_ms, n_decode / decode_s if decode_s > 0 and n_decode else 0.0, decode_s * 1e3,
                                 self.device, seqs)
+
+    def _decode_steps(self, stepper, pick, tok: np.ndarray, out: np.ndarray, masks: np.ndarray, L: int, lens: np.ndarray,
+                      on_token) -> int:
+        """Decode of out[:, 1:] one step per host round trip (sampling, and models without a fixed-buffer path),
+        after the prefill's token `tok`; stops after the token on_token accepts. Returns how many tokens there are."""
+        n = 1
+        for k in range(1, out.shape[1]):
+            mask = masks[:, :L + k]
+            tok = pick(stepper.step(tok[:, None], mask, self._positions(mask, 1, lens, k), lens))
+            out[:, k] = tok
+            n = k + 1
+            if on_token is not None and on_token(tok):
+                break
+        return n
 
     def _decode_windows(self, st: _BoundSteps, tok: np.ndarray, out: np.ndarray, masks: np.ndarray, L: int,
                         lens: np.ndarray, on_token) -> int:
