@@ -19,10 +19,8 @@ def node_placement(model_dir: str | Path, device: str = "cuda") -> dict[str, tup
     with tempfile.TemporaryDirectory() as tmp:
         used = s.sess.get_providers()
         path = Path(model_dir) / MODEL_FILE if Path(model_dir).is_dir() else Path(model_dir)
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        ops = providers.ort_ops_library(path, meta)  # archc's op library, where the model has its ops
+        # archc's op library, where the model has its ops: from the metadata the session already read
+        ops = providers.ort_ops_library(path, s.sess.get_modelmeta().custom_metadata_map)
         s.sess = providers._session(path, used, profile_prefix=str(Path(tmp) / "archc"), **({} if ops is None else {"ort_ops": ops}))
         s.generate([[0, 1, 2]], 2)
         prof = s.sess.end_profiling()

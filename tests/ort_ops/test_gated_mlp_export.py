@@ -111,6 +111,17 @@ def test_runner_registers_the_library_and_names_a_missing_or_broken_one(tmp_path
     open_session(d, device="cpu")
 
 
+def test_node_placement_registers_the_library(tmp_path):
+    """archc.runner.node_placement's profiling session registers the model's op library too (found from the metadata
+    its Session read): the op runs, and the profile names it."""
+    from archc.runner import node_placement
+
+    d = tmp_path / "m"
+    export(archc.compile(tiny_spec("llama")), d, target="cuda", dtype="fp16", kernels="archc", ort_ops_lib=cpu_library())
+    placed = node_placement(d, device="cpu")
+    assert ("GatedMLP", "CPUExecutionProvider") in placed.values()
+
+
 def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "archc.cli", *argv], capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
