@@ -16,8 +16,8 @@ Method (same for every backend, so the figures compare):
   prompt (all projections, causal attention P(P+1)/2 positions, the head on the last position only)
   over the GEMM rate.
 - The head in the prefill: every backend computes the last position only, as generation reads nothing
-  else: the ort export's runner feeds logits_start = -1 (archc.runner), the torch backend has a hook on
-  its module's head (PaLM's [16, 2048, 256000] float32 logits alone would be 33 GB), torch-compile's
+  else: the ort export's runner feeds logits_start = -1 (archc.runner), the torch backend feeds its module's
+  logits_start = -1 (PaLM's [16, 2048, 256000] float32 logits alone would be 33 GB), torch-compile's
   decoder and transformers' generate (logits_to_keep=1) do it themselves. The ort export is the
   contract's `--logits all` (benchmarks/RESULTS.md's figures before logits_start ran its head on every
   position) unless `ort_logits` (benchmarks/genai_compare.py's fp16-last) asks for `--logits last`; the
@@ -279,29 +279,16 @@ def _module_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-def _head_last_hook(head, args, kwargs):
-    """Forward pre-hook on the module's head: the head sees the last position only (the greedy loop
-    reads nothing else), so a prefill computes [batch, 1, vocab], as the ort backend's generation does
-    (logits_start = -1), and a prefill whose full float32 logits would not fit (PaLM/BLOOM at batch 16,
-    prompt 2048: 33 GB) runs."""
-    kwargs = dict(kwargs, x=kwargs["x"][:, -1:]) if "x" in kwargs else kwargs
-    args = (args[0][:, -1:], *args[1:]) if args else args
-    return args, kwargs
-
-
 class TorchBackend(Backend):
-    """archc's module in a greedy loop; the head runs on the last position only (a hook on the bench's
-    module, exporters/ unchanged)."""
+    """archc's module in a greedy loop; the prefill's head runs on the last position only (the module's
+    logits_start = -1, as the ort backend's generation feeds onnxruntime), so a prefill whose full float32
+    logits would not fit (PaLM/BLOOM at batch 16, prompt 2048: 33 GB) runs."""
 
     name = "torch"
 
     def setup(self):
         self.model = self.bench.archc_module()
         self.fn = self.model
-        head = self.model.get_submodule("head")
-        if not getattr(head, "bench_hooked", False):
-            head.register_forward_pre_hook(_head_last_hook, with_kwargs=True)
-            head.bench_hooked = True
 
     def resident_bytes(self):
         return _module_bytes(self.model)
@@ -327,7 +314,7 @@ class TorchBackend(Backend):
                 pos = feeds.positions(np.ones((B, P + k), np.int64), P if k == 0 else 1, PositionIds.glm2d, lens, k)
                 return {"position_ids": torch.from_numpy(pos).to(ids.device)}
 
-            logits, past = self.fn(ids, attention_mask=mask, **kw, **positions(0))
+            logits, past = self.fn(ids, attention_mask=mask, **kw, **positions(0), logits_start=-1)
             tok = logits[:, -1].argmax(-1, keepdim=True)
             out = [tok]
             ones = mask.new_ones(B, 1)
