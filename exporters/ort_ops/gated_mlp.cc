@@ -266,6 +266,22 @@ struct CpuNBitsOp : NBitsOpBase<CpuNBitsOp, CpuNBitsKernel> {
 // CUDA: everything on onnxruntime's compute stream; nothing allocates with cudaMalloc or waits on the GPU during
 // Compute (onnxruntime may be capturing a CUDA graph). Scratch comes from onnxruntime's allocator for the stream.
 
+// Scratch of `bytes` from onnxruntime's allocator for the kernel's stream, given to `use` (which queues work on it and
+// returns an error text, empty when fine), then freed at once: the allocator hands it out again only in stream order,
+// so freeing as soon as the work is queued is safe.
+template <typename Use>
+std::string with_scratch(OrtKernelContext* context, Ort::KernelContext& ctx, const Ort::ConstValue& x, size_t bytes, Use&& use) {
+  Ort::ConstMemoryInfo info = x.GetTensorMemoryInfo();
+  const OrtApi& api = Ort::GetApi();
+  void* scratch = nullptr;
+  Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(context, info, bytes, &scratch));
+  OrtAllocator* alloc = ctx.GetAllocator(*info);
+  std::string err = use(static_cast<char*>(scratch));
+  alloc->Free(alloc, scratch);
+  api.ReleaseAllocator(alloc);
+  return err;
+}
+
 struct CudaKernel {
   archc_ops::Blas* blas = nullptr;
   ~CudaKernel() { archc_ops::blas_close(blas); }
@@ -290,16 +306,9 @@ struct CudaKernel {
         // scratch: cuBLAS's workspace, then the fp32 [rows, 2F] product (256-byte aligned after the workspace)
         const size_t ws = archc_ops::blas_workspace_bytes(blas);
         const size_t bytes = ws + sizeof(float) * (size_t)p.rows * 2 * (size_t)p.F;
-        Ort::ConstMemoryInfo info = x.GetTensorMemoryInfo();
-        const OrtApi& api = Ort::GetApi();
-        void* scratch = nullptr;
-        Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(context, info, bytes, &scratch));
-        OrtAllocator* alloc = ctx.GetAllocator(*info);
-        err = archc_ops::gemm_swiglu(blas, xp, wp, yp, p.rows, p.K, p.F, static_cast<char*>(scratch) + ws, scratch,
-                                     stream);
-        // Freed as soon as the work is queued: the allocator hands it out again only in stream order.
-        alloc->Free(alloc, scratch);
-        api.ReleaseAllocator(alloc);
+        err = with_scratch(context, ctx, x, bytes, [&](char* scratch) {
+          return archc_ops::gemm_swiglu(blas, xp, wp, yp, p.rows, p.K, p.F, scratch + ws, scratch, stream);
+        });
       }
       if (!err.empty()) throw Ort::Exception("archc.GatedMLP: " + err, ORT_EP_FAIL);
     });
@@ -349,18 +358,11 @@ struct CudaNBitsKernel {
         const size_t ws = up(archc_ops::blas_workspace_bytes(blas));
         const size_t c_bytes = up(sizeof(float) * (size_t)p.rows * 2 * (size_t)p.F);
         const size_t w_bytes = 2 * (size_t)p.F * (size_t)p.K * 2;
-        Ort::ConstMemoryInfo info = x.GetTensorMemoryInfo();
-        const OrtApi& api = Ort::GetApi();
-        void* scratch = nullptr;
-        Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(context, info, ws + c_bytes + w_bytes, &scratch));
-        OrtAllocator* alloc = ctx.GetAllocator(*info);
-        char* base = static_cast<char*>(scratch);
-        void* w = base + ws + c_bytes;
-        err = archc_ops::dequant_q4(bp, sp, w, 2 * p.F, p.K, p.k_blocks, a.block_size, stream);
-        if (err.empty())
-          err = archc_ops::gemm_swiglu(blas, xp, w, yp, p.rows, p.K, p.F, base + ws, scratch, stream);
-        alloc->Free(alloc, scratch);  // as GatedMLP's: handed out again only in stream order
-        api.ReleaseAllocator(alloc);
+        err = with_scratch(context, ctx, x, ws + c_bytes + w_bytes, [&](char* base) {
+          void* w = base + ws + c_bytes;
+          std::string e = archc_ops::dequant_q4(bp, sp, w, 2 * p.F, p.K, p.k_blocks, a.block_size, stream);
+          return e.empty() ? archc_ops::gemm_swiglu(blas, xp, w, yp, p.rows, p.K, p.F, base + ws, base, stream) : e;
+        });
       }
       if (!err.empty()) throw Ort::Exception("archc.GatedMLPNBits: " + err, ORT_EP_FAIL);
     });
