@@ -47,6 +47,20 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
 
+// Both gated kernels' end: each lane holds partial gate and up sums for ROWS rows of output column f; the warp sums
+// them and lane 0 stores silu(g) * u, rounded once to fp16.
+template <int ROWS>
+__device__ __forceinline__ void store_swiglu(float* g, float* u, half* __restrict__ y, int F, int f, int lane) {
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    g[r] = warp_sum(g[r]);
+    u[r] = warp_sum(u[r]);
+  }
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+}
+
 // acc[r] += x[r] . row over the warp's lanes (before the warp sum), for ROWS rows of x: the row read once for all.
 template <int ROWS>
 __device__ __forceinline__ void row_dot(const uint4* __restrict__ row, const uint4* __restrict__ xv, int KV, int lane,
@@ -80,14 +94,7 @@ __global__ void gemv_swiglu_kernel(const half* __restrict__ x, const half* __res
   float g[ROWS] = {}, u[ROWS] = {};
   row_dot<ROWS>(reinterpret_cast<const uint4*>(w + (size_t)f * K), xv, KV, lane, g);
   row_dot<ROWS>(reinterpret_cast<const uint4*>(w + (size_t)(F + f) * K), xv, KV, lane, u);
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    g[r] = warp_sum(g[r]);
-    u[r] = warp_sum(u[r]);
-  }
-  if (lane == 0)
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+  store_swiglu<ROWS>(g, u, y, F, f, lane);
 }
 
 // y[m, f] = silu(c[m, f]) * c[m, F + f] over the fp32 [rows, 2F] product cuBLAS wrote.
@@ -233,14 +240,7 @@ __global__ void __launch_bounds__(32 * Q4_WARPS, q4_min_blocks(ROWS))
       }
     }
   }
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    g[r] = warp_sum(g[r]);
-    u[r] = warp_sum(u[r]);
-  }
-  if (lane == 0)
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+  store_swiglu<ROWS>(g, u, y, F, f, lane);
 }
 
 size_t q4_smem_bytes(int64_t rows, int64_t K) { return sizeof(float) * (size_t)rows * (size_t)(K / Q4_BLOCK) * Q4_PAD; }
