@@ -1,14 +1,18 @@
-// archc.GatedMLP on CUDA: a warp-per-row kernel for up to 4 rows, cuBLAS + one silu*mul kernel beyond.
+// archc's decode-step projections on CUDA: warp-per-column kernels for up to 4 rows, on fp16 weights or on int4 codes as
+// MatMulNBits stores them, with the RMSNorm in front and the residual Add or SwiGLU behind folded into the same kernel
+// (GemvIO in gated_mlp_cuda.h); a norm kernel and cuBLAS beyond 4 rows.
 //
-// Why a hand kernel: at M = 1 a decode step's gated MLP is memory-bound, and onnxruntime runs it as two cuBLAS
-// GEMMs (~40-55% of the copy bandwidth at these small-N shapes), a SiLU and a Mul. One kernel that streams the
-// gate and up rows of W in the same warp and stores silu(g) * u reached 83% of the bandwidth on an H200
-// (benchmarks/gemv_kernel_probe.py, benchmarks/RESULTS.md "Hand-written M = 1 kernels against cuBLAS").
+// Why hand kernels: at M = 1 a decode step's projections are memory-bound and short. onnxruntime runs each as a cuBLAS
+// GEMM (~40-55% of the copy bandwidth at these small-N shapes) or a MatMulNBits, and around them a SkipSimplifiedLayer-
+// Normalization (residual Add + RMSNorm), a SiLU and a Mul: each a launch of 2-7 us set by latency, not bytes
+// (benchmarks/RESULTS.md, "Measured bottleneck"). One kernel per projection that normalizes its input on the way in and
+// adds the residual (or applies SwiGLU) on the way out leaves four launches per layer around attention. A gate|up kernel
+// of this design reached 83% of the bandwidth on an H200 (benchmarks/gemv_kernel_probe.py).
 //
 // cuBLAS is not linked: it is looked up in the process with dlopen when a kernel is created. onnxruntime's CUDA
 // provider links it and is loaded before any CUDA kernel is created, so the library finds the very copy the
 // provider uses, and the .so carries no path to a CUDA installation (cudart is linked statically by nvcc).
-// The five entry points are declared below from cuBLAS's documented C ABI (enums are ints), so the build needs
+// The entry points are declared below from cuBLAS's documented C ABI (enums are ints), so the build needs
 // nvcc alone, not cuBLAS's headers.
 #include "gated_mlp_cuda.h"
 
@@ -16,27 +20,27 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <mutex>
 
 namespace archc_ops {
 namespace {
 
-// Each lane reads 16-byte vectors (8 halves); U vectors of a weight row (and of each x row) are loaded before any is
-// used, so a lane keeps U weight loads in flight: what hides the memory latency when M is 1. The gate row is read, then
-// the up row, as benchmarks/gemv_kernel_probe.py's measured kernel does (13.3 us on the TinyLlama shape, H200).
-constexpr int U = 4;
-constexpr int WARPS = 4;  // 128 threads a block; one output column f per warp
+constexpr int WARPS = 8;  // 256 threads a block; a column takes `split` consecutive warps of it
 
-__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
-  const half2* ah = reinterpret_cast<const half2*>(&a);
-  const half2* bh = reinterpret_cast<const half2*>(&b);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 p = __half22float2(ah[i]), q = __half22float2(bh[i]);
-    s += p.x * q.x + p.y * q.y;
-  }
-  return s;
+// GemvIO as the kernels take it (by value, in the kernel's parameter space).
+struct Io {
+  const half* x;
+  const half* gamma;
+  const half* residual;
+  half* y;
+  float eps;
+  int K, N, split;
+};
+
+Io device_io(const GemvIO& io, int split) {
+  return Io{static_cast<const half*>(io.x), static_cast<const half*>(io.gamma), static_cast<const half*>(io.residual),
+            static_cast<half*>(io.y), io.eps, (int)io.K, (int)io.N, split};
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -47,113 +51,216 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
 
-// Both gated kernels' end: each lane holds partial gate and up sums for ROWS rows of output column f; the warp sums
-// them and lane 0 stores silu(g) * u, rounded once to fp16.
-template <int ROWS>
-__device__ __forceinline__ void store_swiglu(float* g, float* u, half* __restrict__ y, int F, int f, int lane) {
+// Sums V per-lane values over the warp, then over the `split` consecutive warps of a column through shared memory.
+// True in the one lane that then holds the column's sums (its part-0 warp's lane 0). Every thread of the block must
+// call it (the barrier), live or not.
+template <int V>
+__device__ __forceinline__ bool column_sum(float (&v)[V], int split, int part, int lane, bool live) {
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    g[r] = warp_sum(g[r]);
-    u[r] = warp_sum(u[r]);
-  }
+  for (int i = 0; i < V; ++i) v[i] = warp_sum(v[i]);
+  if (split == 1) return live && lane == 0;
+  __shared__ float red[WARPS][V];
+  const int warp = threadIdx.x >> 5;
   if (lane == 0)
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) y[(size_t)r * F + f] = __float2half(silu(g[r]) * u[r]);
+    for (int i = 0; i < V; ++i) red[warp][i] = v[i];
+  __syncthreads();
+  if (!live || part != 0 || lane != 0) return false;
+  for (int p = 1; p < split; ++p)
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] += red[warp + p][i];
+  return true;
 }
 
-// acc[r] += x[r] . row over the warp's lanes (before the warp sum), for ROWS rows of x: the row read once for all.
-template <int ROWS>
-__device__ __forceinline__ void row_dot(const uint4* __restrict__ row, const uint4* __restrict__ xv, int KV, int lane,
-                                        float* acc) {
-  for (int k0 = lane; k0 < KV; k0 += 32 * U) {
-    uint4 wv[U], xr[ROWS][U];
+// The column's store: acc[n * ROWS + r] are the sums x_r . W_n (NR = 2: gate, up), rstd[r] the norm's 1 / rms (1
+// without a norm: W . (x * gamma * rstd) = rstd * (W . (x * gamma))). One rounding to fp16.
+template <int ROWS, int NR>
+__device__ __forceinline__ void store_column(const float* acc, const float* rstd, const Io& io, int col) {
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    float out;
+    if (NR == 2) {
+      out = silu(acc[r] * rstd[r]) * (acc[ROWS + r] * rstd[r]);
+    } else {
+      out = acc[r] * rstd[r];
+      if (io.residual) out += __half2float(io.residual[(size_t)r * io.N + col]);
+    }
+    io.y[(size_t)r * io.N + col] = __float2half(out);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// fp16 weights: one column per `split` warps; each lane streams 16-byte vectors (8 halves) k = part * 32 + lane +
+// i * 32 * split of its NR weight rows, U of each row loaded before any is used (what hides the memory latency at
+// M = 1). x (a few KB, L1/L2-resident) is read per vector, times gamma with a norm, its squares summed on the way.
+
+template <int ROWS, int NR>
+__host__ __device__ constexpr int f16_u() {  // weight vectors per row in flight per lane: 8 at M = 1 (a 2048-wide row in one step)
+  return ROWS == 1 ? (NR == 1 ? 8 : 4) : (NR == 1 ? 4 : 2);
+}
+
+// The 8 values of one x vector in fp32, times gamma's with NORM; ss += their squares (before gamma).
+template <bool NORM>
+__device__ __forceinline__ void load8(uint4 xv, uint4 gv, float (&xf)[8], float& ss) {
+  const half2* xh = reinterpret_cast<const half2*>(&xv);
+  const half2* gh = reinterpret_cast<const half2*>(&gv);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 a = __half22float2(xh[i]);
+    if (NORM) {
+      ss = fmaf(a.x, a.x, fmaf(a.y, a.y, ss));
+      const float2 g = __half22float2(gh[i]);
+      a.x *= g.x;
+      a.y *= g.y;
+    }
+    xf[2 * i] = a.x;
+    xf[2 * i + 1] = a.y;
+  }
+}
+
+__device__ __forceinline__ float dot8(const float (&xf)[8], uint4 wv) {
+  const half2* wh = reinterpret_cast<const half2*>(&wv);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 w = __half22float2(wh[i]);
+    s = fmaf(xf[2 * i], w.x, fmaf(xf[2 * i + 1], w.y, s));
+  }
+  return s;
+}
+
+template <int ROWS, int NR, bool NORM>
+__global__ void __launch_bounds__(32 * WARPS) gemv_f16_kernel(const Io io, const half* __restrict__ w) {
+  constexpr int U = f16_u<ROWS, NR>();
+  constexpr int V = NR * ROWS + (NORM ? ROWS : 0);  // sums: x_r . W_n, then (NORM) x_r . x_r
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int col = blockIdx.x * (WARPS / io.split) + warp / io.split, part = warp % io.split;
+  const bool live = col < io.N;
+  const int KV = io.K / 8, stride = 32 * io.split;
+  const uint4* xv = reinterpret_cast<const uint4*>(io.x);
+  const uint4* gv = reinterpret_cast<const uint4*>(io.gamma);
+  const uint4* rows[NR];
+#pragma unroll
+  for (int n = 0; n < NR; ++n) rows[n] = reinterpret_cast<const uint4*>(w + (size_t)(live ? n * io.N + col : 0) * io.K);
+  float v[V] = {};
+  for (int k0 = live ? part * 32 + lane : KV; k0 < KV; k0 += stride * U) {
+    uint4 wv[NR][U];
 #pragma unroll
     for (int j = 0; j < U; ++j) {
-      const int k = k0 + 32 * j;
-      const bool in = k < KV;
-      wv[j] = in ? __ldcs(row + k) : make_uint4(0, 0, 0, 0);
+      const int k = k0 + stride * j;
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r) xr[r][j] = in ? __ldg(xv + (size_t)r * KV + k) : make_uint4(0, 0, 0, 0);
+      for (int n = 0; n < NR; ++n) wv[n][j] = k < KV ? __ldcs(rows[n] + k) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int j = 0; j < U; ++j)
+    for (int j = 0; j < U; ++j) {
+      const int k = k0 + stride * j;
+      if (k >= KV) break;
+      const uint4 g = NORM ? __ldg(gv + k) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r) acc[r] += dot8(xr[r][j], wv[j]);
+      for (int r = 0; r < ROWS; ++r) {
+        float xf[8];
+        load8<NORM>(__ldg(xv + (size_t)r * KV + k), g, xf, v[NORM ? NR * ROWS + r : 0]);
+#pragma unroll
+        for (int n = 0; n < NR; ++n) v[n * ROWS + r] += dot8(xf, wv[n][j]);
+      }
+    }
   }
+  if (!column_sum<V>(v, io.split, part, lane, live)) return;
+  float rstd[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) rstd[r] = NORM ? rsqrtf(v[NR * ROWS + r] / io.K + io.eps) : 1.f;
+  store_column<ROWS, NR>(v, rstd, io, col);
 }
 
-// One warp per f: the gate row W[f] and the up row W[F + f] are read once for all ROWS rows of x (the weights are
-// the bytes that matter; x is a few KB and stays in L1/L2). fp32 accumulation, a warp-shuffle sum.
-template <int ROWS>
-__global__ void gemv_swiglu_kernel(const half* __restrict__ x, const half* __restrict__ w, half* __restrict__ y,
-                                   int K, int F) {
-  const int f = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-  if (f >= F) return;
-  const int KV = K / 8;
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
-  float g[ROWS] = {}, u[ROWS] = {};
-  row_dot<ROWS>(reinterpret_cast<const uint4*>(w + (size_t)f * K), xv, KV, lane, g);
-  row_dot<ROWS>(reinterpret_cast<const uint4*>(w + (size_t)(F + f) * K), xv, KV, lane, u);
-  store_swiglu<ROWS>(g, u, y, F, f, lane);
+// Warps per column: the fewest (1, 2, 4) whose one step of loads covers a row, so that short rows are one round trip
+// and a long row (down's K = 5632) is spread over more warps instead of more serial steps. GemvIO.split overrides.
+int choose_split(int forced, int64_t units_per_row, int units_per_warp_step) {
+  if (forced) return forced;
+  int s = 1;
+  while (s < 4 && units_per_row > (int64_t)units_per_warp_step * s) s *= 2;
+  return s;
 }
 
-// y[m, f] = silu(c[m, f]) * c[m, F + f] over the fp32 [rows, 2F] product cuBLAS wrote.
-__global__ void silu_mul_kernel(const float* __restrict__ c, half* __restrict__ y, int64_t rows, int64_t F) {
-  const int64_t n = rows * F;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t m = i / F, f = i - m * F;
-    y[i] = __float2half(silu(c[m * 2 * F + f]) * c[m * 2 * F + F + f]);
-  }
+bool valid_split(int s) { return s == 0 || s == 1 || s == 2 || s == 4 || s == 8; }
+
+template <int ROWS, int NR, bool NORM>
+void launch_f16(const GemvIO& io, const void* w, cudaStream_t s) {
+  const int split = choose_split(io.split, io.K / 8, 32 * f16_u<ROWS, NR>());
+  const int cols = WARPS / split;
+  gemv_f16_kernel<ROWS, NR, NORM><<<(int)((io.N + cols - 1) / cols), 32 * WARPS, 0, s>>>(device_io(io, split),
+                                                                                      static_cast<const half*>(w));
 }
+
+// The 16 (rows, gated, norm) instantiations of a kernel family, chosen at run time.
+template <template <int, int, bool> class L, typename... A>
+std::string dispatch(const GemvIO& io, A... args) {
+  const bool norm = io.gamma != nullptr;
+  switch (io.rows * 4 + (io.gated ? 2 : 0) + (norm ? 1 : 0)) {
+#define ARCHC_CASE(R)                                       \
+  case R * 4 + 0: L<R, 1, false>::run(io, args...); break; \
+  case R * 4 + 1: L<R, 1, true>::run(io, args...); break;  \
+  case R * 4 + 2: L<R, 2, false>::run(io, args...); break; \
+  case R * 4 + 3: L<R, 2, true>::run(io, args...); break;
+    ARCHC_CASE(1)
+    ARCHC_CASE(2)
+    ARCHC_CASE(3)
+    ARCHC_CASE(4)
+#undef ARCHC_CASE
+    default: return "rows must be 1.." + std::to_string(kGemvMaxRows);
+  }
+  return "";
+}
+
+template <int ROWS, int NR, bool NORM>
+struct F16 {
+  static void run(const GemvIO& io, const void* w, cudaStream_t s) { launch_f16<ROWS, NR, NORM>(io, w, s); }
+};
 
 std::string cuda_error(const char* what) {
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
 }
 
-template <int ROWS>
-void launch(const void* x, const void* w, void* y, int K, int F, cudaStream_t s) {
-  const int blocks = (F + WARPS - 1) / WARPS;
-  gemv_swiglu_kernel<ROWS><<<blocks, 32 * WARPS, 0, s>>>(static_cast<const half*>(x), static_cast<const half*>(w),
-                                                         static_cast<half*>(y), K, F);
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// What both launchers refuse before any kernel: the contract's combinations and sizes.
+std::string io_error(const GemvIO& io) {
+  if (io.gated && io.residual) return "a residual with a gated product";
+  if (!valid_split(io.split)) return "split " + std::to_string(io.split) + " (0, 1, 2, 4 or 8)";
+  if (io.K > INT32_MAX || io.N > INT32_MAX / 2) return "dimensions past 32-bit indexing";
+  return "";
 }
 
 }  // namespace
 
-bool gemv_fits(const void* x, const void* w, int64_t rows, int64_t K) {
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return rows >= 1 && rows <= kGemvMaxRows && K % 8 == 0 && K <= (int64_t)1 << 30 && aligned(x) && aligned(w);
+bool gemv_fits(const GemvIO& io, const void* w) {
+  return io.rows >= 1 && io.rows <= kGemvMaxRows && io.K % 8 == 0 && io.K <= (int64_t)1 << 30 && aligned16(io.x) &&
+         aligned16(w) && (!io.gamma || aligned16(io.gamma));
 }
 
-std::string launch_gemv_swiglu(const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (rows) {
-    case 1: launch<1>(x, w, y, (int)K, (int)F, s); break;
-    case 2: launch<2>(x, w, y, (int)K, (int)F, s); break;
-    case 3: launch<3>(x, w, y, (int)K, (int)F, s); break;
-    case 4: launch<4>(x, w, y, (int)K, (int)F, s); break;
-    default: return "gemv_swiglu: rows must be 1..4";
-  }
-  return cuda_error("gemv_swiglu kernel launch");
+std::string launch_gemv(const GemvIO& io, const void* w, void* stream) {
+  std::string err = io_error(io);
+  if (err.empty()) err = dispatch<F16>(io, w, static_cast<cudaStream_t>(stream));
+  return err.empty() ? cuda_error("gemv kernel launch") : "gemv: " + err;
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// archc.GatedMLPNBits: int4 codes as MatMulNBits stores them (exporters/quantize.py), symmetric, block_size 32.
+// int4 codes as MatMulNBits stores them (exporters/quantize.py), symmetric, block_size 32.
 //
-// One warp per output column f reads gate row f and up row F + f of B: one 16-byte load is one whole 32-value block
-// (its 32 codes, first in the low nibble), a lane takes blocks lane, lane + 32, ... with Q4_U blocks of each row (2 Q4_U
-// 16-byte loads) in flight. x is staged once per thread block in shared memory as fp32 (the conversion done once, not
-// per weight), each 32-value block padded to 36 floats so the 8 lanes of a 16-byte shared-memory phase, which read
-// consecutive blocks, hit distinct banks. Dequantization without integer-to-float conversions: a code q placed in the
-// top mantissa bits of 1.0f reads as 1 + q / 16, so for a block sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x,
-// one scale multiply per block; fp32 accumulation throughout, silu(g) * u rounded once to fp16.
+// One column per `split` warps reads its NR rows of B (gate row f and up row F + f when gated): one 16-byte load is one
+// whole 32-value block (its 32 codes, first in the low nibble), a lane takes blocks part * 32 + lane + i * 32 * split
+// with Q4_U blocks of each row in flight. x is staged once per thread block in shared memory as fp32 (times gamma with a
+// norm: the conversion done once, not per weight; the norm's sum of squares reduced over the block on the way), each
+// 32-value block padded to 36 floats so the 8 lanes of a 16-byte shared-memory phase, which read consecutive blocks, hit
+// distinct banks. Dequantization without integer-to-float conversions: a code q placed in the top mantissa bits of 1.0f
+// reads as 1 + q / 16, so for a block sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x, one scale multiply per block;
+// fp32 accumulation throughout.
 
 namespace {
 
 constexpr int Q4_BLOCK = 32;  // values per quantization block: 16 bytes of codes, one uint4 load
 constexpr int Q4_PAD = 36;    // floats per staged block of x (32 + 4: bank-conflict-free 16-byte reads, see above)
-constexpr int Q4_WARPS = 8;   // 256 threads a block, one f per warp: x is staged once for 8 columns
-constexpr int Q4_U = 2;       // blocks of each row per lane per step: gate + up = 4 16-byte loads in flight
+constexpr int Q4_U = 2;       // blocks of each row per lane per step
 constexpr size_t Q4_SMEM_MAX = 48 * 1024;  // the default dynamic shared-memory limit (no opt-in attribute needed)
 
 // Code t (0..7) of a 32-bit word of a block (values 8w .. 8w + 7, first in the low nibble) as the float 1 + q / 16.
@@ -163,94 +270,132 @@ __device__ __forceinline__ float code_f(uint32_t v, int t) {
   return __uint_as_float((m & 0x00780000u) | 0x3F800000u);
 }
 
-// Loads of one step of a lane: Q4_U blocks of the gate row and of the up row (16 bytes each) and their scales.
-__device__ __forceinline__ void q4_load(const uint4* __restrict__ bg, const uint4* __restrict__ bu, const half* __restrict__ sg,
-                                        const half* __restrict__ su, int j0, int KB, uint4 (&wg)[Q4_U], uint4 (&wu)[Q4_U],
-                                        float (&cg)[Q4_U], float (&cu)[Q4_U]) {
+// One step's loads of a lane: Q4_U blocks of each of its NR rows (16 bytes each) and their scales.
+template <int NR>
+__device__ __forceinline__ void q4_load(const uint4* const (&rb)[NR], const half* const (&rs)[NR], int j0, int stride, int KB,
+                                        uint4 (&wq)[NR][Q4_U], float (&sc)[NR][Q4_U]) {
 #pragma unroll
   for (int i = 0; i < Q4_U; ++i) {
-    const int j = j0 + 32 * i;
+    const int j = j0 + stride * i;
     const bool in = j < KB;
-    wg[i] = in ? __ldcs(bg + j) : make_uint4(0, 0, 0, 0);
-    wu[i] = in ? __ldcs(bu + j) : make_uint4(0, 0, 0, 0);
-    cg[i] = in ? __half2float(__ldg(sg + j)) : 0.f;
-    cu[i] = in ? __half2float(__ldg(su + j)) : 0.f;
+#pragma unroll
+    for (int n = 0; n < NR; ++n) {
+      wq[n][i] = in ? __ldcs(rb[n] + j) : make_uint4(0, 0, 0, 0);
+      sc[n][i] = in ? __half2float(__ldg(rs[n] + j)) : 0.f;
+    }
   }
 }
 
-// Resident blocks per SM the register budget must allow: at M = 1 the TinyLlama shape's F / Q4_WARPS = 704 blocks then fit
-// 132 SMs in one wave (6 x 132 = 792; at 48 registers only 5 fit: 660, and 44 blocks ran as a second wave).
-constexpr int q4_min_blocks(int rows) { return rows == 1 ? 6 : 2; }  // rows 2..4: ~110-125 registers, no spills
+// Resident blocks per SM the register budget must allow: at M = 1 the TinyLlama shape's gate|up (F / 8 = 704 blocks)
+// then fits 132 SMs in one wave (6 x 132 = 792; at 48 registers only 5 fit: 660, and 44 blocks ran as a second wave).
+__host__ __device__ constexpr int q4_min_blocks(int rows) { return rows == 1 ? 6 : 2; }  // rows 2..4: ~110-125 registers, no spills
 
-template <int ROWS>
-__global__ void __launch_bounds__(32 * Q4_WARPS, q4_min_blocks(ROWS))
-    gemv_swiglu_q4_kernel(const half* __restrict__ x, const uint4* __restrict__ b, const half* __restrict__ scales,
-                          half* __restrict__ y, int K, int F) {
+template <int ROWS, int NR, bool NORM>
+__global__ void __launch_bounds__(32 * WARPS, q4_min_blocks(ROWS))
+    gemv_q4_kernel(const Io io, const uint4* __restrict__ b, const half* __restrict__ scales) {
   extern __shared__ float4 xs4[];  // [ROWS][KB][Q4_PAD / 4]
-  const int KB = K / Q4_BLOCK;
+  const int K = io.K, KB = K / Q4_BLOCK;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int f = blockIdx.x * Q4_WARPS + warp;
-  const bool live = f < F;  // a warp past F still helps stage x (every thread reaches the barrier)
-  const size_t fg = live ? (size_t)f : 0, fu = live ? (size_t)(F + f) : 0;
-  const uint4* bg = b + fg * KB;
-  const uint4* bu = b + fu * KB;
-  const half* sg = scales + fg * KB;
-  const half* su = scales + fu * KB;
-  // The first step's weight loads go out before x is staged: they do not depend on x, and at M = 1 (K = 2048: 2 blocks
-  // per lane per row) they are all of the warp's weight traffic, so the staging's latency hides under theirs.
-  uint4 wg[Q4_U], wu[Q4_U];
-  float cg[Q4_U], cu[Q4_U];
-  if (live) q4_load(bg, bu, sg, su, lane, KB, wg, wu, cg, cu);
-  const uint2* x4 = reinterpret_cast<const uint2*>(x);
+  const int col = blockIdx.x * (WARPS / io.split) + warp / io.split, part = warp % io.split;
+  const bool live = col < io.N;  // a warp past N still stages x and reaches the barriers
+  const int stride = 32 * io.split, j_first = part * 32 + lane;
+  const uint4* rb[NR];
+  const half* rs[NR];
+#pragma unroll
+  for (int n = 0; n < NR; ++n) {
+    const size_t row = live ? (size_t)(n * io.N + col) : 0;
+    rb[n] = b + row * KB;
+    rs[n] = scales + row * KB;
+  }
+  // The first step's weight loads go out before x is staged: they do not depend on x, and at M = 1 (K = 2048) they are
+  // all of the warp's weight traffic, so the staging's latency hides under theirs.
+  uint4 wq[NR][Q4_U];
+  float sc[NR][Q4_U];
+  if (live) q4_load<NR>(rb, rs, j_first, stride, KB, wq, sc);
+  float ss[ROWS] = {};
+  const uint2* x4 = reinterpret_cast<const uint2*>(io.x);
+  const uint2* g4 = reinterpret_cast<const uint2*>(io.gamma);
   for (int i = threadIdx.x; i < ROWS * K / 4; i += blockDim.x) {
     const int e = 4 * i, r = e / K, k = e - r * K;
     const uint2 v = __ldg(x4 + i);
-    const float2 lo = __half22float2(*reinterpret_cast<const half2*>(&v.x));
-    const float2 hi = __half22float2(*reinterpret_cast<const half2*>(&v.y));
+    float2 lo = __half22float2(*reinterpret_cast<const half2*>(&v.x));
+    float2 hi = __half22float2(*reinterpret_cast<const half2*>(&v.y));
+    if (NORM) {
+      const float s = lo.x * lo.x + lo.y * lo.y + hi.x * hi.x + hi.y * hi.y;
+#pragma unroll
+      for (int q = 0; q < ROWS; ++q) ss[q] += q == r ? s : 0.f;
+      const uint2 gw = __ldg(g4 + k / 4);
+      const float2 glo = __half22float2(*reinterpret_cast<const half2*>(&gw.x));
+      const float2 ghi = __half22float2(*reinterpret_cast<const half2*>(&gw.y));
+      lo.x *= glo.x, lo.y *= glo.y, hi.x *= ghi.x, hi.y *= ghi.y;
+    }
     xs4[((r * KB + k / Q4_BLOCK) * Q4_PAD + k % Q4_BLOCK) / 4] = make_float4(lo.x, lo.y, hi.x, hi.y);
   }
+  float rstd[ROWS];
+  if (NORM) {  // the block's sums of squares, one per row of x: every thread gets them
+    __shared__ float ss_part[WARPS][ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) ss[r] = warp_sum(ss[r]);
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r) ss_part[warp][r] = ss[r];
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float t = 0.f;
+#pragma unroll
+      for (int q = 0; q < WARPS; ++q) t += ss_part[q][r];
+      rstd[r] = rsqrtf(t / K + io.eps);
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) rstd[r] = 1.f;
+  }
   __syncthreads();
-  if (!live) return;
-  float g[ROWS] = {}, u[ROWS] = {};
-  for (int j0 = lane; j0 < KB; j0 += 32 * Q4_U) {
-    if (j0 != lane) q4_load(bg, bu, sg, su, j0, KB, wg, wu, cg, cu);
+  float acc[NR * ROWS] = {};
+  for (int j0 = live ? j_first : KB; j0 < KB; j0 += stride * Q4_U) {
+    if (j0 != j_first) q4_load<NR>(rb, rs, j0, stride, KB, wq, sc);
 #pragma unroll
     for (int i = 0; i < Q4_U; ++i) {
-      const int j = j0 + 32 * i;
+      const int j = j0 + stride * i;
       if (j >= KB) break;
-      const uint32_t gw[4] = {wg[i].x, wg[i].y, wg[i].z, wg[i].w}, uw[4] = {wu[i].x, wu[i].y, wu[i].z, wu[i].w};
 #pragma unroll
       for (int r = 0; r < ROWS; ++r) {
         const float4* xb = xs4 + (size_t)(r * KB + j) * (Q4_PAD / 4);
-        float dg = 0.f, du = 0.f, sx = 0.f;
+        float d[NR] = {}, sx = 0.f;
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
           const float4 a = xb[2 * w], c = xb[2 * w + 1];
           const float xv[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
 #pragma unroll
-          for (int t = 0; t < 8; ++t) {
-            dg = fmaf(xv[t], code_f(gw[w], t), dg);
-            du = fmaf(xv[t], code_f(uw[w], t), du);
-            sx += xv[t];
+          for (int n = 0; n < NR; ++n) {
+            const uint32_t word = w == 0 ? wq[n][i].x : w == 1 ? wq[n][i].y : w == 2 ? wq[n][i].z : wq[n][i].w;
+#pragma unroll
+            for (int t = 0; t < 8; ++t) d[n] = fmaf(xv[t], code_f(word, t), d[n]);
           }
+#pragma unroll
+          for (int t = 0; t < 8; ++t) sx += xv[t];
         }
         // sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x
-        g[r] = fmaf(cg[i], fmaf(16.f, dg, -24.f * sx), g[r]);
-        u[r] = fmaf(cu[i], fmaf(16.f, du, -24.f * sx), u[r]);
+#pragma unroll
+        for (int n = 0; n < NR; ++n) acc[n * ROWS + r] = fmaf(sc[n][i], fmaf(16.f, d[n], -24.f * sx), acc[n * ROWS + r]);
       }
     }
   }
-  store_swiglu<ROWS>(g, u, y, F, f, lane);
+  if (column_sum<NR * ROWS>(acc, io.split, part, lane, live)) store_column<ROWS, NR>(acc, rstd, io, col);
 }
 
 size_t q4_smem_bytes(int64_t rows, int64_t K) { return sizeof(float) * (size_t)rows * (size_t)(K / Q4_BLOCK) * Q4_PAD; }
 
-template <int ROWS>
-void launch_q4(const void* x, const void* b, const void* scales, void* y, int K, int F, cudaStream_t s) {
-  const int blocks = (F + Q4_WARPS - 1) / Q4_WARPS;
-  gemv_swiglu_q4_kernel<ROWS><<<blocks, 32 * Q4_WARPS, q4_smem_bytes(ROWS, K), s>>>(
-      static_cast<const half*>(x), static_cast<const uint4*>(b), static_cast<const half*>(scales), static_cast<half*>(y), K, F);
-}
+template <int ROWS, int NR, bool NORM>
+struct Q4 {
+  static void run(const GemvIO& io, const void* b, const void* scales, cudaStream_t s) {
+    const int split = choose_split(io.split, io.K / Q4_BLOCK, 32 * Q4_U);
+    const int cols = WARPS / split;
+    gemv_q4_kernel<ROWS, NR, NORM><<<(int)((io.N + cols - 1) / cols), 32 * WARPS, q4_smem_bytes(ROWS, io.K), s>>>(
+        device_io(io, split), static_cast<const uint4*>(b), static_cast<const half*>(scales));
+  }
+};
 
 // One thread per byte of B: its two codes, (q - 8) * scale, to w [N, K] (the last block's padding dropped).
 __global__ void dequant_q4_kernel(const uint8_t* __restrict__ b, const half* __restrict__ scales, half* __restrict__ w, int N,
@@ -266,25 +411,37 @@ __global__ void dequant_q4_kernel(const uint8_t* __restrict__ b, const half* __r
   }
 }
 
-}  // namespace
-
-bool q4_gemv_fits(const void* x, const void* b, int64_t rows, int64_t K, int64_t block_size) {
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return rows >= 1 && rows <= kGemvMaxRows && block_size == Q4_BLOCK && K % Q4_BLOCK == 0 &&
-         q4_smem_bytes(rows, K) <= Q4_SMEM_MAX && aligned(x) && aligned(b);
+// One block per row: the row's sum of squares over the block, then out = x * rstd * gamma, rounded once.
+__global__ void rms_norm_kernel(const half* __restrict__ x, const half* __restrict__ gamma, half* __restrict__ out, int K,
+                                float eps) {
+  __shared__ float part[32];
+  const half* xr = x + (size_t)blockIdx.x * K;
+  half* o = out + (size_t)blockIdx.x * K;
+  float ss = 0.f;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const float v = __half2float(xr[k]);
+    ss = fmaf(v, v, ss);
+  }
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float t = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); ++i) t += part[i];
+  const float rstd = rsqrtf(t / K + eps);
+  for (int k = threadIdx.x; k < K; k += blockDim.x) o[k] = __float2half(__half2float(xr[k]) * rstd * __half2float(gamma[k]));
 }
 
-std::string launch_gemv_swiglu_q4(const void* x, const void* b, const void* scales, void* y, int64_t rows, int64_t K, int64_t F,
-                                  void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (rows) {
-    case 1: launch_q4<1>(x, b, scales, y, (int)K, (int)F, s); break;
-    case 2: launch_q4<2>(x, b, scales, y, (int)K, (int)F, s); break;
-    case 3: launch_q4<3>(x, b, scales, y, (int)K, (int)F, s); break;
-    case 4: launch_q4<4>(x, b, scales, y, (int)K, (int)F, s); break;
-    default: return "gemv_swiglu_q4: rows must be 1..4";
-  }
-  return cuda_error("gemv_swiglu_q4 kernel launch");
+}  // namespace
+
+bool q4_gemv_fits(const GemvIO& io, const void* b, int64_t block_size) {
+  return io.rows >= 1 && io.rows <= kGemvMaxRows && block_size == Q4_BLOCK && io.K % Q4_BLOCK == 0 &&
+         q4_smem_bytes(io.rows, io.K) <= Q4_SMEM_MAX && aligned16(io.x) && aligned16(b) && (!io.gamma || aligned16(io.gamma));
+}
+
+std::string launch_gemv_q4(const GemvIO& io, const void* b, const void* scales, void* stream) {
+  std::string err = io_error(io);
+  if (err.empty()) err = dispatch<Q4>(io, b, scales, static_cast<cudaStream_t>(stream));
+  return err.empty() ? cuda_error("gemv_q4 kernel launch") : "gemv_q4: " + err;
 }
 
 std::string dequant_q4(const void* b, const void* scales, void* w, int64_t N, int64_t K, int64_t k_blocks, int64_t block_size,
@@ -296,6 +453,14 @@ std::string dequant_q4(const void* b, const void* scales, void* w, int64_t N, in
       static_cast<const uint8_t*>(b), static_cast<const half*>(scales), static_cast<half*>(w), (int)N, (int)K, (int)k_blocks,
       (int)(block_size / 2));
   return cuda_error("dequant_q4 kernel launch");
+}
+
+std::string rms_norm(const void* x, const void* gamma, float eps, void* out, int64_t rows, int64_t K, void* stream) {
+  if (rows == 0) return "";
+  if (rows > INT32_MAX || K > INT32_MAX) return "rms_norm: dimensions past 32-bit indexing";
+  rms_norm_kernel<<<(unsigned)rows, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const half*>(x), static_cast<const half*>(gamma), static_cast<half*>(out), (int)K, eps);
+  return cuda_error("rms_norm kernel launch");
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -386,22 +551,51 @@ void blas_close(Blas* b) {
 
 size_t blas_workspace_bytes(const Blas* b) { return b->workspace_bytes; }
 
+namespace {
+
+// Row-major c[rows, N] = x[rows, K] @ W[N, K]^T (+ beta c) is column-major c^T[N, rows] = (W viewed as K x N)^T @ x^T,
+// queued on `s` with `workspace` as cuBLAS's workspace; c is fp16 or fp32 (ctype), accumulation fp32.
+std::string gemm_on(Blas* b, cudaStream_t s, const void* x, const void* w, void* c, cudaDataType ctype, int64_t rows, int64_t K,
+                    int64_t N, float beta, void* workspace) {
+  if (rows > INT32_MAX || K > INT32_MAX || N > INT32_MAX) return "dimensions past 32-bit indexing";
+  const float one = 1.f;
+  std::lock_guard<std::mutex> g(b->lock);
+  // cublasSetStream resets the workspace to cuBLAS's own pool: the workspace is set after it, every call.
+  if (b->set_stream(b->handle, s) != CUBLAS_STATUS_SUCCESS) return "cublasSetStream failed";
+  if (b->set_workspace(b->handle, workspace, b->workspace_bytes) != CUBLAS_STATUS_SUCCESS) return "cublasSetWorkspace failed";
+  cublasStatus_t st = b->gemm_ex(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)rows, (int)K, &one, w, CUDA_R_16F, (int)K, x,
+                                 CUDA_R_16F, (int)K, &beta, c, ctype, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  return st == CUBLAS_STATUS_SUCCESS ? "" : "cublasGemmEx failed (status " + std::to_string((int)st) + ")";
+}
+
+// y[m, f] = silu(c[m, f]) * c[m, F + f] over the fp32 [rows, 2F] product cuBLAS wrote.
+__global__ void silu_mul_kernel(const float* __restrict__ c, half* __restrict__ y, int64_t rows, int64_t F) {
+  const int64_t n = rows * F;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / F, f = i - m * F;
+    y[i] = __float2half(silu(c[m * 2 * F + f]) * c[m * 2 * F + F + f]);
+  }
+}
+
+}  // namespace
+
+std::string gemm(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t N, const void* residual,
+                 void* workspace, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (residual) {  // y = residual, then y += x W^T (beta = 1): the Add without a kernel of its own
+    cudaMemcpyAsync(y, residual, sizeof(half) * (size_t)rows * (size_t)N, cudaMemcpyDeviceToDevice, s);
+    std::string e = cuda_error("residual copy");
+    if (!e.empty()) return e;
+  }
+  std::string e = gemm_on(b, s, x, w, y, CUDA_R_16F, rows, K, N, residual ? 1.f : 0.f, workspace);
+  return e.empty() ? "" : "gemm: " + e;
+}
+
 std::string gemm_swiglu(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F, void* c,
                         void* workspace, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  const float one = 1.f, zero = 0.f;
-  {
-    std::lock_guard<std::mutex> g(b->lock);
-    // cublasSetStream resets the workspace to cuBLAS's own pool: the workspace is set after it, every call.
-    if (b->set_stream(b->handle, s) != CUBLAS_STATUS_SUCCESS) return "cublasSetStream failed";
-    if (b->set_workspace(b->handle, workspace, b->workspace_bytes) != CUBLAS_STATUS_SUCCESS)
-      return "cublasSetWorkspace failed";
-    // Row-major c[rows, 2F] = x[rows, K] @ W[2F, K]^T is column-major c^T[2F, rows] = (W viewed as K x 2F)^T @ x^T.
-    cublasStatus_t st = b->gemm_ex(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)(2 * F), (int)rows, (int)K, &one, w,
-                                   CUDA_R_16F, (int)K, x, CUDA_R_16F, (int)K, &zero, c, CUDA_R_32F, (int)(2 * F),
-                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS) return "cublasGemmEx failed (status " + std::to_string((int)st) + ")";
-  }
+  std::string e = gemm_on(b, s, x, w, c, CUDA_R_32F, rows, K, 2 * F, 0.f, workspace);
+  if (!e.empty()) return "gemm_swiglu: " + e;
   const int64_t n = rows * F;
   const int threads = 256;
   const int blocks = (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
