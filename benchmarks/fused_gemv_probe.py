@@ -238,9 +238,10 @@ def main() -> int:
     outputs.add_force(ap)
     args = ap.parse_args()
     outputs.check_outputs(ap, args.force, ("--out", args.out))
-    from archc.bench.harness import environment, measure_limits
+    import torch
 
-    lim = measure_limits("cuda", dtypes=("fp16",))
+    # Not archc.bench.harness: this probe runs on a card's bare torch (archc's package needs pydantic).
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name()}
     ext = build(args.build_dir)
     checks = check(ext)
     print(json.dumps(checks), flush=True)
@@ -250,7 +251,7 @@ def main() -> int:
         print(json.dumps(r), flush=True)
         rows.append(r)
     per_layer = {k: sum(r[k] for r in rows) for k in rows[0] if k.endswith("_us")}
-    result = {"environment": environment(), "limits": lim, "checks": checks, "shapes": rows,
+    result = {"environment": env, "checks": checks, "shapes": rows,
               "per_layer_us": per_layer, "per_step_ms": {k: v * args.layers / 1e3 for k, v in per_layer.items()}}
     print(json.dumps({"per_layer_us": per_layer}), flush=True)
     if args.out:
