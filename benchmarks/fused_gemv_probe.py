@@ -27,7 +27,6 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import outputs
 from benchmarks.gemv_layout import R, time_captured
 
 OPS_DIR = Path(__file__).resolve().parent.parent / "exporters" / "ort_ops"
@@ -235,9 +234,10 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=22, help="layers of the decode step the projections are summed over")
     ap.add_argument("--build-dir", type=Path, default=Path("/tmp/archc_fused_gemv_probe"))
     ap.add_argument("--out", type=Path, help="JSON file (an existing one: --force)")
-    outputs.add_force(ap)
+    ap.add_argument("--force", action="store_true", help="replace an existing --out")
     args = ap.parse_args()
-    outputs.check_outputs(ap, args.force, ("--out", args.out))
+    if args.out and args.out.exists() and not args.force:  # benchmarks.outputs needs archc (pydantic): not on a bare card
+        ap.error(f"--out {args.out} exists; pass --force to replace it")
     import torch
 
     # Not archc.bench.harness: this probe runs on a card's bare torch (archc's package needs pydantic).
