@@ -47,7 +47,8 @@ CPP_SRC = r"""
 #include "gated_mlp_cuda.h"
 
 static archc_ops::GemvIO io_of(const torch::Tensor& x, int64_t N, const std::optional<torch::Tensor>& gamma, double eps,
-                               const std::optional<torch::Tensor>& residual, bool gated, int64_t split, torch::Tensor& y) {
+                               const std::optional<torch::Tensor>& residual, bool gated, int64_t split, torch::Tensor& y,
+                               int64_t unroll = 0) {
   archc_ops::GemvIO io;
   io.x = x.data_ptr();
   io.gamma = gamma ? gamma->data_ptr() : nullptr;
@@ -58,15 +59,16 @@ static archc_ops::GemvIO io_of(const torch::Tensor& x, int64_t N, const std::opt
   io.N = N;
   io.gated = gated;
   io.split = (int)split;
+  io.unroll = (int)unroll;
   y = torch::empty({io.rows, N}, x.options());
   io.y = y.data_ptr();
   return io;
 }
 
 torch::Tensor gemv(torch::Tensor x, torch::Tensor w, std::optional<torch::Tensor> gamma, double eps,
-                   std::optional<torch::Tensor> residual, bool gated, int64_t split) {
+                   std::optional<torch::Tensor> residual, bool gated, int64_t split, int64_t unroll) {
   torch::Tensor y;
-  auto io = io_of(x, gated ? w.size(0) / 2 : w.size(0), gamma, eps, residual, gated, split, y);
+  auto io = io_of(x, gated ? w.size(0) / 2 : w.size(0), gamma, eps, residual, gated, split, y, unroll);
   TORCH_CHECK(archc_ops::gemv_fits(io, w.data_ptr()), "gemv_fits refused");
   auto err = archc_ops::launch_gemv(io, w.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err.empty(), err);
@@ -163,7 +165,7 @@ def check(ext) -> dict:
         for rows in (1, 2, 3, 4):
             x = (torch.randn(rows, K, device="cuda", generator=gen) * 3).half()
             residual = torch.randn(rows, N, device="cuda", generator=gen).half() if res else None
-            for kind, w, run in (("fp16", w16.float(), lambda s: ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, s)),
+            for kind, w, run in (("fp16", w16.float(), lambda s: ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, s, 0)),
                                  ("int4", wq, lambda s: ext.gemv_q4(x, b, scales, gamma if norm else None, EPS, residual, gated, s))):
                 if w is None or (kind == "int4" and rows * (K // 32) * 36 * 4 > 48 * 1024):
                     continue  # past q4_gemv_fits: x staged as fp32 beyond 48 KB of shared memory (the op runs cuBLAS)
@@ -174,6 +176,12 @@ def check(ext) -> dict:
                     worst[key] = max(worst.get(key, 0.0), err)
                     if err > TOL:
                         raise SystemExit(f"kernel wrong: {key} rows {rows} split {split}: relative error {err:.2e}")
+                if kind == "fp16" and rows == 1:  # the forced loads-in-flight of the timing below
+                    for split in (1, 2, 4):
+                        for unroll in (2, 4, 8):
+                            err = rel(ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, split, unroll), ref)
+                            if err > TOL:
+                                raise SystemExit(f"kernel wrong: {name} fp16 split {split} unroll {unroll}: {err:.2e}")
                 y = run(0)
                 off = reference(x, w, gamma, None, gated, False) if norm else reference(x, w, gamma, None, gated, norm)
                 c = rel(y, off)
@@ -211,10 +219,12 @@ def time_shape(ext, name: str, K: int, N: int, gated: bool, norm: bool, res: boo
     out["fp16_bytes"] = Nw * K * 2
     out["cublas_linear_us"] = time_captured(lambda: [F.linear(x, w) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
     for split in (0, 1, 2, 4):
-        out[f"fp16_split{split}_us"] = time_captured(
-            lambda: [ext.gemv(x, w, gamma, EPS, residual, gated, split) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
+        for unroll in (0, 2, 4, 8) if split else (0,):
+            out[f"fp16_split{split}_u{unroll}_us"] = time_captured(
+                lambda: [ext.gemv(x, w, gamma, EPS, residual, gated, split, unroll) for _ in range(R) for w in w16], L16 * R,
+                iters) * 1e6
     out["fp16_plain_us"] = time_captured(
-        lambda: [ext.gemv(x, w, None, EPS, None, gated, 0) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
+        lambda: [ext.gemv(x, w, None, EPS, None, gated, 0, 0) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
     del w16
     Lq = max(2, weight_mb * 2**20 // (Nw * K // 2))
     q = [q4_weights(Nw, K, gen)[:2] for _ in range(Lq)]

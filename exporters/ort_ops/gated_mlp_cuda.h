@@ -24,7 +24,9 @@ struct GemvIO {
   void* y = nullptr;               // [rows, N] fp16
   int64_t rows = 0, K = 0, N = 0;  // N: output columns (F of a gated MLP, whose weight has 2F rows)
   bool gated = false;
-  int split = 0;  // warps per output column (1, 2, 4 or 8); 0: chosen from K (benchmarks/fused_gemv_probe.py forces it)
+  // Tuning knobs benchmarks/fused_gemv_probe.py forces; 0 (what the ops pass) lets the kernels choose.
+  int split = 0;   // warps per output column: 1, 2, 4 or 8
+  int unroll = 0;  // fp16 weight vectors in flight per lane and weight row, at one row: 2, 4 or 8
 };
 
 // Whether the fp16 hand kernel can take it: 1 <= rows <= kGemvMaxRows, K % 8 == 0, x, gamma, w 16-byte aligned.
