@@ -167,8 +167,9 @@ def check(ext) -> dict:
             residual = torch.randn(rows, N, device="cuda", generator=gen).half() if res else None
             for kind, w, run in (("fp16", w16.float(), lambda s: ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, s, 0)),
                                  ("int4", wq, lambda s: ext.gemv_q4(x, b, scales, gamma if norm else None, EPS, residual, gated, s))):
-                if w is None or (kind == "int4" and rows * (K // 32) * 36 * 4 > 48 * 1024):
-                    continue  # past q4_gemv_fits: x staged as fp32 beyond 48 KB of shared memory (the op runs cuBLAS)
+                staged = kind == "int4" or norm
+                if w is None or (staged and rows * (K // 32) * 36 * 4 > 48 * 1024):
+                    continue  # past the fits checks: x staged as fp32 beyond 48 KB of shared memory (the op runs cuBLAS)
                 ref = reference(x, w, gamma, residual, gated, norm)
                 for split in (0, 1, 2, 4, 8):
                     err = rel(run(split), ref)
