@@ -152,9 +152,13 @@ __device__ __forceinline__ void stage_x(const Io& io, float4* xs4, float (&rstd)
 // M = 1). Without a norm x (a few KB, L1/L2-resident) is read per vector from global memory; with one it is staged
 // (stage_x), after the first step's weight loads are out, so the staging's latency hides under theirs.
 
+// Weight vectors per row in flight per lane, and warps per column (f16_split), at the shapes measured on an H200 at one
+// row (benchmarks/fused_gemv_probe.py, results/fused_gemv_h200.json: every split x loads-in-flight on LLaMA-1.1B's four
+// projections): a plain projection is fastest with 2 loads in flight and 2 warps per column (K = 2048; 4 warps at K = 5632),
+// the gated one with 4 loads of each row and one warp. Rows 2..4 (unmeasured) keep 2-4 loads and cover a row per step.
 template <int ROWS, int NR>
-__host__ __device__ constexpr int f16_u() {  // weight vectors per row in flight per lane: 8 at M = 1 (a 2048-wide row in one step)
-  return ROWS == 1 ? (NR == 1 ? 8 : 4) : (NR == 1 ? 4 : 2);
+__host__ __device__ constexpr int f16_u() {
+  return ROWS == 1 ? (NR == 1 ? 2 : 4) : (NR == 1 ? 4 : 2);
 }
 
 __device__ __forceinline__ void load8(uint4 xv, float (&xf)[8]) {
@@ -233,20 +237,26 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_f16_kernel(const Io io, const
   if (column_sum<NR * ROWS>(v, io.split, part, lane, live)) store_column<ROWS, NR>(v, rstd, io, col);
 }
 
-// Warps per column: the fewest (1, 2, 4) whose one step of loads covers a row, so that short rows are one round trip
-// and a long row (down's K = 5632) is spread over more warps instead of more serial steps. GemvIO.split overrides.
-int choose_split(int forced, int64_t units_per_row, int units_per_warp_step) {
-  if (forced) return forced;
+// Warps per column for rows 2..4: the fewest (1, 2, 4) whose one step of loads covers a row, so that a long row is
+// spread over more warps instead of more serial steps.
+int cover_split(int64_t units_per_row, int units_per_warp_step) {
   int s = 1;
   while (s < 4 && units_per_row > (int64_t)units_per_warp_step * s) s *= 2;
   return s;
+}
+
+// The fp16 kernel's warps per column (f16_u's comment says where the one-row choice comes from); GemvIO.split overrides.
+int f16_split(const GemvIO& io, int nr, int u) {
+  if (io.split) return io.split;
+  if (io.rows == 1) return nr == 2 ? 1 : io.K >= 4096 ? 4 : 2;
+  return cover_split(io.K / 8, 32 * u);
 }
 
 bool valid_split(int s) { return s == 0 || s == 1 || s == 2 || s == 4 || s == 8; }
 
 template <int ROWS, int NR, bool NORM, int U>
 void launch_f16(const GemvIO& io, const void* w, cudaStream_t s) {
-  const int split = choose_split(io.split, io.K / 8, 32 * U);
+  const int split = f16_split(io, NR, U);
   const int cols = WARPS / split;
   gemv_f16_kernel<ROWS, NR, NORM, U><<<(int)((io.N + cols - 1) / cols), 32 * WARPS, NORM ? staged_bytes(ROWS, io.K) : 0, s>>>(
       device_io(io, split), static_cast<const half*>(w));
