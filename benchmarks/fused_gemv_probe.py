@@ -48,7 +48,7 @@ CPP_SRC = r"""
 
 static archc_ops::GemvIO io_of(const torch::Tensor& x, int64_t N, const std::optional<torch::Tensor>& gamma, double eps,
                                const std::optional<torch::Tensor>& residual, bool gated, int64_t split, torch::Tensor& y,
-                               int64_t unroll = 0) {
+                               int64_t unroll = 0, bool overlap = true) {
   archc_ops::GemvIO io;
   io.x = x.data_ptr();
   io.gamma = gamma ? gamma->data_ptr() : nullptr;
@@ -60,15 +60,16 @@ static archc_ops::GemvIO io_of(const torch::Tensor& x, int64_t N, const std::opt
   io.gated = gated;
   io.split = (int)split;
   io.unroll = (int)unroll;
+  io.overlap = overlap;
   y = torch::empty({io.rows, N}, x.options());
   io.y = y.data_ptr();
   return io;
 }
 
 torch::Tensor gemv(torch::Tensor x, torch::Tensor w, std::optional<torch::Tensor> gamma, double eps,
-                   std::optional<torch::Tensor> residual, bool gated, int64_t split, int64_t unroll) {
+                   std::optional<torch::Tensor> residual, bool gated, int64_t split, int64_t unroll, bool overlap) {
   torch::Tensor y;
-  auto io = io_of(x, gated ? w.size(0) / 2 : w.size(0), gamma, eps, residual, gated, split, y, unroll);
+  auto io = io_of(x, gated ? w.size(0) / 2 : w.size(0), gamma, eps, residual, gated, split, y, unroll, overlap);
   TORCH_CHECK(archc_ops::gemv_fits(io, w.data_ptr()), "gemv_fits refused");
   auto err = archc_ops::launch_gemv(io, w.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err.empty(), err);
@@ -76,9 +77,9 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w, std::optional<torch::Tensor
 }
 
 torch::Tensor gemv_q4(torch::Tensor x, torch::Tensor b, torch::Tensor scales, std::optional<torch::Tensor> gamma, double eps,
-                      std::optional<torch::Tensor> residual, bool gated, int64_t split) {
+                      std::optional<torch::Tensor> residual, bool gated, int64_t split, bool overlap) {
   torch::Tensor y;
-  auto io = io_of(x, gated ? b.size(0) / 2 : b.size(0), gamma, eps, residual, gated, split, y);
+  auto io = io_of(x, gated ? b.size(0) / 2 : b.size(0), gamma, eps, residual, gated, split, y, 0, overlap);
   TORCH_CHECK(archc_ops::q4_gemv_fits(io, b.data_ptr(), 32), "q4_gemv_fits refused");
   auto err = archc_ops::launch_gemv_q4(io, b.data_ptr(), scales.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err.empty(), err);
@@ -165,8 +166,8 @@ def check(ext) -> dict:
         for rows in (1, 2, 3, 4):
             x = (torch.randn(rows, K, device="cuda", generator=gen) * 3).half()
             residual = torch.randn(rows, N, device="cuda", generator=gen).half() if res else None
-            for kind, w, run in (("fp16", w16.float(), lambda s: ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, s, 0)),
-                                 ("int4", wq, lambda s: ext.gemv_q4(x, b, scales, gamma if norm else None, EPS, residual, gated, s))):
+            for kind, w, run in (("fp16", w16.float(), lambda s: ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, s, 0, True)),
+                                 ("int4", wq, lambda s: ext.gemv_q4(x, b, scales, gamma if norm else None, EPS, residual, gated, s, True))):
                 staged = kind == "int4" or norm
                 if w is None or (staged and rows * (K // 32) * 36 * 4 > 48 * 1024):
                     continue  # past the fits checks: x staged as fp32 beyond 48 KB of shared memory (the op runs cuBLAS)
@@ -180,7 +181,7 @@ def check(ext) -> dict:
                 if kind == "fp16" and rows == 1:  # the forced loads-in-flight of the timing below
                     for split in (1, 2, 4):
                         for unroll in (2, 4, 8):
-                            err = rel(ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, split, unroll), ref)
+                            err = rel(ext.gemv(x, w16, gamma if norm else None, EPS, residual, gated, split, unroll, False), ref)
                             if err > TOL:
                                 raise SystemExit(f"kernel wrong: {name} fp16 split {split} unroll {unroll}: {err:.2e}")
                 y = run(0)
@@ -222,19 +223,50 @@ def time_shape(ext, name: str, K: int, N: int, gated: bool, norm: bool, res: boo
     for split in (0, 1, 2, 4):
         for unroll in (0, 2, 4, 8) if split else (0,):
             out[f"fp16_split{split}_u{unroll}_us"] = time_captured(
-                lambda: [ext.gemv(x, w, gamma, EPS, residual, gated, split, unroll) for _ in range(R) for w in w16], L16 * R,
+                lambda: [ext.gemv(x, w, gamma, EPS, residual, gated, split, unroll, True) for _ in range(R) for w in w16], L16 * R,
                 iters) * 1e6
     out["fp16_plain_us"] = time_captured(
-        lambda: [ext.gemv(x, w, None, EPS, None, gated, 0, 0) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
+        lambda: [ext.gemv(x, w, None, EPS, None, gated, 0, 0, True) for _ in range(R) for w in w16], L16 * R, iters) * 1e6
     del w16
     Lq = max(2, weight_mb * 2**20 // (Nw * K // 2))
     q = [q4_weights(Nw, K, gen)[:2] for _ in range(Lq)]
     out["int4_bytes"] = Nw * K // 2 + Nw * K // 32 * 2
     for split in (0, 1, 2, 4):
         out[f"int4_split{split}_us"] = time_captured(
-            lambda: [ext.gemv_q4(x, b, s, gamma, EPS, residual, gated, split) for _ in range(R) for b, s in q], Lq * R, iters) * 1e6
+            lambda: [ext.gemv_q4(x, b, s, gamma, EPS, residual, gated, split, True) for _ in range(R) for b, s in q], Lq * R, iters) * 1e6
     out["int4_plain_us"] = time_captured(
-        lambda: [ext.gemv_q4(x, b, s, None, EPS, None, gated, 0) for _ in range(R) for b, s in q], Lq * R, iters) * 1e6
+        lambda: [ext.gemv_q4(x, b, s, None, EPS, None, gated, 0, True) for _ in range(R) for b, s in q], Lq * R, iters) * 1e6
+    return out
+
+
+def time_chain(ext, layers: int, iters: int) -> dict:
+    """A decode step's projections in order, layer after layer, each with its own weights (LLaMA-1.1B: 1.9 GB fp16, beyond
+    the L2 cache): q|k|v + norm, o + residual, gate|up + norm + SwiGLU, down + residual, captured as one CUDA graph; with
+    programmatic dependent launch (overlap) and without, fp16 and int4; cuBLAS's four F.linear per layer alongside
+    (without the norms, SiLU, Mul and Adds onnxruntime runs as kernels of their own)."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    out = {"layers": layers}
+    ins = {}
+    for name, (K, N, gated, norm, res) in SHAPES.items():
+        ins[name] = (torch.randn(1, K, device="cuda", generator=gen).half(),
+                     (torch.rand(K, device="cuda", generator=gen) + 0.5).half() if norm else None,
+                     torch.randn(1, N, device="cuda", generator=gen).half() if res else None, gated)
+    w16 = [{n: (torch.randn(2 * N if g else N, K, device="cuda", generator=gen) * 0.02).half()
+            for n, (K, N, g, _, _) in SHAPES.items()} for _ in range(layers)]
+    out["cublas_4_linear_us"] = time_captured(lambda: [F.linear(ins[n][0], w) for lw in w16 for n, w in lw.items()], 1, iters) * 1e6
+    for overlap in (False, True):
+        out[f"fp16_overlap{int(overlap)}_us"] = time_captured(
+            lambda: [ext.gemv(ins[n][0], w, ins[n][1], EPS, ins[n][2], ins[n][3], 0, 0, overlap) for lw in w16 for n, w in lw.items()],
+            1, iters) * 1e6
+    del w16
+    wq = [{n: q4_weights(2 * N if g else N, K, gen)[:2] for n, (K, N, g, _, _) in SHAPES.items()} for _ in range(layers)]
+    for overlap in (False, True):
+        out[f"int4_overlap{int(overlap)}_us"] = time_captured(
+            lambda: [ext.gemv_q4(ins[n][0], b, sc, ins[n][1], EPS, ins[n][2], ins[n][3], 0, overlap) for lw in wq for n, (b, sc) in lw.items()],
+            1, iters) * 1e6
     return out
 
 
@@ -262,8 +294,10 @@ def main() -> int:
         print(json.dumps(r), flush=True)
         rows.append(r)
     per_layer = {k: sum(r[k] for r in rows) for k in rows[0] if k.endswith("_us")}
+    chain = time_chain(ext, args.layers, args.iters)
+    print(json.dumps({"chain": chain}), flush=True)
     result = {"environment": env, "checks": checks, "shapes": rows,
-              "per_layer_us": per_layer, "per_step_ms": {k: v * args.layers / 1e3 for k, v in per_layer.items()}}
+              "per_layer_us": per_layer, "chain_us": chain, "per_step_ms": {k: v * args.layers / 1e3 for k, v in per_layer.items()}}
     print(json.dumps({"per_layer_us": per_layer}), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

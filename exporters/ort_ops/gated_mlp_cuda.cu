@@ -51,6 +51,23 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
 
+// Programmatic dependent launch (sm_90+; launch_overlapped below): a projection kernel may be launched before the kernel
+// ahead of it on the stream has finished. Its weights are constant, so each lane issues its first weight loads at once
+// and only then waits for the previous grid (its x, residual and y are that grid's to finish with): the launch and the
+// first DRAM round trip hide under the previous kernel's tail. After its main loop it lets the next such kernel launch.
+// Both are no-ops in a kernel launched without the attribute, and compiled out below sm_90.
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void let_next_grid_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 // Sums V per-lane values over the warp, then over the `split` consecutive warps of a column through shared memory.
 // True in the one lane that then holds the column's sums (its part-0 warp's lane 0). Every thread of the block must
 // call it (the barrier), live or not.
@@ -205,6 +222,7 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_f16_kernel(const Io io, const
   for (int n = 0; n < NR; ++n) rows[n] = reinterpret_cast<const uint4*>(w + (size_t)(live ? n * io.N + col : 0) * io.K);
   uint4 wv[NR][U];
   f16_load<NR, U>(rows, k_first, stride, KV, wv);
+  wait_for_previous_grid();
   float rstd[ROWS];
   if (NORM) {
     stage_x<ROWS, true>(io, xs4, rstd);
@@ -234,6 +252,7 @@ __global__ void __launch_bounds__(32 * WARPS) gemv_f16_kernel(const Io io, const
       }
     }
   }
+  let_next_grid_launch();
   if (column_sum<NR * ROWS>(v, io.split, part, lane, live)) store_column<ROWS, NR>(v, rstd, io, col);
 }
 
@@ -252,14 +271,52 @@ int f16_split(const GemvIO& io, int nr, int u) {
   return cover_split(io.K / 8, 32 * u);
 }
 
+// Whether this device and driver take programmatic dependent launch (compute capability 9.0+, CUDA 12.3+ driver, from
+// which stream capture records it as a programmatic graph edge). Asked once per device.
+bool device_overlaps_launches() {
+  static std::mutex lock;
+  static int known[64];  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  std::lock_guard<std::mutex> g(lock);
+  if (!known[dev]) {
+    int major = 0, driver = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDriverGetVersion(&driver);
+    known[dev] = major >= 9 && driver >= 12030 ? 1 : 2;
+  }
+  return known[dev] == 1;
+}
+
+// A projection kernel's launch: with the programmatic-stream-serialization attribute where the device takes it and
+// GemvIO.overlap asks for it (see wait_for_previous_grid), else a plain launch.
+template <typename... P, typename... A>
+void launch_overlapped(bool overlap, void (*kernel)(P...), int blocks, size_t smem, cudaStream_t s, A... args) {
+  if (overlap && device_overlaps_launches()) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(32 * WARPS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, args...);
+    return;
+  }
+  kernel<<<blocks, 32 * WARPS, smem, s>>>(args...);
+}
+
 bool valid_split(int s) { return s == 0 || s == 1 || s == 2 || s == 4 || s == 8; }
 
 template <int ROWS, int NR, bool NORM, int U>
 void launch_f16(const GemvIO& io, const void* w, cudaStream_t s) {
   const int split = f16_split(io, NR, U);
   const int cols = WARPS / split;
-  gemv_f16_kernel<ROWS, NR, NORM, U><<<(int)((io.N + cols - 1) / cols), 32 * WARPS, NORM ? staged_bytes(ROWS, io.K) : 0, s>>>(
-      device_io(io, split), static_cast<const half*>(w));
+  launch_overlapped(io.overlap, gemv_f16_kernel<ROWS, NR, NORM, U>, (int)((io.N + cols - 1) / cols),
+                    NORM ? staged_bytes(ROWS, io.K) : 0, s, device_io(io, split), static_cast<const half*>(w));
 }
 
 // The 16 (rows, gated, norm) instantiations of a kernel family, chosen at run time.
@@ -395,6 +452,7 @@ __global__ void __launch_bounds__(32 * WARPS, q4_min_blocks(ROWS))
   uint4 wq[NR][Q4_U];
   float sc[NR][Q4_U];
   if (live) q4_load<NR>(rb, rs, j_first, stride, KB, wq, sc);
+  wait_for_previous_grid();
   float rstd[ROWS];
   stage_x<ROWS, NORM>(io, xs4, rstd);
   float acc[NR * ROWS] = {};
@@ -427,6 +485,7 @@ __global__ void __launch_bounds__(32 * WARPS, q4_min_blocks(ROWS))
       }
     }
   }
+  let_next_grid_launch();
   if (column_sum<NR * ROWS>(acc, io.split, part, lane, live)) store_column<ROWS, NR>(acc, rstd, io, col);
 }
 
@@ -436,8 +495,8 @@ struct Q4 {
   static void run(const GemvIO& io, const void* b, const void* scales, cudaStream_t s) {
     const int split = io.split ? io.split : 1;  // measured: one warp per column beat 2 and 4 on every decode shape
     const int cols = WARPS / split;
-    gemv_q4_kernel<ROWS, NR, NORM><<<(int)((io.N + cols - 1) / cols), 32 * WARPS, staged_bytes(ROWS, io.K), s>>>(
-        device_io(io, split), static_cast<const uint4*>(b), static_cast<const half*>(scales));
+    launch_overlapped(io.overlap, gemv_q4_kernel<ROWS, NR, NORM>, (int)((io.N + cols - 1) / cols), staged_bytes(ROWS, io.K), s,
+                      device_io(io, split), static_cast<const uint4*>(b), static_cast<const half*>(scales));
   }
 };
 

@@ -27,6 +27,9 @@ struct GemvIO {
   // Tuning knobs benchmarks/fused_gemv_probe.py forces; 0 (what the ops pass) lets the kernels choose.
   int split = 0;   // warps per output column: 1, 2, 4 or 8
   int unroll = 0;  // fp16 weight vectors in flight per lane and weight row, at one row: 2, 4 or 8
+  // Programmatic dependent launch (sm_90+): the kernel starts streaming its weights before the previous kernel on the
+  // stream has finished, and waits for it before touching x, residual or y. The probe turns it off to measure it.
+  bool overlap = true;
 };
 
 // Whether the fp16 hand kernel can take it: 1 <= rows <= kGemvMaxRows, K % 8 == 0, x, gamma, w 16-byte aligned.
