@@ -134,7 +134,7 @@ def placement(model_dir: Path, run_once, log_path: Path, device: str = "cuda") -
             "kv_cache": s.kv_cache, "memcpy_nodes": memcpy, "runner_cuda_graph": graph_session.cuda_graph}
 
 
-def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> dict:
+def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda", kernels: str = "onnxruntime") -> dict:
     import numpy as np
     import torch
 
@@ -148,8 +148,9 @@ def check_family(family: str, work: Path, log_path: Path, dev: str = "cuda") -> 
     spec = load_spec(ROOT / path, sets + [f"name={family}-small"])
     graph = archc.compile(spec)
     model_dir = work / f"{family}-small-cuda-fp16"
-    res = export(graph, model_dir, target="cuda" if dev == "cuda" else "portable", dtype="fp16" if dev == "cuda" else "fp32")
-    out: dict = {"family": family, "sets": sets, "params": archc.cost.cost(graph).params,
+    res = export(graph, model_dir, target="cuda" if dev == "cuda" else "portable", dtype="fp16" if dev == "cuda" else "fp32",
+                 kernels=kernels)
+    out: dict = {"family": family, "sets": sets, "params": archc.cost.cost(graph).params, "kernels": kernels,
                  "lowering": res.lowering}
 
     # left-padded batch of two prompts (lengths 12 and 9)
@@ -236,8 +237,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder of gpu_checks.json and gpu_checks.log (made if absent)")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the plumbing (portable fp32)")
+    ap.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
+                    help="the export's `archc compile --kernels` (archc: archc's own CUDA ops where they fit; needs --device cuda)")
     outputs.add_force(ap)
     args = ap.parse_args()
+    if args.kernels == "archc" and args.device != "cuda":
+        ap.error(f"--kernels archc needs --device cuda (archc's ops are for the cuda target), not --device {args.device}")
     log_path = args.out / "gpu_checks.log"
     outputs.check_outputs(ap, args.force, ("--out", args.out / "gpu_checks.json"), ("--out", log_path))
     import torch
@@ -250,7 +255,7 @@ def main() -> int:
     report = {"environment": environment(), "families": {}}
     for fam in args.families.split(","):
         try:
-            report["families"][fam] = check_family(fam, work, log_path, args.device)
+            report["families"][fam] = check_family(fam, work, log_path, args.device, args.kernels)
         except Exception as e:  # keep going: one family's failure must not hide the others
             import traceback
 
