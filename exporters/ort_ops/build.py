@@ -1,4 +1,5 @@
-"""Building archc's onnxruntime custom-op library (archc.GatedMLP: gated_mlp.cc, gated_mlp_cuda.cu).
+"""Building archc's onnxruntime custom-op library (archc.GatedMLP, GatedMLPNBits, Linear, LinearNBits: gated_mlp.cc,
+gated_mlp_cuda.cu).
 
     python3 -m exporters.ort_ops.build --cuda -o out/archc_ort_ops.so   # nvcc: CPU + CUDA kernels
     python3 -m exporters.ort_ops.build --cpu -o out/archc_ort_ops_cpu.so  # g++: the CPU kernel alone
@@ -210,7 +211,8 @@ def build(kind: Kind) -> Path:
 
 
 def info(lib: Path) -> dict[str, str]:
-    """What a library says of itself (archc_ort_ops_info: 'name=archc-ort-ops;version=1;kernels=cpu,cuda');
+    """What a library says of itself (archc_ort_ops_info:
+    'name=archc-ort-ops;version=2;ops=GatedMLP,GatedMLPNBits,Linear,LinearNBits;kernels=cpu,cuda');
     UserError when the file is not one of ours or cannot be loaded here."""
     try:
         h = ctypes.CDLL(str(lib))

@@ -70,4 +70,4 @@ def test_bad_weight_shape_is_one_error_naming_the_op(w_shape, why):
 def test_library_reports_its_kernels():
     from exporters.ort_ops.build import info
 
-    assert info(cpu_library()) == {"name": "archc-ort-ops", "version": "1", "ops": "GatedMLP,GatedMLPNBits", "kernels": "cpu"}
+    assert info(cpu_library()) == {"name": "archc-ort-ops", "version": "2", "ops": "GatedMLP,GatedMLPNBits,Linear,LinearNBits", "kernels": "cpu"}
