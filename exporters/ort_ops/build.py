@@ -48,6 +48,8 @@ HEADERS_DEB_SHA256 = "4630a94adb36dc056feb124e51c6e952e2cab5188bc093a25bee8a7e1a
 HEADERS_NAME = "onnxruntime-dev-1.23.2"  # the cache folder: include/onnxruntime/*.h below it
 HEADERS_MEMBER = "./usr/include/onnxruntime/"
 
+# The ops this source defines (archc_ort_ops_info's ops=, version 2): a prebuilt library lacking one is refused.
+OPS = ("GatedMLP", "GatedMLPNBits", "Linear", "LinearNBits")
 LIBRARY_FILE = ORT_OPS_FILE  # its name inside a compiled model folder (and in the build cache)
 ENV_INCLUDE = "ARCHC_ORT_INCLUDE"
 ENV_LIB = "ARCHC_ORT_OPS_LIB"
@@ -233,10 +235,15 @@ def library(kind: Kind) -> Path:
     if not lib.is_file():
         raise UserError(f"{ENV_LIB}={given}: no such file; point it at a library built with "
                         f"`python3 -m exporters.ort_ops.build --{kind.value} -o FILE`, or unset it")
-    kernels = info(lib).get("kernels", "").split(",")
+    said = info(lib)
+    kernels = said.get("kernels", "").split(",")
     if kind.value not in kernels:
         raise UserError(f"{ENV_LIB}={given}: holds {'/'.join(kernels)} kernels, not {kind.value}; build it with "
                         f"`python3 -m exporters.ort_ops.build --{kind.value} -o FILE`")
+    missing = [op for op in OPS if op not in said.get("ops", "").split(",")]
+    if missing:  # an older build: a model using these ops would fail when onnxruntime loads it, far from the cause
+        raise UserError(f"{ENV_LIB}={given}: an older archc op library (version {said.get('version', '?')}) without "
+                        f"{', '.join(missing)}; rebuild it with `python3 -m exporters.ort_ops.build --{kind.value} -o FILE`")
     return lib
 
 

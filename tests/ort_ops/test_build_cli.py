@@ -32,3 +32,18 @@ def test_existing_headers_out_is_refused_before_anything_is_written(tmp_path, mo
     else:  # the control: with --force both are written
         assert rc == 0 and out.read_bytes() == b"lib" and (hdr / "onnxruntime_cxx_api.h").exists()
     assert (hdr / "mine.h").read_text() == "// the user's\n"
+
+
+@pytest.mark.parametrize("ops,refused", [("GatedMLP,GatedMLPNBits", "without Linear, LinearNBits"), (",".join(build.OPS), None)])
+def test_a_prebuilt_library_without_the_ops_is_refused(tmp_path, monkeypatch, ops, refused):
+    from archc.errors import UserError
+
+    lib = tmp_path / "old.so"
+    lib.write_bytes(b"lib")
+    monkeypatch.setenv(build.ENV_LIB, str(lib))
+    monkeypatch.setattr(build, "info", lambda p: {"name": "archc-ort-ops", "version": "1", "ops": ops, "kernels": "cpu,cuda"})
+    if refused is None:  # the control: every op there
+        assert build.library(build.Kind.cuda) == lib
+        return
+    with pytest.raises(UserError, match=rf"old\.so: an older archc op library \(version 1\) {refused}; rebuild it"):
+        build.library(build.Kind.cuda)
