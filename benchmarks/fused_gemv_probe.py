@@ -27,6 +27,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import outputs
 from benchmarks.gemv_layout import R, time_captured
 
 OPS_DIR = Path(__file__).resolve().parent.parent / "exporters" / "ort_ops"
@@ -277,10 +278,14 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=22, help="layers of the decode step the projections are summed over")
     ap.add_argument("--build-dir", type=Path, default=Path("/tmp/archc_fused_gemv_probe"))
     ap.add_argument("--out", type=Path, help="JSON file (an existing one: --force)")
-    ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    outputs.add_force(ap)
     args = ap.parse_args()
-    if args.out and args.out.exists() and not args.force:  # benchmarks.outputs needs archc (pydantic): not on a bare card
-        ap.error(f"--out {args.out} exists; pass --force to replace it")
+    try:
+        outputs.check_outputs(ap, args.force, ("--out", args.out))
+    except ModuleNotFoundError:  # a bare card's torch, without archc's dependencies (pydantic): the same refusal, plainly
+        if args.out and args.out.exists() and not args.force:
+            print(f"{ap.prog}: --out {args.out}: exists; add --force to replace it", file=sys.stderr)
+            raise SystemExit(2) from None
     import torch
 
     # Not archc.bench.harness: this probe runs on a card's bare torch (archc's package needs pydantic).

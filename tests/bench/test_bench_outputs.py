@@ -22,6 +22,7 @@ CASES = {
     "ab_decode": (lambda t: ["--device", "cpu", "--work", str(t / "w"), "--out", str(t / "ab.json")], "ab.json", "--out"),
     "export_cpu": (lambda t: ["--json", str(t / "e.json")], "e.json", "--json"),
     "gemv_kernel_probe": (lambda t: ["--build-dir", str(t / "b"), "--out", str(t / "g.json")], "g.json", "--out"),
+    "fused_gemv_probe": (lambda t: ["--build-dir", str(t / "b"), "--out", str(t / "g.json")], "g.json", "--out"),
     "gemv_layout": (lambda t: ["--out", str(t / "g.json")], "g.json", "--out"),
     "genai_compare": (lambda t: [str(t / "c.json"), "--tiny", "--device", "cpu", "--work-dir", str(t / "w")], "c.json", "OUT.json"),
     "genai_cuda_graph": (lambda t: [str(t / "c.json")], "c.json", "OUT_JSON"),
