@@ -28,7 +28,12 @@ recorded in the model's `archc.lowering` metadata):
   (gate|up interleaved in fc1; _lower_qmoe) where QMoE can take it (_qmoe_unfit): measured slower overall.
   With --kernels archc (Ctx.kernels), GateUp.archc_op: an fp16 SwiGLU MLP's gate|up, SiLU and Mul as one archc.GatedMLP
   custom op (exporters/ort_ops; _lower_archc_op) where it can take the MLP (_archc_op_unfit); with --quant int4 sym b32
-  one archc.GatedMLPNBits on one_gemm's stacked MatMulNBits bytes (_nbits_op_unfit), down staying MatMulNBits.
+  one archc.GatedMLPNBits on one_gemm's stacked MatMulNBits bytes (_nbits_op_unfit).
+- --kernels archc also makes q|k|v (GroupQueryAttention's packed GEMM, MultiHeadAttention's), o and down archc.Linear
+  (-NBits) where they fit, folds an RMSNorm into the projections that read it (gamma input) and a residual Add into the
+  projection that feeds it (residual input): no SkipSimplifiedLayerNormalization is left in a LLaMA-style layer. The plan
+  decides it (exporters/onnx_archc_folds.py); a norm whose residual sum an archc Linear made and that no archc op takes
+  (the final norm) is a SimplifiedLayerNormalization; everything not folded keeps the fusions above.
 
 Why node counts matter: where CUDA graphs are out (MultiHeadAttention: BLOOM, GLM), a decode step is
 bound by onnxruntime's ~7 us of host time per node (benchmarks/node_count.py counts them per layer).
@@ -47,7 +52,9 @@ from onnx import TensorProto
 from archc.components import ComponentKind, NormSettings, UnknownSetting
 from archc.dtypes import DType
 from archc.spec import Activation, MaskKind, NormKind
+from exporters import onnx_archc_folds as folds_
 from exporters import onnx_lowering_portable as portable
+from exporters.onnx_archc_folds import ArchcFolds
 from exporters.onnx_export import ORT_OPS_DOMAIN, Ctx, Kernels, KvCache, WeightLayout, input_of, inputs_of
 from exporters.quantize import qmoe_weight
 
@@ -97,6 +104,15 @@ MS = "com.microsoft"
 I32 = TensorProto.INT32
 
 
+class AttentionOp(str, Enum):
+    """Which operator an attention node becomes on this target (_attention_op)."""
+
+    gqa_packed = "gqa_packed"  # GroupQueryAttention on one packed q|k|v GEMM (_qkv_packed), RoPE inside the op
+    gqa_rotary = "gqa_rotary"  # partial rotary width: q, k, v apart, com.microsoft RotaryEmbedding, GroupQueryAttention
+    mha = "mha"  # com.microsoft MultiHeadAttention (GroupQueryAttention cannot take it, MultiHeadAttention can)
+    portable = "portable"  # the portable Attention (neither can)
+
+
 # ------------------------------------------------------------------------------------------------
 # The plan: decided once, before any node is lowered
 
@@ -120,7 +136,9 @@ class CudaPlan:
     skip_fuse: dict[str, str]  # residual node -> the norm node whose SkipLayerNormalization emits it
     bias_fold: dict[str, str]  # branch node -> its output-projection bias, added inside that SkipLayerNormalization
     gqa_unfit: dict[str, str | None]  # attention node -> why GroupQueryAttention cannot take it (None: it can)
+    attention_op: dict[str, AttentionOp]  # attention node -> the operator it becomes
     rotated_once: bool  # every attention is a GroupQueryAttention: the stream is rotated into its layout once
+    archc: ArchcFolds = field(default_factory=ArchcFolds)  # --kernels archc: projections, norms, residuals its ops take
     layout: PackedLayout | None = field(default=None)  # made on first use, then shared
 
 
@@ -128,23 +146,91 @@ def plan(ctx: Ctx) -> None:
     g = ctx.graph
     ctx.weight_layout = WEIGHT_LAYOUT
     order = {n: i for i, n in enumerate(g.nodes())}
-    fuse: dict[str, str] = {}
-    for n in g.nodes(ComponentKind.norm):
-        r = g.input_of(n, "x")
-        if r is None or g.node(r)["kind"] != ComponentKind.residual.value or g.settings(r).alpha != 1.0:
-            continue
-        if not _skip_fusable(n, g.settings(n)):
-            continue
-        consumers = sorted(g.g.successors(r), key=order.__getitem__)
-        if consumers[0] != n:
-            continue
-        fuse[r] = n
     attn = g.nodes(ComponentKind.attention)
     reasons = {a: gqa_unfit(ctx, a) for a in attn}
+    ops = {a: _attention_op(ctx, a, reasons[a]) for a in attn}
+    archc = _plan_archc(ctx, order, ops)
+    # residuals in graph order: a residual's skip (an earlier residual) is decided before it (folds_.fold_residual)
+    fuse: dict[str, str] = {}
+    set_at = dict(order)  # where each node's ONNX value is made: a skip-fused residual's by its norm
+    for r in sorted(g.nodes(ComponentKind.residual), key=order.__getitem__):
+        if ctx.kernels is Kernels.archc and folds_.fold_residual(ctx, r, order, set_at, archc):
+            continue
+        n = _skip_fuse_norm(ctx, r, order, archc.folded_norms())
+        if n is not None:
+            fuse[r], set_at[r] = n, order[n]
     rotated_once = bool(attn) and all(r is None for r in reasons.values())
-    ctx.cuda_plan = CudaPlan(skip_fuse=fuse, bias_fold=_bias_folds(ctx, fuse), gqa_unfit=reasons, rotated_once=rotated_once)
+    ctx.cuda_plan = CudaPlan(skip_fuse=fuse, bias_fold=_bias_folds(ctx, fuse), gqa_unfit=reasons, attention_op=ops,
+                             rotated_once=rotated_once, archc=archc)
     if rotated_once:
         ctx.kv_cache = KvCache.shared  # past and present may be one max-length buffer (GQA)
+
+
+def _skip_fuse_norm(ctx: Ctx, r: str, order: dict[str, int], folded: set[str]) -> str | None:
+    """The norm whose SkipLayerNormalization-family op emits residual `r` (its sum is the op's output 3), or None:
+    the norm reading r first in graph order (so the sum exists before anything else reads it), alpha 1, an op of the
+    family computes it, and no archc op took the norm (folds_)."""
+    g = ctx.graph
+    if g.settings(r).alpha != 1.0:
+        return None
+    consumers = sorted(g.g.successors(r), key=order.__getitem__)
+    if not consumers:
+        return None
+    n = consumers[0]
+    if g.node(n)["kind"] != ComponentKind.norm.value or g.input_of(n, "x") != r or n in folded:
+        return None
+    return n if _skip_fusable(n, g.settings(n)) else None
+
+
+def _plan_archc(ctx: Ctx, order: dict[str, int], ops: dict[str, AttentionOp]) -> ArchcFolds:
+    """--kernels archc: which projections and norms archc's ops take (exporters/onnx_archc_folds.py), from what this
+    lowering does with each node; nothing for --kernels onnxruntime."""
+    if ctx.kernels is Kernels.onnxruntime:
+        return ArchcFolds()
+    if ctx.kernels is not Kernels.archc:
+        raise UnknownSetting("kernels", "kernels", ctx.kernels, LOWERING)
+    g = ctx.graph
+    qkv_why = {a: _qkv_gemm_unfit(op) for a, op in ops.items()}
+    out_why: dict[str, str | None] = {a: _o_gemm_unfit(op) for a, op in ops.items()}
+    gated_why = {}
+    for m in g.nodes(ComponentKind.mlp):
+        route, not_archc = _mlp_route(ctx, m, g.node(m))
+        out_why[m] = _down_gemm_unfit(route)
+        gated_why[m] = None if route is GateUp.archc_op else not_archc
+    return folds_.plan_folds(ctx, order, qkv_why, out_why, gated_why)
+
+
+def _qkv_gemm_unfit(op: AttentionOp) -> str | None:
+    """Why an attention's q|k|v is not one plain GEMM an archc Linear could be (None: it is, _qkv_packed)."""
+    if op in (AttentionOp.gqa_packed, AttentionOp.mha):
+        return None
+    if op is AttentionOp.gqa_rotary:
+        return "partial rotary width: q, k and v apart"
+    if op is AttentionOp.portable:
+        return "the portable Attention's own projections"
+    raise UnknownSetting("attention", "op", op, LOWERING)
+
+
+def _o_gemm_unfit(op: AttentionOp) -> str | None:
+    """Why an attention's o projection is not one this lowering emits (None: it is)."""
+    if op in (AttentionOp.gqa_packed, AttentionOp.gqa_rotary, AttentionOp.mha):
+        return None
+    if op is AttentionOp.portable:
+        return "the portable Attention's own projections"
+    raise UnknownSetting("attention", "op", op, LOWERING)
+
+
+def _down_gemm_unfit(route: GateUp | None) -> str | None:
+    """Why an MLP's down projection is not one this lowering emits (None: it is), by its _mlp_route."""
+    if route is None or route in (GateUp.archc_op, GateUp.one_gemm, GateUp.two_gemms):
+        return None
+    if route is GateUp.qmoe:
+        return "down inside QMoE"
+    raise UnknownSetting("mlp", "gate_up", route, LOWERING)
+
+
+def _archc(ctx: Ctx) -> ArchcFolds:
+    return _plan(ctx).archc
 
 
 def _skip_fusable(name: str, s: NormSettings) -> bool:
@@ -211,19 +297,46 @@ def _skip_op(name: str, s: NormSettings) -> str:
 
 
 def lower_residual(ctx: Ctx, name: str, node: dict):
+    archc = _archc(ctx)
+    if name in archc.residual_out:  # the last branch's archc Linear made the sum (onnx_archc_folds)
+        out = ctx.env[archc.residual_out[name]]
+        for b in archc.residual_rest[name]:
+            out = ctx.op("Add", [out, ctx.env[b]])
+        ctx.lowering[name] = folds_.residual_words(ctx, archc, name)
+        return out
     fused_into = _plan(ctx).skip_fuse.get(name)
     if fused_into is None:
-        return portable.lower_residual(ctx, name, node)
-    ctx.lowering[name] = f"cuda:{_skip_op(fused_into, ctx.graph.settings(fused_into))} (fused into {fused_into})"
-    return None  # the norm node emits the sum
+        y = portable.lower_residual(ctx, name, node)
+        how = "portable"
+    else:
+        y = None  # the norm node emits the sum
+        how = f"cuda:{_skip_op(fused_into, ctx.graph.settings(fused_into))} (fused into {fused_into})"
+    ctx.lowering[name] = how + (f" (not folded into an archc Linear: {archc.residual_why[name]})" if name in archc.residual_why else "")
+    return y
 
 
 def lower_norm(ctx: Ctx, name: str, node: dict):
+    archc = _archc(ctx)
+    if name in archc.folded_norms():  # its consumers apply it (onnx_archc_folds.stream_in): no op, no value
+        ctx.lowering[name] = folds_.norm_words(ctx, archc, name)
+        return None
+    not_folded = f" (not folded into archc ops: {archc.norm_why[name]})" if name in archc.norm_why else ""
+    y = _lower_norm(ctx, name, node)
+    ctx.lowering[name] = ctx.lowering.get(name, "portable") + not_folded
+    return y
+
+
+def _lower_norm(ctx: Ctx, name: str, node: dict):
     r = ctx.graph.input_of(name, "x")
     plan_ = _plan(ctx)
+    s: NormSettings = node["settings"]
+    if r in plan_.archc.residual_out and s.norm is NormKind.rmsnorm and not s.bias:
+        # the sum came out of an archc Linear: the norm alone, onnxruntime's fused RMSNorm kernel (fp32 statistics)
+        ctx.lowering[name] = "cuda:SimplifiedLayerNormalization (on the residual sum an archc Linear made)"
+        return ctx.op("SimplifiedLayerNormalization", [input_of(ctx, name, "x"), portable.norm_scale(ctx, name, node)],
+                      axis=-1, epsilon=float(s.eps), stash_type=1)
     if plan_.skip_fuse.get(r) != name:
         return portable.lower_norm(ctx, name, node)
-    s: NormSettings = node["settings"]
     op = _skip_op(name, s)
     skip, branches = input_of(ctx, r, "skip"), inputs_of(ctx, r, "branch")
     x = branches[0] if len(branches) == 1 else ctx.op("Sum", branches)
@@ -264,26 +377,49 @@ def gqa_unfit(ctx: Ctx, name: str) -> str | None:
     return mask_reason
 
 
+def _mha_unfit(ctx: Ctx, s) -> str | None:
+    """Why MultiHeadAttention cannot take an attention node GroupQueryAttention cannot take (None: it can).
+    Its CUDA kernel is registered for float and float16 only (onnxruntime 1.31): a bf16 model would have no kernel
+    for it anywhere, so bf16 takes the portable Attention."""
+    if ctx.dtype is DType.bfloat16:
+        return "no bf16 CUDA kernel"
+    if s.kv_heads < s.n_heads:
+        return "kv_heads < n_heads"
+    return None
+
+
+def _attention_op(ctx: Ctx, name: str, gqa_reason: str | None) -> AttentionOp:
+    g = ctx.graph
+    s = g.settings(name)
+    if gqa_reason is not None:
+        return AttentionOp.portable if _mha_unfit(ctx, s) is not None else AttentionOp.mha
+    rot = g.input_of(name, "rotary")
+    if rot is None or g.settings(rot).rotary_dim == s.head_dim:
+        return AttentionOp.gqa_packed
+    return AttentionOp.gqa_rotary
+
+
 def lower_attention(ctx: Ctx, name: str, node: dict):
     portable.check_kernel(name, node["settings"].kernel)  # onnxruntime picks the kernel (see check_kernel)
     y = _lower_attention(ctx, name, _without_folded_bias(ctx, name, node))
+    if ctx.kernels is Kernels.archc:
+        archc = _archc(ctx)
+        ctx.lowering[name] += f"; {folds_.words(ctx, archc, name, folds_.QKV)} + {folds_.words(ctx, archc, name, folds_.O)}"
     _note_folded_bias(ctx, name)
     return y
 
 
 def _lower_attention(ctx: Ctx, name: str, node: dict):
     reason = _plan(ctx).gqa_unfit[name]
-    if reason is not None:
-        # MultiHeadAttention's CUDA kernel is registered for float and float16 only (onnxruntime 1.31):
-        # a bf16 model would have no kernel for it anywhere, so bf16 takes the portable Attention
-        if ctx.dtype is DType.bfloat16:
-            why_not = "no bf16 CUDA kernel"
-        elif node["settings"].kv_heads < node["settings"].n_heads:
-            why_not = "kv_heads < n_heads"
-        else:
-            return _multi_head_attention(ctx, name, node, reason)
+    op = _plan(ctx).attention_op[name]
+    if op is AttentionOp.mha:
+        return _multi_head_attention(ctx, name, node, reason)
+    if op is AttentionOp.portable:
+        why_not = _mha_unfit(ctx, node["settings"])
         ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: {why_not})"
         return portable.lower_attention(ctx, name, node)
+    if op not in (AttentionOp.gqa_packed, AttentionOp.gqa_rotary):
+        raise UnknownSetting(name, "attention op", op, LOWERING)
     s, p = node["settings"], node["params"]
     am = ctx.env["attention_mask"]
     rot = input_of(ctx, name, "rotary")
@@ -297,7 +433,7 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
     past_k, past_v = portable.cache_io(ctx, node)
     attrs = dict(domain=MS, num_heads=s.n_heads, kv_num_heads=s.kv_heads, scale=float(s.softmax_scale),
                  local_window_size=window if window else -1)
-    if rot is None or rot.dim == s.head_dim:
+    if op is AttentionOp.gqa_packed:
         # one q|k|v projection, packed into the op's query input; RoPE inside the op, at the
         # packed layout's positions, which are cumsum(mask) - 1 (see _packed_layout)
         qkv = _qkv_packed(ctx, name, node)
@@ -312,7 +448,7 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
         else:
             how = "GroupQueryAttention (packed qkv)"
         y, pk, pv = ctx.op("GroupQueryAttention", ins, 3, **attrs)
-    else:  # partial rotary width: com.microsoft RotaryEmbedding in front of the op
+    elif op is AttentionOp.gqa_rotary:  # partial rotary width: com.microsoft RotaryEmbedding in front of the op
         q, k, v = portable.qkv(ctx, name, node)
         cos, sin = rot.cache(ctx)
         kw = dict(interleaved=rot.interleaved, rotary_embedding_dim=rot.dim, domain=MS)
@@ -321,11 +457,13 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
         q, k, v = (to_packed(t) for t in (q, k, v))
         y, pk, pv = ctx.op("GroupQueryAttention", [q, k, v, past_k, past_v, lay.seqlens_k, lay.total], 3, **attrs)
         how = "RotaryEmbedding + GroupQueryAttention"
+    else:
+        raise UnknownSetting(name, "attention op", op, LOWERING)
     if not once:
         y = ctx.op("GatherND", [y, lay.from_packed], batch_dims=1)
     portable.cache_out(ctx, node, pk, pv, dim="present_sequence_length")
     ctx.lowering[name] = f"cuda:{how}"
-    return portable.linear(ctx, y, f"{name}.o", p)
+    return folds_.out_projection(ctx, _archc(ctx), name, y, folds_.O, p)
 
 
 def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
@@ -356,11 +494,18 @@ def _multi_head_attention(ctx: Ctx, name: str, node: dict, why: str) -> str:
     portable.cache_out(ctx, node, pk, pv)
     how = "q|k|v one GEMM + Split" + (", bias inside the op" if bias_inside else ", bias Add before RoPE" if "q.bias" in p else "")
     ctx.lowering[name] = f"cuda:MultiHeadAttention (not GroupQueryAttention: {why}; {how})"
-    return portable.linear(ctx, y, f"{name}.o", p)
+    return folds_.out_projection(ctx, _archc(ctx), name, y, folds_.O, p)
 
 
 def _qkv_packed(ctx: Ctx, name: str, node: dict, add_bias: bool = True) -> str:
-    """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv] unless add_bias is False): one GEMM, [B, S, (H + 2 KV) * hd]."""
+    """x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv] unless add_bias is False): one GEMM, [B, S, (H + 2 KV) * hd]; with
+    --kernels archc one archc Linear where it fits, applying the RMSNorm in front where the plan folded it (then x is
+    the norm's input, onnx_archc_folds.stream_in)."""
+    archc, fulls = _archc(ctx), [f"{name}.{t}.weight" for t in "qkv"]
+    if folds_.is_linear(ctx, archc, name, folds_.QKV):  # no bias (onnx_archc_folds.linear_unfit)
+        x, norm = folds_.stream_in(ctx, archc, name)
+        return folds_.linear(ctx, x, fulls, f"{name}.qkv.weight", norm=norm)
+    assert name not in archc.gamma, "a folded norm's consumers compute their first projection as an archc op"
     x, p = input_of(ctx, name, "x"), node["params"]
     y = ctx.matmul_wt(x, [f"{name}.{t}.weight" for t in "qkv"], f"{name}.qkv.weight")
     if add_bias and "q.bias" in p:
@@ -456,37 +601,55 @@ def lower_mlp(ctx: Ctx, name: str, node: dict):
     return y
 
 
-def _lower_mlp(ctx: Ctx, name: str, node: dict):
-    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)), gate and up per GATE_UP: two GEMMs, or one
-    GEMM x @ [Wg; Wu]^T, [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation
-    op with both a CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so the halves need a Split; SiLU's
-    x*Sigmoid(x) is fused by onnxruntime (QuickGelu)."""
+def _mlp_route(ctx: Ctx, name: str, node: dict) -> tuple[GateUp | None, str]:
+    """How this lowering computes an MLP's gate and up (None: not a gated MLP it takes, so the portable lowering's),
+    and why archc.GatedMLP cannot take it where --kernels archc asked for it ("" where it can, or was not asked)."""
     p = node["params"]
+    archc = ctx.kernels is Kernels.archc
+    if not archc and ctx.kernels is not Kernels.onnxruntime:
+        raise UnknownSetting(name, "kernels", ctx.kernels, LOWERING)
     if "gate.weight" not in p or ("gate.bias" in p) != ("up.bias" in p):
-        y = portable.lower_mlp(ctx, name, node)
-        if ctx.kernels is Kernels.archc:
-            why = "no gate (not a gated MLP)" if "gate.weight" not in p else "gate/up biases"
-            ctx.lowering[name] = f"{ctx.lowering.get(name, 'portable')} (not archc.GatedMLP: {why})"
-        return y
-    act = node["settings"].activation
-    x, F = input_of(ctx, name, "x"), p["up.weight"][0]
+        why = "no gate (not a gated MLP)" if "gate.weight" not in p else "gate/up biases"
+        return None, why if archc else ""
     mode = GATE_UP_QUANT if ctx.quant.active else GATE_UP  # MatMulNBits kernels differ from cuBLAS's: measured apart
-    not_archc = ""  # why archc.GatedMLP could not take the MLP, where --kernels archc asked for it
-    if ctx.kernels is Kernels.archc:
+    not_archc = ""
+    if archc:
         why = _archc_op_unfit(ctx, name, node)
         if why is None:
-            return _lower_archc_op(ctx, name, node)
-        not_archc = f" (not archc.GatedMLP: {why})"
-    elif ctx.kernels is not Kernels.onnxruntime:
-        raise UnknownSetting(name, "kernels", ctx.kernels, LOWERING)
+            return GateUp.archc_op, ""
+        not_archc = why
     if mode is GateUp.qmoe:
         if not ctx.quant.active:  # GATE_UP = qmoe: dense weights have no QMoE (the fp16 MoE op was slower, GateUp.qmoe)
             raise UnknownSetting(name, "gate_up", mode, LOWERING)
         if _qmoe_unfit(ctx, name, node) is None:
-            return _lower_qmoe(ctx, name, node)
+            return GateUp.qmoe, not_archc
         mode = GateUp.one_gemm  # the stacked MatMulNBits path where QMoE cannot take the MLP (_qmoe_unfit says why)
     if mode is GateUp.archc_op:  # chosen by --kernels archc (Ctx.kernels), never as GATE_UP: it needs the library
         raise UnknownSetting(name, "gate_up", mode, LOWERING)
+    return mode, not_archc
+
+
+def _lower_mlp(ctx: Ctx, name: str, node: dict):
+    """Gated (Shazeer 2020) down(act(gate(x)) * up(x)), gate and up per GATE_UP: two GEMMs, or one
+    GEMM x @ [Wg; Wu]^T, [B,S,2F], split in halves. onnxruntime 1.31 has no fused split+gated-activation
+    op with both a CUDA and a CPU kernel (ONNX SwiGLU is opset 28), so the halves need a Split; SiLU's
+    x*Sigmoid(x) is fused by onnxruntime (QuickGelu). With --kernels archc the down projection is an archc Linear
+    where it fits (onnx_archc_folds), and the lowering record says how down went."""
+    p = node["params"]
+    mode, why = _mlp_route(ctx, name, node)
+    not_archc = f" (not archc.GatedMLP: {why})" if why else ""  # where --kernels archc asked for it
+    archc = _archc(ctx)
+    down = "" if ctx.kernels is Kernels.onnxruntime else f" + {folds_.words(ctx, archc, name, folds_.DOWN)}"
+    if mode is None:
+        h = portable.mlp_hidden(ctx, name, node)
+        ctx.lowering[name] = ("portable" if ctx.kernels is Kernels.onnxruntime else f"portable{not_archc}{down}")
+        return folds_.out_projection(ctx, archc, name, h, folds_.DOWN, p)
+    if mode is GateUp.archc_op:
+        return _lower_archc_op(ctx, name, node, down)
+    if mode is GateUp.qmoe:
+        return _lower_qmoe(ctx, name, node, not_archc)
+    act = node["settings"].activation
+    x, F = input_of(ctx, name, "x"), p["up.weight"][0]
     if mode is GateUp.one_gemm:
         y = ctx.matmul_wt(x, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up.weight")
         if "gate.bias" in p:
@@ -499,8 +662,8 @@ def _lower_mlp(ctx: Ctx, name: str, node: dict):
     else:
         raise UnknownSetting(name, "gate_up", mode, LOWERING)
     h = ctx.op("Mul", [portable.activation(ctx, name, act, gate), up])
-    ctx.lowering[name] = how + not_archc
-    return portable.linear(ctx, h, f"{name}.down", p)
+    ctx.lowering[name] = how + not_archc + down
+    return folds_.out_projection(ctx, archc, name, h, folds_.DOWN, p)
 
 
 def _archc_op_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
@@ -523,33 +686,22 @@ def _archc_op_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
 
 
 def _nbits_op_unfit(ctx: Ctx, node: dict) -> str | None:
-    """Why archc.GatedMLPNBits cannot take a --quant MLP (None: it can). Only what its CUDA kernel was written and checked
-    for (benchmarks/ort_ops_nbits_check.py) is taken; everything else keeps the stacked MatMulNBits path:
-    - int8, asymmetric (zero points), block sizes other than 32: the int4 kernel reads one 32-code block per 16-byte
-      load with the symmetric zero point 8;
-    - accuracy_level: a MatMulNBits compute mode (e.g. int8 activations) the op, which accumulates fp16 x in fp32,
-      would not honour;
-    - a d_model not a whole number of blocks: MatMulNBits pads the last block; the int4 kernel takes whole blocks."""
-    from archc.quant import QuantKind, QuantScheme
-
-    q = ctx.quant
-    if q.kind is not QuantKind.int4 or q.scheme is not QuantScheme.symmetric or q.block_size != 32:
-        return f"quantization {q.short()}; GatedMLPNBits takes int4 sym b32"
-    if q.accuracy_level != 0:
-        return f"accuracy_level {q.accuracy_level}"
-    H = node["params"]["up.weight"][1]
-    if H % q.block_size:
-        return f"d_model {H} not whole blocks of {q.block_size}"
-    return None
+    """Why archc.GatedMLPNBits cannot take a --quant MLP (None: it can): onnx_archc_folds.nbits_unfit on K = d_model."""
+    return folds_.nbits_unfit(ctx, "GatedMLPNBits", node["params"]["up.weight"][1], "d_model")
 
 
-def _lower_archc_op(ctx: Ctx, name: str, node: dict) -> str:
-    """down(archc.GatedMLP(x, [Wg; Wu])): the op's weight is gate's rows then up's, each [F, d_model] as archc holds
-    them (torch's Linear layout, whatever the target's WEIGHT_LAYOUT: the kernel reads a row per output). With --quant,
-    down(archc.GatedMLPNBits(x, B, scales)) on the very initializers one_gemm's stacked MatMulNBits would read
-    ({name}.gate_up.weight.q4 / .scales, exporters/quantize.py), so the model's bytes and size are those of the
-    --kernels onnxruntime export; down stays MatMulNBits (the lowering words say so once onnx_export.nbits_words runs)."""
-    x = input_of(ctx, name, "x")
+def _lower_archc_op(ctx: Ctx, name: str, node: dict, down: str) -> str:
+    """down(archc.GatedMLP(x, [Wg; Wu], gamma?)): the op's weight is gate's rows then up's, each [F, d_model] as archc
+    holds them (torch's Linear layout, whatever the target's WEIGHT_LAYOUT: the kernel reads a row per output). With
+    --quant, down(archc.GatedMLPNBits(x, B, scales, gamma?)) on the very initializers one_gemm's stacked MatMulNBits
+    would read ({name}.gate_up.weight.q4 / .scales, exporters/quantize.py), so the model's bytes and size are those of
+    the --kernels onnxruntime export. Where the plan folded the RMSNorm in front (onnx_archc_folds), x is the norm's
+    input and gamma/epsilon the norm's. down: an archc Linear(-NBits) where it fits, else MatMul(NBits); `down` is its
+    lowering words."""
+    archc = _archc(ctx)
+    x, norm = folds_.stream_in(ctx, archc, name)
+    gamma, attrs = ([], {}) if norm is None else ([norm[0]], {"epsilon": norm[1]})
+    folded = "" if norm is None else "; RMSNorm folded in"
     fulls = [f"{name}.gate.weight", f"{name}.up.weight"]
     if ctx.quant.active:
         from exporters.quantize import initializer_parts, quantized_weight
@@ -557,14 +709,15 @@ def _lower_archc_op(ctx: Ctx, name: str, node: dict) -> str:
         q = ctx.quant
         _, k = quantized_weight(ctx, fulls, f"{name}.gate_up.weight")
         parts = [part for part, _ in initializer_parts(f"{name}.gate_up.weight", q, ctx.dtype)]
-        h = ctx.op("GatedMLPNBits", [x, *parts], domain=ORT_OPS_DOMAIN, K=k, bits=q.bits, block_size=q.block_size)
+        h = ctx.op("GatedMLPNBits", [x, *parts, *gamma], domain=ORT_OPS_DOMAIN, K=k, bits=q.bits, block_size=q.block_size,
+                   **attrs)
         ctx.lowering[name] = (f"archc:GatedMLPNBits {q.kind.value} sym b{q.block_size} (gate|up codes, SiLU and Mul in one "
-                              f"custom op) + MatMul (down)")
-        return portable.linear(ctx, h, f"{name}.down", node["params"])
-    w = ctx.weight_concat(fulls, f"{name}.gate_up.weight")
-    h = ctx.op("GatedMLP", [x, w], domain=ORT_OPS_DOMAIN)
-    ctx.lowering[name] = "archc:GatedMLP (gate|up, SiLU and Mul in one custom op) + MatMul (down)"
-    return portable.linear(ctx, h, f"{name}.down", node["params"])
+                              f"custom op{folded}){down}")
+    else:
+        w = ctx.weight_concat(fulls, f"{name}.gate_up.weight")
+        h = ctx.op("GatedMLP", [x, w, *gamma], domain=ORT_OPS_DOMAIN, **attrs)
+        ctx.lowering[name] = f"archc:GatedMLP (gate|up, SiLU and Mul in one custom op{folded}){down}"
+    return folds_.out_projection(ctx, archc, name, h, folds_.DOWN, node["params"])
 
 
 def _qmoe_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
@@ -596,7 +749,7 @@ def _qmoe_unfit(ctx: Ctx, name: str, node: dict) -> str | None:
     return None
 
 
-def _lower_qmoe(ctx: Ctx, name: str, node: dict) -> str:
+def _lower_qmoe(ctx: Ctx, name: str, node: dict, not_archc: str) -> str:
     """down(silu(x Wg^T) * (x Wu^T)) as one com.microsoft QMoE with a single expert and k = 1: fc1 is [Wg; Wu]
     interleaved row by row (swiglu_fusion=1, the only mode the CPU kernel takes), fc2 is Wd, both in
     MatMulNBits's byte layout with a leading expert axis (exporters/quantize.py qmoe_weight), no zero points
@@ -614,7 +767,7 @@ def _lower_qmoe(ctx: Ctx, name: str, node: dict) -> str:
     fc1 = qmoe_weight(ctx, [f"{name}.gate.weight", f"{name}.up.weight"], f"{name}.gate_up_interleaved.weight")
     fc2 = qmoe_weight(ctx, [f"{name}.down.weight"], f"{name}.down.weight")
     ctx.lowering[name] = (f"cuda:QMoE {q.kind.value} sym b{q.block_size} (one expert, k=1: gate|up interleaved, "
-                          f"SwiGLU and down inside the op)")
+                          f"SwiGLU and down inside the op){not_archc}")
     return ctx.op("QMoE", [x, ctx.memo[key], *fc1, "", *fc2, ""], domain=MS, k=1, activation_type="swiglu",
                   swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0, expert_weight_bits=q.bits,
                   block_size=q.block_size, weights_prepacked=0)

@@ -166,11 +166,15 @@ def activation(ctx: Ctx, name: str, act: Activation, x: str) -> str:
 
 def lower_mlp(ctx: Ctx, name: str, node: dict) -> str:
     """down(act(up(x))), or gated (Shazeer 2020): down(act(gate(x)) * up(x))."""
+    return linear(ctx, mlp_hidden(ctx, name, node), f"{name}.down", node["params"])
+
+
+def mlp_hidden(ctx: Ctx, name: str, node: dict) -> str:
+    """What the down projection reads: act(up(x)), or act(gate(x)) * up(x)."""
     x, p = input_of(ctx, name, "x"), node["params"]
     act = node["settings"].activation
     up = linear(ctx, x, f"{name}.up", p)
-    h = ctx.op("Mul", [activation(ctx, name, act, linear(ctx, x, f"{name}.gate", p)), up]) if "gate.weight" in p else activation(ctx, name, act, up)
-    return linear(ctx, h, f"{name}.down", p)
+    return ctx.op("Mul", [activation(ctx, name, act, linear(ctx, x, f"{name}.gate", p)), up]) if "gate.weight" in p else activation(ctx, name, act, up)
 
 
 def lower_residual(ctx: Ctx, name: str, node: dict) -> str:
