@@ -129,18 +129,21 @@ class QuantSettings:
 
 # The onnxruntime com.microsoft ops that take archc's quantized weights (exporters/quantize.py writes their bytes):
 # MatMulNBits per projection, QMoE for a whole gated MLP (the cuda lowering's GateUp.qmoe), and archc's own
-# GatedMLPNBits (--kernels archc: gate|up on MatMulNBits's bytes, exporters/ort_ops). A lowering record's words name
-# the op a graph node was lowered to (`cuda:QMoE int4 sym b32 (...)`, `MatMulNBits int4 sym b32`,
-# `archc:GatedMLPNBits int4 sym b32 (...)`).
-QUANTIZED_OPS = ("MatMulNBits", "QMoE", "GatedMLPNBits")
+# GatedMLPNBits and LinearNBits (--kernels archc: gate|up, q|k|v, o, down on MatMulNBits's bytes, exporters/ort_ops).
+# A lowering record's words name the op a graph node was lowered to (`cuda:QMoE int4 sym b32 (...)`, `MatMulNBits
+# int4 sym b32`, `archc:GatedMLPNBits int4 sym b32 (...)`, `archc:LinearNBits int4 sym b32 (o, + residual)`).
+QUANTIZED_OPS = ("MatMulNBits", "QMoE", "GatedMLPNBits", "LinearNBits")
 
 
 def quantized_ops(lowering: dict[str, str]) -> dict[str, int]:
     """QUANTIZED_OPS named in a lowering record ({graph node: lowering words}) -> how many graph nodes name each,
-    in QUANTIZED_OPS' order; ops no node names are left out."""
+    in QUANTIZED_OPS' order; ops no node names are left out. An op counts where the words name it with its
+    quantization (`LinearNBits int4 ...`), not where a refusal names it (`not archc.Linear: quantization int8 sym b32;
+    LinearNBits takes int4 sym b32` is a MatMulNBits node)."""
     import re
 
-    counts = {op: sum(1 for how in lowering.values() if re.search(rf"(?<![A-Za-z]){op}(?![A-Za-z])", how))
+    kinds = "|".join(k.value for k in QuantKind if k is not QuantKind.none)
+    counts = {op: sum(1 for how in lowering.values() if re.search(rf"(?<![A-Za-z]){op} ({kinds})(?![A-Za-z0-9])", how))
               for op in QUANTIZED_OPS}
     return {op: n for op, n in counts.items() if n}
 

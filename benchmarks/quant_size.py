@@ -72,7 +72,7 @@ def by_role(d: Path) -> dict[str, int]:
                 continue
             n = int(np.prod(t.dims)) if t.dims else 1
             size = n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type not in (22, 21) else (n + 1) // 2
-            key = f"{node.op_type}" + (f":{name.rsplit('.', 1)[-1]}" if node.op_type == "MatMulNBits" else "")
+            key = f"{node.op_type}" + (f":{name.rsplit('.', 1)[-1]}" if node.op_type.endswith("NBits") else "")  # MatMulNBits, archc's *NBits
             out[key] = out.get(key, 0) + size
     return dict(sorted(out.items()))
 

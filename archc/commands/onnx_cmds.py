@@ -77,7 +77,8 @@ def compile_cmd(
     quant_method: QuantMethodOption = "rtn",
     kernels: Annotated[str, typer.Option(help="onnxruntime (its own operators only) | archc (--target cuda: an fp16 SwiGLU MLP's "
                                               "gate|up GEMMs, SiLU and Mul as one archc.GatedMLP custom op, a hand-written CUDA "
-                                              "kernel for decode; with --quant int4, archc.GatedMLPNBits on the same int4 codes; needs nvcc to build the op library, which goes into -o and "
+                                              "kernel for decode; q|k|v, o and down as archc.Linear, with the RMSNorms and residual Adds of LLaMA-style layers folded into them; "
+                                              "with --quant int4, GatedMLPNBits and LinearNBits on the same int4 codes; needs nvcc to build the op library, which goes into -o and "
                                               "which `archc run` registers; opt-in).")] = "onnxruntime",
     force: force_option(Replaces.MODEL_DIR) = False,
 ) -> None:
@@ -252,10 +253,16 @@ def run_cmd(
 
 def archc_ops_held(lowering: dict[str, str]) -> str:
     """compile's `archc ops:` words: which of archc's custom ops the export holds, from its lowering record
-    (`archc:GatedMLP (...)`, `archc:GatedMLPNBits int4 sym b32 (...)`), e.g. `GatedMLPNBits in 22 MLPs`."""
+    (`archc:GatedMLP (...)`, `...; archc:Linear (q|k|v, ...) + archc:Linear (o, ...)`, `archc:LinearNBits int4 sym b32
+    (down, ...)`), each op with the number of graph nodes (components) naming it, e.g. `GatedMLPNBits in 22 MLPs,
+    LinearNBits in 44 components`. A node may name several ops (an MLP: GatedMLP and the Linear of its down)."""
     counts: dict[str, int] = {}
     for how in lowering.values():
-        m = re.match(r"archc:([A-Za-z0-9]+)", how)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return ", ".join(f"{op} in {n} MLP{'s' if n != 1 else ''}" for op, n in sorted(counts.items())) or "none named in the lowering"
+        for op in sorted(set(re.findall(r"(?<![A-Za-z])archc:([A-Za-z0-9]+)", how))):
+            counts[op] = counts.get(op, 0) + 1
+    return ", ".join(f"{op} in {n} {_ARCHC_OP_NOUN[op]}{'s' if n != 1 else ''}" for op, n in sorted(counts.items())) \
+        or "none named in the lowering"
+
+
+# What each archc op computes a part of, for archc_ops_held (an op missing here is a KeyError: name its noun first)
+_ARCHC_OP_NOUN = {"GatedMLP": "MLP", "GatedMLPNBits": "MLP", "Linear": "component", "LinearNBits": "component"}
