@@ -80,9 +80,12 @@ def max_err(ours, ref) -> float:
                for (f, o), (_, r) in zip(ours, ref, strict=True))
 
 
+GATED_WEIGHTS = {"GatedMLP": 1, "GatedMLPNBits": 2}  # how many inputs after x are the [2F, ...] weight (w; B, scales)
+
+
 def with_gate_up_swapped(src: Path, dst: Path, op_type: str) -> Path:
-    """A copy of export `src` whose `op_type` nodes' weights (every input after x: [2F, ...] gate rows, then up rows)
-    hold up's rows where gate's belong and gate's where up's belong."""
+    """A copy of export `src` whose `op_type` nodes' weights (the inputs after x up to the optional gamma: [2F, ...]
+    gate rows, then up rows) hold up's rows where gate's belong and gate's where up's belong."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -90,7 +93,7 @@ def with_gate_up_swapped(src: Path, dst: Path, op_type: str) -> Path:
     from archc.model_dir import ORT_OPS_FILE
 
     model = onnx.load(str(src / "model.onnx"))
-    ws = {i for n in model.graph.node if n.op_type == op_type for i in n.input[1:]}
+    ws = {i for n in model.graph.node if n.op_type == op_type for i in n.input[1:1 + GATED_WEIGHTS[op_type]]}
     for t in model.graph.initializer:
         if t.name in ws:
             a = numpy_helper.to_array(t)

@@ -67,8 +67,8 @@ def loud_mlp_weights(graph, path) -> dict[str, torch.Tensor]:
     return state
 
 
-def dequantized_state(graph, state) -> dict[str, torch.Tensor]:
-    """`state` with the weights a --quant export quantizes (archc.quant's rule) quantized by archc and
+def dequantized_state(graph, state, q: QuantSettings = INT4) -> dict[str, torch.Tensor]:
+    """`state` with the weights a --quant `q` export quantizes (archc.quant's rule) quantized by archc and
     dequantized by the spec's numpy dequantizer: what the quantized model computes with, in fp32."""
     from exporters.quantize import quantize
 
@@ -78,8 +78,8 @@ def dequantized_state(graph, state) -> dict[str, torch.Tensor]:
         for local, shape in d["params"].items():
             if d["kind"] in QUANTIZED_KINDS and len(shape) == 2 and local.endswith("weight"):
                 full = f"{name}.{local}"
-                b, s, zp = quantize(state[full].numpy(), INT4, DType.float16)
-                state[full] = torch.from_numpy(spec_dequantize(b, s, zp, shape[0], shape[1], 4, INT4.block_size))
+                b, s, zp = quantize(state[full].numpy(), q, DType.float16)
+                state[full] = torch.from_numpy(spec_dequantize(b, s, zp, shape[0], shape[1], q.bits, q.block_size))
     return state
 
 

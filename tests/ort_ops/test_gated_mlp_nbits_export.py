@@ -60,13 +60,14 @@ def test_int4_op_matches_the_matmulnbits_export_and_the_module(tmp_path):
     assert {(o.domain, o.version) for o in m.opset_import} >= {("archc", 1)}
     assert {p.key: p.value for p in m.metadata_props}[META_ORT_OPS] == ORT_OPS_FILE
     how = res.lowering["layers.0.mlp"]
-    assert how.startswith("archc:GatedMLPNBits int4 sym b32") and "MatMulNBits int4 sym b32 (down)" in how, how
+    assert how.startswith("archc:GatedMLPNBits int4 sym b32") and "archc:LinearNBits int4 sym b32 (down, + residual)" in how, how
     assert std.lowering["layers.0.mlp"].startswith("cuda:MatMulNBits int4 sym b32 (gate|up in one GEMM) + Split")
     op = next(n for n in m.graph.node if n.op_type == "GatedMLPNBits")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in op.attribute}
-    assert attrs == {"K": spec.d_model, "bits": 4, "block_size": 32}
-    assert list(op.input[1:]) == ["layers.0.mlp.gate_up.weight.q4", "layers.0.mlp.gate_up.weight.scales"]
-    # the same quantized initializers, byte for byte: only the Split's sizes constant is gone
+    assert attrs == {"K": spec.d_model, "bits": 4, "block_size": 32, "epsilon": pytest.approx(spec.norm.eps)}  # norm folded in
+    assert list(op.input[1:]) == ["layers.0.mlp.gate_up.weight.q4", "layers.0.mlp.gate_up.weight.scales", "layers.0.mlp_norm.weight"]
+    # the same quantized initializers, byte for byte (LinearNBits reads q|k|v, o and down's MatMulNBits bytes too): only
+    # the Split's sizes constant is gone
     ours, theirs = initializers(tmp_path / "op"), initializers(tmp_path / "std")
     assert {k: v for k, v in theirs.items() if k not in ours} .keys() <= {k for k in theirs if "split" in k.lower()}
     assert all(ours[k] == theirs[k] for k in ours), [k for k in ours if ours[k] != theirs.get(k)]
