@@ -208,7 +208,7 @@ def _branch_unfit(ctx: Ctx, b: str, r: str, folds: ArchcFolds) -> str | None:
 # Lowering
 
 
-def is_linear(ctx: Ctx, folds: ArchcFolds, name: str, proj: str) -> bool:
+def is_linear(folds: ArchcFolds, name: str, proj: str) -> bool:
     """Whether projection `proj` of node `name` is an archc Linear (always False for --kernels onnxruntime: no entry)."""
     return (name, proj) in folds.linear and folds.linear[(name, proj)] is None
 
@@ -253,7 +253,7 @@ def _trimmed(inputs: list[str]) -> list[str]:
 def out_projection(ctx: Ctx, folds: ArchcFolds, name: str, h: str, proj: str, params: dict) -> str:
     """A branch's output projection (o, down): an archc Linear adding its residual input where the plan folded the
     residual, an archc Linear where it only fits, else the portable x @ W^T (+ b)."""
-    if not is_linear(ctx, folds, name, proj):
+    if not is_linear(folds, name, proj):
         return portable.linear(ctx, h, f"{name}.{proj}", params)
     res = folds.residual_in.get(name)
     return linear(ctx, h, [f"{name}.{proj}.weight"], f"{name}.{proj}.weight", residual="" if res is None else ctx.env[res])

@@ -502,7 +502,7 @@ def _qkv_packed(ctx: Ctx, name: str, node: dict, add_bias: bool = True) -> str:
     --kernels archc one archc Linear where it fits, applying the RMSNorm in front where the plan folded it (then x is
     the norm's input, onnx_archc_folds.stream_in)."""
     archc, fulls = _archc(ctx), [f"{name}.{t}.weight" for t in "qkv"]
-    if folds_.is_linear(ctx, archc, name, folds_.QKV):  # no bias (onnx_archc_folds.linear_unfit)
+    if folds_.is_linear(archc, name, folds_.QKV):  # no bias (onnx_archc_folds.linear_unfit)
         x, norm = folds_.stream_in(ctx, archc, name)
         return folds_.linear(ctx, x, fulls, f"{name}.qkv.weight", norm=norm)
     assert name not in archc.gamma, "a folded norm's consumers compute their first projection as an archc op"
