@@ -431,6 +431,10 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
             msg = "required field is missing; add it, or extends: a spec that has it"
     elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
         msg = f"unknown kind; {msg}"
+    elif err["type"] == "less_than_equal" and type(err["input"]) is int:  # a size past its bound (spec.py MAX_*)
+        v = err["input"]
+        shown = str(v) if v < 10**60 else f"about 10^{int(v.bit_length() * 0.30103)}"  # str() refuses 4300+ digits
+        msg = f"{shown} is more than archc allows; give an integer from {_lowest_int(err['loc'])} to {ctx['le']}"
     elif "input" in err and err["type"] not in ("missing",):
         if alternatives and len(alternatives) > 1:  # a union field: say every accepted form
             msg = "; or ".join(alternatives)
@@ -441,6 +445,53 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
         if err["type"] in ("enum", "literal_error"):
             msg += _did_you_mean(err["input"], ctx.get("expected", ""))
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+def _lowest_int(loc: tuple) -> int:
+    """The smallest value the int field at pydantic's `loc` accepts (its gt/ge; 0 if it has none), for the
+    out-of-range message: the field's own constraint, so the message and `archc schema` cannot disagree."""
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+    model: Any = Spec
+    info = None
+    for part in loc:
+        if info is not None:  # step into the section `info` holds: a model, or the union member whose tag is `part`
+            stack, subs = [info.annotation], []
+            while stack:
+                tp = stack.pop()
+                if isinstance(tp, type) and issubclass(tp, BaseModel):
+                    subs.append(tp)
+                else:
+                    stack.extend(typing.get_args(tp))
+            tagged = [m for m in subs if "kind" in m.model_fields and getattr(m.model_fields["kind"].default, "value", None) == part]
+            if tagged:
+                model = tagged[0]
+                continue
+            model = next((m for m in subs if part in m.model_fields), None)
+        if model is None or part not in model.model_fields:
+            return 0
+        info = model.model_fields[part]
+    constraints, stack = [], [info.annotation, *info.metadata] if info else []
+    while stack:  # the field's own metadata, and that of the Annotated[int, ...] inside `X | None`
+        c = stack.pop()
+        if typing.get_origin(c) is typing.Annotated:
+            stack.extend(c.__metadata__)
+        elif isinstance(c, FieldInfo):
+            stack.extend(c.metadata)
+        elif typing.get_args(c):
+            stack.extend(typing.get_args(c))
+        else:
+            constraints.append(c)
+    for c in constraints:
+        if isinstance(c, annotated_types.Gt):
+            return int(c.gt) + 1
+        if isinstance(c, annotated_types.Ge):
+            return int(c.ge)
+    return 0
 
 
 def _did_you_mean(value: Any, expected: str) -> str:
