@@ -161,7 +161,11 @@ def _build(node: yaml.Node, shown: str, lines: LineMap) -> Any:
     except yaml.MarkedYAMLError as e:  # e.g. an unknown tag (!!python/object) or a bad !!int
         mark = e.problem_mark or e.context_mark
         raise SpecError(f"YAML error: {e.problem or e.context}", shown, mark.line + 1 if mark else None) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
+    except ValueError as e:
+        if "integer string conversion" in str(e):  # Python's 4300-digit cap; its advice (set_int_max_str_digits) is not the user's
+            raise SpecError("an integer of more than 4300 digits, far past any size archc allows (see `archc schema`); write the size you mean", shown) from None
+        raise SpecError(f"YAML value cannot be read: {e}", shown) from None
+    except (yaml.YAMLError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
         raise SpecError(f"YAML value cannot be read: {e}", shown) from None
 
 

@@ -139,6 +139,10 @@ def test_a_float_or_a_number_past_any_float_is_refused(tmp_path, capsys):
     refused(in_process(["validate", "llama", "--set", "n_layers=1e29"], capsys), "n_layers", "valid integer")
     digits = "9" * 400  # past float range: the message must not convert it
     refused(in_process(["validate", "llama", "--set", f"n_layers={digits}"], capsys), "about 10^400", "from 1 to 1048576")
+    f = tmp_path / "digits.yaml"  # past Python's 4300-digit int parse: its advice (set_int_max_str_digits) is not shown
+    f.write_text(f"extends: llama\nn_layers: {'9' * 5000}\n")
+    line = refused(in_process(["validate", f], capsys), "digits.yaml", "more than 4300 digits")
+    assert "set_int_max_str_digits" not in line
 
 
 def test_a_spec_file_names_its_line(tmp_path, capsys):
@@ -175,3 +179,14 @@ def test_schema_states_the_bounds():
     text = json.dumps(schema)
     for high in (2**16, 2**22, 2**31):
         assert f'"maximum": {high}' in text, high
+
+
+def test_import_hf_of_a_config_past_a_bound_names_the_field(tmp_path, capsys):
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": HUGE_INT,
+           "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64}
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    refused(in_process(["import-hf", d, "-o", tmp_path / "s.yaml"], capsys), "config.json",
+            f"n_layers: {HUGE_INT} is more than archc allows; give an integer from 1 to 1048576")
+    assert not (tmp_path / "s.yaml").exists()
