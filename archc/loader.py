@@ -435,10 +435,10 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
             msg = "required field is missing; add it, or extends: a spec that has it"
     elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
         msg = f"unknown kind; {msg}"
-    elif err["type"] == "less_than_equal" and type(err["input"]) is int:  # a size past its bound (spec.py MAX_*)
-        v = err["input"]
+    elif err["type"] == "less_than_equal" and type(err["input"]) is int and (low := _lowest_int(err["loc"])) is not None:
+        v = err["input"]  # a size past its bound (spec.py MAX_*)
         shown = str(v) if v < 10**60 else f"about 10^{int(v.bit_length() * 0.30103)}"  # str() refuses 4300+ digits
-        msg = f"{shown} is more than archc allows; give an integer from {_lowest_int(err['loc'])} to {ctx['le']}"
+        msg = f"{shown} is more than archc allows; give an integer from {low} to {ctx['le']}"
     elif "input" in err and err["type"] not in ("missing",):
         if alternatives and len(alternatives) > 1:  # a union field: say every accepted form
             msg = "; or ".join(alternatives)
@@ -451,9 +451,10 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
 
 
-def _lowest_int(loc: tuple) -> int:
+def _lowest_int(loc: tuple) -> int | None:
     """The smallest value the int field at pydantic's `loc` accepts (its gt/ge; 0 if it has none), for the
-    out-of-range message: the field's own constraint, so the message and `archc schema` cannot disagree."""
+    out-of-range message: the field's own constraint, so the message and `archc schema` cannot disagree.
+    None when `loc` is not an int field (a float in (0, 1] given as 2 keeps pydantic's words)."""
     import typing
 
     import annotated_types
@@ -471,26 +472,29 @@ def _lowest_int(loc: tuple) -> int:
                     subs.append(tp)
                 else:
                     stack.extend(typing.get_args(tp))
+            info = None
             tagged = [m for m in subs if "kind" in m.model_fields and getattr(m.model_fields["kind"].default, "value", None) == part]
             if tagged:
                 model = tagged[0]
                 continue
             model = next((m for m in subs if part in m.model_fields), None)
         if model is None or part not in model.model_fields:
-            return 0
+            return None
         info = model.model_fields[part]
-    constraints, stack = [], [info.annotation, *info.metadata] if info else []
-    while stack:  # the field's own metadata, and that of the Annotated[int, ...] inside `X | None`
+    if info is None:
+        return None
+    found, stack = [], [info.annotation, *info.metadata]
+    while stack:  # the field's type and constraints, also those of the Annotated[int, ...] inside `X | None`
         c = stack.pop()
-        if typing.get_origin(c) is typing.Annotated:
-            stack.extend(c.__metadata__)
-        elif isinstance(c, FieldInfo):
+        if isinstance(c, FieldInfo):
             stack.extend(c.metadata)
-        elif typing.get_args(c):
+        elif typing.get_args(c):  # Annotated (its type, then its metadata) or a Union
             stack.extend(typing.get_args(c))
         else:
-            constraints.append(c)
-    for c in constraints:
+            found.append(c)
+    if int not in found or float in found:
+        return None
+    for c in found:
         if isinstance(c, annotated_types.Gt):
             return int(c.gt) + 1
         if isinstance(c, annotated_types.Ge):

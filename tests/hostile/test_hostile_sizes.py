@@ -190,3 +190,13 @@ def test_import_hf_of_a_config_past_a_bound_names_the_field(tmp_path, capsys):
     refused(in_process(["import-hf", d, "-o", tmp_path / "s.yaml"], capsys), "config.json",
             f"n_layers: {HUGE_INT} is more than archc allows; give an integer from 1 to 1048576")
     assert not (tmp_path / "s.yaml").exists()
+
+
+@pytest.mark.parametrize("sets,words", [
+    (["position.rotary_fraction=2"], "position.rotary_fraction: Input should be less than or equal to 1 (got 2)"),
+    (["training.optimizer.betas=[2, 0.9]"], "betas.0: Input should be less than or equal to 1 (got 2)"),
+])
+def test_float_fields_given_an_int_keep_their_own_words(sets, words, capsys):
+    """Negative control for the size message: a float bounded by 1 and given the int 2 is not 'an integer from'."""
+    line = refused(in_process(["validate", "llama", *[a for s in sets for a in ("--set", s)]], capsys), words)
+    assert "integer" not in line
