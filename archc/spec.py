@@ -198,14 +198,15 @@ Float = Annotated[float, Strict()]
 Str = Annotated[str, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
 
-# Upper bounds on sizes. No published model comes near them (largest as of 2025: ~200 layers, d_model 25600,
-# d_ff 73728, 128 heads, head_dim 256, vocabulary 256000, context 10M tokens), yet without them
+# Upper bounds on sizes. No published model comes near them (largest as of 2025, roughly: 126 layers in a
+# released LLM and 1000 in DeepNet, d_model 20480 (MT-NLG), d_ff 73728 (PaLM 540B), 128 heads, head_dim 256,
+# vocabulary 262144 (Gemma 3), context 10M tokens), yet without them
 # `--set n_layers=100000000000000000000000000000` validated and `show`/`plan` printed 30-digit TiB figures.
 # Each bound keeps every derived figure a plain finite number and every light command fast (costs are in
 # closed form; nothing is built per layer or per token), and stays above the sizes tests/hostile probes on
 # purpose (a million layers, d_model 1e6, vocab 1e9), which are judged, not refused as typos.
-MAX_LAYERS = 2**20  # 1,048,576: DeepNet trained 1000 layers
-MAX_WIDTH = 2**20  # d_model, head_dim, rotary_dim: 40x the widest published model
+MAX_LAYERS = 2**20  # 1,048,576: 1000x DeepNet
+MAX_WIDTH = 2**20  # d_model, head_dim, rotary_dim: 50x the widest published model
 MAX_D_FF = 4 * MAX_WIDTH  # the default d_ff (4 d_model) of the widest d_model allowed
 MAX_HEADS = 2**16  # n_heads, kv_heads: 512x the most published
 MAX_VOCAB = 2**30  # vocab_size, head_vocab_size: token ids stay int32 with room; 4000x the largest vocabulary
