@@ -181,6 +181,63 @@ def read_json(path: str | os.PathLike, label: str | None = None, *, limit: int =
         raise UserError(one_line(f"{shown}: JSON nested too deeply")) from None
 
 
+# A safetensors file opens with an 8-byte little-endian length and that many bytes of JSON: {name: {dtype,
+# shape, data_offsets}, "__metadata__": {...}}. json.loads and safetensors' own parser both keep the last of
+# two entries with one name, silently (with equal data_offsets safetensors loads the file as if the first
+# were not there), so archc reads the header itself with _unique_object before any reader sees the file.
+MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; safetensors' own limit
+
+
+class _NotSafetensors(Exception):
+    """The header cannot be read (why in str()); callers word it their way."""
+
+
+def _safetensors_header(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or n > MAX_SAFETENSORS_HEADER or n > size - 8:
+                raise _NotSafetensors(f"header length {n}")
+            header = json.loads(fh.read(n), object_pairs_hook=_unique_object)
+    except OSError as e:
+        raise _NotSafetensors(str(e)) from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deeply
+        raise _NotSafetensors(str(e) or type(e).__name__) from None
+    if not isinstance(header, dict):
+        raise _NotSafetensors("the header is not a JSON object")
+    return header
+
+
+def _named_twice(shown: str, key: str) -> UserError:
+    return UserError(one_line(f"{shown}: name {json.dumps(key)[:80]} appears twice in the safetensors header (read as "
+                              "the last one, silently, by other tools); which entry is meant is not ours to guess: "
+                              "save the file again with each name once"))
+
+
+def read_safetensors_header(path: str | os.PathLike, label: str | None = None) -> dict:
+    """A safetensors file's JSON header as a dict (data not read); a header that cannot be read, or that gives
+    one name twice, is one line naming the file. The caller has checked that `path` is a regular file."""
+    shown = label or str(path)
+    try:
+        return _safetensors_header(path)
+    except _DuplicateKey as e:
+        raise _named_twice(shown, e.key) from None
+    except _NotSafetensors as e:
+        raise UserError(one_line(f"{shown}: cannot read safetensors header: {e}")) from None
+
+
+def refuse_duplicate_tensor_names(path: str | os.PathLike, label: str | None = None) -> None:
+    """Before a file goes to safetensors' own reader: a name given twice is refused in one line. Any other
+    fault is left for that reader to report in its caller's words."""
+    try:
+        _safetensors_header(path)
+    except _DuplicateKey as e:
+        raise _named_twice(label or str(path), e.key) from None
+    except _NotSafetensors:
+        pass
+
+
 # ------------------------------------------------------------------------------------------------
 # Outputs
 

@@ -161,7 +161,11 @@ def _build(node: yaml.Node, shown: str, lines: LineMap) -> Any:
     except yaml.MarkedYAMLError as e:  # e.g. an unknown tag (!!python/object) or a bad !!int
         mark = e.problem_mark or e.context_mark
         raise SpecError(f"YAML error: {e.problem or e.context}", shown, mark.line + 1 if mark else None) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
+    except ValueError as e:
+        if "integer string conversion" in str(e):  # Python's 4300-digit cap; its advice (set_int_max_str_digits) is not the user's
+            raise SpecError("an integer of more than 4300 digits, far past any size archc allows (see `archc schema`); write the size you mean", shown) from None
+        raise SpecError(f"YAML value cannot be read: {e}", shown) from None
+    except (yaml.YAMLError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse
         raise SpecError(f"YAML value cannot be read: {e}", shown) from None
 
 
@@ -431,6 +435,10 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
             msg = "required field is missing; add it, or extends: a spec that has it"
     elif err["type"] in ("union_tag_invalid", "literal_error") and "kind" in str(err["loc"]):
         msg = f"unknown kind; {msg}"
+    elif err["type"] == "less_than_equal" and type(err["input"]) is int and (low := _lowest_int(err["loc"])) is not None:
+        v = err["input"]  # a size past its bound (spec.py MAX_*)
+        shown = str(v) if v < 10**60 else f"about 10^{int(v.bit_length() * 0.30103)}"  # str() refuses 4300+ digits
+        msg = f"{shown} is more than archc allows; give an integer from {low} to {ctx['le']}"
     elif "input" in err and err["type"] not in ("missing",):
         if alternatives and len(alternatives) > 1:  # a union field: say every accepted form
             msg = "; or ".join(alternatives)
@@ -441,6 +449,57 @@ def _format_error(err: dict, data: Any, lines: LineMap, file: str, alternatives:
         if err["type"] in ("enum", "literal_error"):
             msg += _did_you_mean(err["input"], ctx.get("expected", ""))
     return SpecError(msg, src or file, line if src and not src.startswith("--set") else None if src else line, field)
+
+
+def _lowest_int(loc: tuple) -> int | None:
+    """The smallest value the int field at pydantic's `loc` accepts (its gt/ge; 0 if it has none), for the
+    out-of-range message: the field's own constraint, so the message and `archc schema` cannot disagree.
+    None when `loc` is not an int field (a float in (0, 1] given as 2 keeps pydantic's words)."""
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
+
+    model: Any = Spec
+    info = None
+    for part in loc:
+        if info is not None:  # step into the section `info` holds: a model, or the union member whose tag is `part`
+            stack, subs = [info.annotation], []
+            while stack:
+                tp = stack.pop()
+                if isinstance(tp, type) and issubclass(tp, BaseModel):
+                    subs.append(tp)
+                else:
+                    stack.extend(typing.get_args(tp))
+            info = None
+            tagged = [m for m in subs if "kind" in m.model_fields and getattr(m.model_fields["kind"].default, "value", None) == part]
+            if tagged:
+                model = tagged[0]
+                continue
+            model = next((m for m in subs if part in m.model_fields), None)
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+    if info is None:
+        return None
+    found, stack = [], [info.annotation, *info.metadata]
+    while stack:  # the field's type and constraints, also those of the Annotated[int, ...] inside `X | None`
+        c = stack.pop()
+        if isinstance(c, FieldInfo):
+            stack.extend(c.metadata)
+        elif typing.get_args(c):  # Annotated (its type, then its metadata) or a Union
+            stack.extend(typing.get_args(c))
+        else:
+            found.append(c)
+    if int not in found or float in found:
+        return None
+    for c in found:
+        if isinstance(c, annotated_types.Gt):
+            return int(c.gt) + 1
+        if isinstance(c, annotated_types.Ge):
+            return int(c.ge)
+    return 0
 
 
 def _did_you_mean(value: Any, expected: str) -> str:

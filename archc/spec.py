@@ -197,6 +197,35 @@ Bool = Annotated[bool, Strict()]
 Float = Annotated[float, Strict()]
 Str = Annotated[str, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+
+# Upper bounds on sizes. No published model comes near them (largest as of 2025, roughly: 126 layers in a
+# released LLM and 1000 in DeepNet, d_model 20480 (MT-NLG), d_ff 73728 (PaLM 540B), 128 heads, head_dim 256,
+# vocabulary 262144 (Gemma 3), context 10M tokens), yet without them
+# `--set n_layers=100000000000000000000000000000` validated and `show`/`plan` printed 30-digit TiB figures.
+# Each bound keeps every derived figure a plain finite number and every light command fast (costs are in
+# closed form; nothing is built per layer or per token), and stays above the sizes tests/hostile probes on
+# purpose (a million layers, d_model 1e6, vocab 1e9), which are judged, not refused as typos.
+MAX_LAYERS = 2**20  # 1,048,576: 1000x DeepNet
+MAX_WIDTH = 2**20  # d_model, head_dim, rotary_dim: 50x the widest published model
+MAX_D_FF = 4 * MAX_WIDTH  # the default d_ff (4 d_model) of the widest d_model allowed
+MAX_HEADS = 2**16  # n_heads, kv_heads: 512x the most published
+MAX_VOCAB = 2**30  # vocab_size, head_vocab_size: token ids stay int32 with room; 4000x the largest vocabulary
+MAX_SEQ = 2**30  # max_seq_len, sliding_window, learned offset: 100x the longest published context
+MAX_POSITIONS = MAX_SEQ + MAX_SEQ  # learned/GLM tables: max_seq_len + offset at their bounds
+# Products the bounds above still allow (2^20 layers of 2^20 x 2^22 MLPs) are caught by counting the weight
+# matrices in closed form (_check_size): 1e15 parameters is ~2000x the largest dense model published (PaLM 540B)
+# and ~600x the largest sparse one (Switch-C 1.6T).
+MAX_PARAMS = 10**15
+
+
+# Strict positive ints at most the bound (pydantic's le=, so `archc schema` says it as "maximum").
+Layers = Annotated[int, Strict(), Field(gt=0, le=MAX_LAYERS)]
+Width = Annotated[int, Strict(), Field(gt=0, le=MAX_WIDTH)]
+FfWidth = Annotated[int, Strict(), Field(gt=0, le=MAX_D_FF)]
+Heads = Annotated[int, Strict(), Field(gt=0, le=MAX_HEADS)]
+Vocab = Annotated[int, Strict(), Field(gt=0, le=MAX_VOCAB)]
+Tokens = Annotated[int, Strict(), Field(gt=0, le=MAX_SEQ)]
+Positions = Annotated[int, Strict(), Field(gt=0, le=MAX_POSITIONS)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
 UnitFloat = Annotated[float, Strict(), Field(gt=0, le=1)]
 
@@ -222,7 +251,7 @@ class NormSpec(StrictModel):
 class MlpSpec(StrictModel):
     section_name: ClassVar[str] = "mlp"
     activation: Activation = Activation.gelu
-    d_ff: PositiveInt | None = Field(None, description="Hidden width; default 4 * d_model.")
+    d_ff: FfWidth | None = Field(None, description="Hidden width; default 4 * d_model.")
     bias: Bool = True
 
 
@@ -236,8 +265,8 @@ class _PositionBase(StrictModel):
 
 class LearnedPosition(_PositionBase):
     kind: Literal[PositionKind.learned] = PositionKind.learned
-    max_positions: PositiveInt | None = Field(None, description="Table rows; default max_seq_len + offset.")
-    offset: Annotated[int, Strict(), Field(ge=0)] = Field(0, description="Added to every position id before the look-up (OPT: 2).")
+    max_positions: Positions | None = Field(None, description="Table rows; default max_seq_len + offset.")
+    offset: Annotated[int, Strict(), Field(ge=0, le=MAX_SEQ)] = Field(0, description="Added to every position id before the look-up (OPT: 2).")
 
 
 class SinusoidalPosition(_PositionBase):
@@ -250,7 +279,7 @@ class RopePosition(_PositionBase):
     theta: PositiveFloat = 10000.0
     rotary_fraction: UnitFloat = Field(1.0, description="Share of head_dim that is rotated (GPT-NeoX: 0.25).")
     style: RopeStyle = RopeStyle.half
-    rotary_dim: PositiveInt | None = Field(None, description="Derived: round(head_dim * rotary_fraction).")
+    rotary_dim: Width | None = Field(None, description="Derived: round(head_dim * rotary_fraction).")
 
 
 class AlibiPosition(_PositionBase):
@@ -260,7 +289,7 @@ class AlibiPosition(_PositionBase):
 
 class Glm2dPosition(_PositionBase):
     kind: Literal[PositionKind.glm2d] = PositionKind.glm2d
-    max_positions: PositiveInt | None = Field(None, description="Rows of each table; default max_seq_len.")
+    max_positions: Positions | None = Field(None, description="Rows of each table; default max_seq_len.")
 
 
 class NoPosition(_PositionBase):
@@ -276,14 +305,14 @@ PositionSpec = Annotated[
 
 class AttentionSpec(StrictModel):
     section_name: ClassVar[str] = "attention"
-    n_heads: PositiveInt
-    kv_heads: PositiveInt | None = Field(None, description="K/V heads; derived from sharing when omitted.")
+    n_heads: Heads
+    kv_heads: Heads | None = Field(None, description="K/V heads; derived from sharing when omitted.")
     sharing: Sharing | None = Field(None, description="mha | mqa | gqa; derived from kv_heads when omitted.")
-    head_dim: PositiveInt | None = Field(None, description="Derived as d_model / n_heads unless given.")
+    head_dim: Width | None = Field(None, description="Derived as d_model / n_heads unless given.")
     qkv_bias: Bool = False
     out_bias: Bool = False
     mask: MaskKind = MaskKind.causal
-    sliding_window: PositiveInt | None = Field(None, description="Keys further back than this are masked (Mistral).")
+    sliding_window: Tokens | None = Field(None, description="Keys further back than this are masked (Mistral).")
     softmax_scale: PositiveFloat | None = Field(None, description="Default 1 / sqrt(head_dim).")
     kernel: AttentionKernel = AttentionKernel.default
 
@@ -300,7 +329,7 @@ class EmbeddingSpec(StrictModel):
     norm: EmbeddingNorm = EmbeddingNorm.none
     multiplier: PositiveFloat | Literal["sqrt_d_model"] = Field(1.0, description="Scale on the token embedding (Gemma: sqrt_d_model).")
     head_bias: Bool = False
-    head_vocab_size: PositiveInt | None = Field(None, description="Rows of the output head; default vocab_size.")
+    head_vocab_size: Vocab | None = Field(None, description="Rows of the output head; default vocab_size.")
 
 
 class InitSpec(StrictModel):
@@ -394,10 +423,10 @@ class Spec(StrictModel):
     description: Str = ""
     reference: Str = Field("", description="Paper or released config this spec follows.")
 
-    vocab_size: PositiveInt
-    d_model: PositiveInt
-    n_layers: PositiveInt
-    max_seq_len: PositiveInt
+    vocab_size: Vocab
+    d_model: Width
+    n_layers: Layers
+    max_seq_len: Tokens
     dtype: DType = DType.float32
     tokenizer: Tokenizer = Tokenizer.unspecified
 
@@ -600,4 +629,28 @@ def _check_mask(s: "Spec") -> None:
         )
 
 
-_RULES = (_derive_head_dim, _derive_kv_heads, _derive_positions, _derive_norm, _derive_residual, _derive_mlp, _derive_head, _check_mask)
+def weight_matrix_count(s: "Spec") -> int:
+    """The parameters in the spec's weight matrices and tables (biases and norm gains left out: under 1% of any
+    model), in closed form from the resolved sizes: exact Python ints, O(1) whatever n_layers is."""
+    a, p, D = s.attention, s.position, s.d_model
+    table = (p.max_positions if isinstance(p, LearnedPosition) else
+             2 * p.max_positions if isinstance(p, Glm2dPosition) else 0)
+    head = s.embedding.head_vocab_size if s.embedding.output is OutputHead.untied else 0
+    mlp = (3 if s.mlp.activation.gated else 2) * D * s.mlp.d_ff
+    attn = 2 * D * s.q_dim + 2 * D * s.kv_dim  # q and out; k and v
+    return (s.vocab_size + head + table) * D + s.n_layers * (attn + mlp)
+
+
+def _check_size(s: "Spec") -> None:
+    """at most MAX_PARAMS parameters: each size within its bound can still multiply into an absurd model."""
+    n = weight_matrix_count(s)
+    if n > MAX_PARAMS:
+        raise SpecConflict(
+            ["n_layers", "d_model", "mlp.d_ff", "vocab_size"],
+            f"the spec has about {n:.3g} parameters (n_layers={s.n_layers}, d_model={s.d_model}, d_ff={s.mlp.d_ff}, "
+            f"vocab_size={s.vocab_size}), more than archc's limit of {MAX_PARAMS:.0e}; lower n_layers, d_model, "
+            f"mlp.d_ff or vocab_size",
+        )
+
+
+_RULES = (_derive_head_dim, _derive_kv_heads, _derive_positions, _derive_norm, _derive_residual, _derive_mlp, _derive_head, _check_mask, _check_size)

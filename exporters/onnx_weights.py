@@ -82,6 +82,9 @@ def weight_source(graph: ComponentGraph, weights: str | os.PathLike | None) -> C
 def _safetensors_source(graph: ComponentGraph, path: Path):
     from safetensors import safe_open
 
+    from archc.files import refuse_duplicate_tensor_names
+
+    refuse_duplicate_tensor_names(path, f"--weights {path}")  # safe_open keeps the last of two entries with one name
     try:
         f = safe_open(str(path), framework="pt")
         keys = set(f.keys())

@@ -82,7 +82,8 @@ def config_to_spec(config: dict, name: str | None = None, source: str = "config.
     try:
         spec_from_dict(data, source=source)
     except SpecError as e:
-        raise UserError(f"{source}: model_type {family.model_type}: the imported spec does not validate: {e.message}") from None
+        raise UserError(f"{source}: model_type {family.model_type}: the imported spec does not validate: "
+                        f"{f'{e.field}: ' if e.field else ''}{e.message}") from None  # the spec field: n_layers for num_hidden_layers
     return data
 
 

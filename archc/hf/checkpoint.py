@@ -7,14 +7,13 @@ model.safetensors, any other *.safetensors, pytorch_model.bin.index.json, pytorc
 
 from __future__ import annotations
 
-import json
 import math
 import stat
 import warnings
 from pathlib import Path
 
 from archc.errors import UserError, one_line
-from archc.files import note_input, read_json, stat_path
+from archc.files import note_input, read_json, read_safetensors_header, stat_path
 
 MAX_JSON = 64 * 2**20  # config.json and index files are KBs to a few MB
 MAX_ELEMENTS = 2**48  # no real tensor has more values; a header claiming more is corrupt
@@ -81,16 +80,10 @@ def _safetensors_header(f: Path) -> dict:
         st = f.stat()
         if not stat.S_ISREG(st.st_mode):
             raise UserError(f"{f}: not a regular file")
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or n > 100_000_000 or n > st.st_size - 8:
-                raise ValueError(f"header length {n}")
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError, RecursionError) as e:
+    except OSError as e:
         raise UserError(one_line(f"{f}: cannot read safetensors header: {e}")) from None
+    header = read_safetensors_header(f)  # a name given twice is refused, not read as its last entry
     note_input(f)
-    if not isinstance(header, dict):
-        raise UserError(f"{f}: safetensors header is not a JSON object")
     out = {}
     for k, v in header.items():
         if k == "__metadata__":

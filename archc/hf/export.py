@@ -186,9 +186,10 @@ def safetensors_source(graph, path: Path, label: str = "--weights") -> Callable[
     """A safetensors file of graph parameter names (archc train's checkpoints, `compile --weights`)."""
     from safetensors import safe_open
 
-    from archc.files import require_regular_file
+    from archc.files import refuse_duplicate_tensor_names, require_regular_file
 
     require_regular_file(path, f"{label} {path}", "a safetensors file of archc parameter names")  # a FIFO hung safe_open
+    refuse_duplicate_tensor_names(path, f"{label} {path}")  # safe_open keeps the last of two entries with one name
     try:
         f = safe_open(str(path), framework="pt")
         keys = set(f.keys())

@@ -78,10 +78,11 @@ def load_model_weights(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from archc.files import require_regular_file
+    from archc.files import refuse_duplicate_tensor_names, require_regular_file
 
     file = path / MODEL_FILE if path.is_dir() else path
     require_regular_file(file, str(file), "a safetensors checkpoint")  # a FIFO hung load_file
+    refuse_duplicate_tensor_names(file)  # load_file keeps the last of two entries with one name
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:

@@ -58,6 +58,8 @@ RULES = [
     ({"residual": {"parallel_norms": "separate"}}, ["residual.parallel_norms", "residual.layout"], "layout: parallel"),
     ({"embedding": {"output": "tied", "head_vocab_size": 128}}, ["embedding.output", "embedding.head_vocab_size"], "output: untied"),
     ({"attention": {"mask": "prefix", "sliding_window": 8}}, ["attention.mask", "attention.sliding_window"], "drop one"),
+    # sizes each within its bound whose product is past 1e15 parameters (2^20 layers of width 2^20: ~7e18)
+    ({"n_layers": 2**20, "d_model": 2**20}, ["n_layers", "d_model", "mlp.d_ff", "vocab_size", "1e+15"], "lower n_layers"),
     # ALiBi / glm2d combined with rotary settings: the setting belongs to another kind
     ({"position": {"kind": "alibi", "theta": 10000}}, ["theta", "rope", "alibi"], "set kind: rope"),
     ({"position": {"kind": "alibi", "rotary_fraction": 0.5}}, ["rotary_fraction", "rope"], "remove 'rotary_fraction'"),
@@ -75,14 +77,14 @@ def test_rule_rejects_and_names_fields(over, fields, fix):
 
 
 def test_every_conflict_rule_is_covered():
-    """Guard: the rules Spec._resolve applies (archc.spec._RULES) raise 14 cross-field conflicts, and RULES
-    covers each (rows 0-20). A new conflict changes the count here; add a RULES row for it and update the
+    """Guard: the rules Spec._resolve applies (archc.spec._RULES) raise 15 cross-field conflicts, and RULES
+    covers each (rows 0-21). A new conflict changes the count here; add a RULES row for it and update the
     number. Negative control: _resolve runs every rule function in the module (none left out of _RULES)."""
     import inspect
 
     import archc.spec as spec_mod
 
-    assert sum(inspect.getsource(rule).count("raise SpecConflict(") for rule in spec_mod._RULES) == 14
+    assert sum(inspect.getsource(rule).count("raise SpecConflict(") for rule in spec_mod._RULES) == 15
     defined = {n for n, f in vars(spec_mod).items() if inspect.isfunction(f) and n.startswith(("_derive_", "_check_"))}
     assert defined == {rule.__name__ for rule in spec_mod._RULES}
 
