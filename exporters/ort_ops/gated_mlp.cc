@@ -377,6 +377,26 @@ struct CpuKernel {
 template <typename Self, typename Kernel, Weight W, Tail T>
 struct OpSchema : Ort::CustomOpBase<Self, Kernel, /*WithStatus=*/true> {
   using O = Op<W, T>;
+  OpSchema() {
+    switch (T) {
+      case Tail::residual:
+        // y may take the residual's buffer: the residual stream is read once, here, so onnxruntime's planner hands y that
+        // buffer when nothing reads it later, and the prefill's cuBLAS path adds into it without copying it first (the
+        // kernels read each residual element before writing the same element of y).
+        this->OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+          *input_index = new int[1]{(int)O::residual_input()};
+          *output_index = new int[1]{0};
+          return 1;
+        };
+        this->OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+          delete[] input_index;
+          delete[] output_index;
+        };
+        break;
+      case Tail::swiglu:
+        break;
+    }
+  }
   const char* GetName() const { return O::name(); }
   size_t GetInputTypeCount() const { return O::input_count(); }
   ONNXTensorElementDataType GetInputType(size_t i) const {
@@ -479,7 +499,7 @@ struct CudaKernel {
     });
   }
 
-  // Scratch, each piece 256-byte aligned: cuBLAS's workspace; the fp32 [rows, 2F] product (gated); the normed fp16
+  // Scratch, each piece 256-byte aligned: cuBLAS's workspace; the fp16 [rows, 2F] product (gated); the normed fp16
   // [rows, K] x (gamma); the dequantized fp16 [w_rows, K] weight (NBits).
   std::string beyond_gemv(OrtKernelContext* context, Ort::KernelContext& ctx, const Call& c, const archc_ops::GemvIO& io,
                           const void* w, const void* scales, void* stream) {
@@ -488,7 +508,7 @@ struct CudaKernel {
     const size_t ws = up(archc_ops::blas_workspace_bytes(blas));
     size_t c_bytes = 0, xn_bytes = io.gamma ? up(2 * (size_t)p.rows * (size_t)p.K) : 0, w_bytes = 0;
     switch (T) {
-      case Tail::swiglu: c_bytes = up(sizeof(float) * (size_t)p.rows * (size_t)p.w_rows); break;
+      case Tail::swiglu: c_bytes = up(2 * (size_t)p.rows * (size_t)p.w_rows); break;  // the fp16 [rows, 2F] product
       case Tail::residual: break;
     }
     switch (W) {

@@ -56,13 +56,14 @@ Blas* blas_open(std::string* err);
 void blas_close(Blas* b);
 size_t blas_workspace_bytes(const Blas* b);
 
-// y [rows, N] fp16 = x @ W^T (+ residual: copied into y first, then the GEMM with beta = 1), fp32 accumulation.
+// y [rows, N] fp16 = x @ W^T (+ residual: copied into y first unless it is y, then the GEMM with beta = 1), fp32
+// accumulation.
 // `workspace` (blas_workspace_bytes) is scratch the caller owns until the stream is done.
 std::string gemm(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t N, const void* residual,
                  void* workspace, void* stream);
 
-// c[m, :] = x[m] @ W^T ([rows, 2F], fp32) with cuBLAS on `stream`, then y = silu(c[:, :F]) * c[:, F:].
-// `workspace` (blas_workspace_bytes) and `c` (rows * 2F floats) are scratch the caller owns until the stream is done.
+// c[m, :] = x[m] @ W^T ([rows, 2F], fp16, fp32 accumulation) with cuBLAS on `stream`, then y = silu(c[:, :F]) * c[:, F:].
+// `workspace` (blas_workspace_bytes) and `c` (rows * 2F halves) are scratch the caller owns until the stream is done.
 std::string gemm_swiglu(Blas* b, const void* x, const void* w, void* y, int64_t rows, int64_t K, int64_t F,
                         void* c, void* workspace, void* stream);
 
