@@ -98,3 +98,20 @@ def generation_config_dir(tmp_path: Path, gen: dict) -> Path:
     d.mkdir(exist_ok=True)
     (d / "generation_config.json").write_text(json.dumps(gen))
     return d
+
+
+def tiny_hf_dir(tmp_path: Path, header: bytes | None = None, **config) -> Path:
+    """A Hugging Face folder `hf` read by headers only (import-hf): a tiny llama config.json (keys overridden by
+    `config`) and, given `header` (a safetensors JSON header's bytes), a model.safetensors of that header and no data."""
+    import json
+    import struct
+
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+           "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64, **config}
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    if header is not None:
+        (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return d
+

@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from archc.errors import UserError
-from hostile_util import ROOT, T, in_process, refused
+from hostile_util import ROOT, T, in_process, refused, tiny_hf_dir
 
 NAME = "tok_embedding.weight"
 
@@ -98,15 +98,8 @@ def test_a_training_checkpoint_with_a_name_twice(weights):
 
 def _hf_dir(tmp_path, names):
     """A Hugging Face folder read by headers only (import-hf): config.json and a header whose entries are `names`."""
-    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
-           "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64}
-    d = tmp_path / "hf"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(cfg))
     entry = '{"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 0]}'
-    h = ("{" + ", ".join(f'"{n}": {entry}' for n in names) + "}").encode()
-    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h)
-    return d
+    return tiny_hf_dir(tmp_path, ("{" + ", ".join(f'"{n}": {entry}' for n in names) + "}").encode())
 
 
 def test_import_hf_refuses_a_checkpoint_header_with_a_name_twice(tmp_path, capsys):

@@ -4,12 +4,11 @@ form) in seconds and bounded memory; a model that cannot fit is refused before a
 from __future__ import annotations
 
 import json
-import struct
 import time
 
 import pytest
 
-from hostile_util import MEMORY_BOUND, ROOT, T, child, in_process, refused
+from hostile_util import MEMORY_BOUND, ROOT, T, child, in_process, refused, tiny_hf_dir
 
 import archc
 from archc.cost import LIGHT_LAYERS, cost, light_graph
@@ -79,15 +78,9 @@ def test_compile_of_a_million_layers_is_refused_up_front(tmp_path):
 
 
 def test_import_hf_config_of_a_million_layers_beside_a_small_checkpoint(tmp_path, capsys):
-    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1_000_000,
-           "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64}
-    d = tmp_path / "hf"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(cfg))
     header = {f"model.layers.{i}.self_attn.q_proj.weight": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 0]}
               for i in range(2)}
-    h = json.dumps(header).encode()
-    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h)
+    d = tiny_hf_dir(tmp_path, json.dumps(header).encode(), num_hidden_layers=1_000_000)
     t0 = time.monotonic()
     refused(in_process(["import-hf", d, "-o", tmp_path / "s.yaml"], capsys), "1000000 layers", "has 2")
     assert time.monotonic() - t0 < 30
@@ -182,11 +175,7 @@ def test_schema_states_the_bounds():
 
 
 def test_import_hf_of_a_config_past_a_bound_names_the_field(tmp_path, capsys):
-    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": HUGE_INT,
-           "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 64}
-    d = tmp_path / "hf"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(cfg))
+    d = tiny_hf_dir(tmp_path, num_hidden_layers=HUGE_INT)
     refused(in_process(["import-hf", d, "-o", tmp_path / "s.yaml"], capsys), "config.json",
             f"n_layers: {HUGE_INT} is more than archc allows; give an integer from 1 to 1048576")
     assert not (tmp_path / "s.yaml").exists()
