@@ -36,11 +36,12 @@ def _step_class(steppers):
     raise RuntimeError("archc.runner.steppers has no IO-binding stepper class to trace")
 
 
-def summary_name(family: str, gate_up: str | None, quant: str | None, quant_head: bool) -> str:
+def summary_name(family: str, gate_up: str | None, quant: str | None, quant_head: bool, kernels: str = "onnxruntime") -> str:
     """The summary's file name: every export choice of this script that changes the measured model is in it
     (as in the export folder's name), so a quantized and an unquantized run of one family do not share a file."""
     return (f"profile_{family}" + (f"_{gate_up}" if gate_up else "")
-            + (f"_{quant}" + ("_head" if quant_head else "") if quant else "") + ".json")
+            + (f"_{quant}" + ("_head" if quant_head else "") if quant else "")
+            + ("_archc" if kernels == "archc" else "") + ".json")
 
 
 def main() -> int:
@@ -58,12 +59,18 @@ def main() -> int:
     ap.add_argument("--gate-up", choices=["one_gemm", "two_gemms"], help="the cuda lowering's GATE_UP for this export (A/B)")
     ap.add_argument("--quant", choices=["int4", "int8"], help="a weight-only quantized export (MatMulNBits, compile's defaults)")
     ap.add_argument("--quant-head", action="store_true", help="with --quant: quantize the output head too")
+    ap.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
+                    help="the export's `archc compile --kernels` (archc: archc's own CUDA ops; needs --device cuda)")
     outputs.add_force(ap)
     args = ap.parse_args()
     if args.quant_head and not args.quant:  # it would be ignored: the run would measure an unquantized export
         print(f"{ap.prog}: --quant-head quantizes the head of a --quant export; add --quant int4 or --quant int8", file=sys.stderr)
         return 2
-    summary_path = args.out / summary_name(args.family, args.gate_up, args.quant, args.quant_head)
+    if args.kernels == "archc" and args.device != "cuda":  # archc's ops are for the cuda target
+        print(f"{ap.prog}: --kernels archc needs --device cuda (archc's ops are for the cuda target), not --device {args.device}",
+              file=sys.stderr)
+        return 2
+    summary_path = args.out / summary_name(args.family, args.gate_up, args.quant, args.quant_head, args.kernels)
     outputs.check_outputs(ap, args.force, ("--out", summary_path))
 
     import torch
@@ -96,15 +103,16 @@ def main() -> int:
 
     parts = {**spec_parts(graph), "sets": list(args.set),
              "export": {"target": target, "dtype": args.dtype, "gate_up": args.gate_up, "quant": args.quant,
-                        "quant_head": args.quant_head}}
+                        "quant_head": args.quant_head, "kernels": args.kernels}}
     stem = (f"{graph.spec.name}-{target}-{args.dtype}" + (f"-{args.gate_up}" if args.gate_up else "")
-            + (f"-{args.quant}" + ("-head" if args.quant_head else "") if args.quant else ""))
+            + (f"-{args.quant}" + ("-head" if args.quant_head else "") if args.quant else "")
+            + ("-archc" if args.kernels == "archc" else ""))
     model_dir = place(Path(args.work_dir), stem, parts)
     try:
         if not reusable(model_dir, parts):
             t = time.time()
             with building(model_dir, parts) as into:
-                export(graph, into, target=target, dtype=args.dtype, quant=quant)
+                export(graph, into, target=target, dtype=args.dtype, quant=quant, kernels=args.kernels)
             print(f"exported {model_dir} in {time.time() - t:.1f} s")
     except UserError as e:  # a folder in the way under that name, an unwritable --work-dir: one line, exit 2
         print(f"{ap.prog}: {e}", file=sys.stderr)

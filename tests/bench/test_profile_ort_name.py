@@ -25,6 +25,15 @@ def test_names_spell_every_choice():
     combos = [(g, q, h) for g, q, h in product([None, "one_gemm", "two_gemms"], [None, "int4", "int8"], [False, True])
               if q or not h]  # --quant-head alone is refused (below)
     assert len({summary_name("llama", *c) for c in combos}) == len(combos)
+    assert summary_name("llama", None, "int4", True, "archc") == "profile_llama_int4_head_archc.json"
+    assert summary_name("llama", None, None, False, "onnxruntime") == "profile_llama.json"
+
+
+def test_kernels_archc_needs_the_cuda_device(tmp_path):
+    """archc's ops are for the cuda target: a CPU dry run asking for them is one line, exit 2, before any export."""
+    p = _run(["--out", str(tmp_path / "d"), "--work-dir", str(tmp_path / "w"), "--device", "cpu", "--kernels", "archc"])
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--kernels archc needs --device cuda" in p.stderr, p.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "d").exists()
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
