@@ -117,7 +117,7 @@ def main() -> int:
     except UserError as e:  # a folder in the way under that name, an unwritable --work-dir: one line, exit 2
         print(f"{ap.prog}: {e}", file=sys.stderr)
         return 2
-    s = runner.Session(model_dir, device=args.device, io_binding=True)
+    s = runner.Session(model_dir, device=args.device, io_binding=True, decode_window=1)  # one traced step per run (a window queues 16)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     print("providers", s.sess.get_providers(), "kv_cache", s.kv_cache)
     g = torch.Generator().manual_seed(0)
