@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import outputs, standard
+from benchmarks import kernels_arg, outputs, standard
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANT_KEYS: dict[str, tuple[str, ...] | None] = {
     "next_token": ("argmax", "none"), "logits": ("all", "last"), "quant": ("int4", "int8"), "quant_head": ("0", "1"),
     "gate_up": ("one_gemm", "two_gemms", "qmoe"), "gate_up_quant": ("one_gemm", "two_gemms", "qmoe"),
-    "kernels": ("onnxruntime", "archc"),
+    "kernels": kernels_arg.KERNELS,
     "sdpa_kernel": None, "cuda_graph": ("0", "1"), "decode_window": None,
 }
 AT_LEAST_ONE = {"decode_window"}  # integer keys where 0 means nothing (Session(decode_window) takes 1 and more)

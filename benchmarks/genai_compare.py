@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import outputs
+from benchmarks import kernels_arg, outputs
 
 NEW_TOKENS = 128
 FP16_SHAPES = [(1, 512), (1, 2048), (16, 512), (16, 2048)]
@@ -225,17 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline-s", type=float, default=540.0, help="no configuration or shape starts past this")
     p.add_argument("--work-dir", type=Path)
     p.add_argument("--limits", action="store_true", help="measure the card's copy bandwidth and GEMM rate too (roofline columns)")
-    p.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
-                   help="the ort rows' `archc compile --kernels` (archc: archc's custom ops where they fit; the library from "
-                        "ARCHC_ORT_OPS_LIB, else built with nvcc)")
+    kernels_arg.add_kernels(p, "the ort rows'")
     a = p.parse_args(argv)
     if a.render:
         print(render(json.loads(a.render.read_text())))
         return
     if a.out is None:
         p.error("give OUT.json (or --render JSON)")
-    if a.kernels == "archc" and a.device != "cuda":  # archc's ops are for the cuda target; refused before any work
-        p.error(f"--kernels archc needs --device cuda (the ort rows' export targets cuda there), not --device {a.device}")
+    kernels_arg.refuse_archc_off_cuda(p, a.kernels, a.device)
     outputs.check_outputs(p, a.force, ("OUT.json", a.out))
     report = measure(a.out, tiny=a.tiny, device=a.device, deadline_s=a.deadline_s, work_dir=a.work_dir, with_limits=a.limits,
                      kernels=a.kernels)

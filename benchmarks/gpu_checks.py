@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import outputs
+from benchmarks import kernels_arg, outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,12 +237,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder of gpu_checks.json and gpu_checks.log (made if absent)")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the plumbing (portable fp32)")
-    ap.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
-                    help="the export's `archc compile --kernels` (archc: archc's own CUDA ops where they fit; needs --device cuda)")
+    kernels_arg.add_kernels(ap)
     outputs.add_force(ap)
     args = ap.parse_args()
-    if args.kernels == "archc" and args.device != "cuda":
-        ap.error(f"--kernels archc needs --device cuda (archc's ops are for the cuda target), not --device {args.device}")
+    kernels_arg.refuse_archc_off_cuda(ap, args.kernels, args.device)
     log_path = args.out / "gpu_checks.log"
     outputs.check_outputs(ap, args.force, ("--out", args.out / "gpu_checks.json"), ("--out", log_path))
     import torch

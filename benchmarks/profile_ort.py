@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import outputs
+from benchmarks import kernels_arg, outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,17 +59,13 @@ def main() -> int:
     ap.add_argument("--gate-up", choices=["one_gemm", "two_gemms"], help="the cuda lowering's GATE_UP for this export (A/B)")
     ap.add_argument("--quant", choices=["int4", "int8"], help="a weight-only quantized export (MatMulNBits, compile's defaults)")
     ap.add_argument("--quant-head", action="store_true", help="with --quant: quantize the output head too")
-    ap.add_argument("--kernels", default="onnxruntime", choices=("onnxruntime", "archc"),
-                    help="the export's `archc compile --kernels` (archc: archc's own CUDA ops; needs --device cuda)")
+    kernels_arg.add_kernels(ap)
     outputs.add_force(ap)
     args = ap.parse_args()
     if args.quant_head and not args.quant:  # it would be ignored: the run would measure an unquantized export
         print(f"{ap.prog}: --quant-head quantizes the head of a --quant export; add --quant int4 or --quant int8", file=sys.stderr)
         return 2
-    if args.kernels == "archc" and args.device != "cuda":  # archc's ops are for the cuda target
-        print(f"{ap.prog}: --kernels archc needs --device cuda (archc's ops are for the cuda target), not --device {args.device}",
-              file=sys.stderr)
-        return 2
+    kernels_arg.refuse_archc_off_cuda(ap, args.kernels, args.device)
     summary_path = args.out / summary_name(args.family, args.gate_up, args.quant, args.quant_head, args.kernels)
     outputs.check_outputs(ap, args.force, ("--out", summary_path))
 
