@@ -362,6 +362,14 @@ std::string cuda_error(const char* what) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// What both hand kernels need of the rows and x: 1 .. kGemvMaxRows rows, x 16-byte aligned.
+bool rows_fit(const GemvIO& io) { return io.rows >= 1 && io.rows <= kGemvMaxRows && aligned16(io.x); }
+
+// What stage_x needs: whole 32-value blocks of x within the default shared memory, gamma (if any) 16-byte aligned.
+bool stage_fits(const GemvIO& io) {
+  return io.K % XBLOCK == 0 && staged_bytes(io.rows, io.K) <= SMEM_MAX && (!io.gamma || aligned16(io.gamma));
+}
+
 // What both launchers refuse before any kernel: the contract's combinations and sizes.
 std::string io_error(const GemvIO& io) {
   if (io.gated && io.residual) return "a residual with a gated product";
@@ -374,10 +382,8 @@ std::string io_error(const GemvIO& io) {
 
 }  // namespace
 
-bool gemv_fits(const GemvIO& io, const void* w) {
-  const bool staged_ok = !io.gamma || (io.K % XBLOCK == 0 && staged_bytes(io.rows, io.K) <= SMEM_MAX && aligned16(io.gamma));
-  return io.rows >= 1 && io.rows <= kGemvMaxRows && io.K % 8 == 0 && io.K <= (int64_t)1 << 30 && aligned16(io.x) &&
-         aligned16(w) && staged_ok;
+bool gemv_fits(const GemvIO& io, const void* w) {  // x is staged only with a norm
+  return rows_fit(io) && io.K % 8 == 0 && io.K <= (int64_t)1 << 30 && aligned16(w) && (!io.gamma || stage_fits(io));
 }
 
 std::string launch_gemv(const GemvIO& io, const void* w, void* stream) {
@@ -391,12 +397,10 @@ std::string launch_gemv(const GemvIO& io, const void* w, void* stream) {
 //
 // One column per `split` warps reads its NR rows of B (gate row f and up row F + f when gated): one 16-byte load is one
 // whole 32-value block (its 32 codes, first in the low nibble), a lane takes blocks part * 32 + lane + i * 32 * split
-// with Q4_U blocks of each row in flight. x is staged once per thread block in shared memory as fp32 (times gamma with a
-// norm: the conversion done once, not per weight; the norm's sum of squares reduced over the block on the way), each
-// 32-value block padded to 36 floats so the 8 lanes of a 16-byte shared-memory phase, which read consecutive blocks, hit
-// distinct banks. Dequantization without integer-to-float conversions: a code q placed in the top mantissa bits of 1.0f
-// reads as 1 + q / 16, so for a block sum x (q - 8) = 16 sum x (1 + q / 16) - 24 sum x, one scale multiply per block;
-// fp32 accumulation throughout.
+// with Q4_U blocks of each row in flight. x is staged once per thread block (stage_x: the conversion to fp32 done once,
+// not per weight), one staged block per code block. Dequantization without integer-to-float conversions: a code q
+// placed in the top mantissa bits of 1.0f reads as 1 + q / 16, so for a block sum x (q - 8) = 16 sum x (1 + q / 16) -
+// 24 sum x, one scale multiply per block; fp32 accumulation throughout.
 
 namespace {
 
@@ -536,9 +540,8 @@ __global__ void rms_norm_kernel(const half* __restrict__ x, const half* __restri
 
 }  // namespace
 
-bool q4_gemv_fits(const GemvIO& io, const void* b, int64_t block_size) {
-  return io.rows >= 1 && io.rows <= kGemvMaxRows && block_size == Q4_BLOCK && io.K % Q4_BLOCK == 0 &&
-         staged_bytes(io.rows, io.K) <= SMEM_MAX && aligned16(io.x) && aligned16(b) && (!io.gamma || aligned16(io.gamma));
+bool q4_gemv_fits(const GemvIO& io, const void* b, int64_t block_size) {  // x is always staged
+  return rows_fit(io) && block_size == Q4_BLOCK && stage_fits(io) && aligned16(b);
 }
 
 std::string launch_gemv_q4(const GemvIO& io, const void* b, const void* scales, void* stream) {
