@@ -418,8 +418,6 @@ def _lower_attention(ctx: Ctx, name: str, node: dict):
         why_not = _mha_unfit(ctx, node["settings"])
         ctx.lowering[name] = f"portable (not GroupQueryAttention: {reason}; not MultiHeadAttention: {why_not})"
         return portable.lower_attention(ctx, name, node)
-    if op not in (AttentionOp.gqa_packed, AttentionOp.gqa_rotary):
-        raise UnknownSetting(name, "attention op", op, LOWERING)
     s, p = node["settings"], node["params"]
     am = ctx.env["attention_mask"]
     rot = input_of(ctx, name, "rotary")
