@@ -38,7 +38,8 @@ FAMILIES = {
 COMPUTE = {"MatMul", "Gemm", "GroupQueryAttention", "Attention", "MultiHeadAttention", "Softmax", "LayerNormalization",
            "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization",
            "RotaryEmbedding", "Gelu", "FastGelu", "BiasGelu", "Sigmoid", "Tanh", "Erf", "Relu", "Div", "Pow", "Sqrt",
-           "ReduceMean", "Einsum", "MatMulNBits", "QuickGelu", "BiasAdd", "Where", "CumSum"}
+           "ReduceMean", "Einsum", "MatMulNBits", "QuickGelu", "BiasAdd", "Where", "CumSum",
+           "GatedMLP", "GatedMLPNBits", "Linear", "LinearNBits"}  # the last four: archc's ops (--kernels archc)
 WEIGHT_GATHERS = ("embed/", "pos_embed/")  # Gathers of these read weight tables: compute, not shape arithmetic
 
 
